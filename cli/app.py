@@ -1,0 +1,56 @@
+"""What every command shares: settings, lazy clients, and error-to-exit-code mapping."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import click
+
+from orchestrator import embedded
+from orchestrator.config import Settings
+from orchestrator.errors import OrchestratorError
+from orchestrator.queues import QueueAdmin
+from orchestrator.sqs import Sqs
+from orchestrator.store import Store
+
+
+class App:
+    """What commands share: the settings, and clients made on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @functools.cached_property
+    def endpoints(self) -> embedded.Endpoints:
+        # Any command that needs the servers starts the embedded ones when they are down.
+        return embedded.ensure(self.settings)
+
+    @functools.cached_property
+    def store(self) -> Store:
+        s = self.settings
+        store = Store(self.endpoints.mongodb_uri, s.mongodb_name, job_ttl_days=s.job_ttl_days)
+        store.ensure_indexes()
+        return store
+
+    @functools.cached_property
+    def sqs(self) -> Sqs:
+        s = self.settings
+        return Sqs(
+            self.endpoints.sqs_endpoint, s.aws_region, s.aws_access_key_id, s.aws_secret_access_key
+        )
+
+    @functools.cached_property
+    def queues(self) -> QueueAdmin:
+        return QueueAdmin(self.settings, self.store, self.sqs)
+
+
+class Cli(click.Group):
+    """Maps OrchestratorError to its exit code with a one-line message, no traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OrchestratorError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(exc.exit_code)

@@ -1,0 +1,29 @@
+"""`orchestrator config show`: the effective settings, secrets redacted."""
+
+from __future__ import annotations
+
+import click
+
+from cli import render
+from cli.app import App
+
+pass_app = click.make_pass_decorator(App)
+
+
+@click.group("config")
+def config_group() -> None:
+    """Inspect settings."""
+
+
+@config_group.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@pass_app
+def show(app: App, as_json: bool) -> None:
+    """Print the effective settings (env file + environment), secrets redacted."""
+    values = app.settings.redacted()
+    if as_json:
+        render.emit_json(values)
+        return
+    click.echo(f"# env {app.settings.env_name} from {app.settings.source}")
+    for key, value in values.items():
+        click.echo(f"{key}={value}")

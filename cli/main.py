@@ -1,0 +1,35 @@
+"""The `orchestrator` click group: --env, settings into ctx.obj, the command groups."""
+
+from __future__ import annotations
+
+import click
+
+from cli import config_cmd, queue, services
+from cli.app import App, Cli
+from orchestrator import config, log
+
+
+@click.group(cls=Cli)
+@click.option(
+    "--env",
+    "env_name",
+    envvar=config.ENV_NAME_VAR,
+    default=None,
+    metavar="NAME",
+    help="Settings file env/NAME.json (default: development).",
+)
+@click.version_option(package_name="orchestrator")
+@click.pass_context
+def cli(ctx: click.Context, env_name: str | None) -> None:
+    """Run and manage the consumers of many SQS queues."""
+    settings = config.load(env_name)
+    log.configure(settings, role="cli")
+    ctx.obj = App(settings)
+
+
+for _group in (queue.queue, services.services, config_cmd.config_group):
+    cli.add_command(_group)
+
+
+def main() -> None:
+    cli(prog_name="orchestrator")

@@ -1,0 +1,184 @@
+"""`orchestrator queue …`: manage queues (the settings live in MongoDB, messages in SQS)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from cli import render
+from cli.app import App
+
+pass_app = click.make_pass_decorator(App)
+NAME = click.argument("name")
+
+
+@click.group()
+def queue() -> None:
+    """Create, change and inspect queues."""
+
+
+@queue.command()
+@NAME
+@click.option("--concurrency", type=int, help="Handlers run at once (default DEFAULT_CONCURRENCY).")
+@click.option("--handler", metavar="MOD:FUNC", help="Import path (default DEFAULT_HANDLER).")
+@click.option("--dlq/--no-dlq", default=None, help="Create a dead-letter queue NAME-dlq.")
+@click.option(
+    "--max-receive-count", type=int, help="Receives before SQS moves a message to the DLQ (5)."
+)
+@click.option("--visibility-timeout", type=int, default=30, show_default=True, metavar="S")
+@pass_app
+def create(
+    app: App,
+    name: str,
+    concurrency: int | None,
+    handler: str | None,
+    dlq: bool | None,
+    max_receive_count: int | None,
+    visibility_timeout: int,
+) -> None:
+    """Create queue NAME in SQS and MongoDB."""
+    if dlq is False and max_receive_count is not None:
+        raise click.UsageError("--max-receive-count needs a DLQ; drop --no-dlq")
+    record = app.queues.create(
+        name,
+        concurrency=concurrency,
+        handler=handler,
+        dlq=bool(dlq) or max_receive_count is not None,
+        max_receive_count=max_receive_count,
+        visibility_timeout=visibility_timeout,
+    )
+    dlq_note = ""
+    if record.dlq_name:
+        dlq_note = f", DLQ {record.dlq_name} after {record.max_receive_count} receives"
+    click.echo(
+        f"created {record.name} (concurrency {record.concurrency}, "
+        f"handler {record.handler}{dlq_note})"
+    )
+
+
+@queue.command()
+@NAME
+@pass_app
+def delete(app: App, name: str) -> None:
+    """Delete queue NAME (and its DLQ) from SQS and MongoDB."""
+    app.queues.delete(name)
+    click.echo(f"deleted {name}")
+
+
+@queue.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@pass_app
+def list_(app: App, as_json: bool) -> None:
+    """List queues with depth, in flight, concurrency, paused and worker."""
+    views = app.queues.views()
+    if as_json:
+        render.emit_json([v.to_json() for v in views])
+        return
+    render.table(
+        ["NAME", "VISIBLE", "IN FLIGHT", "CONCURRENCY", "PAUSED", "WORKER"],
+        [
+            [d["name"], d["visible"], d["inFlight"], d["concurrency"], d["paused"], d["worker"]]
+            for d in (v.to_json() for v in views)
+        ],
+    )
+
+
+@queue.command()
+@NAME
+@click.argument("count", type=int)
+@click.option("--body", help='Message body (default: {"seq": i}).')
+@pass_app
+def send(app: App, name: str, count: int, body: str | None) -> None:
+    """Send COUNT test messages to NAME, 10 per request."""
+    if sys.stdout.isatty() and count > 0:
+        with click.progressbar(length=count, label=f"sending to {name}") as bar:
+            app.queues.send(name, count, body, progress=bar.update)
+    else:
+        app.queues.send(name, count, body)
+    click.echo(f"sent {count} messages to {name}")
+
+
+@queue.command()
+@NAME
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@pass_app
+def size(app: App, name: str, as_json: bool) -> None:
+    """Show NAME's visible, in-flight and delayed message counts."""
+    depth = app.queues.depth(name)
+    doc = {
+        "name": name,
+        "visible": depth.visible,
+        "inFlight": depth.in_flight,
+        "delayed": depth.delayed,
+    }
+    if as_json:
+        render.emit_json(doc)
+    else:
+        render.table(["NAME", "VISIBLE", "IN FLIGHT", "DELAYED"], [list(doc.values())])
+
+
+@queue.command("set-concurrency")
+@NAME
+@click.argument("n", type=int)
+@pass_app
+def set_concurrency(app: App, name: str, n: int) -> None:
+    """Set how many handlers NAME runs at once; running consumers pick it up."""
+    app.queues.set_concurrency(name, n)
+    click.echo(f"{name}: concurrency {n}")
+
+
+@queue.command("set-handler")
+@NAME
+@click.argument("handler", metavar="MOD:FUNC")
+@pass_app
+def set_handler(app: App, name: str, handler: str) -> None:
+    """Set NAME's handler import path."""
+    app.queues.set_handler(name, handler)
+    click.echo(f"{name}: handler {handler}")
+
+
+@queue.command()
+@NAME
+@pass_app
+def pause(app: App, name: str) -> None:
+    """Stop assigning NAME; a running consumer stops receiving."""
+    app.queues.set_paused(name, True)
+    click.echo(f"{name}: paused")
+
+
+@queue.command()
+@NAME
+@pass_app
+def resume(app: App, name: str) -> None:
+    """Assign NAME again."""
+    app.queues.set_paused(name, False)
+    click.echo(f"{name}: resumed")
+
+
+@queue.command()
+@NAME
+@pass_app
+def purge(app: App, name: str) -> None:
+    """Delete every message in NAME."""
+    app.queues.purge(name)
+    click.echo(f"{name}: purged")
+
+
+@queue.command()
+@NAME
+@pass_app
+def redrive(app: App, name: str) -> None:
+    """Move the messages of NAME's DLQ back to NAME."""
+    moved = app.queues.redrive(name)
+    click.echo(f"{name}: moved {moved} messages back from its DLQ")
+
+
+@queue.command()
+@pass_app
+def sync(app: App) -> None:
+    """Create in SQS every queue that MongoDB has and SQS lacks."""
+    created = app.queues.sync()
+    for record in created:
+        click.echo(f"created {record.name} in SQS")
+    click.echo(f"synced: {len(created)} queue(s) created")

@@ -1,0 +1,241 @@
+"""Settings: one frozen object, built once at the entry point and passed down.
+
+Values come from `env/<name>.json`, then from environment variables of the same
+name. Every key is checked here; a bad one raises ConfigError naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from orchestrator.errors import ConfigError
+
+ENV_NAME_VAR = "ORCHESTRATOR_ENV"
+CONFIG_DIR_VAR = "ORCHESTRATOR_CONFIG_DIR"
+DEFAULT_ENV = "development"
+REDACTED = "***"
+HANDLER_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+
+
+def _key(
+    default: Any,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    choices: tuple[str, ...] = (),
+    secret: bool = False,
+) -> Any:
+    """A settings field; the metadata drives parsing, validation and redaction."""
+    meta = {"lo": lo, "hi": hi, "choices": choices, "secret": secret}
+    return field(default=default, metadata=meta, repr=not secret)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of §7 of the design; attribute names are the keys in lower case."""
+
+    aws_region: str = _key("us-east-1")
+    aws_access_key_id: str = _key("test", secret=True)
+    aws_secret_access_key: str = _key("test", secret=True)
+    aws_sqs_endpoint: str = _key("embedded")
+    mongodb_uri: str = _key("embedded", secret=True)  # may carry a password
+    mongodb_name: str = _key("orchestrator")
+    data_dir: str = _key(".orchestrator")
+    embedded_mongodb_port: int = _key(27017, lo=0, hi=65535)
+    embedded_sqs_port: int = _key(4566, lo=0, hi=65535)
+    port: int = _key(3000, lo=0, hi=65535)
+    api_host: str = _key("127.0.0.1")
+    api_token: str = _key("", secret=True)
+    max_load: int = _key(5, lo=1)
+    consumer_usage_limit: int = _key(5, lo=1)
+    consumer_max_rss_mb: int = _key(512, lo=16)
+    worker_instances: int = _key(1, lo=1, hi=64)
+    default_concurrency: int = _key(5, lo=1)
+    max_concurrency: int = _key(100, lo=1, hi=10_000)
+    default_handler: str = _key("orchestrator.handlers:log")
+    master_interval: float = _key(1.0, lo=0.01)
+    heartbeat_interval: float = _key(2.0, lo=0.01)
+    worker_timeout: float = _key(10.0, lo=0.1)
+    lease_ttl: float = _key(10.0, lo=0.1)
+    idle_check_max: float = _key(30.0, lo=0.1)
+    assignment_max_seconds: float = _key(300.0, lo=1)
+    drain_empty_polls: int = _key(2, lo=1)
+    shutdown_grace: float = _key(30.0, lo=0)
+    job_ttl_days: float = _key(5.0, lo=0.0001)
+    log_format: str = _key("console", choices=("console", "json"))
+    log_level: str = _key("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    # Where the values came from, for `config show`; not settings themselves.
+    env_name: str = field(default=DEFAULT_ENV, compare=False)
+    source: str = field(default="", compare=False)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def mongodb_embedded(self) -> bool:
+        return self.mongodb_uri == "embedded"
+
+    @property
+    def sqs_kind(self) -> str:
+        """`embedded`, `localstack`, `url` or `aws`."""
+        if self.aws_sqs_endpoint in ("embedded", "localstack"):
+            return self.aws_sqs_endpoint
+        return "url" if self.aws_sqs_endpoint else "aws"
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings by key, with secrets hidden: safe to print or log."""
+        out: dict[str, Any] = {}
+        for f in settings_fields():
+            value = getattr(self, f.name)
+            if f.name == "mongodb_uri":
+                value = redact_uri(value)
+            elif f.metadata["secret"] and value:
+                value = REDACTED
+            out[f.name.upper()] = value
+        return out
+
+
+def settings_fields() -> list[dataclasses.Field[Any]]:
+    return [f for f in dataclasses.fields(Settings) if "secret" in f.metadata]
+
+
+def setting_keys() -> list[str]:
+    return [f.name.upper() for f in settings_fields()]
+
+
+def redact_uri(uri: str) -> str:
+    """Hide the password (and user) of a URI such as mongodb://user:pw@host/db."""
+    parts = urlsplit(uri)
+    if not parts.password and not parts.username:
+        return uri
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{REDACTED}@{host}"))
+
+
+def find_env_file(env_name: str, environ: Mapping[str, str], cwd: Path) -> Path:
+    """The env file for `env_name`: $ORCHESTRATOR_CONFIG_DIR, ./env, then the checkout's env/."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", env_name):
+        raise ConfigError(f"invalid environment name {env_name!r} (letters, digits, _ and -)")
+    if environ.get(CONFIG_DIR_VAR):
+        candidates = [Path(environ[CONFIG_DIR_VAR])]
+    else:
+        candidates = [cwd / "env", Path(__file__).resolve().parent.parent / "env"]
+    for folder in candidates:
+        path = folder / f"{env_name}.json"
+        if path.is_file():
+            return path
+    looked = ", ".join(str(c / f"{env_name}.json") for c in candidates)
+    raise ConfigError(f"environment '{env_name}' not found; looked for {looked}")
+
+
+def load(
+    env_name: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Settings:
+    """Build Settings from the env file and the environment; raise ConfigError if any is bad."""
+    environ = os.environ if environ is None else environ
+    cwd = Path.cwd() if cwd is None else cwd
+    name = env_name or environ.get(ENV_NAME_VAR) or DEFAULT_ENV
+    path = find_env_file(name, environ, cwd)
+    raw = _read_json(path)
+    known = {f.name.upper(): f for f in settings_fields()}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown setting {', '.join(unknown)} in {path}")
+    values: dict[str, Any] = {}
+    for key, f in known.items():
+        if key in environ:
+            values[f.name] = _parse(f, key, environ[key], from_env=True)
+        elif key in raw:
+            values[f.name] = _parse(f, key, raw[key], from_env=False)
+    data_dir = Path(values.get("data_dir", Settings.data_dir)).expanduser()
+    values["data_dir"] = str(data_dir if data_dir.is_absolute() else cwd / data_dir)
+    settings = Settings(**values, env_name=name, source=str(path))
+    _check_together(settings)
+    return settings
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a JSON object of settings")
+    return raw
+
+
+def _parse(f: dataclasses.Field[Any], key: str, value: Any, *, from_env: bool) -> Any:
+    kind = type(f.default)
+    shown = REDACTED if f.metadata["secret"] else repr(value)
+    parsed = _coerce(kind, value, from_env)
+    if parsed is None:
+        noun = {int: "an integer", float: "a number", str: "a string"}[kind]
+        raise ConfigError(f"setting {key} must be {noun}, got {shown}")
+    lo, hi, choices = f.metadata["lo"], f.metadata["hi"], f.metadata["choices"]
+    if (lo is not None and parsed < lo) or (hi is not None and parsed > hi):
+        bounds = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+        raise ConfigError(f"setting {key} must be {bounds}, got {shown}")
+    if choices and parsed not in choices:
+        raise ConfigError(f"setting {key} must be one of {', '.join(choices)}, got {shown}")
+    return parsed
+
+
+def _coerce(kind: type, value: Any, from_env: bool) -> Any:
+    """`value` as `kind`, or None when it is not one. Env values are strings."""
+    if kind is str:
+        return value if isinstance(value, str) else None
+    if from_env:
+        try:
+            return kind(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, bool):
+        return None
+    if kind is int:
+        return value if isinstance(value, int) else None
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _check_together(s: Settings) -> None:
+    """Rules that involve more than one key, or a key's format."""
+    if s.default_concurrency > s.max_concurrency:
+        raise ConfigError(
+            f"setting DEFAULT_CONCURRENCY ({s.default_concurrency}) must not exceed "
+            f"MAX_CONCURRENCY ({s.max_concurrency})"
+        )
+    if s.worker_timeout <= s.heartbeat_interval:
+        raise ConfigError(
+            f"setting WORKER_TIMEOUT ({s.worker_timeout}) must exceed "
+            f"HEARTBEAT_INTERVAL ({s.heartbeat_interval})"
+        )
+    if not HANDLER_PATH.match(s.default_handler):
+        raise ConfigError(
+            f"setting DEFAULT_HANDLER must look like package.module:function, "
+            f"got {s.default_handler!r}"
+        )
+    if not (s.mongodb_embedded or s.mongodb_uri.startswith(("mongodb://", "mongodb+srv://"))):
+        raise ConfigError(
+            "setting MONGODB_URI must be 'embedded' or a mongodb:// URI, "
+            f"got {redact_uri(s.mongodb_uri)!r}"
+        )
+    if s.sqs_kind == "url" and not s.aws_sqs_endpoint.startswith(("http://", "https://")):
+        raise ConfigError(
+            "setting AWS_SQS_ENDPOINT must be 'embedded', 'localstack', an http(s) URL "
+            f"or empty, got {s.aws_sqs_endpoint!r}"
+        )
+    if not s.mongodb_name or "/" in s.mongodb_name or "." in s.mongodb_name:
+        raise ConfigError(f"setting MONGODB_NAME is not a database name: {s.mongodb_name!r}")

@@ -1,0 +1,50 @@
+"""The project's exception tree: one base, each class named for what happened.
+
+`exit_code` is what the CLI exits with when the error reaches it:
+2 for bad input (nothing was changed), 1 for an operation that failed.
+"""
+
+from __future__ import annotations
+
+
+class OrchestratorError(Exception):
+    """Base of every error this project raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(OrchestratorError):
+    """A setting is unknown, of the wrong type or out of range."""
+
+    exit_code = 2
+
+
+class InvalidValue(OrchestratorError):
+    """A value given by the user breaks a rule (queue name, concurrency, handler path)."""
+
+    exit_code = 2
+
+
+class QueueNotFound(OrchestratorError):
+    """The named queue has no document in MongoDB (or no SQS queue)."""
+
+    def __init__(self, name: str, where: str = "") -> None:
+        detail = f" in {where}" if where else ""
+        super().__init__(f"queue '{name}' does not exist{detail}")
+        self.name = name
+
+
+class QueueExists(OrchestratorError):
+    """A queue with that name is already managed."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"queue '{name}' already exists")
+        self.name = name
+
+
+class ServiceUnavailable(OrchestratorError):
+    """MongoDB or SQS could not be reached or refused the request."""
+
+
+class EmbeddedServerError(OrchestratorError):
+    """An embedded server could not be started, reused or stopped."""

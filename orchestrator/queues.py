@@ -1,0 +1,164 @@
+"""Queue administration: the operations behind `orchestrator queue …` (and later the API).
+
+Each operation validates everything first, so that bad input changes nothing,
+then writes desired state through the Store and SQS through Sqs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from orchestrator import validate
+from orchestrator.config import Settings
+from orchestrator.errors import QueueExists, QueueNotFound
+from orchestrator.models import QueueDepth, QueueRecord
+from orchestrator.sqs import BATCH, Sqs
+from orchestrator.store import Store
+
+
+@dataclass(frozen=True)
+class QueueView:
+    """A queue as listings show it: its settings, SQS depth and assigned worker."""
+
+    queue: QueueRecord
+    depth: QueueDepth | None  # None when SQS has no such queue
+    worker: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.queue.name,
+            "queueUrl": self.queue.queue_url,
+            "concurrency": self.queue.concurrency,
+            "handler": self.queue.handler,
+            "paused": self.queue.paused,
+            "visible": self.depth.visible if self.depth else None,
+            "inFlight": self.depth.in_flight if self.depth else None,
+            "worker": self.worker,
+        }
+
+
+class QueueAdmin:
+    """Creates, changes and inspects managed queues in MongoDB and SQS together."""
+
+    def __init__(self, settings: Settings, store: Store, sqs: Sqs) -> None:
+        self.settings = settings
+        self.store = store
+        self.sqs = sqs
+
+    def create(
+        self,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        handler: str | None = None,
+        dlq: bool = False,
+        max_receive_count: int | None = None,
+        visibility_timeout: int = 30,
+    ) -> QueueRecord:
+        s = self.settings
+        record = QueueRecord(
+            name=validate.queue_name(name),
+            queue_url="",
+            concurrency=validate.concurrency(
+                s.default_concurrency if concurrency is None else concurrency, s.max_concurrency
+            ),
+            handler=validate.handler_path(handler or s.default_handler),
+            visibility_timeout=validate.visibility_timeout(visibility_timeout),
+            dlq_name=validate.dlq_name(name) if dlq else None,
+            max_receive_count=validate.max_receive_count(max_receive_count or 5) if dlq else None,
+        )
+        # Checked before touching SQS: creating an existing queue could change its attributes.
+        if self.store.find_queue(name) is not None:
+            raise QueueExists(name)
+        return self.store.insert_queue(self._create_in_sqs(record))
+
+    def _create_in_sqs(self, record: QueueRecord) -> QueueRecord:
+        url, dlq_url = self.sqs.create_queue(
+            record.name,
+            visibility_timeout=record.visibility_timeout,
+            dlq_name=record.dlq_name,
+            max_receive_count=record.max_receive_count,
+        )
+        return replace(record, queue_url=url, dlq_url=dlq_url)
+
+    def delete(self, name: str) -> QueueRecord:
+        """Forget the queue, then delete it (and its DLQ) from SQS."""
+        queue = self.store.get_queue(name)
+        self.store.delete_queue(name)
+        for url in (queue.queue_url, queue.dlq_url):
+            if url:
+                # Already gone from SQS is the outcome the user asked for.
+                with contextlib.suppress(QueueNotFound):
+                    self.sqs.delete_queue(url)
+        return queue
+
+    def views(self) -> list[QueueView]:
+        workers = self.store.assigned_workers()
+        return [
+            QueueView(q, self._depth_or_none(q.queue_url), workers.get(q.queue_url))
+            for q in self.store.list_queues()
+        ]
+
+    def _depth_or_none(self, url: str) -> QueueDepth | None:
+        try:
+            return self.sqs.depth(url)
+        except QueueNotFound:
+            return None
+
+    def depth(self, name: str) -> QueueDepth:
+        return self.sqs.depth(self.store.get_queue(name).queue_url)
+
+    def set_concurrency(self, name: str, value: int) -> QueueRecord:
+        validate.concurrency(value, self.settings.max_concurrency)
+        return self.store.update_queue(name, {"concurrency": value})
+
+    def set_handler(self, name: str, path: str) -> QueueRecord:
+        return self.store.update_queue(name, {"handler": validate.handler_path(path)})
+
+    def set_paused(self, name: str, paused: bool) -> QueueRecord:
+        return self.store.update_queue(name, {"paused": paused})
+
+    def purge(self, name: str) -> None:
+        self.sqs.purge(self.store.get_queue(name).queue_url)
+
+    def redrive(self, name: str) -> int:
+        """Move the queue's DLQ messages back to it; return how many moved."""
+        queue = self.store.get_queue(name)
+        if not queue.dlq_url:
+            raise QueueNotFound(f"{name}'s DLQ", "MongoDB (created without --dlq)")
+        return self.sqs.redrive(queue.dlq_url, queue.queue_url)
+
+    def send(
+        self,
+        name: str,
+        count: int,
+        body: str | None = None,
+        progress: Callable[[int], None] = lambda n: None,
+    ) -> int:
+        """Send `count` test messages in batches of 10; default bodies are {"seq": i}."""
+        validate.positive(count, "count")
+        url = self.store.get_queue(name).queue_url
+        for start in range(0, count, BATCH):
+            seqs = range(start, min(start + BATCH, count))
+            bodies = [json.dumps({"seq": i}) if body is None else body for i in seqs]
+            self.sqs.send_batch(url, bodies)
+            progress(len(seqs))
+        return count
+
+    def sync(self) -> list[QueueRecord]:
+        """DB → SQS: create every queue whose SQS queue is missing, keeping its `_id`."""
+        existing = set(self.sqs.list_queue_urls())
+        created = []
+        for queue in self.store.list_queues():
+            missing_dlq = queue.dlq_name is not None and queue.dlq_url not in existing
+            if queue.queue_url in existing and not missing_dlq:
+                continue
+            fresh = self._create_in_sqs(queue)
+            assert queue.id is not None
+            self.store.mark_synced(queue.id, fresh.queue_url, fresh.dlq_url)
+            created.append(fresh)
+        return created

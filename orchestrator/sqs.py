@@ -1,0 +1,207 @@
+"""Sqs: every SQS request of the project. The only module that imports boto3."""
+
+from __future__ import annotations
+
+import functools
+import json
+import uuid
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from orchestrator.errors import QueueNotFound, ServiceUnavailable
+from orchestrator.models import QueueDepth
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.literals import QueueAttributeNameType
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+MISSING_QUEUE_CODES = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
+BATCH = 10  # SQS's limit for send, delete and receive
+SEND_ATTEMPTS = 3
+DLQ_RETENTION_SECONDS = 14 * 86400  # the most SQS keeps a message: time to look at poison
+
+
+def translated(method: Callable[P, R]) -> Callable[P, R]:
+    """Turn botocore errors into QueueNotFound or ServiceUnavailable naming the endpoint."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        sqs = args[0]
+        assert isinstance(sqs, Sqs)
+        try:
+            return method(*args, **kwargs)
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            code = error.get("Code", "")
+            if code in MISSING_QUEUE_CODES:
+                raise QueueNotFound(_queue_name(args), "SQS") from exc
+            raise ServiceUnavailable(
+                f"SQS at {sqs.address} refused {exc.operation_name}: {code}: {error.get('Message')}"
+            ) from exc
+        except BotoCoreError as exc:
+            raise ServiceUnavailable(f"SQS at {sqs.address} failed: {exc}") from exc
+
+    return wrapper
+
+
+def _queue_name(args: Iterable[Any]) -> str:
+    """The queue a failed call was about, from its first string argument (a name or URL)."""
+    for arg in args:
+        if isinstance(arg, str):
+            return arg.rstrip("/").rsplit("/", 1)[-1]
+    return "?"
+
+
+class Sqs:
+    """Owns the boto3 SQS client; returns plain values and typed records."""
+
+    def __init__(
+        self,
+        endpoint: str | None,
+        region: str,
+        access_key_id: str = "",
+        secret_access_key: str = "",
+        *,
+        connect_timeout: float = 5,
+    ) -> None:
+        self.address = endpoint or f"AWS ({region})"
+        config = Config(
+            connect_timeout=connect_timeout,
+            read_timeout=30,  # above the 20 s long poll
+            retries={"mode": "standard", "max_attempts": 3},
+            max_pool_connections=50,
+        )
+        # Empty keys mean boto3's own chain (instance role, profile, ...).
+        self.client: SQSClient = boto3.session.Session().client(
+            "sqs",
+            endpoint_url=endpoint,
+            region_name=region,
+            config=config,
+            aws_access_key_id=access_key_id or None,
+            aws_secret_access_key=secret_access_key or None,
+        )
+
+    # --- queues ----------------------------------------------------------------
+
+    @translated
+    def create_queue(
+        self,
+        name: str,
+        *,
+        visibility_timeout: int,
+        dlq_name: str | None = None,
+        max_receive_count: int | None = None,
+    ) -> tuple[str, str | None]:
+        """Create the queue (and its DLQ with a redrive policy); return both URLs."""
+        attributes: dict[QueueAttributeNameType, str] = {
+            "VisibilityTimeout": str(visibility_timeout)
+        }
+        fifo = name.endswith(".fifo")
+        if fifo:
+            attributes["FifoQueue"] = "true"
+        dlq_url = None
+        if dlq_name:
+            dlq_attrs: dict[QueueAttributeNameType, str] = {
+                "MessageRetentionPeriod": str(DLQ_RETENTION_SECONDS)
+            }
+            if fifo:
+                dlq_attrs["FifoQueue"] = "true"
+            dlq_url = self.client.create_queue(QueueName=dlq_name, Attributes=dlq_attrs)["QueueUrl"]
+            arn = self.client.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
+            attributes["RedrivePolicy"] = json.dumps(
+                {
+                    "deadLetterTargetArn": arn["Attributes"]["QueueArn"],
+                    "maxReceiveCount": str(max_receive_count or 5),
+                }
+            )
+        url = self.client.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+        return url, dlq_url
+
+    @translated
+    def delete_queue(self, url: str) -> None:
+        self.client.delete_queue(QueueUrl=url)
+
+    @translated
+    def list_queue_urls(self, page_size: int = 1000) -> list[str]:
+        """Every queue URL, across all pages of ListQueues."""
+        pages = self.client.get_paginator("list_queues").paginate(
+            PaginationConfig={"PageSize": page_size}
+        )
+        return [url for page in pages for url in page.get("QueueUrls", [])]
+
+    @translated
+    def depth(self, url: str) -> QueueDepth:
+        attrs = self.client.get_queue_attributes(
+            QueueUrl=url,
+            AttributeNames=[
+                "ApproximateNumberOfMessages",
+                "ApproximateNumberOfMessagesNotVisible",
+                "ApproximateNumberOfMessagesDelayed",
+            ],
+        )["Attributes"]
+        return QueueDepth(
+            visible=int(attrs.get("ApproximateNumberOfMessages", 0)),
+            in_flight=int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
+            delayed=int(attrs.get("ApproximateNumberOfMessagesDelayed", 0)),
+        )
+
+    @translated
+    def purge(self, url: str) -> None:
+        self.client.purge_queue(QueueUrl=url)
+
+    # --- messages --------------------------------------------------------------
+
+    @translated
+    def send_batch(self, url: str, bodies: list[str], attributes: list[Any] | None = None) -> None:
+        """Send up to 10 messages, retrying entries SQS failed; raise if some never go."""
+        fifo = url.endswith(".fifo")
+        entries: dict[str, Any] = {}
+        for i, body in enumerate(bodies):
+            entry: dict[str, Any] = {"Id": str(i), "MessageBody": body}
+            if attributes and attributes[i]:
+                entry["MessageAttributes"] = attributes[i]
+            if fifo:
+                entry["MessageGroupId"] = "default"
+                entry["MessageDeduplicationId"] = uuid.uuid4().hex
+            entries[entry["Id"]] = entry
+        for _ in range(SEND_ATTEMPTS):
+            result = self.client.send_message_batch(QueueUrl=url, Entries=list(entries.values()))
+            entries = {f["Id"]: entries[f["Id"]] for f in result.get("Failed", [])}
+            if not entries:
+                return
+        raise ServiceUnavailable(f"SQS at {self.address} did not accept {len(entries)} message(s)")
+
+    @translated
+    def redrive(self, dlq_url: str, url: str) -> int:
+        """Move every DLQ message back to its queue: send first, then delete (never lose one)."""
+        moved = 0
+        while True:
+            messages = self.client.receive_message(
+                QueueUrl=dlq_url,
+                MaxNumberOfMessages=BATCH,
+                WaitTimeSeconds=1,
+                VisibilityTimeout=60,
+                MessageAttributeNames=["All"],
+            ).get("Messages", [])
+            if not messages:
+                return moved
+            self.send_batch(
+                url,
+                [m["Body"] for m in messages],
+                [m.get("MessageAttributes") for m in messages],
+            )
+            self.client.delete_message_batch(
+                QueueUrl=dlq_url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                    for i, m in enumerate(messages)
+                ],
+            )
+            moved += len(messages)

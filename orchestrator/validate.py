@@ -1,0 +1,74 @@
+"""Pure checks of user-given values; each raises InvalidValue naming the problem."""
+
+from __future__ import annotations
+
+import re
+
+from orchestrator.config import HANDLER_PATH
+from orchestrator.errors import InvalidValue
+
+NAME_MAX = 80
+FIFO_SUFFIX = ".fifo"
+DLQ_SUFFIX = "-dlq"
+_NAME_CHARS = re.compile(r"^[A-Za-z0-9_-]+$")
+MAX_VISIBILITY_TIMEOUT = 43_200  # 12 hours, SQS's limit
+MAX_RECEIVE_COUNT = 1000  # SQS's limit for a redrive policy
+
+
+def queue_name(name: str) -> str:
+    """SQS naming rules: 1-80 of A-Za-z0-9_-, and `.fifo` only as a FIFO queue's suffix."""
+    base = name.removesuffix(FIFO_SUFFIX)
+    if len(name) > NAME_MAX:
+        raise InvalidValue(f"queue name {name!r} is {len(name)} characters; at most {NAME_MAX}")
+    if not base:
+        raise InvalidValue(f"queue name {name!r} is empty")
+    if not _NAME_CHARS.match(base):
+        bad = sorted({c for c in base if not re.match(r"[A-Za-z0-9_-]", c)})
+        raise InvalidValue(
+            f"queue name {name!r} has characters SQS does not allow: {''.join(bad)!r} "
+            "(use letters, digits, '-' and '_'; '.fifo' only as a FIFO suffix)"
+        )
+    return name
+
+
+def dlq_name(name: str) -> str:
+    """The dead-letter queue's name for a queue: `<base>-dlq`, keeping `.fifo`."""
+    fifo = name.endswith(FIFO_SUFFIX)
+    dlq = name.removesuffix(FIFO_SUFFIX) + DLQ_SUFFIX + (FIFO_SUFFIX if fifo else "")
+    if len(dlq) > NAME_MAX:
+        raise InvalidValue(
+            f"queue name {name!r} is too long for a DLQ: {dlq!r} would pass {NAME_MAX} characters"
+        )
+    return dlq
+
+
+def concurrency(value: int, maximum: int) -> int:
+    if not 1 <= value <= maximum:
+        raise InvalidValue(f"concurrency {value} is out of range 1..{maximum} (MAX_CONCURRENCY)")
+    return value
+
+
+def handler_path(path: str) -> str:
+    if not HANDLER_PATH.match(path):
+        raise InvalidValue(f"handler {path!r} must look like package.module:function")
+    return path
+
+
+def positive(value: int, what: str) -> int:
+    if value < 1:
+        raise InvalidValue(f"{what} must be a positive integer, got {value}")
+    return value
+
+
+def visibility_timeout(seconds: int) -> int:
+    if not 0 <= seconds <= MAX_VISIBILITY_TIMEOUT:
+        raise InvalidValue(
+            f"visibility timeout {seconds} is out of range 0..{MAX_VISIBILITY_TIMEOUT} seconds"
+        )
+    return seconds
+
+
+def max_receive_count(value: int) -> int:
+    if not 1 <= value <= MAX_RECEIVE_COUNT:
+        raise InvalidValue(f"max receive count {value} is out of range 1..{MAX_RECEIVE_COUNT}")
+    return value
