@@ -11,6 +11,8 @@ from cli.app import App
 
 pass_app = click.make_pass_decorator(App)
 NAME = click.argument("name")
+# So that `send q -5` reports a bad count rather than an unknown option "-5".
+NUMBER_ARGS = {"ignore_unknown_options": True}
 
 
 @click.group()
@@ -84,7 +86,7 @@ def list_(app: App, as_json: bool) -> None:
     )
 
 
-@queue.command()
+@queue.command(context_settings=NUMBER_ARGS)
 @NAME
 @click.argument("count", type=int)
 @click.option("--body", help='Message body (default: {"seq": i}).')
@@ -118,7 +120,7 @@ def size(app: App, name: str, as_json: bool) -> None:
         render.table(["NAME", "VISIBLE", "IN FLIGHT", "DELAYED"], [list(doc.values())])
 
 
-@queue.command("set-concurrency")
+@queue.command("set-concurrency", context_settings=NUMBER_ARGS)
 @NAME
 @click.argument("n", type=int)
 @pass_app

@@ -66,10 +66,14 @@ class QueueAdmin:
             concurrency=validate.concurrency(
                 s.default_concurrency if concurrency is None else concurrency, s.max_concurrency
             ),
-            handler=validate.handler_path(handler or s.default_handler),
+            handler=validate.handler_path(s.default_handler if handler is None else handler),
             visibility_timeout=validate.visibility_timeout(visibility_timeout),
             dlq_name=validate.dlq_name(name) if dlq else None,
-            max_receive_count=validate.max_receive_count(max_receive_count or 5) if dlq else None,
+            max_receive_count=(
+                validate.max_receive_count(5 if max_receive_count is None else max_receive_count)
+                if dlq
+                else None
+            ),
         )
         # Checked before touching SQS: creating an existing queue could change its attributes.
         if self.store.find_queue(name) is not None:

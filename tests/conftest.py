@@ -1,0 +1,110 @@
+"""Fixtures shared by every test suite: real servers, isolated per test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from cli.main import cli
+from orchestrator import config, embedded
+from orchestrator.config import Settings
+from orchestrator.embedded import Endpoints
+from orchestrator.sqs import Sqs
+from orchestrator.store import Store
+
+REPO = Path(__file__).resolve().parent.parent
+ENV_DIR = REPO / "env"
+ORCHESTRATOR = str(Path(sys.executable).parent / "orchestrator")
+
+
+def base_environ(data_dir: Path, **extra: str) -> dict[str, str]:
+    """Environment for the test settings: test env file, own DATA_DIR, ports picked at start."""
+    keep = {k: v for k, v in os.environ.items() if k not in config.setting_keys()}
+    return {
+        **keep,
+        "ORCHESTRATOR_CONFIG_DIR": str(ENV_DIR),
+        "ORCHESTRATOR_ENV": "test",
+        "DATA_DIR": str(data_dir),
+        **extra,
+    }
+
+
+@pytest.fixture(scope="session")
+def services_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A DATA_DIR whose embedded MongoDB and SQS servers run for the whole session."""
+    data_dir = tmp_path_factory.mktemp("services")
+    settings = config.load(environ=base_environ(data_dir))
+    embedded.ensure(settings)
+    yield data_dir
+    embedded.stop(settings)
+
+
+@pytest.fixture(scope="session")
+def endpoints(services_dir: Path) -> Endpoints:
+    return embedded.endpoints(config.load(environ=base_environ(services_dir)))
+
+
+@pytest.fixture
+def environ(services_dir: Path, endpoints: Endpoints) -> dict[str, str]:
+    """This test's environment: the session's servers, its own database, a clean SQS."""
+    assert endpoints.sqs_endpoint
+    request = urllib.request.Request(f"{endpoints.sqs_endpoint}/moto-api/reset", method="POST")
+    urllib.request.urlopen(request, timeout=5).close()
+    return base_environ(services_dir, MONGODB_NAME=f"t_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def settings(environ: Mapping[str, str]) -> Settings:
+    return config.load(environ=environ)
+
+
+@pytest.fixture
+def store(settings: Settings, endpoints: Endpoints) -> Iterator[Store]:
+    store = Store(endpoints.mongodb_uri, settings.mongodb_name, job_ttl_days=settings.job_ttl_days)
+    store.ensure_indexes()
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def sqs(settings: Settings, endpoints: Endpoints) -> Sqs:
+    return Sqs(endpoints.sqs_endpoint, settings.aws_region, "test", "test")
+
+
+@pytest.fixture
+def run_cli(environ: dict[str, str]) -> Callable[..., Result]:
+    """Run the CLI in-process (the real click app) with this test's environment."""
+
+    def run(*args: str, env: Mapping[str, str] | None = None) -> Result:
+        runner = CliRunner()
+        return runner.invoke(
+            cli, list(args), env={**environ, **(env or {})}, catch_exceptions=False
+        )
+
+    return run
+
+
+@pytest.fixture
+def run_console(environ: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run the installed `orchestrator` console script as a real process."""
+
+    def run(*args: str, env: Mapping[str, str] | None = None, timeout: float = 60) -> Any:
+        return subprocess.run(
+            [ORCHESTRATOR, *args],
+            env={**environ, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    return run

@@ -1,0 +1,232 @@
+"""The queue CLI against real servers: outputs, exit codes, and bad input changing nothing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from click.testing import Result
+
+from orchestrator.sqs import Sqs
+from orchestrator.store import Store
+
+Run = Callable[..., Result]
+
+
+def snapshot(store: Store, sqs: Sqs) -> dict[str, Any]:
+    """Everything a command could change: queue documents and every SQS queue's state."""
+    docs = list(store._db["queues"].find({}, {"updatedAt": 0}).sort("name", 1))
+    queues = {}
+    for url in sorted(sqs.list_queue_urls()):
+        attrs = sqs.client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        queues[url] = {k: v for k, v in attrs.items() if k != "LastModifiedTimestamp"}
+    return {"docs": docs, "sqs": queues}
+
+
+def test_done_when_flow(run_cli: Run) -> None:
+    assert run_cli("queue", "create", "demo", "--concurrency", "3").exit_code == 0
+    sent = run_cli("queue", "send", "demo", "100")
+    assert sent.exit_code == 0, sent.output
+    listed = run_cli("queue", "list", "--json")
+    assert listed.exit_code == 0
+    [demo] = json.loads(listed.stdout)
+    assert demo == {
+        "name": "demo",
+        "queueUrl": demo["queueUrl"],
+        "concurrency": 3,
+        "handler": "orchestrator.handlers:log",
+        "paused": False,
+        "visible": 100,
+        "inFlight": 0,
+        "worker": None,
+    }
+    size = run_cli("queue", "size", "demo", "--json")
+    assert json.loads(size.stdout) == {"name": "demo", "visible": 100, "inFlight": 0, "delayed": 0}
+    table = run_cli("queue", "list").stdout.splitlines()
+    assert table[0].split() == [
+        "NAME",
+        "VISIBLE",
+        "IN",
+        "FLIGHT",
+        "CONCURRENCY",
+        "PAUSED",
+        "WORKER",
+    ]
+    assert table[1].split() == ["demo", "100", "0", "3", "no", "-"]
+
+
+def test_create_with_dlq_records_it(run_cli: Run, store: Store, sqs: Sqs) -> None:
+    args = ["--dlq", "--max-receive-count", "4", "--visibility-timeout", "60"]
+    result = run_cli("queue", "create", "orders", *args, "--handler", "orchestrator.handlers:noop")
+    assert result.exit_code == 0, result.output
+    q = store.get_queue("orders")
+    assert (q.dlq_name, q.max_receive_count, q.visibility_timeout) == ("orders-dlq", 4, 60)
+    assert q.dlq_url in sqs.list_queue_urls()
+    assert q.handler == "orchestrator.handlers:noop"
+
+
+def test_max_receive_count_alone_implies_a_dlq(run_cli: Run, store: Store) -> None:
+    assert run_cli("queue", "create", "o2", "--max-receive-count", "2").exit_code == 0
+    assert store.get_queue("o2").dlq_name == "o2-dlq"
+
+
+def test_settings_changes_reach_the_document(run_cli: Run, store: Store) -> None:
+    run_cli("queue", "create", "q")
+    assert run_cli("queue", "set-concurrency", "q", "9").exit_code == 0
+    assert run_cli("queue", "set-handler", "q", "orchestrator.handlers:sleep").exit_code == 0
+    assert run_cli("queue", "pause", "q").exit_code == 0
+    q = store.get_queue("q")
+    assert (q.concurrency, q.handler, q.paused) == (9, "orchestrator.handlers:sleep", True)
+    assert run_cli("queue", "resume", "q").exit_code == 0
+    assert store.get_queue("q").paused is False
+
+
+def test_purge_delete_and_sync(run_cli: Run, store: Store, sqs: Sqs) -> None:
+    run_cli("queue", "create", "p", "--dlq")
+    run_cli("queue", "send", "p", "12")
+    assert run_cli("queue", "purge", "p").exit_code == 0
+    assert sqs.depth(store.get_queue("p").queue_url).visible == 0
+
+    original = store.get_queue("p")
+    sqs.delete_queue(original.queue_url)  # SQS lost it (e.g. the embedded server restarted)
+    synced = run_cli("queue", "sync")
+    assert synced.exit_code == 0 and "created p in SQS" in synced.stdout
+    assert original.queue_url in sqs.list_queue_urls()
+    assert store.get_queue("p").id == original.id
+    assert "0 queue(s) created" in run_cli("queue", "sync").stdout
+
+    assert run_cli("queue", "delete", "p").exit_code == 0
+    assert store.find_queue("p") is None
+    assert sqs.list_queue_urls() == []
+
+
+def test_redrive_through_the_cli(run_cli: Run, store: Store, sqs: Sqs) -> None:
+    run_cli("queue", "create", "r", "--dlq")
+    q = store.get_queue("r")
+    assert q.dlq_url
+    sqs.send_batch(q.dlq_url, ["x", "y", "z"])
+    result = run_cli("queue", "redrive", "r")
+    assert result.exit_code == 0 and "moved 3 messages" in result.stdout
+    assert sqs.depth(q.queue_url).visible == 3
+
+
+INVALID = [
+    (("queue", "create", "bad name"), "bad name"),
+    (("queue", "create", "x" * 81), "81 characters"),
+    (("queue", "create", "a.b"), "'.'"),
+    (("queue", "create", "plain.fifo.x"), "not allow"),
+    (("queue", "create", "y" * 77, "--dlq"), "too long for a DLQ"),
+    (("queue", "create", "ok", "--concurrency", "0"), "concurrency 0 is out of range 1..50"),
+    (("queue", "create", "ok", "--concurrency", "51"), "concurrency 51"),
+    (("queue", "create", "ok", "--concurrency", "two"), "'two' is not a valid integer"),
+    (("queue", "create", "ok", "--handler", "nocolon"), "handler 'nocolon' must look like"),
+    (("queue", "create", "ok", "--handler", "a:b:c"), "handler 'a:b:c'"),
+    (("queue", "create", "ok", "--handler", ""), "handler '' must look like"),
+    (("queue", "create", "ok", "--max-receive-count", "0"), "max receive count 0"),
+    (("queue", "create", "ok", "--no-dlq", "--max-receive-count", "3"), "needs a DLQ"),
+    (("queue", "create", "ok", "--visibility-timeout", "-1"), "visibility timeout -1"),
+    (("queue", "set-concurrency", "exists", "0"), "concurrency 0"),
+    (("queue", "set-concurrency", "exists", "1.5"), "'1.5' is not a valid integer"),
+    (("queue", "set-concurrency", "exists", "-2"), "concurrency -2 is out of range"),
+    (("queue", "set-handler", "exists", "not a path"), "handler 'not a path'"),
+    (("queue", "send", "exists", "0"), "count must be a positive integer, got 0"),
+    (("queue", "send", "exists", "-5"), "count must be a positive integer, got -5"),
+    (("queue", "send", "exists", "many"), "'many' is not a valid integer"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), INVALID, ids=[" ".join(a)[:40] for a, _ in INVALID])
+def test_invalid_input_exits_2_and_changes_nothing(
+    run_cli: Run, store: Store, sqs: Sqs, args: tuple[str, ...], message: str
+) -> None:
+    env = {"MAX_CONCURRENCY": "50"}
+    assert run_cli("queue", "create", "exists", "--concurrency", "2", env=env).exit_code == 0
+    before = snapshot(store, sqs)
+    result = run_cli(*args, env=env)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+    assert snapshot(store, sqs) == before
+
+
+def test_create_existing_exits_1_and_changes_nothing(run_cli: Run, store: Store, sqs: Sqs) -> None:
+    assert run_cli("queue", "create", "twice", "--visibility-timeout", "40").exit_code == 0
+    before = snapshot(store, sqs)
+    result = run_cli("queue", "create", "twice", "--visibility-timeout", "90", "--dlq")
+    assert result.exit_code == 1
+    assert "queue 'twice' already exists" in result.stderr
+    assert snapshot(store, sqs) == before
+
+
+MISSING = [
+    ("queue", "delete", "ghost"),
+    ("queue", "size", "ghost"),
+    ("queue", "send", "ghost", "3"),
+    ("queue", "set-concurrency", "ghost", "3"),
+    ("queue", "set-handler", "ghost", "m:f"),
+    ("queue", "pause", "ghost"),
+    ("queue", "resume", "ghost"),
+    ("queue", "purge", "ghost"),
+    ("queue", "redrive", "ghost"),
+]
+
+
+@pytest.mark.parametrize("args", MISSING, ids=[a[1] for a in MISSING])
+def test_missing_queue_exits_1_naming_it(run_cli: Run, args: tuple[str, ...]) -> None:
+    result = run_cli(*args)
+    assert result.exit_code == 1
+    assert "queue 'ghost' does not exist" in result.stderr
+
+
+def test_redrive_without_dlq_says_so(run_cli: Run) -> None:
+    run_cli("queue", "create", "nodlq")
+    result = run_cli("queue", "redrive", "nodlq")
+    assert result.exit_code == 1 and "nodlq's DLQ" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("queue", "list"), ("config", "show"), ("services", "status"), ("queue", "create", "x")],
+)
+def test_bad_setting_stops_any_command(run_cli: Run, store: Store, args: tuple[str, ...]) -> None:
+    result = run_cli(*args, env={"MAX_LOAD": "abc"})
+    assert result.exit_code == 2
+    assert "MAX_LOAD" in result.stderr and "'abc'" in result.stderr
+    assert store.find_queue("x") is None
+
+
+def test_config_show_redacts_secrets(run_cli: Run) -> None:
+    env = {"AWS_SECRET_ACCESS_KEY": "s3cr3t-key", "API_TOKEN": "tok-9", "MAX_LOAD": "7"}
+    shown = run_cli("config", "show", "--json", env=env)
+    values = json.loads(shown.stdout)
+    assert values["MAX_LOAD"] == 7 and values["AWS_SECRET_ACCESS_KEY"] == "***"
+    text = run_cli("config", "show", env=env).stdout
+    for out in (shown.stdout, text):
+        assert "s3cr3t-key" not in out and "tok-9" not in out
+    assert "MAX_LOAD=7" in text
+
+
+def test_real_console_script_exit_codes(run_console: Callable[..., Any]) -> None:
+    ok = run_console("queue", "create", "cs")
+    assert ok.returncode == 0, ok.stderr
+    bad = run_console("queue", "set-concurrency", "cs", "0")
+    assert (bad.returncode, bad.stderr.strip()) == (
+        2,
+        "Error: concurrency 0 is out of range 1..100 (MAX_CONCURRENCY)",
+    )
+    missing = run_console("queue", "size", "nope")
+    assert (missing.returncode, missing.stderr.strip()) == (1, "Error: queue 'nope' does not exist")
+    wrong = run_console("queue", "list", env={"MAX_LOAD": "abc"})
+    assert wrong.returncode == 2 and "MAX_LOAD" in wrong.stderr
+
+
+def test_services_status_json_shape(run_cli: Run, endpoints) -> None:  # type: ignore[no-untyped-def]
+    doc = json.loads(run_cli("services", "status", "--json").stdout)
+    assert doc["mongodb"]["running"] is True and isinstance(doc["mongodb"]["pid"], int)
+    assert doc["sqs"] == {
+        "endpoint": endpoints.sqs_endpoint,
+        "pid": doc["sqs"]["pid"],
+        "running": True,
+    }

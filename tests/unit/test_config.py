@@ -1,0 +1,148 @@
+"""Settings: loading, overrides, validation and redaction, without servers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from orchestrator import config
+from orchestrator.config import Settings
+from orchestrator.errors import ConfigError
+
+ENV_DIR = Path(__file__).resolve().parents[2] / "env"
+
+
+def load(tmp_path: Path, file: dict[str, object] | None = None, **environ: str) -> Settings:
+    """Load env 'x' from a file in tmp_path (or the repo's env/ when file is None)."""
+    folder = ENV_DIR
+    if file is not None:
+        (tmp_path / "x.json").write_text(json.dumps(file))
+        folder = tmp_path
+    name = "x" if file is not None else environ.pop("ENV", "development")
+    return config.load(name, {"ORCHESTRATOR_CONFIG_DIR": str(folder), **environ}, cwd=tmp_path)
+
+
+def test_development_file_lists_every_key_with_its_default() -> None:
+    listed = json.loads((ENV_DIR / "development.json").read_text())
+    defaults = {f.name.upper(): f.default for f in config.settings_fields()}
+    assert listed == defaults
+
+
+@pytest.mark.parametrize("env", ["development", "test", "production"])
+def test_every_shipped_env_file_loads(tmp_path: Path, env: str) -> None:
+    assert load(tmp_path, ENV=env).env_name == env
+
+
+def test_environment_overrides_file(tmp_path: Path) -> None:
+    s = load(tmp_path, {"MAX_LOAD": 3}, MAX_LOAD="7", MASTER_INTERVAL="0.5", API_HOST="0.0.0.0")
+    assert (s.max_load, s.master_interval, s.api_host) == (7, 0.5, "0.0.0.0")
+
+
+def test_file_values_apply_and_ints_are_accepted_for_durations(tmp_path: Path) -> None:
+    s = load(tmp_path, {"MAX_LOAD": 3, "LEASE_TTL": 4})
+    assert (s.max_load, s.lease_ttl) == (3, 4.0)
+    assert isinstance(s.lease_ttl, float)
+
+
+def test_relative_data_dir_is_resolved_against_cwd(tmp_path: Path) -> None:
+    assert load(tmp_path, {"DATA_DIR": "state"}).data_dir == str(tmp_path / "state")
+
+
+@pytest.mark.parametrize(
+    ("file", "environ", "message"),
+    [
+        ({"MAX_LAOD": 5}, {}, "unknown setting MAX_LAOD"),
+        ({}, {"MAX_LOAD": "abc"}, "MAX_LOAD must be an integer, got 'abc'"),
+        ({"MAX_LOAD": "5"}, {}, "MAX_LOAD must be an integer, got '5'"),
+        ({"MAX_LOAD": True}, {}, "MAX_LOAD must be an integer"),
+        ({"MAX_LOAD": 2.5}, {}, "MAX_LOAD must be an integer"),
+        ({}, {"MAX_LOAD": "0"}, "MAX_LOAD must be >= 1, got '0'"),
+        ({}, {"PORT": "70000"}, "PORT must be between 0 and 65535"),
+        ({}, {"MASTER_INTERVAL": "soon"}, "MASTER_INTERVAL must be a number"),
+        ({}, {"LOG_FORMAT": "xml"}, "LOG_FORMAT must be one of console, json"),
+        ({"AWS_REGION": 5}, {}, "AWS_REGION must be a string"),
+        ({}, {"DEFAULT_CONCURRENCY": "200"}, "DEFAULT_CONCURRENCY (200) must not exceed"),
+        ({}, {"WORKER_TIMEOUT": "1"}, "WORKER_TIMEOUT (1.0) must exceed HEARTBEAT_INTERVAL"),
+        ({}, {"DEFAULT_HANDLER": "nocolon"}, "DEFAULT_HANDLER must look like"),
+        ({}, {"MONGODB_URI": "postgres://x"}, "MONGODB_URI must be 'embedded' or a mongodb://"),
+        ({}, {"AWS_SQS_ENDPOINT": "ftp://x"}, "AWS_SQS_ENDPOINT must be"),
+        ({}, {"MONGODB_NAME": "a.b"}, "MONGODB_NAME is not a database name"),
+    ],
+)
+def test_bad_settings_name_the_key(
+    tmp_path: Path, file: dict[str, object], environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load(tmp_path, file, **environ)
+
+
+def test_a_bad_secret_is_named_but_not_shown(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, {"API_TOKEN": 12345})
+    assert "API_TOKEN" in str(info.value)
+    assert "12345" not in str(info.value)
+
+
+def test_missing_env_says_where_it_looked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"environment 'nope' not found; looked for .*nope\.json"):
+        config.load("nope", {}, cwd=tmp_path)
+
+
+def test_env_found_in_cwd_before_checkout(tmp_path: Path) -> None:
+    (tmp_path / "env").mkdir()
+    (tmp_path / "env" / "development.json").write_text('{"MAX_LOAD": 9}')
+    assert config.load(None, {}, cwd=tmp_path).max_load == 9
+
+
+def test_env_falls_back_to_checkout(tmp_path: Path) -> None:
+    s = config.load("production", {}, cwd=tmp_path)
+    assert s.source == str(ENV_DIR / "production.json")
+
+
+def test_env_name_from_environment(tmp_path: Path) -> None:
+    s = config.load(None, {"ORCHESTRATOR_ENV": "test"}, cwd=tmp_path)
+    assert s.env_name == "test"
+
+
+def test_invalid_env_name_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="invalid environment name"):
+        config.load("../etc", {}, cwd=tmp_path)
+
+
+def test_secrets_are_redacted_everywhere(tmp_path: Path) -> None:
+    s = load(
+        tmp_path,
+        AWS_SECRET_ACCESS_KEY="wJalrXUtnFEMI",
+        AWS_ACCESS_KEY_ID="AKIAEXAMPLE",
+        API_TOKEN="tok-123",
+        MONGODB_URI="mongodb://admin:hunter2@db.example:27017/x",
+    )
+    shown = json.dumps(s.redacted()) + repr(s)
+    for secret in ("wJalrXUtnFEMI", "AKIAEXAMPLE", "tok-123", "hunter2", "admin"):
+        assert secret not in shown
+    assert s.redacted()["MONGODB_URI"] == "mongodb://***@db.example:27017/x"
+
+
+def test_empty_secret_is_shown_as_empty(tmp_path: Path) -> None:
+    assert load(tmp_path).redacted()["API_TOKEN"] == ""
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        ("mongodb://h:1/db", "mongodb://h:1/db"),
+        ("mongodb://u:p@h:1/db?x=1", "mongodb://***@h:1/db?x=1"),
+        ("mongodb+srv://u:p@cluster.example/db", "mongodb+srv://***@cluster.example/db"),
+        ("embedded", "embedded"),
+    ],
+)
+def test_redact_uri(uri: str, shown: str) -> None:
+    assert config.redact_uri(uri) == shown
+
+
+def test_sqs_kind() -> None:
+    assert Settings(aws_sqs_endpoint="").sqs_kind == "aws"
+    assert Settings(aws_sqs_endpoint="http://x:1").sqs_kind == "url"
+    assert Settings(aws_sqs_endpoint="localstack").sqs_kind == "localstack"

@@ -1,0 +1,96 @@
+"""Validation of user-given values, from tables."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator import validate
+from orchestrator.errors import InvalidValue
+
+
+@pytest.mark.parametrize(
+    "name", ["a", "demo", "Orders_v2-eu", "x" * 80, "jobs.fifo", "y" * 75 + ".fifo"]
+)
+def test_valid_queue_names(name: str) -> None:
+    assert validate.queue_name(name) == name
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("", "is empty"),
+        (".fifo", "is empty"),
+        ("x" * 81, "81 characters; at most 80"),
+        ("y" * 76 + ".fifo", "81 characters"),
+        ("bad name", "characters SQS does not allow: ' '"),
+        ("a.b", r"characters SQS does not allow: '\.'"),
+        ("jobs.fifo.fifo", "not allow"),
+        ("fifo.queue", "not allow"),
+        ("ünicode", "not allow: 'ü'"),
+        ("a/b", "not allow: '/'"),
+    ],
+)
+def test_invalid_queue_names(name: str, message: str) -> None:
+    with pytest.raises(InvalidValue, match=message):
+        validate.queue_name(name)
+
+
+@pytest.mark.parametrize(
+    ("name", "dlq"), [("a", "a-dlq"), ("jobs.fifo", "jobs-dlq.fifo"), ("x" * 76, "x" * 76 + "-dlq")]
+)
+def test_dlq_names(name: str, dlq: str) -> None:
+    assert validate.dlq_name(name) == dlq
+
+
+def test_dlq_name_too_long() -> None:
+    with pytest.raises(InvalidValue, match="too long for a DLQ"):
+        validate.dlq_name("x" * 77)
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"), [(0, False), (1, True), (100, True), (101, False), (-3, False)]
+)
+def test_concurrency_range(value: int, ok: bool) -> None:
+    if ok:
+        assert validate.concurrency(value, 100) == value
+    else:
+        with pytest.raises(InvalidValue, match=rf"concurrency {value} is out of range 1\.\.100"):
+            validate.concurrency(value, 100)
+
+
+@pytest.mark.parametrize(
+    ("path", "ok"),
+    [
+        ("orchestrator.handlers:noop", True),
+        ("mod:f", True),
+        ("pkg.sub_2.mod:handle_it", True),
+        ("mod", False),
+        ("mod:", False),
+        (":f", False),
+        ("mod:f:g", False),
+        ("mod.f", False),
+        ("1mod:f", False),
+        ("mod:f()", False),
+        ("os.system('x'):f", False),
+    ],
+)
+def test_handler_paths(path: str, ok: bool) -> None:
+    if ok:
+        assert validate.handler_path(path) == path
+    else:
+        with pytest.raises(InvalidValue, match=r"must look like package\.module:function"):
+            validate.handler_path(path)
+
+
+def test_positive_counts() -> None:
+    assert validate.positive(1, "count") == 1
+    with pytest.raises(InvalidValue, match="count must be a positive integer, got 0"):
+        validate.positive(0, "count")
+
+
+def test_visibility_timeout_and_receive_count_limits() -> None:
+    assert validate.visibility_timeout(43_200) == 43_200
+    with pytest.raises(InvalidValue, match="visibility timeout 43201"):
+        validate.visibility_timeout(43_201)
+    with pytest.raises(InvalidValue, match="max receive count 0"):
+        validate.max_receive_count(0)
