@@ -30,6 +30,8 @@ class QueueNotFound(OrchestratorError):
 
     def __init__(self, name: str, where: str = "") -> None:
         detail = f" in {where}" if where else ""
+        if where == "SQS":  # e.g. the in-memory embedded SQS server was restarted
+            detail += " (`orchestrator queue sync` recreates queues MongoDB knows)"
         super().__init__(f"queue '{name}' does not exist{detail}")
         self.name = name
 

@@ -180,6 +180,14 @@ def test_missing_queue_exits_1_naming_it(run_cli: Run, args: tuple[str, ...]) ->
     assert "queue 'ghost' does not exist" in result.stderr
 
 
+def test_queue_missing_from_sqs_points_to_sync(run_cli: Run, store: Store, sqs: Sqs) -> None:
+    run_cli("queue", "create", "lost")
+    sqs.delete_queue(store.get_queue("lost").queue_url)
+    result = run_cli("queue", "send", "lost", "1")
+    assert result.exit_code == 1
+    assert "queue 'lost' does not exist in SQS (`orchestrator queue sync`" in result.stderr
+
+
 def test_redrive_without_dlq_says_so(run_cli: Run) -> None:
     run_cli("queue", "create", "nodlq")
     result = run_cli("queue", "redrive", "nodlq")

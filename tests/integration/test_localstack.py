@@ -1,0 +1,35 @@
+"""LocalStack through the launcher; needs `orchestrator services install-localstack` first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator import config, embedded
+from orchestrator.sqs import Sqs
+from tests.conftest import REPO, base_environ
+
+INSTALLED = REPO / ".orchestrator" / "localstack"
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(
+    not embedded.localstack_python(REPO / ".orchestrator").exists(),
+    reason="LocalStack is not installed: run `orchestrator services install-localstack`",
+)
+def test_localstack_starts_serves_sqs_and_stops(tmp_path: Path) -> None:
+    (tmp_path / "localstack").symlink_to(INSTALLED)
+    environ = base_environ(tmp_path, AWS_SQS_ENDPOINT="localstack", MONGODB_URI="mongodb://x:1/")
+    settings = config.load(environ=environ)
+    try:
+        ends = embedded.ensure(settings)
+        assert embedded.status(settings)["sqs"]["running"] is True
+        sqs = Sqs(ends.sqs_endpoint, settings.aws_region, "test", "test")
+        url, dlq_url = sqs.create_queue("ls", visibility_timeout=30, dlq_name="ls-dlq")
+        assert dlq_url
+        sqs.send_batch(dlq_url, [str(i) for i in range(10)])
+        assert sqs.redrive(dlq_url, url) == 10
+        assert sqs.depth(url).visible == 10
+    finally:
+        assert embedded.stop(settings) == ["sqs"]
