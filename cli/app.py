@@ -42,7 +42,7 @@ class App:
 
     @functools.cached_property
     def queues(self) -> QueueAdmin:
-        return QueueAdmin(self.settings, self.store, self.sqs)
+        return QueueAdmin(self.settings, lambda: self.store, lambda: self.sqs)
 
 
 class Cli(click.Group):

@@ -8,7 +8,8 @@ import click
 
 from cli import render
 from cli.app import App
-from orchestrator import embedded
+from orchestrator import embedded, localstack
+from orchestrator.config import redact_uri
 
 pass_app = click.make_pass_decorator(App)
 
@@ -23,7 +24,7 @@ def services() -> None:
 def start(app: App) -> None:
     """Start what the settings call for (or reuse it) and wait until it answers."""
     ends = app.endpoints
-    click.echo(f"mongodb: {ends.mongodb_uri}")
+    click.echo(f"mongodb: {redact_uri(ends.mongodb_uri)}")
     click.echo(f"sqs:     {ends.sqs_endpoint or 'AWS'}")
 
 
@@ -63,5 +64,5 @@ def status(app: App, as_json: bool) -> None:
 def install_localstack(app: App, python: Path | None) -> None:
     """Install LocalStack into DATA_DIR/localstack (for AWS_SQS_ENDPOINT=localstack)."""
     click.echo("installing LocalStack (a few minutes)…", err=True)
-    venv = embedded.install_localstack(app.settings, python)
+    venv = localstack.install_localstack(app.settings, python)
     click.echo(f"installed LocalStack in {venv}")

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from orchestrator.errors import ConfigError
 
@@ -22,7 +22,9 @@ ENV_NAME_VAR = "ORCHESTRATOR_ENV"
 CONFIG_DIR_VAR = "ORCHESTRATOR_CONFIG_DIR"
 DEFAULT_ENV = "development"
 REDACTED = "***"
-HANDLER_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+# Use with fullmatch: `$` would let a trailing newline through.
+HANDLER_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^@/?#]*@)")
 
 
 def _key(
@@ -114,19 +116,32 @@ def setting_keys() -> list[str]:
 
 
 def redact_uri(uri: str) -> str:
-    """Hide the password (and user) of a URI such as mongodb://user:pw@host/db."""
-    parts = urlsplit(uri)
-    if not parts.password and not parts.username:
+    """Hide the user and password of a URI such as mongodb://user:pw@h1,h2/db.
+
+    A regex, not urlsplit: replica-set host lists and odd ports must not make
+    redaction itself fail. Something that is not a URI at all is hidden whole.
+    """
+    if "@" not in uri:
         return uri
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{REDACTED}@{host}"))
+    match = _USERINFO.match(uri)
+    if not match:
+        return REDACTED
+    return match["scheme"] + REDACTED + "@" + uri[match.end() :]
+
+
+def scrub(text: str, uri: str) -> str:
+    """`text` (an error message about `uri`) with the URI's user and password hidden."""
+    match = _USERINFO.match(uri)
+    if match:
+        for secret in match["userinfo"].rstrip("@").split(":"):
+            if secret:
+                text = text.replace(secret, REDACTED)
+    return text
 
 
 def find_env_file(env_name: str, environ: Mapping[str, str], cwd: Path) -> Path:
     """The env file for `env_name`: $ORCHESTRATOR_CONFIG_DIR, ./env, then the checkout's env/."""
-    if not re.fullmatch(r"[A-Za-z0-9_-]+", env_name):
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", env_name):  # also keeps it inside the folder
         raise ConfigError(f"invalid environment name {env_name!r} (letters, digits, _ and -)")
     if environ.get(CONFIG_DIR_VAR):
         candidates = [Path(environ[CONFIG_DIR_VAR])]
@@ -186,6 +201,8 @@ def _parse(f: dataclasses.Field[Any], key: str, value: Any, *, from_env: bool) -
         noun = {int: "an integer", float: "a number", str: "a string"}[kind]
         raise ConfigError(f"setting {key} must be {noun}, got {shown}")
     lo, hi, choices = f.metadata["lo"], f.metadata["hi"], f.metadata["choices"]
+    if kind is float and not math.isfinite(parsed):
+        raise ConfigError(f"setting {key} must be a finite number, got {shown}")
     if (lo is not None and parsed < lo) or (hi is not None and parsed > hi):
         bounds = f">= {lo}" if hi is None else f"between {lo} and {hi}"
         raise ConfigError(f"setting {key} must be {bounds}, got {shown}")
@@ -222,15 +239,15 @@ def _check_together(s: Settings) -> None:
             f"setting WORKER_TIMEOUT ({s.worker_timeout}) must exceed "
             f"HEARTBEAT_INTERVAL ({s.heartbeat_interval})"
         )
-    if not HANDLER_PATH.match(s.default_handler):
+    if not HANDLER_PATH.fullmatch(s.default_handler):
         raise ConfigError(
             f"setting DEFAULT_HANDLER must look like package.module:function, "
             f"got {s.default_handler!r}"
         )
     if not (s.mongodb_embedded or s.mongodb_uri.startswith(("mongodb://", "mongodb+srv://"))):
+        # The value is not shown: a mistyped URI may still carry a password.
         raise ConfigError(
-            "setting MONGODB_URI must be 'embedded' or a mongodb:// URI, "
-            f"got {redact_uri(s.mongodb_uri)!r}"
+            "setting MONGODB_URI must be 'embedded' or a mongodb:// or mongodb+srv:// URI"
         )
     if s.sqs_kind == "url" and not s.aws_sqs_endpoint.startswith(("http://", "https://")):
         raise ConfigError(

@@ -12,7 +12,6 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,10 +26,9 @@ from typing import Any
 import psutil
 
 from orchestrator.config import Settings, redact_uri
-from orchestrator.errors import EmbeddedServerError
-
-LOCALSTACK_PINS = ["cbor2==5.6.5", "cryptography==45.0.7", "pyopenssl==25.1.0", "service_identity"]
-LOCALSTACK_PACKAGE = "localstack-core[runtime]"
+from orchestrator.errors import ConfigError, EmbeddedServerError
+from orchestrator.localstack import localstack_python
+from orchestrator.nxserver import LOCKED_EXIT
 
 
 @dataclass(frozen=True)
@@ -55,26 +53,28 @@ class _Server:
 def ensure(settings: Settings) -> Endpoints:
     """Endpoints for these settings, starting the local servers they call for if needed."""
     wanted = _wanted(settings)
-    if wanted:
-        with _locked(settings.data_path):
-            records = _read_records(settings.data_path)
-            for role in wanted:
-                if not _alive(records.get(role)):
-                    records[role] = _start(settings, role)
-                    _write_records(settings.data_path, records)
-    return endpoints(settings)
+    if not wanted:
+        return _endpoints(settings, {})
+    with _locked(settings.data_path):
+        records = _read_records(settings.data_path)
+        for role, kind in wanted.items():
+            record = records.get(role)
+            if _alive(record):
+                assert record is not None
+                if record.get("kind") != kind:
+                    raise EmbeddedServerError(
+                        f"this DATA_DIR runs a {record.get('kind')} {role} server but the "
+                        f"settings want {kind}; run `orchestrator services stop` first"
+                    )
+                continue
+            records[role] = _start(settings, role)
+            _write_records(settings.data_path, records)
+        return _endpoints(settings, records)
 
 
 def endpoints(settings: Settings) -> Endpoints:
     """Endpoints for these settings, using the ports recorded for local servers."""
-    records = _read_records(settings.data_path)
-    uri = settings.mongodb_uri
-    if settings.mongodb_embedded:
-        uri = _url("mongodb", _port(records, "mongodb", settings), "mongodb") + "/"
-    sqs: str | None = settings.aws_sqs_endpoint or None
-    if settings.sqs_kind in ("embedded", "localstack"):
-        sqs = _url("http", _port(records, "sqs", settings), "sqs")
-    return Endpoints(uri, sqs)
+    return _endpoints(settings, _read_records(settings.data_path))
 
 
 def stop(settings: Settings) -> list[str]:
@@ -96,53 +96,64 @@ def status(settings: Settings) -> dict[str, dict[str, Any]]:
     records = _read_records(settings.data_path)
     wanted = _wanted(settings)
     aws = f"https://sqs.{settings.aws_region}.amazonaws.com"
-    addresses = {
-        "mongodb": ("uri", settings.mongodb_uri, "mongodb"),
-        "sqs": ("endpoint", settings.aws_sqs_endpoint or aws, "http"),
-    }
     out: dict[str, dict[str, Any]] = {}
-    for role, (key, address, scheme) in addresses.items():
+    for role, key in (("mongodb", "uri"), ("sqs", "endpoint")):
+        address = _address(settings, records, role) or ("" if role in wanted else aws)
         ours = role in wanted and _alive(records.get(role))
-        port = _port(records, role, settings) if role in wanted else None
-        if role in wanted:
-            address = f"{scheme}://127.0.0.1:{port}" if port else "(port chosen at start)"
         out[role] = {
-            key: redact_uri(address),
+            key: redact_uri(address) if address else "(not started; port chosen at start)",
             "pid": records[role]["pid"] if ours else None,
-            "running": _answers_url(address),
+            "running": bool(address) and _answers_url(address),
         }
     return out
 
 
-def _wanted(settings: Settings) -> list[str]:
-    roles = ["mongodb"] if settings.mongodb_embedded else []
-    if settings.sqs_kind in ("embedded", "localstack"):
-        roles.append("sqs")
-    return roles
+def _wanted(settings: Settings) -> dict[str, str]:
+    """role → kind of each local server these settings call for."""
+    wanted = {"mongodb": "nx-27017"} if settings.mongodb_embedded else {}
+    if settings.sqs_kind == "embedded":
+        wanted["sqs"] = "moto"
+    elif settings.sqs_kind == "localstack":
+        wanted["sqs"] = "localstack"
+    return wanted
 
 
-def _port(records: dict[str, Any], role: str, settings: Settings) -> int | None:
-    """The recorded port of a live server, else the configured one (None for "pick one")."""
-    record = records.get(role)
-    if record and _alive(record):
-        return int(record["port"])
-    configured = settings.embedded_mongodb_port if role == "mongodb" else settings.embedded_sqs_port
-    return configured or None
+def _configured_port(settings: Settings, role: str) -> int:
+    return settings.embedded_mongodb_port if role == "mongodb" else settings.embedded_sqs_port
 
 
-def _url(scheme: str, port: int | None, role: str) -> str:
-    if port is None:
-        raise EmbeddedServerError(
-            f"the embedded {role} server is not running (run `orchestrator services start`)"
+def _address(settings: Settings, records: dict[str, Any], role: str) -> str | None:
+    """A role's address: a local server's (None while port 0 is not started) or the setting."""
+    if role in _wanted(settings):
+        record = records.get(role)
+        port = (
+            int(record["port"]) if record and _alive(record) else _configured_port(settings, role)
         )
-    return f"{scheme}://127.0.0.1:{port}"
+        if not port:
+            return None
+        return f"mongodb://127.0.0.1:{port}/" if role == "mongodb" else f"http://127.0.0.1:{port}"
+    return settings.mongodb_uri if role == "mongodb" else (settings.aws_sqs_endpoint or None)
+
+
+def _endpoints(settings: Settings, records: dict[str, Any]) -> Endpoints:
+    mongodb, sqs = (_address(settings, records, role) for role in ("mongodb", "sqs"))
+    for role in _wanted(settings):
+        if (mongodb if role == "mongodb" else sqs) is None:
+            raise EmbeddedServerError(
+                f"the embedded {role} server is not running (run `orchestrator services start`)"
+            )
+    return Endpoints(mongodb or "", sqs)
 
 
 # --- starting ---------------------------------------------------------------
 
 
+class _DataDirLocked(EmbeddedServerError):
+    """Another nx-27017 server holds this DATA_DIR's database files."""
+
+
 def _start(settings: Settings, role: str) -> dict[str, Any]:
-    configured = settings.embedded_mongodb_port if role == "mongodb" else settings.embedded_sqs_port
+    configured = _configured_port(settings, role)
     if configured and _answers(configured):
         raise EmbeddedServerError(
             f"port {configured} (EMBEDDED_{'MONGODB' if role == 'mongodb' else 'SQS'}_PORT) "
@@ -155,6 +166,8 @@ def _start(settings: Settings, role: str) -> dict[str, Any]:
         server = _server(settings, role, port)
         try:
             return _launch(settings.data_path, server, port)
+        except _DataDirLocked:
+            raise
         except EmbeddedServerError:
             if attempt == attempts - 1:
                 raise
@@ -191,8 +204,10 @@ def _server(settings: Settings, role: str, port: int) -> _Server:
 
 def _launch(data: Path, server: _Server, port: int) -> dict[str, Any]:
     """Spawn the server in its own session and wait until it answers as our own child."""
-    data.mkdir(parents=True, exist_ok=True)
     log_path = data / f"{server.role}-{server.kind}.out"
+    # nx-27017 refuses to start while its pid file names any live process, and after a
+    # crash that pid may belong to a stranger; our flock (nxserver.py) is the real guard.
+    (data / f"{server.role}.pid").unlink(missing_ok=True)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             server.argv,
@@ -202,30 +217,60 @@ def _launch(data: Path, server: _Server, port: int) -> dict[str, Any]:
             env={**os.environ, **server.env},
             start_new_session=True,  # outlives the command; stop() signals the whole group
         )
-    deadline = time.monotonic() + server.ready_timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise EmbeddedServerError(
-                f"embedded {server.kind} server exited with code {proc.returncode} on port "
-                f"{port}; see {log_path}"
-            )
-        if _ready(server, port):
-            # Readiness is the port answering *and* our child still alive: a server that
-            # lost the race for the port exits, and we must not talk to somebody else's.
-            time.sleep(0.05)
-            if proc.poll() is None:
-                break
-        time.sleep(0.05)
-    else:
-        _terminate(proc.pid)
-        raise EmbeddedServerError(
-            f"embedded {server.kind} server did not answer on port {port} within "
-            f"{server.ready_timeout:.0f} s; see {log_path}"
-        )
+    try:
+        _wait_ready(proc, server, port, log_path)
+    except BaseException:
+        _terminate(proc.pid)  # interrupted or failed: leave no unrecorded server behind
+        raise
     if server.role == "sqs":
         (data / "sqs.pid").write_text(f"{proc.pid}\n")
     created = psutil.Process(proc.pid).create_time()
     return {"pid": proc.pid, "created": created, "port": port, "kind": server.kind}
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], server: _Server, port: int, log_path: Path) -> None:
+    """Ready means our own child (or its descendant) listens on the port and answers;
+    a server that lost the race for the port must not pass for ours."""
+    deadline = time.monotonic() + server.ready_timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            if proc.returncode == LOCKED_EXIT:
+                raise _DataDirLocked(
+                    f"another nx-27017 server already serves {server.argv[3]} "
+                    f"(pid {_lock_holder(Path(server.argv[3]))}); stop it first"
+                )
+            raise EmbeddedServerError(
+                f"embedded {server.kind} server exited with code {proc.returncode} on port "
+                f"{port}; see {log_path}"
+            )
+        if _listens(proc.pid, port) and _ready(server, port):
+            return
+        time.sleep(0.05)
+    raise EmbeddedServerError(
+        f"embedded {server.kind} server did not answer on port {port} within "
+        f"{server.ready_timeout:.0f} s; see {log_path}"
+    )
+
+
+def _listens(pid: int, port: int) -> bool:
+    try:
+        root = psutil.Process(pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return False
+    for proc in family:
+        with contextlib.suppress(psutil.Error):
+            for conn in proc.net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port:
+                    return True
+    return False
+
+
+def _lock_holder(folder: Path) -> str:
+    try:
+        return (folder / ".lock").read_text().strip() or "unknown"
+    except OSError:
+        return "unknown"
 
 
 def _ready(server: _Server, port: int) -> bool:
@@ -245,8 +290,12 @@ def _ready(server: _Server, port: int) -> bool:
 
 @contextlib.contextmanager
 def _locked(data: Path) -> Iterator[None]:
-    data.mkdir(parents=True, exist_ok=True)
-    with open(data / "services.lock", "w") as lock:
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+        lock = open(data / "services.lock", "w")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise ConfigError(f"setting DATA_DIR: cannot use {data}: {exc.strerror}") from exc
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
@@ -314,49 +363,3 @@ def _answers_url(address: str) -> bool:
         return _answers(parts.port or default, parts.hostname)
     except ValueError:
         return False
-
-
-# --- LocalStack ------------------------------------------------------------------
-
-
-def localstack_python(data: Path) -> Path:
-    return data / "localstack" / "venv" / "bin" / "python"
-
-
-def find_python313() -> Path | None:
-    """Python 3.13 from pyenv, which LocalStack needs (shared/emulators.md)."""
-    roots = []
-    if shutil.which("pyenv"):
-        out = subprocess.run(["pyenv", "root"], capture_output=True, text=True, check=False)
-        roots.append(Path(out.stdout.strip()))
-    roots.append(Path.home() / ".pyenv")
-    for root in roots:
-        for candidate in sorted(root.glob("versions/3.13*/bin/python"), reverse=True):
-            return candidate
-    found = shutil.which("python3.13")
-    return Path(found) if found else None
-
-
-def install_localstack(settings: Settings, python: Path | None = None) -> Path:
-    """Create DATA_DIR/localstack/venv and install LocalStack with the pins it misses."""
-    python = python or find_python313()
-    if python is None or not python.exists():
-        raise EmbeddedServerError(
-            "LocalStack needs Python 3.13 and none was found (looked in pyenv and PATH); "
-            "pass --python PATH"
-        )
-    venv = settings.data_path / "localstack" / "venv"
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    steps = [
-        [str(python), "-m", "venv", str(venv)],
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
-         LOCALSTACK_PACKAGE, *LOCALSTACK_PINS],
-    ]  # fmt: skip
-    for step in steps:
-        result = subprocess.run(step, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            tail = (result.stderr or result.stdout).strip().splitlines()[-5:]
-            raise EmbeddedServerError(
-                f"installing LocalStack failed ({' '.join(step[:3])}…):\n" + "\n".join(tail)
-            )
-    return venv

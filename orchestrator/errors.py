@@ -44,6 +44,17 @@ class QueueExists(OrchestratorError):
         self.name = name
 
 
+class NameTaken(OrchestratorError):
+    """A queue or DLQ name is already used by another managed queue's DLQ or queue."""
+
+
+class NoDeadLetterQueue(OrchestratorError):
+    """The queue was created without a DLQ, so there is nothing to redrive."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"queue '{name}' has no DLQ (it was created without --dlq)")
+
+
 class ServiceUnavailable(OrchestratorError):
     """MongoDB or SQS could not be reached or refused the request."""
 

@@ -21,12 +21,15 @@ LOCKED_EXIT = 3
 def main() -> None:
     data_dir = sys.argv[1]
     os.makedirs(data_dir, exist_ok=True)
-    lock = open(os.path.join(data_dir, ".lock"), "w")  # noqa: SIM115 - held until exit
+    lock = open(os.path.join(data_dir, ".lock"), "a+")  # noqa: SIM115 - held until exit
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         print(f"another nx-27017 server already serves {data_dir}", file=sys.stderr)
         sys.exit(LOCKED_EXIT)
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")  # so that a refused starter can name the holder
+    lock.flush()
 
     from neosqlite.collection.query_helper.utils import set_force_fallback
 

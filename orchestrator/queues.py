@@ -14,7 +14,7 @@ from typing import Any
 
 from orchestrator import validate
 from orchestrator.config import Settings
-from orchestrator.errors import QueueExists, QueueNotFound
+from orchestrator.errors import NameTaken, NoDeadLetterQueue, QueueExists, QueueNotFound
 from orchestrator.models import QueueDepth, QueueRecord
 from orchestrator.sqs import BATCH, Sqs
 from orchestrator.store import Store
@@ -42,12 +42,27 @@ class QueueView:
 
 
 class QueueAdmin:
-    """Creates, changes and inspects managed queues in MongoDB and SQS together."""
+    """Creates, changes and inspects managed queues in MongoDB and SQS together.
 
-    def __init__(self, settings: Settings, store: Store, sqs: Sqs) -> None:
+    The clients come from factories, called on first use: input is validated
+    before any connection is made, so bad input fails fast (exit 2) even when a
+    service is down, and starts no server.
+    """
+
+    def __init__(
+        self, settings: Settings, store: Callable[[], Store], sqs: Callable[[], Sqs]
+    ) -> None:
         self.settings = settings
-        self.store = store
-        self.sqs = sqs
+        self._store = store
+        self._sqs = sqs
+
+    @property
+    def store(self) -> Store:
+        return self._store()
+
+    @property
+    def sqs(self) -> Sqs:
+        return self._sqs()
 
     def create(
         self,
@@ -78,7 +93,16 @@ class QueueAdmin:
         # Checked before touching SQS: creating an existing queue could change its attributes.
         if self.store.find_queue(name) is not None:
             raise QueueExists(name)
+        self._check_dlq_names(record)
         return self.store.insert_queue(self._create_in_sqs(record))
+
+    def _check_dlq_names(self, record: QueueRecord) -> None:
+        """No queue may be another's DLQ: deleting one would delete the other in SQS."""
+        owner = self.store.find_queue_by_dlq(record.name)
+        if owner:
+            raise NameTaken(f"name '{record.name}' is taken: it is queue '{owner.name}'s DLQ")
+        if record.dlq_name and self.store.find_queue(record.dlq_name):
+            raise NameTaken(f"DLQ name '{record.dlq_name}' is taken by a managed queue")
 
     def _create_in_sqs(self, record: QueueRecord) -> QueueRecord:
         url, dlq_url = self.sqs.create_queue(
@@ -90,14 +114,18 @@ class QueueAdmin:
         return replace(record, queue_url=url, dlq_url=dlq_url)
 
     def delete(self, name: str) -> QueueRecord:
-        """Forget the queue, then delete it (and its DLQ) from SQS."""
+        """Delete the queue (and its DLQ) from SQS, then forget it.
+
+        SQS first: should that fail, the document remains and the command can be
+        run again; the other order could leave an SQS queue nothing manages.
+        """
         queue = self.store.get_queue(name)
-        self.store.delete_queue(name)
         for url in (queue.queue_url, queue.dlq_url):
             if url:
                 # Already gone from SQS is the outcome the user asked for.
                 with contextlib.suppress(QueueNotFound):
                     self.sqs.delete_queue(url)
+        self.store.delete_queue(name)
         return queue
 
     def views(self) -> list[QueueView]:
@@ -121,7 +149,8 @@ class QueueAdmin:
         return self.store.update_queue(name, {"concurrency": value})
 
     def set_handler(self, name: str, path: str) -> QueueRecord:
-        return self.store.update_queue(name, {"handler": validate.handler_path(path)})
+        validate.handler_path(path)
+        return self.store.update_queue(name, {"handler": path})
 
     def set_paused(self, name: str, paused: bool) -> QueueRecord:
         return self.store.update_queue(name, {"paused": paused})
@@ -133,7 +162,7 @@ class QueueAdmin:
         """Move the queue's DLQ messages back to it; return how many moved."""
         queue = self.store.get_queue(name)
         if not queue.dlq_url:
-            raise QueueNotFound(f"{name}'s DLQ", "MongoDB (created without --dlq)")
+            raise NoDeadLetterQueue(name)
         return self.sqs.redrive(queue.dlq_url, queue.queue_url)
 
     def send(

@@ -12,7 +12,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from orchestrator.errors import QueueNotFound, ServiceUnavailable
+from orchestrator.errors import ConfigError, QueueNotFound, ServiceUnavailable
 from orchestrator.models import QueueDepth
 
 if TYPE_CHECKING:
@@ -79,14 +79,19 @@ class Sqs:
             max_pool_connections=50,
         )
         # Empty keys mean boto3's own chain (instance role, profile, ...).
-        self.client: SQSClient = boto3.session.Session().client(
-            "sqs",
-            endpoint_url=endpoint,
-            region_name=region,
-            config=config,
-            aws_access_key_id=access_key_id or None,
-            aws_secret_access_key=secret_access_key or None,
-        )
+        try:
+            self.client: SQSClient = boto3.session.Session().client(
+                "sqs",
+                endpoint_url=endpoint,
+                region_name=region,
+                config=config,
+                aws_access_key_id=access_key_id or None,
+                aws_secret_access_key=secret_access_key or None,
+            )
+        except (ValueError, BotoCoreError) as exc:  # e.g. "Invalid endpoint: http://"
+            raise ConfigError(
+                f"setting AWS_SQS_ENDPOINT or AWS_REGION is not usable: {exc}"
+            ) from exc
 
     # --- queues ----------------------------------------------------------------
 

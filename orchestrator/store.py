@@ -15,8 +15,8 @@ import pymongo
 from bson import ObjectId
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
-from orchestrator.config import redact_uri
-from orchestrator.errors import QueueExists, QueueNotFound, ServiceUnavailable
+from orchestrator.config import redact_uri, scrub
+from orchestrator.errors import ConfigError, QueueExists, QueueNotFound, ServiceUnavailable
 from orchestrator.models import QueueRecord, utcnow
 
 P = ParamSpec("P")
@@ -55,13 +55,16 @@ class Store:
     def __init__(self, uri: str, db_name: str, *, job_ttl_days: float, timeout_ms: int = 5000):
         self.address = redact_uri(uri)
         self.job_ttl_seconds = int(job_ttl_days * 86400)
-        self._client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
-            uri,
-            tz_aware=True,
-            serverSelectionTimeoutMS=timeout_ms,
-            connectTimeoutMS=timeout_ms,
-            appname="orchestrator",
-        )
+        try:
+            self._client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+                uri,
+                tz_aware=True,
+                serverSelectionTimeoutMS=timeout_ms,
+                connectTimeoutMS=timeout_ms,
+                appname="orchestrator",
+            )
+        except (PyMongoError, ValueError) as exc:  # a malformed URI: the setting is wrong
+            raise ConfigError(f"setting MONGODB_URI is not usable: {scrub(str(exc), uri)}") from exc
         self._db = self._client[db_name]
 
     def close(self) -> None:
@@ -121,6 +124,11 @@ class Store:
         if queue is None:
             raise QueueNotFound(name)
         return queue
+
+    @translated
+    def find_queue_by_dlq(self, dlq_name: str) -> QueueRecord | None:
+        doc = self._db[QUEUES].find_one({"dlqName": dlq_name})
+        return QueueRecord.from_doc(doc) if doc else None
 
     @translated
     def list_queues(self) -> list[QueueRecord]:

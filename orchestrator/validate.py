@@ -10,7 +10,7 @@ from orchestrator.errors import InvalidValue
 NAME_MAX = 80
 FIFO_SUFFIX = ".fifo"
 DLQ_SUFFIX = "-dlq"
-_NAME_CHARS = re.compile(r"^[A-Za-z0-9_-]+$")
+_NAME_CHARS = re.compile(r"[A-Za-z0-9_-]+")  # with fullmatch: `$` lets "\n" through
 MAX_VISIBILITY_TIMEOUT = 43_200  # 12 hours, SQS's limit
 MAX_RECEIVE_COUNT = 1000  # SQS's limit for a redrive policy
 
@@ -22,8 +22,8 @@ def queue_name(name: str) -> str:
         raise InvalidValue(f"queue name {name!r} is {len(name)} characters; at most {NAME_MAX}")
     if not base:
         raise InvalidValue(f"queue name {name!r} is empty")
-    if not _NAME_CHARS.match(base):
-        bad = sorted({c for c in base if not re.match(r"[A-Za-z0-9_-]", c)})
+    if not _NAME_CHARS.fullmatch(base):
+        bad = sorted({c for c in base if not _NAME_CHARS.fullmatch(c)})
         raise InvalidValue(
             f"queue name {name!r} has characters SQS does not allow: {''.join(bad)!r} "
             "(use letters, digits, '-' and '_'; '.fifo' only as a FIFO suffix)"
@@ -49,7 +49,7 @@ def concurrency(value: int, maximum: int) -> int:
 
 
 def handler_path(path: str) -> str:
-    if not HANDLER_PATH.match(path):
+    if not HANDLER_PATH.fullmatch(path):
         raise InvalidValue(f"handler {path!r} must look like package.module:function")
     return path
 

@@ -191,7 +191,8 @@ def test_queue_missing_from_sqs_points_to_sync(run_cli: Run, store: Store, sqs: 
 def test_redrive_without_dlq_says_so(run_cli: Run) -> None:
     run_cli("queue", "create", "nodlq")
     result = run_cli("queue", "redrive", "nodlq")
-    assert result.exit_code == 1 and "nodlq's DLQ" in result.stderr
+    assert result.exit_code == 1
+    assert "queue 'nodlq' has no DLQ (it was created without --dlq)" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -203,6 +204,55 @@ def test_bad_setting_stops_any_command(run_cli: Run, store: Store, args: tuple[s
     assert result.exit_code == 2
     assert "MAX_LOAD" in result.stderr and "'abc'" in result.stderr
     assert store.find_queue("x") is None
+
+
+def test_queue_name_used_by_a_dlq_is_refused(run_cli: Run, store: Store, sqs: Sqs) -> None:
+    assert run_cli("queue", "create", "a", "--dlq").exit_code == 0
+    before = snapshot(store, sqs)
+    taken = run_cli("queue", "create", "a-dlq")
+    assert taken.exit_code == 1 and "it is queue 'a's DLQ" in taken.stderr
+    assert run_cli("queue", "create", "b").exit_code == 0
+    before = snapshot(store, sqs)
+    clash = run_cli("queue", "create", "b-dlq-owner", "--dlq")
+    assert clash.exit_code == 0  # sanity: an unrelated DLQ name is fine
+    run_cli("queue", "delete", "b-dlq-owner")
+    assert run_cli("queue", "create", "c-dlq").exit_code == 0
+    before = snapshot(store, sqs)
+    refused = run_cli("queue", "create", "c", "--dlq")
+    assert refused.exit_code == 1 and "DLQ name 'c-dlq' is taken" in refused.stderr
+    assert snapshot(store, sqs) == before
+
+
+def test_invalid_input_fails_fast_when_services_are_down(run_cli: Run) -> None:
+    down = {"MONGODB_URI": "mongodb://127.0.0.1:1/", "AWS_SQS_ENDPOINT": "http://127.0.0.1:1"}
+    for args in (("queue", "create", "bad name!"), ("queue", "set-concurrency", "q", "0"),
+                 ("queue", "set-handler", "q", "nope"), ("queue", "send", "q", "0")):  # fmt: skip
+        result = run_cli(*args, env=down)
+        assert result.exit_code == 2, (args, result.output)
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"MONGODB_URI": "mongodb://u:hunter2@127.0.0.1:99999/"}, "MONGODB_URI"),
+        ({"MONGODB_URI": "mongodb://"}, "MONGODB_URI"),
+        ({"AWS_SQS_ENDPOINT": "http://"}, "AWS_SQS_ENDPOINT"),
+    ],
+)
+def test_unusable_addresses_exit_2_naming_the_setting(
+    run_cli: Run, env: dict[str, str], key: str
+) -> None:
+    result = run_cli("queue", "sync", env=env)  # needs both MongoDB and SQS
+    assert result.exit_code == 2, result.output
+    assert key in result.stderr and "hunter2" not in result.output
+    assert "Traceback" not in result.output
+
+
+def test_services_start_never_prints_a_password(run_cli: Run) -> None:
+    env = {"MONGODB_URI": "mongodb://admin:hunter2@127.0.0.1:1/"}
+    result = run_cli("services", "start", env=env)
+    assert result.exit_code == 0
+    assert "hunter2" not in result.output and "mongodb://***@127.0.0.1:1/" in result.stdout
 
 
 def test_config_show_redacts_secrets(run_cli: Run) -> None:
@@ -238,3 +288,4 @@ def test_services_status_json_shape(run_cli: Run, endpoints) -> None:  # type: i
         "pid": doc["sqs"]["pid"],
         "running": True,
     }
+    assert doc["mongodb"]["uri"] == endpoints.mongodb_uri

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from orchestrator import config, embedded
-from orchestrator.errors import EmbeddedServerError
+from orchestrator.errors import ConfigError, EmbeddedServerError
 from tests.conftest import ORCHESTRATOR, base_environ
 
 
@@ -40,7 +40,7 @@ def test_start_reuse_status_stop(tmp_path: Path) -> None:
 
     status = embedded.status(settings)
     assert status["mongodb"] == {
-        "uri": first.mongodb_uri.rstrip("/"),
+        "uri": first.mongodb_uri,
         "pid": records["mongodb"]["pid"],
         "running": True,
     }
@@ -136,4 +136,45 @@ def test_localstack_not_installed_is_a_clear_error(tmp_path: Path) -> None:
         )
     )
     with pytest.raises(EmbeddedServerError, match="services install-localstack"):
+        embedded.ensure(settings)
+
+
+def test_switching_sqs_kind_does_not_reuse_the_other_server(tmp_path: Path) -> None:
+    settings = config.load(environ=base_environ(tmp_path))
+    embedded.ensure(settings)
+    try:
+        other = config.load(environ=base_environ(tmp_path, AWS_SQS_ENDPOINT="localstack"))
+        with pytest.raises(EmbeddedServerError, match="runs a moto sqs server but the settings"):
+            embedded.ensure(other)
+    finally:
+        embedded.stop(settings)
+
+
+def test_a_stranger_on_the_port_is_not_taken_for_our_server(tmp_path: Path) -> None:
+    settings = config.load(environ=base_environ(tmp_path))
+    with socket.socket() as stranger:
+        stranger.bind(("127.0.0.1", 0))
+        stranger.listen()
+        port = stranger.getsockname()[1]
+        server = embedded._server(settings, "mongodb", port)
+        with pytest.raises(EmbeddedServerError, match=r"exited with code|did not answer"):
+            embedded._launch(tmp_path, server, port)
+
+
+def test_a_server_that_never_answers_is_killed_not_left_behind(tmp_path: Path) -> None:
+    server = embedded._Server(
+        "sqs", "moto", [sys.executable, "-c", "import time; time.sleep(60)"], {}, 0.5
+    )
+    with pytest.raises(EmbeddedServerError, match="did not answer"):
+        embedded._launch(tmp_path, server, 1)
+    sleepers = [
+        p for p in psutil.process_iter(["cmdline"])
+        if p.info["cmdline"] and p.info["cmdline"][-1] == "import time; time.sleep(60)"
+    ]  # fmt: skip
+    assert psutil.wait_procs(sleepers, timeout=5)[1] == []
+
+
+def test_unusable_data_dir_is_a_setting_error(tmp_path: Path) -> None:
+    settings = config.load(environ=base_environ(tmp_path, DATA_DIR="/proc/orchestrator-test"))
+    with pytest.raises(ConfigError, match="DATA_DIR: cannot use /proc/orchestrator-test"):
         embedded.ensure(settings)

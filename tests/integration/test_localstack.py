@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import config, embedded
+from orchestrator import config, embedded, localstack
 from orchestrator.sqs import Sqs
 from tests.conftest import REPO, base_environ
 
@@ -15,7 +15,7 @@ INSTALLED = REPO / ".orchestrator" / "localstack"
 
 @pytest.mark.timeout(180)
 @pytest.mark.skipif(
-    not embedded.localstack_python(REPO / ".orchestrator").exists(),
+    not localstack.localstack_python(REPO / ".orchestrator").exists(),
     reason="LocalStack is not installed: run `orchestrator services install-localstack`",
 )
 def test_localstack_starts_serves_sqs_and_stops(tmp_path: Path) -> None:

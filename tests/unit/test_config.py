@@ -69,6 +69,9 @@ def test_relative_data_dir_is_resolved_against_cwd(tmp_path: Path) -> None:
         ({}, {"MONGODB_URI": "postgres://x"}, "MONGODB_URI must be 'embedded' or a mongodb://"),
         ({}, {"AWS_SQS_ENDPOINT": "ftp://x"}, "AWS_SQS_ENDPOINT must be"),
         ({}, {"MONGODB_NAME": "a.b"}, "MONGODB_NAME is not a database name"),
+        ({}, {"MASTER_INTERVAL": "nan"}, "MASTER_INTERVAL must be a finite number"),
+        ({}, {"SHUTDOWN_GRACE": "inf"}, "SHUTDOWN_GRACE must be a finite number"),
+        ({}, {"DEFAULT_HANDLER": "a.b:c\n"}, "DEFAULT_HANDLER must look like"),
     ],
 )
 def test_bad_settings_name_the_key(
@@ -125,6 +128,12 @@ def test_secrets_are_redacted_everywhere(tmp_path: Path) -> None:
     assert s.redacted()["MONGODB_URI"] == "mongodb://***@db.example:27017/x"
 
 
+def test_a_malformed_mongodb_uri_is_not_echoed(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="MONGODB_URI must be") as info:
+        load(tmp_path, MONGODB_URI="user:s3cret@db.example")
+    assert "s3cret" not in str(info.value)
+
+
 def test_empty_secret_is_shown_as_empty(tmp_path: Path) -> None:
     assert load(tmp_path).redacted()["API_TOKEN"] == ""
 
@@ -136,6 +145,12 @@ def test_empty_secret_is_shown_as_empty(tmp_path: Path) -> None:
         ("mongodb://u:p@h:1/db?x=1", "mongodb://***@h:1/db?x=1"),
         ("mongodb+srv://u:p@cluster.example/db", "mongodb+srv://***@cluster.example/db"),
         ("embedded", "embedded"),
+        (
+            "mongodb://u:p@h1:27017,h2:27017/db?replicaSet=rs",
+            "mongodb://***@h1:27017,h2:27017/db?replicaSet=rs",
+        ),
+        ("mongodb://u:p@h:99999/", "mongodb://***@h:99999/"),
+        ("user:pw@host", "***"),
     ],
 )
 def test_redact_uri(uri: str, shown: str) -> None:

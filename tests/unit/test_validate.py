@@ -28,6 +28,7 @@ def test_valid_queue_names(name: str) -> None:
         ("fifo.queue", "not allow"),
         ("ünicode", "not allow: 'ü'"),
         ("a/b", "not allow: '/'"),
+        ("abc\n", "not allow: '\\\\n'"),
     ],
 )
 def test_invalid_queue_names(name: str, message: str) -> None:
@@ -72,6 +73,7 @@ def test_concurrency_range(value: int, ok: bool) -> None:
         ("1mod:f", False),
         ("mod:f()", False),
         ("os.system('x'):f", False),
+        ("a.b:c\n", False),
     ],
 )
 def test_handler_paths(path: str, ok: bool) -> None:
