@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli import config_cmd, queue, services
+from cli import config_cmd, inspect, queue, run, services
 from cli.app import App, Cli
 from orchestrator import config, log
 
@@ -27,7 +27,15 @@ def cli(ctx: click.Context, env_name: str | None) -> None:
     ctx.obj = App(settings)
 
 
-for _group in (queue.queue, services.services, config_cmd.config_group):
+for _group in (
+    queue.queue,
+    services.services,
+    config_cmd.config_group,
+    run.run,
+    inspect.jobs,
+    inspect.workers,
+    inspect.status,
+):
     cli.add_command(_group)
 
 

@@ -1,5 +1,7 @@
 """orchestrator: runs the consumers of many SQS queues across processes and hosts."""
 
+from orchestrator.message import Message
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["Message", "__version__"]

@@ -61,3 +61,11 @@ class ServiceUnavailable(OrchestratorError):
 
 class EmbeddedServerError(OrchestratorError):
     """An embedded server could not be started, reused or stopped."""
+
+
+class HandlerImportError(OrchestratorError):
+    """A queue's handler path could not be imported."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot import handler {path!r}: {reason}")
+        self.path = path

@@ -79,3 +79,156 @@ class QueueDepth:
     visible: int
     in_flight: int
     delayed: int
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """A queue given to a worker; the unique `queueUrl` index makes it exclusive."""
+
+    queue_url: str
+    queue_id: str
+    queue_name: str
+    worker: str
+    job_id: str
+    assigned_at: datetime
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> Assignment:
+        return cls(
+            queue_url=doc["queueUrl"],
+            queue_id=str(doc["queueId"]),
+            queue_name=doc["queueName"],
+            worker=doc["worker"],
+            job_id=str(doc["jobId"]),
+            assigned_at=doc["assignedAt"],
+        )
+
+
+@dataclass(frozen=True)
+class ConsumerStats:
+    pid: int
+    queue_name: str | None
+    rss_mb: float
+    cpu_percent: float
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "queueName": self.queue_name,
+            "rssMb": self.rss_mb,
+            "cpuPercent": self.cpu_percent,
+        }
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """A live worker process, kept fresh by its heartbeats."""
+
+    id: str
+    host: str
+    pid: int
+    started_at: datetime
+    heartbeat_at: datetime
+    max_load: int
+    status: str = "active"
+    consumers: tuple[ConsumerStats, ...] = ()
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "_id": self.id,
+            "host": self.host,
+            "pid": self.pid,
+            "startedAt": self.started_at,
+            "heartbeatAt": self.heartbeat_at,
+            "maxLoad": self.max_load,
+            "status": self.status,
+            "consumers": [c.to_doc() for c in self.consumers],
+        }
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> WorkerRecord:
+        return cls(
+            id=doc["_id"],
+            host=doc["host"],
+            pid=int(doc["pid"]),
+            started_at=doc["startedAt"],
+            heartbeat_at=doc["heartbeatAt"],
+            max_load=int(doc["maxLoad"]),
+            status=doc.get("status", "active"),
+            consumers=tuple(
+                ConsumerStats(c["pid"], c.get("queueName"), c["rssMb"], c["cpuPercent"])
+                for c in doc.get("consumers") or []
+            ),
+        )
+
+
+OPEN_JOB_STATES = ("queued", "running")
+JOB_STATES = ("queued", "running", "completed", "failed", "interrupted")
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One assignment's run: the audit trail, purged by the TTL index on lastModified."""
+
+    id: str
+    queue_name: str
+    queue_url: str
+    queue_id: str
+    status: str
+    message_count: int
+    failed_count: int
+    worker_id: str | None
+    worker_pid: int | None
+    consumer_pid: int | None
+    created_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+    last_modified: datetime
+    end_reason: str | None
+    error: str | None
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> JobRecord:
+        processor = doc.get("processor") or {}
+        return cls(
+            id=str(doc["_id"]),
+            queue_name=doc["queueName"],
+            queue_url=doc["queueUrl"],
+            queue_id=str(doc["queueId"]),
+            status=doc["status"],
+            message_count=int(doc.get("messageCount") or 0),
+            failed_count=int(doc.get("failedCount") or 0),
+            worker_id=processor.get("workerId"),
+            worker_pid=processor.get("workerPid"),
+            consumer_pid=processor.get("consumerPid"),
+            created_at=doc["createdAt"],
+            started_at=doc.get("startedAt"),
+            ended_at=doc.get("endedAt"),
+            last_modified=doc["lastModified"],
+            end_reason=doc.get("endReason"),
+            error=doc.get("error"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        def iso(d: datetime | None) -> str | None:
+            return d.isoformat() if d else None
+
+        return {
+            "id": self.id,
+            "queueName": self.queue_name,
+            "queueUrl": self.queue_url,
+            "status": self.status,
+            "messageCount": self.message_count,
+            "failedCount": self.failed_count,
+            "processor": {
+                "workerId": self.worker_id,
+                "workerPid": self.worker_pid,
+                "consumerPid": self.consumer_pid,
+            },
+            "createdAt": iso(self.created_at),
+            "startedAt": iso(self.started_at),
+            "endedAt": iso(self.ended_at),
+            "lastModified": iso(self.last_modified),
+            "endReason": self.end_reason,
+            "error": self.error,
+        }

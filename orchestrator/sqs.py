@@ -210,3 +210,38 @@ class Sqs:
                 ],
             )
             moved += len(messages)
+
+    # --- consuming -------------------------------------------------------------
+
+    @translated
+    def receive(self, url: str, max_messages: int, wait_seconds: int) -> list[dict[str, Any]]:
+        """Long-poll up to `max_messages` (1..10), with receive counts and all attributes."""
+        response = self.client.receive_message(
+            QueueUrl=url,
+            MaxNumberOfMessages=max(1, min(max_messages, BATCH)),
+            WaitTimeSeconds=wait_seconds,
+            MessageSystemAttributeNames=["All"],
+            MessageAttributeNames=["All"],
+        )
+        return [dict(m) for m in response.get("Messages", [])]
+
+    @translated
+    def delete_batch(self, url: str, receipts: list[str]) -> int:
+        """Delete up to 10 messages; return how many SQS refused (they will come back)."""
+        result = self.client.delete_message_batch(
+            QueueUrl=url,
+            Entries=[{"Id": str(i), "ReceiptHandle": r} for i, r in enumerate(receipts)],
+        )
+        return len(result.get("Failed", []))
+
+    @translated
+    def set_visibility(self, url: str, receipts: list[str], seconds: int) -> int:
+        """Set the visibility of up to 10 received messages; return how many failed."""
+        result = self.client.change_message_visibility_batch(
+            QueueUrl=url,
+            Entries=[
+                {"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": seconds}
+                for i, r in enumerate(receipts)
+            ],
+        )
+        return len(result.get("Failed", []))

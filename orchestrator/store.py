@@ -8,7 +8,8 @@ no `$push` of sub-documents, no reliance on TTL purging on time.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
 import pymongo
@@ -16,14 +17,37 @@ from bson import ObjectId
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
 from orchestrator.config import redact_uri, scrub
-from orchestrator.errors import ConfigError, QueueExists, QueueNotFound, ServiceUnavailable
-from orchestrator.models import QueueRecord, utcnow
+from orchestrator.errors import (
+    ConfigError,
+    InvalidValue,
+    QueueExists,
+    QueueNotFound,
+    ServiceUnavailable,
+)
+from orchestrator.models import (
+    OPEN_JOB_STATES,
+    Assignment,
+    ConsumerStats,
+    JobRecord,
+    QueueRecord,
+    WorkerRecord,
+    utcnow,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 QUEUES, ASSIGNMENTS, WORKERS, JOBS, LEASES = "queues", "assignments", "workers", "jobs", "leases"
 INDEX_OPTIONS_CONFLICT = (85, 86)
+
+
+def _oid(value: str) -> dict[str, list[ObjectId]]:
+    """Filter for an ObjectId in a field other than `_id`.
+
+    nx-27017 0.8.1 matches `{field: ObjectId}` in finds but not in updates or
+    deletes (they silently match nothing); `$in` works in both, on real MongoDB too.
+    """
+    return {"$in": [ObjectId(value)]}
 
 
 def _short(exc: PyMongoError) -> str:
@@ -126,6 +150,12 @@ class Store:
         return queue
 
     @translated
+    def queues_by_id(self, ids: Iterable[str]) -> dict[str, QueueRecord]:
+        wanted = [ObjectId(i) for i in set(ids)]
+        cursor = self._db[QUEUES].find({"_id": {"$in": wanted}})
+        return {str(d["_id"]): QueueRecord.from_doc(d) for d in cursor}
+
+    @translated
     def find_queue_by_dlq(self, dlq_name: str) -> QueueRecord | None:
         doc = self._db[QUEUES].find_one({"dlqName": dlq_name})
         return QueueRecord.from_doc(doc) if doc else None
@@ -165,3 +195,200 @@ class Store:
         """queueUrl → id of the worker it is assigned to."""
         cursor = self._db[ASSIGNMENTS].find({}, {"queueUrl": 1, "worker": 1})
         return {d["queueUrl"]: d["worker"] for d in cursor}
+
+    @translated
+    def assignments(self, worker: str | None = None) -> list[Assignment]:
+        query = {} if worker is None else {"worker": worker}
+        return [Assignment.from_doc(d) for d in self._db[ASSIGNMENTS].find(query)]
+
+    @translated
+    def assign(self, queue: QueueRecord, worker: str, now: datetime) -> str | None:
+        """Assign the queue and record its job; None if another master assigned it first."""
+        assert queue.id is not None
+        job_id = ObjectId()
+        doc = {
+            "queueUrl": queue.queue_url,
+            "queueId": ObjectId(queue.id),
+            "queueName": queue.name,
+            "worker": worker,
+            "jobId": job_id,
+            "assignedAt": now,
+        }
+        try:
+            self._db[ASSIGNMENTS].insert_one(doc)
+        except DuplicateKeyError:
+            return None  # the unique queueUrl index: somebody else won this queue
+        self._db[JOBS].insert_one(
+            {
+                "_id": job_id,
+                "queueName": queue.name,
+                "queueUrl": queue.queue_url,
+                "queueId": ObjectId(queue.id),
+                "status": "queued",
+                "messageCount": 0,
+                "failedCount": 0,
+                "processor": {"workerId": worker, "workerPid": None, "consumerPid": None},
+                "createdAt": now,
+                "startedAt": None,
+                "endedAt": None,
+                "lastModified": now,
+                "endReason": None,
+                "error": None,
+            }
+        )
+        return str(job_id)
+
+    @translated
+    def release(self, job_id: str) -> None:
+        """Delete the assignment of a job (the queue becomes assignable again)."""
+        self._db[ASSIGNMENTS].delete_one({"jobId": _oid(job_id)})
+
+    @translated
+    def release_worker(self, worker: str) -> list[Assignment]:
+        """Delete every assignment of a worker; return what was deleted."""
+        gone = self.assignments(worker)
+        self._db[ASSIGNMENTS].delete_many({"worker": worker})
+        return gone
+
+    # --- workers -------------------------------------------------------------
+
+    @translated
+    def register_worker(self, worker: WorkerRecord) -> None:
+        self._db[WORKERS].replace_one({"_id": worker.id}, worker.to_doc(), upsert=True)
+
+    @translated
+    def heartbeat(
+        self, worker_id: str, now: datetime, consumers: Iterable[ConsumerStats], status: str
+    ) -> bool:
+        """Refresh the worker's document; False if it is gone (a master declared us dead)."""
+        result = self._db[WORKERS].update_one(
+            {"_id": worker_id},
+            {
+                "$set": {
+                    "heartbeatAt": now,
+                    "status": status,
+                    "consumers": [c.to_doc() for c in consumers],
+                }
+            },
+        )
+        return result.matched_count == 1
+
+    @translated
+    def workers(self) -> list[WorkerRecord]:
+        return [WorkerRecord.from_doc(d) for d in self._db[WORKERS].find().sort("_id", 1)]
+
+    @translated
+    def delete_worker(self, worker_id: str) -> None:
+        self._db[WORKERS].delete_one({"_id": worker_id})
+
+    # --- jobs ----------------------------------------------------------------
+
+    @translated
+    def job_started(self, job_id: str, worker_pid: int, consumer_pid: int, now: datetime) -> None:
+        self._db[JOBS].update_one(
+            {"_id": ObjectId(job_id)},
+            {
+                "$set": {
+                    "status": "running",
+                    "startedAt": now,
+                    "processor.workerPid": worker_pid,
+                    "processor.consumerPid": consumer_pid,
+                    "lastModified": now,
+                }
+            },
+        )
+
+    @translated
+    def job_progress(self, job_id: str, handled: int, failed: int, now: datetime) -> None:
+        self._db[JOBS].update_one(
+            {"_id": ObjectId(job_id), "status": {"$in": list(OPEN_JOB_STATES)}},
+            {"$set": {"messageCount": handled, "failedCount": failed, "lastModified": now}},
+        )
+
+    @translated
+    def job_ended(
+        self,
+        job_id: str,
+        status: str,
+        now: datetime,
+        *,
+        handled: int,
+        failed: int,
+        reason: str,
+        error: str | None = None,
+    ) -> None:
+        """Close an open job (a closed one is left as it is: the first ending wins)."""
+        self._db[JOBS].update_one(
+            {"_id": ObjectId(job_id), "status": {"$in": list(OPEN_JOB_STATES)}},
+            {
+                "$set": {
+                    "status": status,
+                    "messageCount": handled,
+                    "failedCount": failed,
+                    "endedAt": now,
+                    "lastModified": now,
+                    "endReason": reason,
+                    "error": error,
+                }
+            },
+        )
+
+    @translated
+    def interrupt_jobs(self, job_ids: Iterable[str], now: datetime, reason: str) -> int:
+        ids = [ObjectId(j) for j in job_ids]
+        result = self._db[JOBS].update_many(
+            {"_id": {"$in": ids}, "status": {"$in": list(OPEN_JOB_STATES)}},
+            {"$set": {"status": "interrupted", "endedAt": now, "lastModified": now,
+                      "endReason": reason}},
+        )  # fmt: skip
+        return result.modified_count
+
+    @translated
+    def jobs(
+        self, status: str | None = None, queue: str | None = None, limit: int = 20
+    ) -> list[JobRecord]:
+        query: dict[str, Any] = {}
+        if status:
+            query["status"] = status
+        if queue:
+            query["queueName"] = queue
+        cursor = self._db[JOBS].find(query).sort("createdAt", -1).limit(limit)
+        return [JobRecord.from_doc(d) for d in cursor]
+
+    @translated
+    def job(self, job_id: str) -> JobRecord | None:
+        if not ObjectId.is_valid(job_id):
+            raise InvalidValue(f"job id {job_id!r} is not a 24-digit hex ObjectId")
+        doc = self._db[JOBS].find_one({"_id": ObjectId(job_id)})
+        return JobRecord.from_doc(doc) if doc else None
+
+    @translated
+    def job_counts(self) -> dict[str, int]:
+        pipeline = [{"$group": {"_id": "$status", "n": {"$sum": 1}}}]
+        return {d["_id"]: d["n"] for d in self._db[JOBS].aggregate(pipeline)}
+
+    # --- leader lease --------------------------------------------------------
+
+    @translated
+    def hold_lease(self, holder: str, now: datetime, ttl: float) -> bool:
+        """Take or renew the master lease; True while `holder` leads."""
+        expires = now + timedelta(seconds=ttl)
+        result = self._db[LEASES].update_one(
+            {"_id": "master", "$or": [{"holder": holder}, {"expiresAt": {"$lt": now}}]},
+            {"$set": {"holder": holder, "expiresAt": expires}},
+        )
+        if result.matched_count == 1:
+            return True
+        try:
+            self._db[LEASES].insert_one({"_id": "master", "holder": holder, "expiresAt": expires})
+        except DuplicateKeyError:
+            return False  # somebody else holds a lease that has not expired
+        return True
+
+    @translated
+    def drop_lease(self, holder: str) -> None:
+        self._db[LEASES].delete_one({"_id": "master", "holder": holder})
+
+    @translated
+    def lease(self) -> dict[str, Any] | None:
+        return self._db[LEASES].find_one({"_id": "master"})

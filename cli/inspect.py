@@ -1,0 +1,133 @@
+"""`orchestrator jobs …`, `workers list` and `status`: what the fleet is doing."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import click
+
+from cli import render
+from cli.app import App
+from orchestrator.models import JOB_STATES, WorkerRecord, utcnow
+
+pass_app = click.make_pass_decorator(App)
+JSON = click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+
+
+@click.group()
+def jobs() -> None:
+    """Inspect jobs: one per assignment of a queue to a worker."""
+
+
+@jobs.command("list")
+@click.option("--status", type=click.Choice(JOB_STATES), help="Only jobs in this state.")
+@click.option("--queue", "queue_name", metavar="NAME", help="Only jobs of this queue.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
+@JSON
+@pass_app
+def list_jobs(
+    app: App, status: str | None, queue_name: str | None, limit: int, as_json: bool
+) -> None:
+    """List the newest jobs first."""
+    found = app.store.jobs(status, queue_name, limit)
+    if as_json:
+        render.emit_json([j.to_json() for j in found])
+        return
+    render.table(
+        ["ID", "QUEUE", "STATUS", "HANDLED", "FAILED", "WORKER", "CREATED", "REASON"],
+        [
+            [j.id, j.queue_name, j.status, j.message_count, j.failed_count, j.worker_id,
+             j.created_at.strftime("%Y-%m-%d %H:%M:%S"), j.end_reason]
+            for j in found
+        ],
+    )  # fmt: skip
+
+
+@jobs.command("show")
+@click.argument("job_id", metavar="ID")
+@JSON
+@pass_app
+def show_job(app: App, job_id: str, as_json: bool) -> None:
+    """Show one job."""
+    job = app.store.job(job_id)
+    if job is None:
+        raise click.ClickException(f"job {job_id} does not exist")
+    doc = job.to_json()
+    if as_json:
+        render.emit_json(doc)
+        return
+    for key, value in doc.items():
+        click.echo(f"{key}: {value}")
+
+
+@click.group()
+def workers() -> None:
+    """Inspect workers."""
+
+
+def _worker_json(worker: WorkerRecord, load: int) -> dict[str, Any]:
+    return {
+        "id": worker.id,
+        "host": worker.host,
+        "pid": worker.pid,
+        "status": worker.status,
+        "load": load,
+        "maxLoad": worker.max_load,
+        "heartbeatAgeSeconds": round((utcnow() - worker.heartbeat_at).total_seconds(), 1),
+        "consumers": [c.to_doc() for c in worker.consumers],
+    }
+
+
+def _workers(app: App) -> list[dict[str, Any]]:
+    loads = Counter(app.store.assigned_workers().values())
+    return [_worker_json(w, loads[w.id]) for w in app.store.workers()]
+
+
+@workers.command("list")
+@JSON
+@pass_app
+def list_workers(app: App, as_json: bool) -> None:
+    """List live workers with their load and consumers."""
+    found = _workers(app)
+    if as_json:
+        render.emit_json(found)
+        return
+    render.table(
+        ["ID", "STATUS", "LOAD", "HEARTBEAT AGO", "CONSUMERS"],
+        [
+            [w["id"], w["status"], f"{w['load']}/{w['maxLoad']}", f"{w['heartbeatAgeSeconds']}s",
+             ", ".join(f"{c['pid']}:{c['queueName'] or 'idle'} {c['rssMb']}MB"
+                       for c in w["consumers"])]
+            for w in found
+        ],
+    )  # fmt: skip
+
+
+@click.command()
+@JSON
+@pass_app
+def status(app: App, as_json: bool) -> None:
+    """Queues with depth and worker, workers with load, and job counts."""
+    queues = [v.to_json() for v in app.queues.views()]
+    found = _workers(app)
+    counts = {s: 0 for s in JOB_STATES} | app.store.job_counts()
+    lease = app.store.lease()
+    leader = lease["holder"] if lease and lease["expiresAt"] > utcnow() else None
+    if as_json:
+        render.emit_json({"queues": queues, "workers": found, "jobs": counts, "leader": leader})
+        return
+    render.table(
+        ["QUEUE", "VISIBLE", "IN FLIGHT", "CONCURRENCY", "PAUSED", "WORKER"],
+        [[q["name"], q["visible"], q["inFlight"], q["concurrency"], q["paused"], q["worker"]]
+         for q in queues],
+    )  # fmt: skip
+    click.echo()
+    render.table(
+        ["WORKER", "STATUS", "LOAD", "CONSUMERS"],
+        [[w["id"], w["status"], f"{w['load']}/{w['maxLoad']}", len(w["consumers"])]
+         for w in found],
+    )  # fmt: skip
+    click.echo()
+    click.echo("jobs: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    click.echo(f"leader: {leader or 'none'}")

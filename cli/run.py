@@ -1,0 +1,38 @@
+"""`orchestrator run`: the daemon, in mode M, W or MW."""
+
+from __future__ import annotations
+
+import os
+
+import click
+import structlog
+
+from cli.app import App
+from orchestrator.supervisor import MODES, Supervisor
+
+pass_app = click.make_pass_decorator(App)
+
+
+@click.command()
+@click.option(
+    "--mode",
+    type=click.Choice(MODES, case_sensitive=False),
+    envvar="MODE",
+    default="MW",
+    show_default=True,
+    help="M: master only; W: workers only; MW: both in one process tree.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Worker processes to run (default WORKER_INSTANCES).",
+)
+@pass_app
+def run(app: App, mode: str, workers: int | None) -> None:
+    """Run the daemon until SIGTERM or Ctrl-C (a second one stops at once)."""
+    structlog.contextvars.bind_contextvars(role="supervisor", pid=os.getpid())
+    supervisor = Supervisor(
+        app.settings, app.endpoints, mode.upper(), workers or app.settings.worker_instances
+    )
+    raise SystemExit(supervisor.run())

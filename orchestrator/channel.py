@@ -1,0 +1,49 @@
+"""Channel: JSON lines over a socket between a worker and one of its consumers."""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+
+class ChannelClosed(Exception):
+    """The other end went away (its process died or closed the socket)."""
+
+
+class Channel:
+    """Non-blocking reads of whole JSON lines; blocking writes of small ones."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buffer = b""
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, message: dict[str, Any]) -> None:
+        try:
+            self.sock.sendall(json.dumps(message).encode() + b"\n")
+        except OSError as exc:
+            raise ChannelClosed(str(exc)) from exc
+
+    def receive(self) -> list[dict[str, Any]]:
+        """Every complete message available now (possibly none); ChannelClosed on EOF."""
+        self.sock.setblocking(False)
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise ChannelClosed("end of stream")
+                self._buffer += chunk
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            raise ChannelClosed(str(exc)) from exc
+        finally:
+            self.sock.setblocking(True)
+        *lines, self._buffer = self._buffer.split(b"\n")
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def close(self) -> None:
+        self.sock.close()

@@ -1,0 +1,44 @@
+"""Entry point of every child process: `python -m orchestrator.child ROLE`.
+
+The boot document (settings, endpoints, role arguments) arrives on stdin.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import structlog
+
+from orchestrator import log, processes, signals
+
+CRASH_EXIT = 70  # an unexpected error ended the process (EX_SOFTWARE)
+
+
+def main() -> None:
+    role = sys.argv[1]
+    signals.reset_in_child()
+    settings, endpoints, extra = processes.read_boot_document()
+    log.configure(settings, role=role, pid=os.getpid())
+    try:
+        if role == "master":
+            from orchestrator import master
+
+            master.run(settings, endpoints)
+        elif role == "worker":
+            from orchestrator import worker
+
+            worker.run(settings, endpoints)
+        elif role == "consumer":
+            from orchestrator import consumer
+
+            consumer.run(settings, endpoints, int(extra["channel_fd"]))
+        else:
+            raise SystemExit(f"unknown role {role!r}")
+    except Exception:  # the process boundary: say what happened, with the traceback
+        structlog.get_logger().exception("process.crashed")
+        sys.exit(CRASH_EXIT)
+
+
+if __name__ == "__main__":
+    main()

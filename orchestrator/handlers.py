@@ -1,0 +1,50 @@
+"""import_handler and the built-in handlers (`noop`, `log`, `sleep`) for demos and load tests."""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable
+
+import structlog
+
+from orchestrator.config import HANDLER_PATH
+from orchestrator.errors import HandlerImportError
+from orchestrator.message import Message
+
+Handler = Callable[[Message], object]
+
+
+def import_handler(path: str) -> Handler:
+    """Import `package.module:function`; raise HandlerImportError naming the path and why."""
+    if not HANDLER_PATH.match(path):
+        raise HandlerImportError(path, "not of the form package.module:function")
+    module_name, func_name = path.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # any error while importing user code is the handler's fault
+        raise HandlerImportError(path, f"{type(exc).__name__}: {exc}") from exc
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise HandlerImportError(path, f"module {module_name} has no function {func_name}")
+    return func  # type: ignore[no-any-return]
+
+
+def noop(message: Message) -> None:
+    """Do nothing: measures the orchestrator's own overhead."""
+
+
+def log(message: Message) -> None:
+    """Log the message's id and the start of its body."""
+    structlog.get_logger().info(
+        "handler.message", message_id=message.message_id, body=message.body[:200]
+    )
+
+
+def sleep(message: Message) -> None:
+    """Sleep for the body's `ms` milliseconds (default 100): a stand-in for I/O-bound work."""
+    try:
+        ms = float(message.json().get("ms", 100))
+    except (ValueError, AttributeError):
+        ms = 100.0
+    time.sleep(max(ms, 0) / 1000)

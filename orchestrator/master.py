@@ -1,0 +1,206 @@
+"""Master: holds the leader lease and assigns queues with messages to live workers.
+
+One tick: renew the lease → (on becoming leader) sync queues to SQS → reap
+dead workers → check the depth of due queues → assign the non-empty ones.
+Only the lease holder assigns; the unique `queueUrl` index on assignments
+makes a double assignment impossible even if two masters ever overlap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+
+from orchestrator import policy, processes
+from orchestrator.config import Settings
+from orchestrator.embedded import Endpoints
+from orchestrator.errors import OrchestratorError, QueueNotFound
+from orchestrator.loop import Outage, retry, wait
+from orchestrator.models import QueueRecord, WorkerRecord, utcnow
+from orchestrator.queues import QueueAdmin
+from orchestrator.signals import SignalQueue
+from orchestrator.sqs import Sqs
+from orchestrator.store import Store
+
+log = structlog.get_logger()
+
+LEASE_SAFETY = 0.8  # stop assigning when 80 % of the lease has passed without a renewal
+
+
+@dataclass
+class _Check:
+    """When an idle queue is next looked at, and how long the last wait was."""
+
+    due: datetime
+    delay: float
+
+
+class Master:
+    """Assigns queues to workers while it holds the lease."""
+
+    def __init__(self, settings: Settings, store: Store, sqs: Sqs) -> None:
+        self.settings = settings
+        self.store = store
+        self.sqs = sqs
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.leading = False
+        self.lease_valid_until: datetime | None = None
+        self.next_renewal: datetime | None = None
+        self.synced = False
+        self.checks: dict[str, _Check] = {}
+        self.last_assigned: dict[str, datetime] = {}
+        structlog.contextvars.bind_contextvars(master_id=self.id)
+
+    def tick(self, now: datetime) -> None:
+        if not self._lead(now):
+            return
+        if not self.synced:
+            created = QueueAdmin(self.settings, lambda: self.store, lambda: self.sqs).sync()
+            for queue in created:
+                log.info("queue.synced_to_sqs", queue=queue.name)
+            self.synced = True
+        live = self._reap_dead_workers(now)
+        self._assign(now, live)
+
+    # --- leadership ------------------------------------------------------------
+
+    def _lead(self, now: datetime) -> bool:
+        """Renew the lease every LEASE_TTL/3; lead only while a renewal is recent enough."""
+        ttl = self.settings.lease_ttl
+        if self.next_renewal is None or now >= self.next_renewal:
+            self.next_renewal = now + timedelta(seconds=ttl / 3)
+            try:
+                held = self.store.hold_lease(self.id, now, ttl)
+            except OrchestratorError as exc:
+                log.warning("master.lease_renewal_failed", error=str(exc))
+                held = self.leading  # keep leading until the lease may have expired
+            else:
+                if held:
+                    self.lease_valid_until = now + timedelta(seconds=ttl * LEASE_SAFETY)
+            if held != self.leading:
+                log.info("master.leading" if held else "master.standby")
+                self.synced = self.synced and held
+            self.leading = held
+        if self.leading and self.lease_valid_until and now >= self.lease_valid_until:
+            log.warning("master.lease_lost", reason="no renewal before the lease ran out")
+            self.leading = False
+        return self.leading
+
+    def resign(self) -> None:
+        """Give the lease up at once so that a standby need not wait for it to expire."""
+        if self.leading:
+            self.store.drop_lease(self.id)
+            self.leading = False
+            log.info("master.resigned")
+
+    # --- dead workers ------------------------------------------------------------
+
+    def _reap_dead_workers(self, now: datetime) -> list[WorkerRecord]:
+        """Forget workers silent for WORKER_TIMEOUT; free their queues. Returns the live ones."""
+        cutoff = now - timedelta(seconds=self.settings.worker_timeout)
+        live = []
+        for worker in self.store.workers():
+            if worker.heartbeat_at >= cutoff:
+                live.append(worker)
+                continue
+            gone = self.store.release_worker(worker.id)
+            reason = f"worker {worker.id} stopped heartbeating"
+            self.store.interrupt_jobs([a.job_id for a in gone], now, reason)
+            self.store.delete_worker(worker.id)
+            log.warning("worker.dead", dead_worker=worker.id, released=[a.queue_name for a in gone])
+        return live
+
+    # --- assignment ----------------------------------------------------------------
+
+    def _assign(self, now: datetime, live: list[WorkerRecord]) -> None:
+        assignments = self.store.assignments()
+        loads = Counter(a.worker for a in assignments)
+        workers = {w.id: w for w in live if w.status == "active"}
+        capacity = sum(max(w.max_load - loads[w.id], 0) for w in workers.values())
+        assigned = {a.queue_url for a in assignments}
+        for queue in self._candidates(now, assigned):
+            if capacity <= 0:
+                return  # queues wait for the next cycle; their checks stay due
+            if not self._has_messages(queue, now):
+                continue
+            choice = policy.pick_worker(
+                [
+                    policy.WorkerLoad(w.id, loads[w.id], w.max_load, w.heartbeat_at)
+                    for w in workers.values()
+                ]
+            )
+            if choice is None:
+                return
+            job_id = self.store.assign(queue, choice, now)
+            if job_id is None:
+                continue  # another master got there first
+            loads[choice] += 1
+            capacity -= 1
+            self.last_assigned[queue.queue_url] = now
+            log.info("queue.assigned", queue=queue.name, worker=choice, job_id=job_id)
+
+    def _candidates(self, now: datetime, assigned: set[str]) -> list[QueueRecord]:
+        """Unpaused, unassigned queues whose check is due; longest unserved first (fairness)."""
+        due = []
+        for queue in self.store.list_queues():
+            if queue.queue_url in assigned:
+                # Look again as soon as the assignment ends: the queue may still have work.
+                self.checks.pop(queue.queue_url, None)
+                continue
+            check = self.checks.get(queue.queue_url)
+            if queue.paused or (check and now < check.due):
+                continue
+            due.append(queue)
+        epoch = datetime.min.replace(tzinfo=now.tzinfo)
+        return sorted(due, key=lambda q: (self.last_assigned.get(q.queue_url, epoch), q.name))
+
+    def _has_messages(self, queue: QueueRecord, now: datetime) -> bool:
+        """Check the queue's depth; an empty (or missing) queue is checked less and less often."""
+        try:
+            visible = self.sqs.depth(queue.queue_url).visible
+        except QueueNotFound:
+            log.warning("queue.missing_in_sqs", queue=queue.name)
+            visible = 0
+        if visible > 0:
+            self.checks.pop(queue.queue_url, None)
+            return True
+        previous = self.checks.get(queue.queue_url)
+        delay = policy.next_idle_delay(previous.delay if previous else None,
+                                       self.settings.idle_check_max)  # fmt: skip
+        self.checks[queue.queue_url] = _Check(now + timedelta(seconds=delay), delay)
+        return False
+
+
+def run(settings: Settings, endpoints: Endpoints) -> None:
+    """The master process: tick every MASTER_INTERVAL until SIGTERM/SIGINT or orphaned."""
+    signals = SignalQueue((signal.SIGTERM, signal.SIGINT))
+    original_parent = os.getppid()
+    store = Store(endpoints.mongodb_uri, settings.mongodb_name, job_ttl_days=settings.job_ttl_days)
+    sqs = Sqs(endpoints.sqs_endpoint, settings.aws_region, settings.aws_access_key_id,
+              settings.aws_secret_access_key)  # fmt: skip
+    if not retry(store.ensure_indexes, signals, "MongoDB"):
+        return
+    master = Master(settings, store, sqs)
+    log.info("master.started")
+    outage = Outage()
+    while processes.parent_alive(original_parent):
+        try:
+            master.tick(utcnow())
+            outage.recovered()
+            delay = settings.master_interval
+        except Exception as exc:  # the process boundary: log, back off, carry on
+            delay = outage.failed(exc)
+        if wait(signals, delay):
+            break
+    # Shutdown: give the lease up so that a standby takes over without waiting for it.
+    with contextlib.suppress(OrchestratorError):
+        master.resign()
+    log.info("master.stopped")

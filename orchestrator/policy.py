@@ -1,0 +1,61 @@
+"""Pure decisions with deterministic tie-breaks: who gets a queue, when to look again."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+IDLE_FIRST_CHECK = 1.0  # seconds before an empty queue is checked again
+RETRY_BASE = 1.0  # visibility (s) after a handler's first failure
+RETRY_CAP = 900.0  # never hide a failed message for more than 15 minutes
+
+
+@dataclass(frozen=True)
+class WorkerLoad:
+    """A live worker as the assignment policy sees it."""
+
+    id: str
+    load: int
+    max_load: int
+    heartbeat_at: datetime
+
+
+def pick_worker(workers: Sequence[WorkerLoad]) -> str | None:
+    """The worker with the fewest assignments below its max load.
+
+    Ties go to the oldest heartbeat (it has waited longest for work), then the id.
+    None when every worker is full: the queue waits for the next cycle.
+    """
+    open_ = [w for w in workers if w.load < w.max_load]
+    if not open_:
+        return None
+    return min(open_, key=lambda w: (w.load, w.heartbeat_at, w.id)).id
+
+
+def next_idle_delay(previous: float | None, maximum: float) -> float:
+    """Delay before re-checking a queue found empty: 1 s, doubling, capped at `maximum`."""
+    if previous is None:
+        return min(IDLE_FIRST_CHECK, maximum)
+    return min(previous * 2, maximum)
+
+
+def retry_visibility(receive_count: int, cap: float = RETRY_CAP) -> int:
+    """Seconds to hide a message whose handler failed, from its receive count (1, 2, 4, …)."""
+    exponent = max(receive_count, 1) - 1
+    return int(min(RETRY_BASE * 2 ** min(exponent, 30), cap))
+
+
+def is_drained(empty_polls: int, in_flight: int, threshold: int) -> bool:
+    """A queue is drained after `threshold` consecutive empty receives with nothing in flight."""
+    return in_flight == 0 and empty_polls >= threshold
+
+
+def usage_limit(base: int, jitter: float) -> int:
+    """A consumer's own recycling limit: `base` plus up to half again, so that consumers
+    started together do not all restart together. `jitter` is a number in [0, 1)."""
+    return base + int(jitter * (base // 2 + 1))
+
+
+def needs_recycling(uses: int, limit: int, rss_mb: float, max_rss_mb: float) -> bool:
+    return uses >= limit or rss_mb > max_rss_mb

@@ -1,0 +1,138 @@
+"""Spawn, reap, measure and stop child processes.
+
+Children are fresh interpreters (`python -m orchestrator.child ROLE`), never
+forks, so no client or lock is carried across. Their boot document (settings,
+endpoints, role arguments) arrives on stdin: unlike argv or the environment,
+a pipe is not visible to other users through `ps` or /proc, and it carries
+secrets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from orchestrator.channel import Channel
+from orchestrator.config import Settings
+from orchestrator.embedded import Endpoints
+
+
+@dataclass
+class Child:
+    """A running child process, with its channel when it has one."""
+
+    role: str
+    proc: subprocess.Popen[bytes]
+    channel: Channel | None = None
+    started: float = field(default_factory=time.monotonic)
+    _stats: psutil.Process | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def poll(self) -> int | None:
+        """The exit status once it has ended (reaping it), else None."""
+        return self.proc.poll()
+
+    def signal(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(sig)
+
+    def kill_group(self) -> None:
+        """SIGKILL the child and everything in its process group (its own consumers)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+
+    def stats(self) -> tuple[float, float]:
+        """(RSS in MB, CPU percent since the previous call); zeros once it is gone."""
+        try:
+            if self._stats is None:
+                self._stats = psutil.Process(self.pid)
+                self._stats.cpu_percent(None)
+            rss = self._stats.memory_info().rss / 1_048_576
+            return round(rss, 1), self._stats.cpu_percent(None)
+        except psutil.Error:
+            return 0.0, 0.0
+
+
+def boot_document(settings: Settings, endpoints: Endpoints, **extra: Any) -> dict[str, Any]:
+    return {
+        "settings": dataclasses.asdict(settings),
+        "endpoints": dataclasses.asdict(endpoints),
+        **extra,
+    }
+
+
+def read_boot_document() -> tuple[Settings, Endpoints, dict[str, Any]]:
+    boot = json.load(sys.stdin)
+    return Settings(**boot.pop("settings")), Endpoints(**boot.pop("endpoints")), boot
+
+
+def spawn(
+    role: str, boot: dict[str, Any], *, channel: bool = False, own_group: bool = False
+) -> Child:
+    """Start `python -m orchestrator.child ROLE`, hand it `boot`, optionally with a channel.
+
+    `own_group` puts it in a process group of its own, so that a Ctrl-C on the
+    terminal reaches only the supervisor, which then stops children in order.
+    """
+    ours = theirs = None
+    if channel:
+        ours, theirs = socket.socketpair()
+        boot = {**boot, "channel_fd": theirs.fileno()}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.child", role],
+        stdin=subprocess.PIPE,
+        pass_fds=(theirs.fileno(),) if theirs else (),
+        process_group=0 if own_group else None,
+    )
+    if theirs:
+        theirs.close()
+    assert proc.stdin is not None
+    with contextlib.suppress(BrokenPipeError):  # it died at once: reaping will say how
+        proc.stdin.write(json.dumps(boot).encode())
+    with contextlib.suppress(BrokenPipeError):
+        proc.stdin.close()
+    return Child(role, proc, Channel(ours) if ours else None)
+
+
+def describe_exit(status: int) -> str:
+    """'exit code 3' or 'signal SIGKILL', from a Popen return code."""
+    if status < 0:
+        try:
+            return f"signal {signal.Signals(-status).name}"
+        except ValueError:
+            return f"signal {-status}"
+    return f"exit code {status}"
+
+
+def stop_all(children: list[Child], grace: float) -> None:
+    """TERM every child, reap until `grace` has passed, KILL the rest, reap once more."""
+    for child in children:
+        child.signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(c.poll() is None for c in children):
+        time.sleep(0.05)
+    for child in children:
+        if child.poll() is None:
+            child.signal(signal.SIGKILL)
+    for child in children:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.proc.wait(timeout=5)
+
+
+def parent_alive(original_ppid: int) -> bool:
+    """False once this process was orphaned (re-parented away from its supervisor)."""
+    return os.getppid() == original_ppid

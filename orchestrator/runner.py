@@ -1,0 +1,266 @@
+"""Runner: one assignment inside a consumer — receive → handle → delete.
+
+Three kinds of thread share the work:
+- the receiver long-polls SQS, asking for no more messages than there are free
+  slots (`concurrency` minus handlers running), and hands each to the pool;
+- pool threads run the handler, and only report the outcome;
+- the calling thread owns everything else: deleting succeeded messages in
+  batches, hiding failed ones for a backoff, extending the visibility of long
+  handlers, applying control messages (new concurrency, pause, stop) and
+  deciding when the assignment ends.
+A message is deleted only after its handler returned: at-least-once delivery.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from orchestrator import policy
+from orchestrator.errors import OrchestratorError
+from orchestrator.handlers import Handler
+from orchestrator.message import Message
+from orchestrator.sqs import BATCH, Sqs
+
+RECEIVE_WAIT_SECONDS = 1  # short enough to notice pause/stop and drain quickly
+DELETE_FLUSH_SECONDS = 0.05  # a partial delete batch waits at most this long
+PROGRESS_SECONDS = 1.0
+EXTEND_FRACTION = 0.5  # extend a message's visibility once half of it has passed
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    handled: int
+    failed: int
+    reason: str  # drained | max_time | paused | shutdown | released
+
+
+@dataclass
+class _InFlight:
+    raw: dict[str, Any]
+    received: float
+    extend_at: float
+
+
+class Runner:
+    """Runs one assignment until the queue drains, time is up, or it is told to stop."""
+
+    def __init__(
+        self,
+        sqs: Sqs,
+        job: dict[str, Any],
+        handler: Handler,
+        *,
+        drain_empty_polls: int,
+        max_seconds: float,
+        max_concurrency: int,
+        control: Callable[[], list[dict[str, Any]]],
+        progress: Callable[[int, int], None],
+    ) -> None:
+        self.sqs = sqs
+        self.url: str = job["queueUrl"]
+        self.name: str = job["queueName"]
+        self.visibility: int = int(job.get("visibilityTimeout") or 30)
+        self.handler = handler
+        self.drain_empty_polls = drain_empty_polls
+        self.deadline = time.monotonic() + max_seconds
+        self.control = control
+        self.progress = progress
+        self.limit = int(job["concurrency"])
+        self.paused = bool(job.get("paused"))
+        self.reason: str | None = "paused" if self.paused else None
+        self.handled = self.failed = 0
+        self.in_flight: dict[str, _InFlight] = {}  # by receipt handle: unique per receive
+        self.done: queue.Queue[tuple[str, BaseException | None]] = queue.Queue()
+        self.cond = threading.Condition()
+        self.stop_receiving = threading.Event()
+        self.pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="handler")
+        self.to_delete: list[str] = []
+        self.delete_since = 0.0
+
+    # --- the calling thread --------------------------------------------------
+
+    def run(self) -> Outcome:
+        if self.reason:
+            return Outcome(0, 0, self.reason)
+        receiver = threading.Thread(target=self._receive_loop, name="receiver", daemon=True)
+        receiver.start()
+        last_progress = time.monotonic()
+        while True:
+            self._apply_control()
+            if time.monotonic() >= self.deadline:
+                self._finish("max_time")  # yield to queues waiting for capacity
+            self._collect(timeout=DELETE_FLUSH_SECONDS)
+            self._extend_long_handlers()
+            with self.cond:
+                idle = not self.in_flight
+            if self.to_delete and (
+                len(self.to_delete) >= BATCH
+                or idle
+                or time.monotonic() - self.delete_since >= DELETE_FLUSH_SECONDS
+            ):
+                self._flush_deletes()
+            if time.monotonic() - last_progress >= PROGRESS_SECONDS:
+                self.progress(self.handled, self.failed)
+                last_progress = time.monotonic()
+            if self.stop_receiving.is_set() and idle and not receiver.is_alive():
+                self._flush_deletes()
+                break
+        self.pool.shutdown(wait=True)
+        return Outcome(self.handled, self.failed, self.reason or "drained")
+
+    def _finish(self, reason: str) -> None:
+        """Stop receiving; running handlers finish, and the first reason given sticks."""
+        with self.cond:
+            if self.reason is None:
+                self.reason = reason
+            self.stop_receiving.set()
+            self.cond.notify_all()
+
+    def _apply_control(self) -> None:
+        for op in self.control():
+            kind = op.get("op")
+            if kind == "settings":
+                with self.cond:
+                    self.limit = int(op["concurrency"])
+                    self.cond.notify_all()
+                if op.get("paused"):
+                    self._finish("paused")
+            elif kind == "stop":
+                self._finish(op.get("reason", "shutdown"))
+
+    def _collect(self, timeout: float) -> None:
+        """Take the outcomes of finished handlers: queue deletes, hide failures."""
+        try:
+            first = self.done.get(timeout=timeout)
+        except queue.Empty:
+            return
+        outcomes = [first]
+        while True:
+            try:
+                outcomes.append(self.done.get_nowait())
+            except queue.Empty:
+                break
+        for receipt, error in outcomes:
+            with self.cond:
+                entry = self.in_flight.pop(receipt)
+                self.cond.notify_all()
+            if error is None:
+                self.handled += 1
+                if not self.to_delete:
+                    self.delete_since = time.monotonic()
+                self.to_delete.append(entry.raw["ReceiptHandle"])
+            else:
+                self.failed += 1
+                self._retry_later(entry, error)
+
+    def _retry_later(self, entry: _InFlight, error: BaseException) -> None:
+        """Leave the message in SQS, hidden for a backoff on its receive count; SQS's
+        redrive policy moves it to the DLQ after maxReceiveCount receives."""
+        count = int(entry.raw.get("Attributes", {}).get("ApproximateReceiveCount", 1))
+        delay = policy.retry_visibility(count)
+        log.warning(
+            "message.failed",
+            message_id=entry.raw["MessageId"],
+            receive_count=count,
+            retry_in=delay,
+            error=f"{type(error).__name__}: {error}",
+        )
+        self._sqs_quietly(self.sqs.set_visibility, self.url, [entry.raw["ReceiptHandle"]], delay)
+
+    def _flush_deletes(self) -> None:
+        while self.to_delete:
+            batch, self.to_delete = self.to_delete[:BATCH], self.to_delete[BATCH:]
+            refused = self._sqs_quietly(self.sqs.delete_batch, self.url, batch)
+            if refused:
+                log.warning("message.delete_refused", count=refused)  # they will come back
+
+    def _extend_long_handlers(self) -> None:
+        now = time.monotonic()
+        with self.cond:
+            due = [e for e in self.in_flight.values() if e.extend_at <= now]
+        for entry in due:
+            entry.extend_at = now + self.visibility * EXTEND_FRACTION
+        for start in range(0, len(due), BATCH):
+            receipts = [e.raw["ReceiptHandle"] for e in due[start : start + BATCH]]
+            self._sqs_quietly(self.sqs.set_visibility, self.url, receipts, self.visibility)
+
+    def _sqs_quietly(self, call: Callable[..., int], *args: Any) -> int:
+        """An SQS call whose failure must not end the run: the message only comes back."""
+        try:
+            return call(*args)
+        except OrchestratorError as exc:
+            log.warning("sqs.call_failed", call=call.__name__, error=str(exc))
+            return 0
+
+    # --- the receiver thread ---------------------------------------------------
+
+    def _receive_loop(self) -> None:
+        empty_polls = 0
+        failures = 0
+        while not self.stop_receiving.is_set():
+            with self.cond:
+                while len(self.in_flight) >= self.limit and not self.stop_receiving.is_set():
+                    self.cond.wait(0.5)
+                free = self.limit - len(self.in_flight)
+                idle_before = not self.in_flight
+            if self.stop_receiving.is_set():
+                return
+            try:
+                messages = self.sqs.receive(self.url, min(free, BATCH), RECEIVE_WAIT_SECONDS)
+                failures = 0
+            except OrchestratorError as exc:
+                failures += 1
+                log.warning("sqs.receive_failed", error=str(exc), attempt=failures)
+                self.stop_receiving.wait(min(2**failures, 30))
+                continue
+            if self.stop_receiving.is_set():
+                # Stopped while polling: give these back at once rather than run them late.
+                self._release([m["ReceiptHandle"] for m in messages])
+                return
+            if not messages:
+                with self.cond:
+                    empty_polls = empty_polls + 1 if idle_before and not self.in_flight else 0
+                    drained = policy.is_drained(
+                        empty_polls, len(self.in_flight), self.drain_empty_polls
+                    )
+                if drained:
+                    self._finish("drained")
+                continue
+            empty_polls = 0
+            self._start(messages)
+
+    def _start(self, messages: list[dict[str, Any]]) -> None:
+        now = time.monotonic()
+        with self.cond:
+            for raw in messages:
+                extend_at = now + self.visibility * EXTEND_FRACTION
+                self.in_flight[raw["ReceiptHandle"]] = _InFlight(raw, now, extend_at)
+        for raw in messages:
+            # Handlers see the consumer's bound log context (queue, job id).
+            context = contextvars.copy_context()
+            self.pool.submit(context.run, self._handle, raw)
+
+    def _release(self, receipts: list[str]) -> None:
+        for start in range(0, len(receipts), BATCH):
+            self._sqs_quietly(self.sqs.set_visibility, self.url, receipts[start : start + BATCH], 0)
+
+    # --- pool threads ------------------------------------------------------------
+
+    def _handle(self, raw: dict[str, Any]) -> None:
+        error: BaseException | None = None
+        try:
+            self.handler(Message.from_sqs(raw, self.name, self.url))
+        except BaseException as exc:  # the handler's failure is the message's, not ours
+            error = exc
+        self.done.put((raw["ReceiptHandle"], error))

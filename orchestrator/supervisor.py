@@ -1,0 +1,111 @@
+"""Supervisor: the `orchestrator run` process. Starts the roles, reaps them, stops them.
+
+Signal handlers only record; the loop dispatches: the first SIGTERM/SIGINT
+starts a graceful stop, a second one kills the children at once. A child
+that dies is logged with its exit code or signal and restarted with backoff.
+"""
+
+from __future__ import annotations
+
+import select
+import signal
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from orchestrator import processes
+from orchestrator.config import Settings
+from orchestrator.embedded import Endpoints
+from orchestrator.processes import Child
+from orchestrator.signals import SignalQueue
+
+log = structlog.get_logger()
+
+STOP_MARGIN = 5.0  # beyond SHUTDOWN_GRACE, for workers to release and deregister
+STABLE_SECONDS = 30.0  # a child that ran this long resets its restart backoff
+MODES = ("M", "W", "MW")
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One role the supervisor keeps running."""
+
+    role: str
+    child: Child | None = None
+    failures: int = 0
+    restart_at: float = 0.0
+
+
+class Supervisor:
+    """Keeps one master (modes M, MW) and N workers (modes W, MW) running."""
+
+    def __init__(self, settings: Settings, endpoints: Endpoints, mode: str, workers: int) -> None:
+        self.settings = settings
+        self.boot = processes.boot_document(settings, endpoints)
+        roles = (["master"] if "M" in mode else []) + (["worker"] * workers if "W" in mode else [])
+        self.slots = [_Slot(role) for role in roles]
+        self.signals = SignalQueue()
+        self.stopping_since: float | None = None
+
+    def run(self) -> int:
+        log.info("supervisor.started", roles=[s.role for s in self.slots])
+        while True:
+            select.select([self.signals.read_fd], [], [], 0.5)
+            for sig in self.signals.drain():
+                if sig in (signal.SIGTERM, signal.SIGINT):
+                    if self.stopping_since is not None:
+                        return self._kill("second signal")
+                    self._begin_stop(sig)
+            self._reap()
+            if self.stopping_since is None:
+                self._start_due()
+            elif all(s.child is None for s in self.slots):
+                log.info("supervisor.stopped")
+                return 0
+            elif (
+                time.monotonic() - self.stopping_since > self.settings.shutdown_grace + STOP_MARGIN
+            ):
+                return self._kill("shutdown grace passed")
+
+    def _start_due(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.child is None and now >= slot.restart_at:
+                # Own process group: a Ctrl-C on the terminal reaches only us, and we stop
+                # the children in order rather than all at once.
+                slot.child = processes.spawn(slot.role, self.boot, own_group=True)
+                log.info("child.started", child=slot.role, child_pid=slot.child.pid)
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.child is None or (status := slot.child.poll()) is None:
+                continue
+            ran = now - slot.child.started
+            how = processes.describe_exit(status)
+            if self.stopping_since is not None:
+                log.info("child.stopped", child=slot.role, child_pid=slot.child.pid, exit=how)
+            else:
+                slot.failures = 1 if ran >= STABLE_SECONDS else slot.failures + 1
+                delay = min(2 ** (slot.failures - 1), 30)
+                slot.restart_at = now + delay
+                log.error("child.died", child=slot.role, child_pid=slot.child.pid, exit=how,
+                          restart_in=delay)  # fmt: skip
+            slot.child = None
+
+    def _begin_stop(self, sig: signal.Signals) -> None:
+        """First signal: ask every child to stop gracefully (each has SHUTDOWN_GRACE)."""
+        log.info("supervisor.stopping", signal=sig.name, grace=self.settings.shutdown_grace)
+        self.stopping_since = time.monotonic()
+        for slot in self.slots:
+            if slot.child:
+                slot.child.signal(signal.SIGTERM)
+
+    def _kill(self, reason: str) -> int:
+        log.warning("supervisor.killing_children", reason=reason)
+        children = [s.child for s in self.slots if s.child]
+        for child in children:
+            child.kill_group()  # with its consumers; their unfinished messages reappear in SQS
+        processes.stop_all(children, 0)
+        return 1

@@ -1,0 +1,122 @@
+"""Master.tick driven with chosen times against the real servers."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from orchestrator.config import Settings
+from orchestrator.master import Master
+from orchestrator.models import WorkerRecord, utcnow
+from orchestrator.queues import QueueAdmin
+from orchestrator.sqs import Sqs
+from orchestrator.store import Store
+
+
+def admin_for(settings: Settings, store: Store, sqs: Sqs) -> QueueAdmin:
+    return QueueAdmin(settings, lambda: store, lambda: sqs)
+
+
+def worker(store: Store, id_: str, age: float = 0, max_load: int = 5) -> None:
+    beat = utcnow() - timedelta(seconds=age)
+    store.register_worker(WorkerRecord(id_, "h", 1, beat, beat, max_load))
+
+
+def test_assigns_non_empty_queues_to_the_least_loaded_worker(
+    settings: Settings, store: Store, sqs: Sqs
+) -> None:
+    admin = admin_for(settings, store, sqs)
+    for name in ("full1", "full2", "empty"):
+        admin.create(name)
+    admin.send("full1", 3)
+    admin.send("full2", 3)
+    worker(store, "w-old", age=1)
+    worker(store, "w-new")
+    master = Master(settings, store, sqs)
+    master.tick(utcnow())
+    placed = {a.queue_name: a.worker for a in store.assignments()}
+    # Ties go to the oldest heartbeat, then loads even out.
+    assert placed == {"full1": "w-old", "full2": "w-new"}
+    assert {j.status for j in store.jobs()} == {"queued"}
+    assert master.checks[admin.store.get_queue("empty").queue_url].delay == 1
+
+
+def test_empty_queue_is_checked_less_and_less_often(
+    settings: Settings, store: Store, sqs: Sqs
+) -> None:
+    admin = admin_for(settings, store, sqs)
+    url = admin.create("idle").queue_url
+    worker(store, "w")
+    master = Master(settings, store, sqs)
+    now = utcnow()
+    delays = []
+    for _ in range(4):
+        store.heartbeat("w", now, [], "active")  # alive at the simulated time
+        master.tick(now)
+        delays.append(master.checks[url].delay)
+        now = master.checks[url].due  # tick exactly when the next check is due
+    assert delays == [1, 2, 2, 2]  # IDLE_CHECK_MAX is 2 in env/test.json
+    admin.send("idle", 1)
+    store.heartbeat("w", now, [], "active")
+    master.tick(now - timedelta(seconds=0.5))  # not due yet: not looked at
+    assert store.assignments() == []
+    master.tick(now)
+    assert [a.queue_name for a in store.assignments()] == ["idle"]
+    assert url not in master.checks  # looked at again as soon as the assignment ends
+
+
+def test_paused_queues_and_full_workers_get_nothing(
+    settings: Settings, store: Store, sqs: Sqs
+) -> None:
+    admin = admin_for(settings, store, sqs)
+    for name in ("a", "b", "p"):
+        admin.create(name)
+        admin.send(name, 1)
+    admin.set_paused("p", True)
+    worker(store, "small", max_load=1)
+    Master(settings, store, sqs).tick(utcnow())
+    assert [a.queue_name for a in store.assignments()] == ["a"]  # b waits for capacity
+
+
+def test_dead_worker_is_reaped_and_its_queue_reassigned(
+    settings: Settings, store: Store, sqs: Sqs
+) -> None:
+    admin = admin_for(settings, store, sqs)
+    queue = admin.create("q")
+    admin.send("q", 1)
+    worker(store, "dead", age=settings.worker_timeout + 1)
+    job_id = store.assign(queue, "dead", utcnow())
+    worker(store, "alive")
+    Master(settings, store, sqs).tick(utcnow())
+    assert [w.id for w in store.workers()] == ["alive"]
+    old = store.job(job_id or "")
+    assert (
+        old
+        and old.status == "interrupted"
+        and "dead stopped heartbeating" in (old.end_reason or "")
+    )
+    assert [(a.queue_name, a.worker) for a in store.assignments()] == [("q", "alive")]
+
+
+def test_only_the_lease_holder_assigns(settings: Settings, store: Store, sqs: Sqs) -> None:
+    admin = admin_for(settings, store, sqs)
+    admin.create("q")
+    admin.send("q", 1)
+    worker(store, "w")
+    leader, standby = Master(settings, store, sqs), Master(settings, store, sqs)
+    now = utcnow()
+    leader._lead(now)
+    standby.tick(now)
+    assert store.assignments() == [] and not standby.leading
+    leader.resign()
+    standby.tick(now + timedelta(seconds=settings.lease_ttl / 3))  # its next renewal
+    assert standby.leading and len(store.assignments()) == 1
+
+
+def test_leader_stops_assigning_when_it_cannot_renew(
+    settings: Settings, store: Store, sqs: Sqs
+) -> None:
+    master = Master(settings, store, sqs)
+    now = utcnow()
+    assert master._lead(now)
+    store.hold_lease("usurper", now + timedelta(seconds=settings.lease_ttl + 1), settings.lease_ttl)
+    assert not master._lead(now + timedelta(seconds=settings.lease_ttl + 1))

@@ -1,0 +1,123 @@
+"""Runner (one assignment inside a consumer) in-process, against the real SQS server."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from orchestrator.message import Message
+from orchestrator.runner import Outcome, Runner
+from orchestrator.sqs import Sqs
+
+
+def job(
+    sqs: Sqs, name: str, count: int, concurrency: int = 5, visibility: int = 30
+) -> dict[str, Any]:
+    url, _ = sqs.create_queue(name, visibility_timeout=visibility)
+    for start in range(0, count, 10):
+        sqs.send_batch(url, [json.dumps({"seq": i}) for i in range(start, min(start + 10, count))])
+    return {"queueUrl": url, "queueName": name, "concurrency": concurrency,
+            "visibilityTimeout": visibility, "jobId": "j"}  # fmt: skip
+
+
+def run(
+    sqs: Sqs,
+    spec: dict[str, Any],
+    handler: Callable[[Message], object],
+    control: Callable[[], list[dict[str, Any]]] = list,
+    max_seconds: float = 60,
+) -> Outcome:
+    runner = Runner(sqs, spec, handler, drain_empty_polls=2, max_seconds=max_seconds,
+                    max_concurrency=20, control=control, progress=lambda h, f: None)  # fmt: skip
+    return runner.run()
+
+
+@pytest.mark.timeout(60)
+def test_drains_and_deletes_everything(sqs: Sqs) -> None:
+    spec = job(sqs, "drain", 25)
+    seen: list[int] = []
+    outcome = run(sqs, spec, lambda m: seen.append(m.json()["seq"]))
+    assert outcome == Outcome(25, 0, "drained")
+    assert sorted(seen) == list(range(25))
+    depth = sqs.depth(spec["queueUrl"])
+    assert (depth.visible, depth.in_flight) == (0, 0)
+
+
+@pytest.mark.timeout(60)
+def test_a_failed_message_stays_hidden_for_its_backoff(sqs: Sqs) -> None:
+    spec = job(sqs, "fail", 5)
+
+    def handler(m: Message) -> None:
+        if m.json()["seq"] == 3:
+            raise ValueError("poison")
+
+    outcome = run(sqs, spec, handler, max_seconds=1.5)
+    assert outcome.handled == 4 and outcome.failed >= 1
+    depth = sqs.depth(spec["queueUrl"])
+    assert depth.visible + depth.in_flight == 1  # not deleted: it will be retried
+
+
+@pytest.mark.timeout(60)
+def test_pause_stops_receiving(sqs: Sqs) -> None:
+    spec = job(sqs, "pause", 30, concurrency=1)
+    calls = iter([[], [], [{"op": "settings", "concurrency": 1, "paused": True}]])
+    outcome = run(sqs, spec, lambda m: time.sleep(0.05), control=lambda: next(calls, []))
+    assert outcome.reason == "paused" and outcome.handled < 30
+    depth = sqs.depth(spec["queueUrl"])
+    assert depth.visible + depth.in_flight + outcome.handled == 30
+
+
+@pytest.mark.timeout(60)
+def test_time_limit_yields_the_queue(sqs: Sqs) -> None:
+    spec = job(sqs, "busy", 40, concurrency=2)
+    outcome = run(sqs, spec, lambda m: time.sleep(0.1), max_seconds=1)
+    assert outcome.reason == "max_time" and 0 < outcome.handled < 40
+
+
+@pytest.mark.timeout(60)
+def test_concurrency_limit_and_raise_while_running(sqs: Sqs) -> None:
+    spec = job(sqs, "conc", 40, concurrency=2)
+    lock = threading.Lock()
+    running = [0]
+    peaks: list[int] = []
+
+    def handler(m: Message) -> None:
+        with lock:
+            running[0] += 1
+            peaks.append(running[0])
+        time.sleep(0.1)
+        with lock:
+            running[0] -= 1
+
+    changed_at: list[int] = []
+
+    def control() -> list[dict[str, Any]]:
+        with lock:
+            if changed_at or len(peaks) < 10:
+                return []
+            changed_at.append(len(peaks))
+        return [{"op": "settings", "concurrency": 6, "paused": False}]
+
+    outcome = run(sqs, spec, handler, control=control)
+    assert outcome.handled == 40
+    assert max(peaks[: changed_at[0]]) == 2
+    assert 2 < max(peaks[changed_at[0] :]) <= 6
+
+
+@pytest.mark.timeout(60)
+def test_long_handlers_are_not_delivered_twice(sqs: Sqs) -> None:
+    spec = job(sqs, "long", 1, concurrency=3, visibility=2)
+    calls: list[int] = []
+
+    def handler(m: Message) -> None:
+        calls.append(m.json()["seq"])
+        time.sleep(4.5)  # more than twice the queue's visibility timeout
+
+    outcome = run(sqs, spec, handler)
+    assert outcome == Outcome(1, 0, "drained")
+    assert calls == [0]  # its visibility was extended while it ran

@@ -1,0 +1,78 @@
+"""The pure policies, from tables."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from orchestrator import policy
+from orchestrator.policy import WorkerLoad
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def w(id_: str, load: int, max_load: int = 5, age: int = 0) -> WorkerLoad:
+    return WorkerLoad(id_, load, max_load, T0 - timedelta(seconds=age))
+
+
+@pytest.mark.parametrize(
+    ("workers", "chosen"),
+    [
+        ([], None),
+        ([w("a", 5)], None),  # full
+        ([w("a", 5), w("b", 6, 6)], None),  # all full, whatever their max
+        ([w("a", 0)], "a"),
+        ([w("a", 2), w("b", 1)], "b"),  # fewest assignments
+        ([w("a", 1), w("b", 1, age=5)], "b"),  # tie: oldest heartbeat first
+        ([w("b", 1), w("a", 1)], "a"),  # tie on heartbeat too: id
+        ([w("a", 4, 4), w("b", 4, 10)], "b"),  # a is at its own max
+        ([w("a", 0, 1), w("b", 3)], "a"),
+    ],
+)
+def test_pick_worker(workers: list[WorkerLoad], chosen: str | None) -> None:
+    assert policy.pick_worker(workers) == chosen
+
+
+@pytest.mark.parametrize(
+    ("previous", "maximum", "delay"),
+    [(None, 30, 1), (1, 30, 2), (2, 30, 4), (16, 30, 30), (30, 30, 30), (None, 0.5, 0.5)],
+)
+def test_idle_backoff(previous: float | None, maximum: float, delay: float) -> None:
+    assert policy.next_idle_delay(previous, maximum) == delay
+
+
+@pytest.mark.parametrize(
+    ("count", "visibility"),
+    [(0, 1), (1, 1), (2, 2), (3, 4), (5, 16), (10, 512), (11, 900), (1000, 900)],
+)
+def test_retry_visibility(count: int, visibility: int) -> None:
+    assert policy.retry_visibility(count) == visibility
+
+
+@pytest.mark.parametrize(
+    ("empty", "in_flight", "threshold", "drained"),
+    [(0, 0, 2, False), (1, 0, 2, False), (2, 0, 2, True), (5, 1, 2, False), (1, 0, 1, True)],
+)
+def test_is_drained(empty: int, in_flight: int, threshold: int, drained: bool) -> None:
+    assert policy.is_drained(empty, in_flight, threshold) is drained
+
+
+@pytest.mark.parametrize(
+    ("base", "jitter", "limit"), [(5, 0.0, 5), (5, 0.99, 7), (4, 0.5, 5), (1, 0.99, 1)]
+)
+def test_usage_limit_jitter(base: int, jitter: float, limit: int) -> None:
+    assert policy.usage_limit(base, jitter) == limit
+
+
+def test_usage_limits_spread_over_consumers() -> None:
+    limits = {policy.usage_limit(10, j / 100) for j in range(100)}
+    assert min(limits) == 10 and max(limits) == 15
+
+
+@pytest.mark.parametrize(
+    ("uses", "limit", "rss", "recycle"),
+    [(4, 5, 100, False), (5, 5, 100, True), (1, 5, 600, True), (1, 5, 512, False)],
+)
+def test_needs_recycling(uses: int, limit: int, rss: float, recycle: bool) -> None:
+    assert policy.needs_recycling(uses, limit, rss, 512) is recycle
