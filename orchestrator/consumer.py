@@ -28,7 +28,11 @@ log = structlog.get_logger()
 
 
 class Consumer:
-    """Runs one assignment at a time, as its worker asks."""
+    """Runs one assignment at a time, as its worker asks.
+
+    Control messages: `assign` (a job), `settings` and `stop` (for the current job:
+    a stop naming another job is stale and ignored), `exit` (end the process).
+    """
 
     def __init__(self, settings: Settings, sqs: Sqs, channel: Channel) -> None:
         self.settings = settings
@@ -36,49 +40,57 @@ class Consumer:
         self.channel = channel
         self.signals = SignalQueue((signal.SIGTERM,))
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides about Ctrl-C
-        self.stopping = False
+        self.exiting = False
+        self.signalled = False
+        self.current: str | None = None  # job id
         self.pending: list[dict[str, Any]] = []
 
     def run(self) -> None:
-        self.channel.send({"event": "ready", "pid": os.getpid()})
         selector = selectors.DefaultSelector()
         selector.register(self.channel.sock, selectors.EVENT_READ)
         selector.register(self.signals.read_fd, selectors.EVENT_READ)
-        while not self.stopping:
+        while not self.exiting:
             selector.select(timeout=1.0)
             for op in self._control():
-                if op["op"] == "assign":
+                if op["op"] == "assign" and not self.exiting:
                     self._run_job(op)
-                elif op["op"] in ("stop", "exit"):
-                    self.stopping = True
+                elif op["op"] == "exit":
+                    self.exiting = True
 
     def _control(self) -> list[dict[str, Any]]:
-        """Pending control messages; a signal or a closed channel turns into a stop."""
+        """Pending control messages, with signals and a closed channel turned into ops."""
         ops, self.pending = self.pending, []
         for sig in self.signals.drain():
-            if self.stopping:
-                log.warning("consumer.killed", signal=sig.name)
-                os._exit(1)  # second signal: at once; unfinished messages reappear in SQS
-            self.stopping = True
-            ops.append({"op": "stop", "reason": "shutdown"})
+            ops.append(self._on_signal(sig))
         try:
             ops.extend(self.channel.receive())
         except ChannelClosed:
-            log.warning("consumer.orphaned", reason="worker channel closed")
-            self.stopping = True
-            ops.append({"op": "stop", "reason": "worker_gone"})
+            if not self.exiting:
+                log.warning("consumer.orphaned", reason="worker channel closed")
+            self.exiting = True  # never go on unsupervised
+            ops.append({"op": "stop", "jobId": self.current, "reason": "worker_gone"})
         return ops
 
+    def _on_signal(self, sig: signal.Signals) -> dict[str, Any]:
+        """First SIGTERM: finish the current job gracefully, then exit. Second: abort."""
+        self.exiting = True
+        if self.signalled:
+            log.warning("consumer.aborting", signal=sig.name)
+            return {"op": "abort", "jobId": self.current}
+        self.signalled = True
+        return {"op": "stop", "jobId": self.current, "reason": "shutdown"}
+
     def _run_job(self, job: dict[str, Any]) -> None:
+        self.current = job["jobId"]
         structlog.contextvars.bind_contextvars(queue=job["queueName"], job_id=job["jobId"])
         try:
             handler = import_handler(job["handler"])
         except HandlerImportError as exc:
             log.error("consumer.handler_import_failed", handler=job["handler"], error=str(exc))
-            self._report(job, {"event": "done", "handled": 0, "failed": 0,
-                               "reason": "handler_import", "error": str(exc)})  # fmt: skip
+            self._report({"event": "done", "handled": 0, "failed": 0,
+                          "reason": "handler_import", "error": str(exc)})  # fmt: skip
             return
-        self._report(job, {"event": "started", "pid": os.getpid()})
+        self._report({"event": "started", "pid": os.getpid()})
         log.info("consumer.job_started", concurrency=job["concurrency"])
         runner = Runner(
             self.sqs,
@@ -86,30 +98,40 @@ class Consumer:
             handler,
             drain_empty_polls=self.settings.drain_empty_polls,
             max_seconds=self.settings.assignment_max_seconds,
+            grace=self.settings.shutdown_grace,
             max_concurrency=self.settings.max_concurrency,
             control=self._runner_control,
             progress=lambda handled, failed: self._report(
-                job, {"event": "progress", "handled": handled, "failed": failed}
+                {"event": "progress", "handled": handled, "failed": failed}
             ),
         )
         outcome = runner.run()
         log.info("consumer.job_done", handled=outcome.handled, failed=outcome.failed,
-                 reason=outcome.reason)  # fmt: skip
-        self._report(job, {"event": "done", "handled": outcome.handled,
-                           "failed": outcome.failed, "reason": outcome.reason})  # fmt: skip
+                 reason=outcome.reason, abandoned=outcome.abandoned)  # fmt: skip
+        self._report({"event": "done", "handled": outcome.handled, "failed": outcome.failed,
+                      "reason": outcome.reason, "abandoned": outcome.abandoned})  # fmt: skip
         structlog.contextvars.unbind_contextvars("queue", "job_id")
+        self.current = None
+        if outcome.abandoned:
+            # Handler threads that would not finish cannot be stopped: end the process.
+            log.warning("consumer.exiting_with_stuck_handlers", stuck=outcome.abandoned)
+            os._exit(0)
 
     def _runner_control(self) -> list[dict[str, Any]]:
-        """Control messages for the runner; anything else waits for after the job."""
-        ops = self._control()
-        self.pending.extend(op for op in ops if op["op"] in ("assign", "exit"))
-        return [op for op in ops if op["op"] in ("settings", "stop")]
+        """Control messages for the current job; an assign or exit waits for after it."""
+        ops = []
+        for op in self._control():
+            if op["op"] in ("assign", "exit"):
+                self.pending.append(op)
+            elif op.get("jobId") in (None, self.current):
+                ops.append(op)
+        return ops
 
-    def _report(self, job: dict[str, Any], event: dict[str, Any]) -> None:
+    def _report(self, event: dict[str, Any]) -> None:
         try:
-            self.channel.send({**event, "jobId": job["jobId"]})
+            self.channel.send({**event, "jobId": self.current})
         except ChannelClosed:
-            self.stopping = True  # nobody to report to; the master will clean up after us
+            self.exiting = True  # nobody to report to; the master will clean up after us
 
 
 def run(settings: Settings, endpoints: Endpoints, channel_fd: int) -> None:

@@ -33,6 +33,7 @@ from orchestrator.store import Store
 log = structlog.get_logger()
 
 LEASE_SAFETY = 0.8  # stop assigning when 80 % of the lease has passed without a renewal
+SWEEP_SECONDS = 10.0  # how often to look for open jobs nobody will close
 
 
 @dataclass
@@ -57,6 +58,9 @@ class Master:
         self.synced = False
         self.checks: dict[str, _Check] = {}
         self.last_assigned: dict[str, datetime] = {}
+        self.last_job: dict[str, str] = {}  # queue URL → job id of its latest assignment
+        self.failures: dict[str, int] = {}  # queue URL → jobs failed in a row
+        self.next_sweep: datetime | None = None
         structlog.contextvars.bind_contextvars(master_id=self.id)
 
     def tick(self, now: datetime) -> None:
@@ -68,6 +72,7 @@ class Master:
                 log.info("queue.synced_to_sqs", queue=queue.name)
             self.synced = True
         live = self._reap_dead_workers(now)
+        self._sweep_orphans(now)
         self._assign(now, live)
 
     # --- leadership ------------------------------------------------------------
@@ -111,12 +116,26 @@ class Master:
             if worker.heartbeat_at >= cutoff:
                 live.append(worker)
                 continue
-            gone = self.store.release_worker(worker.id)
+            # Jobs first, then assignments, then the worker: a crash part-way leaves the
+            # rest to the next cycle instead of jobs that nothing will ever close.
+            held = self.store.assignments(worker.id)
             reason = f"worker {worker.id} stopped heartbeating"
-            self.store.interrupt_jobs([a.job_id for a in gone], now, reason)
+            self.store.interrupt_jobs([a.job_id for a in held], now, reason)
+            gone = self.store.release_worker(worker.id)
             self.store.delete_worker(worker.id)
             log.warning("worker.dead", dead_worker=worker.id, released=[a.queue_name for a in gone])
         return live
+
+    def _sweep_orphans(self, now: datetime) -> None:
+        """Close open jobs that lost their assignment (a crash between two writes)."""
+        if self.next_sweep and now < self.next_sweep:
+            return
+        self.next_sweep = now + timedelta(seconds=SWEEP_SECONDS)
+        stale = now - timedelta(seconds=2 * self.settings.worker_timeout)
+        orphans = self.store.orphaned_jobs(stale)
+        if orphans:
+            self.store.interrupt_jobs(orphans, now, "orphaned: no assignment refers to it")
+            log.warning("jobs.orphans_closed", job_ids=orphans)
 
     # --- assignment ----------------------------------------------------------------
 
@@ -145,6 +164,7 @@ class Master:
             loads[choice] += 1
             capacity -= 1
             self.last_assigned[queue.queue_url] = now
+            self.last_job[queue.queue_url] = job_id
             log.info("queue.assigned", queue=queue.name, worker=choice, job_id=job_id)
 
     def _candidates(self, now: datetime, assigned: set[str]) -> list[QueueRecord]:
@@ -155,12 +175,27 @@ class Master:
                 # Look again as soon as the assignment ends: the queue may still have work.
                 self.checks.pop(queue.queue_url, None)
                 continue
+            if queue.queue_url in self.last_job:
+                self._learn_outcome(queue, now)
             check = self.checks.get(queue.queue_url)
             if queue.paused or (check and now < check.due):
                 continue
             due.append(queue)
         epoch = datetime.min.replace(tzinfo=now.tzinfo)
         return sorted(due, key=lambda q: (self.last_assigned.get(q.queue_url, epoch), q.name))
+
+    def _learn_outcome(self, queue: QueueRecord, now: datetime) -> None:
+        """Once a queue's job has ended: after a failure, wait longer before the next try."""
+        job = self.store.job(self.last_job.pop(queue.queue_url))
+        if job is None or job.status != "failed":
+            self.failures.pop(queue.queue_url, None)
+            return
+        failures = self.failures.get(queue.queue_url, 0) + 1
+        self.failures[queue.queue_url] = failures
+        delay = policy.failed_job_delay(failures)
+        self.checks[queue.queue_url] = _Check(now + timedelta(seconds=delay), delay)
+        log.warning("queue.backing_off", queue=queue.name, failed_jobs=failures, retry_in=delay,
+                    error=job.error)  # fmt: skip
 
     def _has_messages(self, queue: QueueRecord, now: datetime) -> bool:
         """Check the queue's depth; an empty (or missing) queue is checked less and less often."""

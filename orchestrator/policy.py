@@ -9,6 +9,8 @@ from datetime import datetime
 IDLE_FIRST_CHECK = 1.0  # seconds before an empty queue is checked again
 RETRY_BASE = 1.0  # visibility (s) after a handler's first failure
 RETRY_CAP = 900.0  # never hide a failed message for more than 15 minutes
+FAILED_JOB_BASE = 2.0  # seconds before a queue whose job failed is assigned again
+FAILED_JOB_CAP = 60.0
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,13 @@ def next_idle_delay(previous: float | None, maximum: float) -> float:
     if previous is None:
         return min(IDLE_FIRST_CHECK, maximum)
     return min(previous * 2, maximum)
+
+
+def failed_job_delay(consecutive_failures: int) -> float:
+    """Wait before re-assigning a queue whose last jobs failed (2 s doubling, at most 60 s):
+    a handler that cannot be imported must not be retried in a tight loop."""
+    exponent = min(max(consecutive_failures, 1) - 1, 10)
+    return float(min(FAILED_JOB_BASE * 2**exponent, FAILED_JOB_CAP))
 
 
 def retry_visibility(receive_count: int, cap: float = RETRY_CAP) -> int:

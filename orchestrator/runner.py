@@ -42,13 +42,13 @@ log = structlog.get_logger()
 class Outcome:
     handled: int
     failed: int
-    reason: str  # drained | max_time | paused | shutdown | released
+    reason: str  # drained | max_time | paused | shutdown | released | aborted
+    abandoned: int = 0  # handlers still running when the run gave up waiting for them
 
 
 @dataclass
 class _InFlight:
     raw: dict[str, Any]
-    received: float
     extend_at: float
 
 
@@ -63,6 +63,7 @@ class Runner:
         *,
         drain_empty_polls: int,
         max_seconds: float,
+        grace: float,
         max_concurrency: int,
         control: Callable[[], list[dict[str, Any]]],
         progress: Callable[[int, int], None],
@@ -74,6 +75,8 @@ class Runner:
         self.handler = handler
         self.drain_empty_polls = drain_empty_polls
         self.deadline = time.monotonic() + max_seconds
+        self.grace = grace
+        self.stopped_at: float | None = None
         self.control = control
         self.progress = progress
         self.limit = int(job["concurrency"])
@@ -97,37 +100,63 @@ class Runner:
         receiver.start()
         last_progress = time.monotonic()
         while True:
-            self._apply_control()
-            if time.monotonic() >= self.deadline:
+            if self._apply_control():
+                return self._give_up("aborted")
+            now = time.monotonic()
+            if now >= self.deadline:
                 self._finish("max_time")  # yield to queues waiting for capacity
             self._collect(timeout=DELETE_FLUSH_SECONDS)
             self._extend_long_handlers()
+            receiver_done = not receiver.is_alive()  # before `idle`: it may still add work
             with self.cond:
                 idle = not self.in_flight
             if self.to_delete and (
                 len(self.to_delete) >= BATCH
                 or idle
-                or time.monotonic() - self.delete_since >= DELETE_FLUSH_SECONDS
+                or now - self.delete_since >= DELETE_FLUSH_SECONDS
             ):
                 self._flush_deletes()
-            if time.monotonic() - last_progress >= PROGRESS_SECONDS:
+            if now - last_progress >= PROGRESS_SECONDS:
                 self.progress(self.handled, self.failed)
-                last_progress = time.monotonic()
-            if self.stop_receiving.is_set() and idle and not receiver.is_alive():
-                self._flush_deletes()
-                break
+                last_progress = now
+            if self.stop_receiving.is_set() and receiver_done:
+                if idle:
+                    self._flush_deletes()
+                    break
+                if self.stopped_at is not None and now - self.stopped_at > self.grace:
+                    return self._give_up(self.reason or "shutdown")
         self.pool.shutdown(wait=True)
         return Outcome(self.handled, self.failed, self.reason or "drained")
+
+    def _give_up(self, reason: str) -> Outcome:
+        """Stop waiting for running handlers: hand their messages back to SQS at once.
+
+        Their threads cannot be stopped, so the consumer process must exit after this;
+        a handler that still finishes is not deleted (it may run twice, never zero times).
+        """
+        self._finish(reason)
+        self._collect(timeout=0)
+        self._flush_deletes()
+        with self.cond:
+            stuck = [e.raw["ReceiptHandle"] for e in self.in_flight.values()]
+            self.in_flight.clear()
+        self._release(stuck)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        log.warning("runner.gave_up", reason=reason, abandoned=len(stuck))
+        return Outcome(self.handled, self.failed, reason, abandoned=len(stuck))
 
     def _finish(self, reason: str) -> None:
         """Stop receiving; running handlers finish, and the first reason given sticks."""
         with self.cond:
             if self.reason is None:
                 self.reason = reason
+            if self.stopped_at is None:
+                self.stopped_at = time.monotonic()
             self.stop_receiving.set()
             self.cond.notify_all()
 
-    def _apply_control(self) -> None:
+    def _apply_control(self) -> bool:
+        """Apply control messages; True when told to abort at once."""
         for op in self.control():
             kind = op.get("op")
             if kind == "settings":
@@ -138,11 +167,14 @@ class Runner:
                     self._finish("paused")
             elif kind == "stop":
                 self._finish(op.get("reason", "shutdown"))
+            elif kind == "abort":
+                return True
+        return False
 
     def _collect(self, timeout: float) -> None:
         """Take the outcomes of finished handlers: queue deletes, hide failures."""
         try:
-            first = self.done.get(timeout=timeout)
+            first = self.done.get(timeout=timeout) if timeout else self.done.get_nowait()
         except queue.Empty:
             return
         outcomes = [first]
@@ -153,8 +185,10 @@ class Runner:
                 break
         for receipt, error in outcomes:
             with self.cond:
-                entry = self.in_flight.pop(receipt)
+                entry = self.in_flight.pop(receipt, None)
                 self.cond.notify_all()
+            if entry is None:
+                continue  # given back to SQS already (the run gave up on it)
             if error is None:
                 self.handled += 1
                 if not self.to_delete:
@@ -245,7 +279,7 @@ class Runner:
         with self.cond:
             for raw in messages:
                 extend_at = now + self.visibility * EXTEND_FRACTION
-                self.in_flight[raw["ReceiptHandle"]] = _InFlight(raw, now, extend_at)
+                self.in_flight[raw["ReceiptHandle"]] = _InFlight(raw, extend_at)
         for raw in messages:
             # Handlers see the consumer's bound log context (queue, job id).
             context = contextvars.copy_context()

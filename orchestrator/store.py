@@ -356,6 +356,16 @@ class Store:
         return [JobRecord.from_doc(d) for d in cursor]
 
     @translated
+    def orphaned_jobs(self, stale_before: datetime) -> list[str]:
+        """Open jobs untouched since `stale_before` that no assignment refers to."""
+        query = {"status": {"$in": list(OPEN_JOB_STATES)}, "lastModified": {"$lt": stale_before}}
+        candidates = {str(d["_id"]) for d in self._db[JOBS].find(query, {"_id": 1})}
+        if not candidates:
+            return []
+        assigned = {str(d["jobId"]) for d in self._db[ASSIGNMENTS].find({}, {"jobId": 1})}
+        return sorted(candidates - assigned)
+
+    @translated
     def job(self, job_id: str) -> JobRecord | None:
         if not ObjectId.is_valid(job_id):
             raise InvalidValue(f"job id {job_id!r} is not a 24-digit hex ObjectId")

@@ -3,6 +3,8 @@
 Each tick reconciles: the assignments MongoDB gives this worker are the wanted
 state, the consumers running them the actual state. The worker owns every
 MongoDB write about its jobs; consumers report to it over their channels.
+A job's outcome goes through an outbox, so that a MongoDB outage delays the
+write (the queue stays assigned meanwhile) instead of losing it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import selectors
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -35,13 +38,16 @@ log = structlog.get_logger()
 TICK_SECONDS = 0.1  # the loop also wakes at once for consumer events and signals
 ASSIGNMENT_POLL_SECONDS = 0.25  # how soon a new assignment is picked up
 SETTINGS_POLL_SECONDS = 1.0  # how soon a concurrency or pause change reaches consumers
+STALL_SECONDS = 30.0  # a busy consumer silent this long is stuck: kill it
+FENCE_FRACTION = 0.7  # stop our consumers when heartbeats failed this part of WORKER_TIMEOUT
 STATUS_BY_REASON = {
     "drained": "completed",
     "max_time": "completed",
     "paused": "completed",
     "shutdown": "interrupted",
     "released": "interrupted",
-    "worker_gone": "interrupted",
+    "fenced": "interrupted",
+    "aborted": "interrupted",
     "handler_import": "failed",
 }
 
@@ -57,7 +63,22 @@ class ConsumerSlot:
     pushed: tuple[int, bool] | None = None  # (concurrency, paused) last sent
     handled: int = 0
     failed: int = 0
+    stop_sent: bool = False
     exiting: bool = False
+    kill_reason: str | None = None
+    last_event: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class JobEnd:
+    """A job outcome waiting to be written: the job first, then its assignment released."""
+
+    job: Assignment
+    status: str
+    handled: int
+    failed: int
+    reason: str
+    error: str | None = None
 
 
 class Worker:
@@ -69,43 +90,57 @@ class Worker:
         self.consumer_boot = boot
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.slots: dict[int, ConsumerSlot] = {}
+        self.outbox: list[JobEnd] = []
         self.status = "active"
         self.started_at = utcnow()
-        self.next_heartbeat = self.next_poll = self.next_settings = 0.0
+        self.due: dict[str, float] = {}  # step → monotonic time it runs next
+        self.outages: dict[str, Outage] = {}
+        self.last_heartbeat = time.monotonic()
+        self.fenced = False
         self.spawn_failures = 0
         self.next_spawn_at = 0.0
         self.rng = random.Random()
         structlog.contextvars.bind_contextvars(worker_id=self.id)
 
-    # --- lifecycle -------------------------------------------------------------
+    # --- the loop's one iteration -------------------------------------------------
 
     def register(self) -> None:
         now = utcnow()
-        self.store.register_worker(
-            WorkerRecord(
-                id=self.id,
-                host=socket.gethostname(),
-                pid=os.getpid(),
-                started_at=self.started_at,
-                heartbeat_at=now,
-                max_load=self.settings.max_load,
-                status=self.status,
-            )
-        )
+        record = WorkerRecord(self.id, socket.gethostname(), os.getpid(), self.started_at, now,
+                              self.settings.max_load, self.status)  # fmt: skip
+        self.store.register_worker(record)
+        self.last_heartbeat = time.monotonic()
         log.info("worker.registered", max_load=self.settings.max_load)
 
     def tick(self, mono: float) -> None:
-        """One iteration: reap, heartbeat, reconcile assignments, relay queue settings."""
-        self.reap()
-        if mono >= self.next_heartbeat:
-            self.heartbeat()
-            self.next_heartbeat = mono + self.settings.heartbeat_interval
-        if mono >= self.next_poll and self.status == "active":
-            self.reconcile(mono)
-            self.next_poll = mono + min(ASSIGNMENT_POLL_SECONDS, self.settings.master_interval)
-        if mono >= self.next_settings:
-            self.relay_settings()
-            self.next_settings = mono + SETTINGS_POLL_SECONDS
+        """Reap, write outcomes, heartbeat, reconcile, relay settings, watch for stalls.
+
+        Each step fails alone and is retried on its own schedule, so that a MongoDB
+        error in one never starves the heartbeat (a silent worker is declared dead).
+        """
+        self._step("reap", self.reap, mono, 0)
+        self._step("outbox", self.flush_outbox, mono, 0)
+        self._step("heartbeat", self.heartbeat, mono, self.settings.heartbeat_interval)
+        self._fence_if_silent(mono)
+        if self.status == "active" and not self.fenced:
+            poll = min(ASSIGNMENT_POLL_SECONDS, self.settings.master_interval)
+            self._step("reconcile", lambda: self.reconcile(mono), mono, poll)
+        self._step("settings", self.relay_settings, mono, SETTINGS_POLL_SECONDS)
+        self._watchdog(mono)
+
+    def _step(self, name: str, call: Callable[[], object], mono: float, every: float) -> None:
+        if mono < self.due.get(name, 0.0):
+            return
+        outage = self.outages.setdefault(name, Outage())
+        try:
+            call()
+        except Exception as exc:  # logged once per problem; retried with capped backoff
+            self.due[name] = mono + min(outage.failed(exc), self.settings.heartbeat_interval)
+        else:
+            outage.recovered()
+            self.due[name] = mono + every
+
+    # --- heartbeat and fencing -------------------------------------------------------
 
     def heartbeat(self) -> None:
         stats = []
@@ -113,31 +148,56 @@ class Worker:
             rss, cpu = slot.child.stats()
             queue = slot.job.queue_name if slot.job else None
             stats.append(ConsumerStats(slot.child.pid, queue, rss, cpu))
-        if not self.store.heartbeat(self.id, utcnow(), stats, self.status):
+        found = self.store.heartbeat(self.id, utcnow(), stats, self.status)
+        self.last_heartbeat = time.monotonic()
+        if self.fenced:
+            log.info("worker.unfenced")
+            self.fenced = False
+        if not found:
             # A master declared us dead and took our assignments: whatever our consumers
             # run is now somebody else's. Stop them, then come back as a new worker.
-            log.warning("worker.declared_dead", action="stopping consumers and re-registering")
-            for slot in self.slots.values():
-                if slot.job:
-                    self._send(slot, {"op": "stop", "reason": "released"})
+            log.warning("worker.declared_dead", action="stopping consumers, re-registering")
+            self._stop_busy("released")
             self.register()
 
-    # --- reconciling -------------------------------------------------------------
+    def _fence_if_silent(self, mono: float) -> None:
+        """Without heartbeats a master will soon give our queues to others: stop first,
+        so that two consumers never run one queue."""
+        silent = mono - self.last_heartbeat
+        if not self.fenced and silent > self.settings.worker_timeout * FENCE_FRACTION:
+            log.warning("worker.fenced", silent_seconds=round(silent, 1))
+            self.fenced = True
+            self._stop_busy("fenced")
+
+    def _stop_busy(self, reason: str) -> None:
+        for slot in self.slots.values():
+            if slot.job and not slot.stop_sent:
+                slot.stop_sent = True
+                self._send(slot, {"op": "stop", "jobId": slot.job.job_id, "reason": reason})
+
+    # --- reconciling -------------------------------------------------------------------
 
     def reconcile(self, mono: float) -> None:
         wanted = {a.job_id: a for a in self.store.assignments(self.id)}
         running = {s.job.job_id: s for s in self.slots.values() if s.job}
         for job_id, slot in running.items():
-            if job_id not in wanted:  # released by someone else: stop the run
-                self._send(slot, {"op": "stop", "reason": "released"})
-        new = [a for job_id, a in wanted.items() if job_id not in running]
+            if job_id not in wanted and not slot.stop_sent:  # released by someone else
+                slot.stop_sent = True
+                self._send(slot, {"op": "stop", "jobId": job_id, "reason": "released"})
+        closing = {e.job.job_id for e in self.outbox}
+        busy_queues = {s.job.queue_url for s in running.values() if s.job}
+        new = [
+            a for job_id, a in wanted.items()
+            # A queue still being stopped here waits: one consumer per queue, always.
+            if job_id not in running and job_id not in closing and a.queue_url not in busy_queues
+        ]  # fmt: skip
         if not new:
             return
         queues = self.store.queues_by_id([a.queue_id for a in new])
         for assignment in new:
             queue = queues.get(assignment.queue_id)
             if queue is None:  # deleted while assigned
-                self._end_job(assignment, "failed", 0, 0, "queue_deleted", "queue was deleted")
+                self._close(JobEnd(assignment, "failed", 0, 0, "queue_deleted", "queue deleted"))
                 continue
             free = self._idle_slot() or self._spawn(mono)
             if free is None:
@@ -162,41 +222,50 @@ class Worker:
 
     def _start_job(self, slot: ConsumerSlot, assignment: Assignment, queue: QueueRecord) -> None:
         slot.job, slot.uses, slot.handled, slot.failed = assignment, slot.uses + 1, 0, 0
+        slot.stop_sent, slot.last_event = False, time.monotonic()
         slot.pushed = (queue.concurrency, queue.paused)
-        self._send(
-            slot,
-            {
-                "op": "assign",
-                "jobId": assignment.job_id,
-                "queueName": queue.name,
-                "queueUrl": queue.queue_url,
-                "handler": queue.handler,
-                "concurrency": queue.concurrency,
-                "paused": queue.paused,
-                "visibilityTimeout": queue.visibility_timeout,
-            },
-        )
+        self._send(slot, {
+            "op": "assign",
+            "jobId": assignment.job_id,
+            "queueName": queue.name,
+            "queueUrl": queue.queue_url,
+            "handler": queue.handler,
+            "concurrency": queue.concurrency,
+            "paused": queue.paused,
+            "visibilityTimeout": queue.visibility_timeout,
+        })  # fmt: skip
         log.info("job.assigned_to_consumer", queue=queue.name, job_id=assignment.job_id,
                  consumer_pid=slot.child.pid)  # fmt: skip
 
     def relay_settings(self) -> None:
-        busy = [s for s in self.slots.values() if s.job]
+        busy = [s for s in self.slots.values() if s.job and not s.stop_sent]
         if not busy:
             return
         queues = self.store.queues_by_id([s.job.queue_id for s in busy if s.job])
         for slot in busy:
             assert slot.job is not None
             queue = queues.get(slot.job.queue_id)
-            if queue is None:
+            wanted = (queue.concurrency, queue.paused) if queue else None
+            if queue is None or wanted == slot.pushed:
                 continue
-            wanted = (queue.concurrency, queue.paused)
-            if wanted != slot.pushed:
-                slot.pushed = wanted
-                self._send(slot, {"op": "settings", "concurrency": wanted[0], "paused": wanted[1]})
-                log.info("queue.settings_changed", queue=queue.name, concurrency=wanted[0],
-                         paused=wanted[1])  # fmt: skip
+            slot.pushed = wanted
+            op = {"op": "settings", "jobId": slot.job.job_id}
+            self._send(slot, {**op, "concurrency": queue.concurrency, "paused": queue.paused})
+            log.info("queue.settings_changed", queue=queue.name, concurrency=queue.concurrency,
+                     paused=queue.paused)  # fmt: skip
 
-    # --- consumer events ---------------------------------------------------------
+    def _watchdog(self, mono: float) -> None:
+        """A busy consumer reports at least every second; one silent for STALL_SECONDS is
+        stuck (a hanging import, a deadlock): kill it, and reaping fails its job."""
+        for slot in self.slots.values():
+            if slot.job and not slot.kill_reason and mono - slot.last_event > STALL_SECONDS:
+                slot.kill_reason = f"stalled: no report for {STALL_SECONDS:.0f} s"
+                log.error(
+                    "consumer.stalled", consumer_pid=slot.child.pid, queue=slot.job.queue_name
+                )
+                slot.child.signal(signal.SIGKILL)
+
+    # --- consumer events -----------------------------------------------------------------
 
     def on_readable(self, slot: ConsumerSlot) -> None:
         assert slot.child.channel is not None
@@ -205,39 +274,52 @@ class Worker:
         except ChannelClosed:
             events = []  # it is exiting; reaping will tell how
         for event in events:
+            slot.last_event = time.monotonic()
             self._on_event(slot, event)
 
     def _on_event(self, slot: ConsumerSlot, event: dict[str, Any]) -> None:
+        """Record what a consumer reports. Store errors here must not lose the event:
+        progress can be skipped, but a job's end goes through the outbox."""
         job = slot.job
         if job is None or event.get("jobId") != job.job_id:
-            return  # "ready", or news of a job we already closed
+            return  # news of a job already closed
         kind = event["event"]
-        if kind == "started":
-            self.store.job_started(job.job_id, os.getpid(), slot.child.pid, utcnow())
-        elif kind == "progress":
-            slot.handled, slot.failed = event["handled"], event["failed"]
-            self.store.job_progress(job.job_id, slot.handled, slot.failed, utcnow())
+        if kind in ("started", "progress"):
+            slot.handled, slot.failed = event.get("handled", 0), event.get("failed", 0)
+            with contextlib.suppress(Exception):  # the next progress report repeats it
+                if kind == "started":
+                    self.spawn_failures = 0
+                    self.store.job_started(job.job_id, os.getpid(), slot.child.pid, utcnow())
+                else:
+                    self.store.job_progress(job.job_id, slot.handled, slot.failed, utcnow())
         elif kind == "done":
             reason = event["reason"]
-            status = STATUS_BY_REASON.get(reason, "failed")
-            handled, failed = event["handled"], event["failed"]
-            self._end_job(job, status, handled, failed, reason, event.get("error"))
             slot.job = None
-            self.spawn_failures = 0 if status == "completed" else self.spawn_failures
-            self._maybe_recycle(slot)
+            if event.get("abandoned"):
+                slot.exiting = True  # it exits: its stuck handler threads cannot be stopped
+            self._close(JobEnd(job, STATUS_BY_REASON.get(reason, "failed"), event["handled"],
+                               event["failed"], reason, event.get("error")))  # fmt: skip
+            if not slot.exiting:
+                self._maybe_recycle(slot)
 
-    def _end_job(
-        self, job: Assignment, status: str, handled: int, failed: int, reason: str,
-        error: str | None = None,
-    ) -> None:  # fmt: skip
-        # Job first, then the assignment: the queue is assignable again only once its
-        # job is closed, so a job is never left open without an assignment.
-        self.store.job_ended(job.job_id, status, utcnow(), handled=handled, failed=failed,
-                             reason=reason, error=error)  # fmt: skip
-        self.store.release(job.job_id)
-        log_event = log.info if status == "completed" else log.warning
-        log_event(f"job.{status}", queue=job.queue_name, job_id=job.job_id, handled=handled,
-                  failed=failed, reason=reason, error=error)  # fmt: skip
+    def _close(self, end: JobEnd) -> None:
+        self.outbox.append(end)
+        with contextlib.suppress(Exception):  # retried by the next tick's "outbox" step
+            self.flush_outbox()
+
+    def flush_outbox(self) -> None:
+        """Write waiting job outcomes. Job first, then the assignment: the queue becomes
+        assignable again only once its job is closed."""
+        while self.outbox:
+            end = self.outbox[0]
+            self.store.job_ended(end.job.job_id, end.status, utcnow(), handled=end.handled,
+                                 failed=end.failed, reason=end.reason, error=end.error)  # fmt: skip
+            self.store.release(end.job.job_id)
+            self.outbox.pop(0)
+            log_event = log.info if end.status == "completed" else log.warning
+            log_event(f"job.{end.status}", queue=end.job.queue_name, job_id=end.job.job_id,
+                      handled=end.handled, failed=end.failed, reason=end.reason,
+                      error=end.error)  # fmt: skip
 
     def _maybe_recycle(self, slot: ConsumerSlot) -> None:
         rss, _ = slot.child.stats()
@@ -256,27 +338,36 @@ class Worker:
         with contextlib.suppress(ChannelClosed):  # it died; reaping handles its job
             slot.child.channel.send(message)
 
-    # --- reaping -----------------------------------------------------------------
+    # --- reaping ----------------------------------------------------------------------------
 
     def reap(self) -> None:
-        """Collect dead consumers: fail their jobs with the exit status, free the queue."""
+        """Collect dead consumers: close their jobs with the exit status, free the queue."""
         for pid, slot in list(self.slots.items()):
             status = slot.child.poll()
             if status is None:
                 continue
-            del self.slots[pid]
             if slot.child.channel:
                 self.on_readable(slot)  # a last "done" may still be in the socket
                 slot.child.channel.close()
+            del self.slots[pid]
             how = processes.describe_exit(status)
             if slot.job:
-                self._end_job(slot.job, "failed", slot.handled, slot.failed, "consumer_died",
-                              f"consumer {pid} died: {how}")  # fmt: skip
-                self._backoff_spawning()
+                self._close(self._death_outcome(slot, pid, how))
             if slot.exiting and status == 0:
                 log.info("consumer.exited", consumer_pid=pid)
             else:
                 log.warning("consumer.died", consumer_pid=pid, exit=how)
+
+    def _death_outcome(self, slot: ConsumerSlot, pid: int, how: str) -> JobEnd:
+        assert slot.job is not None
+        if self.status == "draining":  # we are stopping: the job was cut short, not broken
+            return JobEnd(slot.job, "interrupted", slot.handled, slot.failed, "shutdown",
+                          f"consumer {pid} ended during shutdown: {how}")  # fmt: skip
+        self._backoff_spawning()
+        error = f"consumer {pid} died: {how}" + (
+            f" ({slot.kill_reason})" if slot.kill_reason else ""
+        )
+        return JobEnd(slot.job, "failed", slot.handled, slot.failed, "consumer_died", error)
 
     def _backoff_spawning(self) -> None:
         """Replace dead consumers with exponential backoff and jitter (no crash loop)."""
@@ -284,27 +375,25 @@ class Worker:
         delay = min(2 ** (self.spawn_failures - 1), 30) * (0.5 + self.rng.random())
         self.next_spawn_at = time.monotonic() + (delay if self.spawn_failures > 1 else 0)
 
-    # --- shutdown ------------------------------------------------------------------
+    # --- shutdown ------------------------------------------------------------------------------
 
     def shutdown(
         self, grace: float, selector: selectors.BaseSelector, signals: SignalQueue
     ) -> None:
-        """Graceful stop, in order, within `grace` seconds:
+        """Graceful stop, in order, within `grace` seconds (a second signal cuts it short):
         1. stop taking work (status draining: masters assign us nothing more);
         2. ask busy consumers to stop receiving and finish their in-flight handlers;
-        3. wait for their reports until the deadline (jobs end as `interrupted`);
-        4. TERM whatever runs, reap, KILL after the deadline (their undeleted
-           messages simply reappear in SQS);
-        5. release what is still assigned, mark those jobs interrupted, deregister.
+        3. wait for their reports (their jobs end `interrupted`);
+        4. TERM whatever runs, reap, KILL after the deadline (undeleted messages
+           reappear in SQS; consumers hand back what they hold when they can);
+        5. write outcomes, release what is still assigned (jobs `interrupted`), deregister.
         """
         deadline = time.monotonic() + grace
         self.status = "draining"
-        self.next_poll = float("inf")
         self._quietly(self.heartbeat)
+        self._stop_busy("shutdown")
         for slot in self.slots.values():
-            if slot.job:
-                self._send(slot, {"op": "stop", "reason": "shutdown"})
-            else:
+            if not slot.job:
                 self._retire(slot)
         while time.monotonic() < deadline and any(s.job for s in self.slots.values()):
             for key, _ in selector.select(timeout=0.1):
@@ -313,12 +402,13 @@ class Worker:
             self._quietly(self.reap)
             if any(s in (signal.SIGTERM, signal.SIGINT) for s in signals.drain()):
                 log.warning("worker.stopping_now", reason="second signal")
-                deadline = time.monotonic()  # a second signal: no more waiting
+                deadline = time.monotonic()
         for slot in self.slots.values():
             self._retire(slot)
-        remaining = max(deadline - time.monotonic(), 0.5)
-        processes.stop_all([s.child for s in self.slots.values()], remaining)
+        processes.stop_all([s.child for s in self.slots.values()],
+                           max(deadline - time.monotonic(), 0.5))  # fmt: skip
         self._quietly(self.reap)
+        self._quietly(self.flush_outbox)
         self._quietly(self._release_all)
         self._quietly(self.store.delete_worker, self.id)
         log.info("worker.stopped")
@@ -327,7 +417,7 @@ class Worker:
         gone = self.store.release_worker(self.id)
         self.store.interrupt_jobs([a.job_id for a in gone], utcnow(), "worker stopped")
 
-    def _quietly(self, call: Any, *args: Any) -> None:
+    def _quietly(self, call: Callable[..., object], *args: Any) -> None:
         """During shutdown a failing store call must not stop the rest of the sequence."""
         try:
             call(*args)
@@ -340,7 +430,8 @@ def run(settings: Settings, endpoints: Endpoints) -> None:
     """The worker process: register, then tick until SIGTERM/SIGINT or orphaned."""
     signals = SignalQueue((signal.SIGTERM, signal.SIGINT, signal.SIGCHLD))
     original_parent = os.getppid()
-    store = Store(endpoints.mongodb_uri, settings.mongodb_name, job_ttl_days=settings.job_ttl_days)
+    store = Store(endpoints.mongodb_uri, settings.mongodb_name,
+                  job_ttl_days=settings.job_ttl_days, timeout_ms=2000)  # fmt: skip
     worker = Worker(settings, store, processes.boot_document(settings, endpoints))
     if not retry(store.ensure_indexes, signals, "MongoDB"):
         return
@@ -348,30 +439,16 @@ def run(settings: Settings, endpoints: Endpoints) -> None:
         return
     selector = selectors.DefaultSelector()
     selector.register(signals.read_fd, selectors.EVENT_READ)
-    outage = Outage()
-    delay = 0.0
-    stop = False
-    while not stop and processes.parent_alive(original_parent):
-        for key, _ in selector.select(timeout=delay):
+    while processes.parent_alive(original_parent):
+        for key, _ in selector.select(timeout=TICK_SECONDS):
             if isinstance(key.data, ConsumerSlot):
-                _quiet_event(worker, key.data, outage)
-        stop = any(s in (signal.SIGTERM, signal.SIGINT) for s in signals.drain())
-        try:
-            worker.tick(time.monotonic())
-            outage.recovered()
-            delay = TICK_SECONDS
-        except Exception as exc:  # the process boundary: log, back off, carry on
-            delay = outage.failed(exc)
+                worker.on_readable(key.data)
+        if any(s in (signal.SIGTERM, signal.SIGINT) for s in signals.drain()):
+            break
+        worker.tick(time.monotonic())
         _watch_channels(selector, worker)
     log.info("worker.stopping", grace=settings.shutdown_grace)
     worker.shutdown(settings.shutdown_grace, selector, signals)
-
-
-def _quiet_event(worker: Worker, slot: ConsumerSlot, outage: Outage) -> None:
-    try:
-        worker.on_readable(slot)
-    except Exception as exc:
-        outage.failed(exc)
 
 
 def _watch_channels(selector: selectors.BaseSelector, worker: Worker) -> None:

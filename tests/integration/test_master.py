@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import socket
+from datetime import datetime, timedelta
 
 from orchestrator.config import Settings
 from orchestrator.master import Master
@@ -16,8 +17,11 @@ def admin_for(settings: Settings, store: Store, sqs: Sqs) -> QueueAdmin:
     return QueueAdmin(settings, lambda: store, lambda: sqs)
 
 
-def worker(store: Store, id_: str, age: float = 0, max_load: int = 5) -> None:
-    beat = utcnow() - timedelta(seconds=age)
+def worker(
+    store: Store, id_: str, age: float = 0, max_load: int = 5, at: datetime | None = None
+) -> None:
+    """A worker document whose last heartbeat was `age` seconds before `at` (default now)."""
+    beat = (at or utcnow()) - timedelta(seconds=age)
     store.register_worker(WorkerRecord(id_, "h", 1, beat, beat, max_load))
 
 
@@ -112,7 +116,7 @@ def test_only_the_lease_holder_assigns(settings: Settings, store: Store, sqs: Sq
     assert standby.leading and len(store.assignments()) == 1
 
 
-def test_leader_stops_assigning_when_it_cannot_renew(
+def test_leader_steps_down_when_another_took_the_expired_lease(
     settings: Settings, store: Store, sqs: Sqs
 ) -> None:
     master = Master(settings, store, sqs)
@@ -120,3 +124,56 @@ def test_leader_stops_assigning_when_it_cannot_renew(
     assert master._lead(now)
     store.hold_lease("usurper", now + timedelta(seconds=settings.lease_ttl + 1), settings.lease_ttl)
     assert not master._lead(now + timedelta(seconds=settings.lease_ttl + 1))
+
+
+def test_leader_that_cannot_renew_stops_before_its_lease_expires(
+    settings: Settings, store: Store, sqs: Sqs
+) -> None:
+    master = Master(settings, store, sqs)
+    now = utcnow()
+    assert master._lead(now)
+    with socket.socket() as s:  # MongoDB unreachable: a real client on a closed port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    master.store = Store(f"mongodb://127.0.0.1:{port}/", "x", job_ttl_days=1, timeout_ms=200)
+    ttl = settings.lease_ttl
+    assert master._lead(now + timedelta(seconds=ttl / 3))  # renewal failed, lease still good
+    assert not master._lead(now + timedelta(seconds=ttl * 0.8))  # before it can expire
+
+
+def test_a_queue_whose_job_failed_is_retried_with_backoff(
+    settings: Settings, store: Store, sqs: Sqs
+) -> None:
+    admin = admin_for(settings, store, sqs)
+    admin.create("bad")
+    admin.send("bad", 1)
+    master = Master(settings, store, sqs)
+    now = utcnow()
+    waits = []
+    for _ in range(3):
+        worker(store, "w", at=now)
+        master.tick(now)
+        [a] = store.assignments()
+        store.job_ended(a.job_id, "failed", now, handled=0, failed=0, reason="handler_import")
+        store.release(a.job_id)  # what the worker does after a failed job
+        master.tick(now)  # learns the outcome
+        check = master.checks[a.queue_url]
+        waits.append(check.delay)
+        early = check.due - timedelta(seconds=0.1)
+        worker(store, "w", at=early)
+        master.tick(early)
+        assert store.assignments() == []  # not before the backoff is over
+        now = check.due
+    assert waits == [2, 4, 8]
+
+
+def test_orphaned_open_jobs_are_closed(settings: Settings, store: Store, sqs: Sqs) -> None:
+    admin = admin_for(settings, store, sqs)
+    queue = admin.create("q")
+    job_id = store.assign(queue, "gone", utcnow())
+    assert job_id
+    store.release(job_id)  # as if a worker crashed between its two writes
+    later = utcnow() + timedelta(seconds=2 * settings.worker_timeout + 1)
+    Master(settings, store, sqs).tick(later)
+    job = store.job(job_id)
+    assert job and job.status == "interrupted" and "orphaned" in (job.end_reason or "")

@@ -31,9 +31,11 @@ def run(
     handler: Callable[[Message], object],
     control: Callable[[], list[dict[str, Any]]] = list,
     max_seconds: float = 60,
+    grace: float = 30,
 ) -> Outcome:
     runner = Runner(sqs, spec, handler, drain_empty_polls=2, max_seconds=max_seconds,
-                    max_concurrency=20, control=control, progress=lambda h, f: None)  # fmt: skip
+                    grace=grace, max_concurrency=20, control=control,
+                    progress=lambda h, f: None)  # fmt: skip
     return runner.run()
 
 
@@ -49,17 +51,24 @@ def test_drains_and_deletes_everything(sqs: Sqs) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_a_failed_message_stays_hidden_for_its_backoff(sqs: Sqs) -> None:
-    spec = job(sqs, "fail", 5)
+def test_a_failed_message_is_hidden_for_its_backoff_then_retried(sqs: Sqs) -> None:
+    spec = job(sqs, "fail", 5)  # the queue's own visibility timeout is 30 s
+    attempts: list[tuple[int, float]] = []
 
     def handler(m: Message) -> None:
         if m.json()["seq"] == 3:
+            attempts.append((m.receive_count, time.monotonic()))
             raise ValueError("poison")
 
-    outcome = run(sqs, spec, handler, max_seconds=1.5)
-    assert outcome.handled == 4 and outcome.failed >= 1
+    outcome = run(sqs, spec, handler, max_seconds=4)
+    assert outcome.handled == 4 and outcome.failed >= 2
+    # Retried after the 1 s backoff of its first receive, not after the 30 s timeout;
+    # the receive count grows, so SQS's redrive policy can dead-letter it.
+    (count1, t1), (count2, t2) = attempts[:2]
+    assert (count1, count2) == (1, 2)
+    assert 0.9 <= t2 - t1 < 10
     depth = sqs.depth(spec["queueUrl"])
-    assert depth.visible + depth.in_flight == 1  # not deleted: it will be retried
+    assert depth.visible + depth.in_flight == 1  # never deleted
 
 
 @pytest.mark.timeout(60)
@@ -121,3 +130,36 @@ def test_long_handlers_are_not_delivered_twice(sqs: Sqs) -> None:
     outcome = run(sqs, spec, handler)
     assert outcome == Outcome(1, 0, "drained")
     assert calls == [0]  # its visibility was extended while it ran
+
+
+@pytest.mark.timeout(60)
+def test_a_stuck_handler_is_given_up_after_the_grace(sqs: Sqs) -> None:
+    spec = job(sqs, "stuck", 3, concurrency=3)
+    release = threading.Event()
+
+    def handler(m: Message) -> None:
+        if m.json()["seq"] == 0:
+            release.wait(30)  # hangs past the time limit and the grace
+
+    start = time.monotonic()
+    outcome = run(sqs, spec, handler, max_seconds=1, grace=1)
+    release.set()
+    assert (outcome.reason, outcome.handled, outcome.abandoned) == ("max_time", 2, 1)
+    assert time.monotonic() - start < 10
+    # The stuck message was handed back at once, not held until its visibility ran out.
+    assert sqs.depth(spec["queueUrl"]).visible == 1
+
+
+@pytest.mark.timeout(60)
+def test_abort_hands_back_what_runs(sqs: Sqs) -> None:
+    spec = job(sqs, "abort", 4, concurrency=4)
+    started = threading.Event()
+
+    def handler(m: Message) -> None:
+        started.set()
+        time.sleep(5)
+
+    outcome = run(sqs, spec, handler, control=lambda: [{"op": "abort"}] if started.is_set() else [])
+    assert outcome.reason == "aborted" and outcome.abandoned >= 1 and outcome.handled == 0
+    depth = sqs.depth(spec["queueUrl"])
+    assert depth.visible + depth.in_flight == 4 and depth.visible >= outcome.abandoned

@@ -36,6 +36,16 @@ def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float 
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
+def holds_for(
+    check: Callable[[], object], seconds: float, what: str, interval: float = 0.2
+) -> None:
+    """Poll `check` for `seconds`; fail as soon as it stops holding."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert check(), f"{what}: stopped holding"
+        time.sleep(interval)
+
+
 @dataclass
 class Daemon:
     """An `orchestrator run` process tree in its own session, with its log file."""

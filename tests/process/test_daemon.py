@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import Result
@@ -15,7 +16,7 @@ from orchestrator.models import utcnow
 from orchestrator.queues import QueueAdmin
 from orchestrator.sqs import Sqs
 from orchestrator.store import Store
-from tests.process.conftest import Daemon, records, wait_for
+from tests.process.conftest import Daemon, holds_for, records, wait_for
 
 RECORD = "tests.handlers:record"
 SLOW = "tests.handlers:slow_record"
@@ -86,6 +87,12 @@ def test_concurrency_is_respected_and_tunable_while_running(
     assert 2 < max_overlap([i for i in intervals if i[1] > changed_at + 5]) <= 4
     assert max_overlap(intervals) <= 4
     assert after_effect, "some messages should start after the change took effect"
+
+    def running_at(t: float) -> int:
+        return sum(1 for start, end in intervals if start <= t < end)
+
+    first_above_2 = min(start for start, _ in intervals if running_at(start) > 2)
+    assert first_above_2 <= changed_at + 5, "the change took effect within 5 s"
     assert daemon.stop() == 0
 
 
@@ -158,3 +165,66 @@ def test_graceful_stop_releases_everything(
     # Every message was either handled (and so deleted) or is back in the queue at once.
     assert handled | back == set(range(60))
     assert not handled & back
+
+
+def test_pause_while_running_then_resume(
+    admin: QueueAdmin,
+    store: Store,
+    record_dir: Path,
+    start_daemon: Callable[..., Daemon],
+    run_cli: Callable[..., Result],
+) -> None:
+    admin.create("p", handler=SLOW, concurrency=2)
+    admin.send("p", 60, body=json.dumps({"ms": 100}))
+    daemon = start_daemon("--mode", "MW")
+    wait_for(lambda: len(records(record_dir)) >= 5, 60, "some messages handled")
+    assert run_cli("queue", "pause", "p").exit_code == 0
+    paused = wait_for(
+        lambda: [j for j in store.jobs(queue="p") if j.end_reason == "paused"], 20, "paused job"
+    )
+    assert paused[0].status == "completed"
+    handled = len(records(record_dir))
+    assert store.assignments() == []
+    holds_for(lambda: store.assignments() == [], 3, "a paused queue stays unassigned")
+    assert handled < 60 and admin.depth("p").visible > 0
+    assert run_cli("queue", "resume", "p").exit_code == 0
+    wait_for(lambda: len({r["start"] for r in records(record_dir)}) >= 60, 60, "rest handled")
+    assert daemon.stop() == 0
+
+
+def test_consumers_are_reused_and_recycled(
+    admin: QueueAdmin, store: Store, record_dir: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    names = [f"r{i}" for i in range(4)]
+    for name in names:
+        admin.create(name, handler=RECORD)
+        admin.send(name, 5)
+    daemon = start_daemon("--mode", "MW", env={"CONSUMER_USAGE_LIMIT": "1", "MAX_LOAD": "1"})
+    expected = {(q, json.dumps({"seq": i})) for q in names for i in range(5)}
+    wait_for(lambda: drained(store, record_dir, expected), 90, "4 queues drained one by one")
+    pids_by_queue = {r["queue"]: r["pid"] for r in records(record_dir)}
+    assert len(set(pids_by_queue.values())) == 4  # a fresh consumer for every assignment
+    assert len(daemon.events("consumer.recycling")) >= 3
+    assert daemon.stop() == 0
+
+
+def test_heartbeat_reports_consumer_stats(
+    admin: QueueAdmin, store: Store, start_daemon: Callable[..., Daemon]
+) -> None:
+    admin.create("s", handler=SLOW, concurrency=1)
+    admin.send("s", 30, body=json.dumps({"ms": 200}))
+    daemon = start_daemon("--mode", "MW")
+
+    def busy_consumer() -> list[Any]:
+        return [c for w in store.workers() for c in w.consumers if c.queue_name == "s"]
+
+    [stats] = wait_for(busy_consumer, 30, "a heartbeat listing the busy consumer")
+    assert stats.pid > 0 and 5 < stats.rss_mb < 500 and stats.cpu_percent >= 0
+    assert daemon.stop() == 0
+
+
+def test_mode_environment_variable(start_daemon: Callable[..., Daemon]) -> None:
+    daemon = start_daemon(env={"MODE": "M"})
+    [started] = wait_for(lambda: daemon.events("supervisor.started"), 30, "supervisor start")
+    assert started["roles"] == ["master"]
+    assert daemon.stop() == 0
