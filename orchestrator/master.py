@@ -61,9 +61,14 @@ class Master:
         self.last_job: dict[str, str] = {}  # queue URL → job id of its latest assignment
         self.failures: dict[str, int] = {}  # queue URL → jobs failed in a row
         self.next_sweep: datetime | None = None
+        # Since when this master has seen MongoDB without errors: workers are judged only
+        # on a window it could watch (after an outage their heartbeats failed too).
+        self.healthy_since: datetime | None = None
         structlog.contextvars.bind_contextvars(master_id=self.id)
 
     def tick(self, now: datetime) -> None:
+        if self.healthy_since is None:
+            self.healthy_since = now
         if not self._lead(now):
             return
         if not self.synced:
@@ -108,12 +113,17 @@ class Master:
 
     # --- dead workers ------------------------------------------------------------
 
+    def outage(self) -> None:
+        """A tick failed: MongoDB or SQS could not be reached."""
+        self.healthy_since = None
+
     def _reap_dead_workers(self, now: datetime) -> list[WorkerRecord]:
         """Forget workers silent for WORKER_TIMEOUT; free their queues. Returns the live ones."""
-        cutoff = now - timedelta(seconds=self.settings.worker_timeout)
+        timeout = timedelta(seconds=self.settings.worker_timeout)
+        watched_long_enough = self.healthy_since is not None and now - self.healthy_since >= timeout
         live = []
         for worker in self.store.workers():
-            if worker.heartbeat_at >= cutoff:
+            if worker.heartbeat_at >= now - timeout or not watched_long_enough:
                 live.append(worker)
                 continue
             # Jobs first, then assignments, then the worker: a crash part-way leaves the
@@ -218,7 +228,8 @@ def run(settings: Settings, endpoints: Endpoints) -> None:
     """The master process: tick every MASTER_INTERVAL until SIGTERM/SIGINT or orphaned."""
     signals = SignalQueue((signal.SIGTERM, signal.SIGINT))
     original_parent = os.getppid()
-    store = Store(endpoints.mongodb_uri, settings.mongodb_name, job_ttl_days=settings.job_ttl_days)
+    store = Store(endpoints.mongodb_uri, settings.mongodb_name,
+                  job_ttl_days=settings.job_ttl_days, timeout_ms=2000)  # fmt: skip
     sqs = Sqs(endpoints.sqs_endpoint, settings.aws_region, settings.aws_access_key_id,
               settings.aws_secret_access_key)  # fmt: skip
     if not retry(store.ensure_indexes, signals, "MongoDB"):
@@ -232,6 +243,7 @@ def run(settings: Settings, endpoints: Endpoints) -> None:
             outage.recovered()
             delay = settings.master_interval
         except Exception as exc:  # the process boundary: log, back off, carry on
+            master.outage()
             delay = outage.failed(exc)
         if wait(signals, delay):
             break

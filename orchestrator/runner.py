@@ -27,6 +27,7 @@ import structlog
 from orchestrator import policy
 from orchestrator.errors import OrchestratorError
 from orchestrator.handlers import Handler
+from orchestrator.loop import Outage
 from orchestrator.message import Message
 from orchestrator.sqs import BATCH, Sqs
 
@@ -241,7 +242,7 @@ class Runner:
 
     def _receive_loop(self) -> None:
         empty_polls = 0
-        failures = 0
+        outage = Outage()  # one log line per problem, capped backoff
         while not self.stop_receiving.is_set():
             with self.cond:
                 while len(self.in_flight) >= self.limit and not self.stop_receiving.is_set():
@@ -252,12 +253,10 @@ class Runner:
                 return
             try:
                 messages = self.sqs.receive(self.url, min(free, BATCH), RECEIVE_WAIT_SECONDS)
-                failures = 0
             except OrchestratorError as exc:
-                failures += 1
-                log.warning("sqs.receive_failed", error=str(exc), attempt=failures)
-                self.stop_receiving.wait(min(2**failures, 30))
+                self.stop_receiving.wait(outage.failed(exc))
                 continue
+            outage.recovered()
             if self.stop_receiving.is_set():
                 # Stopped while polling: give these back at once rather than run them late.
                 self._release([m["ReceiptHandle"] for m in messages])

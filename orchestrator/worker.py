@@ -116,29 +116,38 @@ class Worker:
         """Reap, write outcomes, heartbeat, reconcile, relay settings, watch for stalls.
 
         Each step fails alone and is retried on its own schedule, so that a MongoDB
-        error in one never starves the heartbeat (a silent worker is declared dead).
+        error in one never starves the heartbeat (a silent worker is declared dead);
+        after one store step fails the rest wait for the next tick rather than each
+        waiting out its own timeout.
         """
         self._step("reap", self.reap, mono, 0)
-        self._step("outbox", self.flush_outbox, mono, 0)
-        self._step("heartbeat", self.heartbeat, mono, self.settings.heartbeat_interval)
-        self._fence_if_silent(mono)
+        poll = min(ASSIGNMENT_POLL_SECONDS, self.settings.master_interval)
+        steps: list[tuple[str, Callable[[], object], float]] = [
+            ("outbox", self.flush_outbox, 0),
+            ("heartbeat", self.heartbeat, self.settings.heartbeat_interval),
+        ]
         if self.status == "active" and not self.fenced:
-            poll = min(ASSIGNMENT_POLL_SECONDS, self.settings.master_interval)
-            self._step("reconcile", lambda: self.reconcile(mono), mono, poll)
-        self._step("settings", self.relay_settings, mono, SETTINGS_POLL_SECONDS)
+            steps.append(("reconcile", lambda: self.reconcile(mono), poll))
+        steps.append(("settings", self.relay_settings, SETTINGS_POLL_SECONDS))
+        for name, call, every in steps:
+            if not self._step(name, call, mono, every):
+                break
+        self._fence_if_silent(mono)
         self._watchdog(mono)
 
-    def _step(self, name: str, call: Callable[[], object], mono: float, every: float) -> None:
+    def _step(self, name: str, call: Callable[[], object], mono: float, every: float) -> bool:
+        """Run a step when due; False if it failed."""
         if mono < self.due.get(name, 0.0):
-            return
+            return True
         outage = self.outages.setdefault(name, Outage())
         try:
             call()
         except Exception as exc:  # logged once per problem; retried with capped backoff
             self.due[name] = mono + min(outage.failed(exc), self.settings.heartbeat_interval)
-        else:
-            outage.recovered()
-            self.due[name] = mono + every
+            return False
+        outage.recovered()
+        self.due[name] = mono + every
+        return True
 
     # --- heartbeat and fencing -------------------------------------------------------
 

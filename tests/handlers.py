@@ -35,3 +35,10 @@ def slow_record(message: Message) -> None:
     start = time.time()
     time.sleep(message.json().get("ms", 100) / 1000)
     _record(message, start)
+
+
+def poison(message: Message) -> None:
+    """Fail on bodies that say "poison"; record the rest."""
+    if "poison" in message.body:
+        raise ValueError("poison message")
+    record(message)

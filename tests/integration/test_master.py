@@ -87,10 +87,15 @@ def test_dead_worker_is_reaped_and_its_queue_reassigned(
     admin = admin_for(settings, store, sqs)
     queue = admin.create("q")
     admin.send("q", 1)
-    worker(store, "dead", age=settings.worker_timeout + 1)
-    job_id = store.assign(queue, "dead", utcnow())
-    worker(store, "alive")
-    Master(settings, store, sqs).tick(utcnow())
+    now = utcnow()
+    worker(store, "dead", at=now)
+    job_id = store.assign(queue, "dead", now)
+    master = Master(settings, store, sqs)
+    master.tick(now)  # a new master first watches for WORKER_TIMEOUT before judging
+    assert {w.id for w in store.workers()} == {"dead"}
+    later = now + timedelta(seconds=settings.worker_timeout + 1)
+    worker(store, "alive", at=later)
+    master.tick(later)
     assert [w.id for w in store.workers()] == ["alive"]
     old = store.job(job_id or "")
     assert (
@@ -99,6 +104,21 @@ def test_dead_worker_is_reaped_and_its_queue_reassigned(
         and "dead stopped heartbeating" in (old.end_reason or "")
     )
     assert [(a.queue_name, a.worker) for a in store.assignments()] == [("q", "alive")]
+
+
+def test_after_its_own_outage_a_master_waits_before_reaping(
+    settings: Settings, store: Store, sqs: Sqs
+) -> None:
+    now = utcnow()
+    master = Master(settings, store, sqs)
+    worker(store, "w", at=now)
+    master.tick(now)
+    master.outage()  # MongoDB was unreachable: heartbeats could not be written either
+    later = now + timedelta(seconds=settings.worker_timeout + 1)
+    master.tick(later)
+    assert [w.id for w in store.workers()] == ["w"]  # not declared dead yet
+    master.tick(later + timedelta(seconds=settings.worker_timeout))
+    assert store.workers() == []  # still silent after a full watched timeout
 
 
 def test_only_the_lease_holder_assigns(settings: Settings, store: Store, sqs: Sqs) -> None:

@@ -1,0 +1,233 @@
+"""Failure handling end to end: kills, signals, poison, bad handlers, outages.
+
+Delivery is at least once: after every scenario each message must have been
+handled (duplicates are allowed, losses are not) and no job or assignment
+may be left dangling.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+from orchestrator import config, embedded
+from orchestrator.config import Settings
+from orchestrator.queues import QueueAdmin
+from orchestrator.sqs import Sqs
+from orchestrator.store import Store
+from tests.conftest import base_environ
+from tests.process.conftest import Daemon, holds_for, records, wait_for
+
+pytestmark = pytest.mark.timeout(240)
+SLOW = "tests.handlers:slow_record"  # 100 ms unless the body says otherwise
+
+
+def seqs(record_dir: Path, queue: str) -> set[int]:
+    return {json.loads(r["body"])["seq"] for r in records(record_dir) if r["queue"] == queue}
+
+
+def settled(store: Store) -> bool:
+    """No open job and no assignment left."""
+    open_jobs = [j for j in store.jobs(limit=10_000) if j.status in ("queued", "running")]
+    return not open_jobs and not store.assignments()
+
+
+def busy_consumers(store: Store, queue: str | None = None) -> list[tuple[str, int, int]]:
+    """(worker id, worker pid, consumer pid) of consumers running a queue."""
+    return [
+        (w.id, w.pid, c.pid)
+        for w in store.workers()
+        for c in w.consumers
+        if c.queue_name and (queue is None or c.queue_name == queue)
+    ]
+
+
+def test_sigkill_of_a_worker_and_its_consumers_loses_nothing(
+    admin: QueueAdmin, store: Store, record_dir: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    names = ["k1", "k2", "k3"]
+    for name in names:
+        admin.create(name, handler=SLOW, concurrency=2)
+        admin.send(name, 80)
+    start_daemon("--mode", "MW", "--workers", "2")
+    busy = wait_for(lambda: len(records(record_dir)) >= 20 and busy_consumers(store), 60,
+                    "consumers at work")  # fmt: skip
+    dead_id, dead_pid, _ = busy[0]
+    family = [psutil.Process(dead_pid), *psutil.Process(dead_pid).children(recursive=True)]
+    os.killpg(dead_pid, signal.SIGKILL)  # the worker and its consumers, at once
+
+    wait_for(lambda: all(seqs(record_dir, n) == set(range(80)) for n in names), 150,
+             "every message handled")  # fmt: skip
+    wait_for(lambda: settled(store), 30, "no open job, no assignment")
+    assert not [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert dead_id not in {w.id for w in store.workers()}
+    assert dead_id not in {a.worker for a in store.assignments()}
+    cut_short = [j for j in store.jobs(limit=1000) if j.worker_id == dead_id]
+    assert cut_short and {j.status for j in cut_short} <= {"interrupted", "completed"}
+
+
+def test_sigkill_of_a_consumer_fails_its_job_and_a_replacement_drains(
+    admin: QueueAdmin, store: Store, record_dir: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    admin.create("c", handler=SLOW, concurrency=2)
+    admin.send("c", 80)
+    start_daemon("--mode", "MW")
+    [(_, _, consumer_pid)] = wait_for(
+        lambda: len(records(record_dir)) >= 10 and busy_consumers(store, "c"), 60, "a consumer"
+    )
+    os.kill(consumer_pid, signal.SIGKILL)
+
+    failed = wait_for(lambda: [j for j in store.jobs(queue="c") if j.status == "failed"], 30,
+                      "its job failed")  # fmt: skip
+    assert f"consumer {consumer_pid} died: signal SIGKILL" in (failed[0].error or "")
+    wait_for(lambda: seqs(record_dir, "c") == set(range(80)), 90, "the rest drained")
+    wait_for(lambda: settled(store), 30, "settled")
+    assert any(j.status == "completed" for j in store.jobs(queue="c"))
+
+
+def test_a_poison_message_goes_to_the_dlq_and_the_rest_is_handled(
+    admin: QueueAdmin, store: Store, sqs: Sqs, record_dir: Path,
+    start_daemon: Callable[..., Daemon],
+) -> None:  # fmt: skip
+    queue = admin.create("pq", handler="tests.handlers:poison", dlq=True, max_receive_count=2)
+    assert queue.dlq_url
+    sqs.send_batch(queue.queue_url, [json.dumps({"seq": i}) for i in range(10)])
+    sqs.send_batch(queue.queue_url, ['{"seq": -1, "poison": true}'])
+    sqs.send_batch(queue.queue_url, [json.dumps({"seq": i}) for i in range(10, 20)])
+    start_daemon("--mode", "MW")
+
+    wait_for(lambda: sqs.depth(queue.dlq_url or "").visible == 1, 90, "the poison in the DLQ")
+    wait_for(lambda: seqs(record_dir, "pq") == set(range(20)), 30, "every good message handled")
+    [dead] = sqs.receive(queue.dlq_url, 10, 1)
+    assert "poison" in dead["Body"]
+    assert sum(j.failed_count for j in store.jobs(queue="pq")) >= 2  # tried twice first
+
+
+def test_a_handler_that_does_not_import_fails_its_job_with_backoff(
+    admin: QueueAdmin, store: Store, record_dir: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    admin.create("broken", handler="no_such_package.handlers:handle")
+    admin.send("broken", 3)
+    admin.create("fine", handler="tests.handlers:record")
+    admin.send("fine", 20)
+    daemon = start_daemon("--mode", "MW")
+
+    failed = wait_for(lambda: [j for j in store.jobs(queue="broken") if j.status == "failed"],
+                      30, "the broken queue's job failed")  # fmt: skip
+    assert "no_such_package.handlers:handle" in (failed[0].error or "")
+    wait_for(lambda: seqs(record_dir, "fine") == set(range(20)), 60, "the other queue handled")
+    holds_for(lambda: daemon.proc.poll() is None, 8, "the daemon stays up")
+    # Retried with backoff (2 s, 4 s, 8 s …), not in a tight loop (every master tick).
+    assert 2 <= len(store.jobs(queue="broken", limit=100)) <= 6
+    assert daemon.events("queue.backing_off")
+    assert admin.depth("broken").visible == 3  # its messages wait, untouched
+
+
+def test_sigterm_exits_within_the_grace_and_releases_everything(
+    admin: QueueAdmin, store: Store, sqs: Sqs, record_dir: Path,
+    start_daemon: Callable[..., Daemon], settings: Settings,
+) -> None:  # fmt: skip
+    url = admin.create("g", handler=SLOW, concurrency=3).queue_url
+    for start in range(0, 60, 10):
+        sqs.send_batch(url, [json.dumps({"ms": 300, "seq": i}) for i in range(start, start + 10)])
+    daemon = start_daemon("--mode", "MW", "--workers", "2")
+    wait_for(lambda: len(records(record_dir)) >= 5, 60, "some messages handled")
+
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(timeout=settings.shutdown_grace) == 0
+
+    assert settled(store) and store.workers() == []
+    assert {j.status for j in store.jobs(queue="g")} <= {"interrupted", "completed"}
+    handled = seqs(record_dir, "g")
+    back: set[int] = set()
+    while got := sqs.receive(url, 10, 1):
+        back |= {json.loads(m["Body"])["seq"] for m in got}
+    assert handled | back == set(range(60))  # handled, or visible again at once
+
+
+def test_a_second_signal_stops_at_once(
+    admin: QueueAdmin, sqs: Sqs, record_dir: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    url = admin.create("hang", handler=SLOW, concurrency=2, visibility_timeout=3).queue_url
+    sqs.send_batch(url, [json.dumps({"ms": 60_000, "seq": i}) for i in range(4)])
+    daemon = start_daemon("--mode", "MW")
+    wait_for(lambda: sqs.depth(url).in_flight == 2, 60, "two handlers running")
+
+    daemon.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: daemon.events("supervisor.stopping"), 10, "the graceful stop began")
+    daemon.proc.send_signal(signal.SIGTERM)
+    daemon.proc.wait(timeout=10)  # not the 60 s the handlers would take
+
+    # Nothing was deleted: after their visibility timeout all four are back.
+    wait_for(lambda: sqs.depth(url).visible == 4, 30, "all messages visible again")
+    assert records(record_dir) == []
+
+
+def test_the_standby_master_takes_over_within_the_lease(
+    admin: QueueAdmin, store: Store, record_dir: Path, start_daemon: Callable[..., Daemon],
+    settings: Settings,
+) -> None:  # fmt: skip
+    masters = [start_daemon("--mode", "M"), start_daemon("--mode", "M")]
+    start_daemon("--mode", "W")
+    lease = wait_for(store.lease, 30, "a leader")
+    [leader] = [m for m in masters for e in m.events("master.leading")
+                if e["master_id"] == lease["holder"]]  # fmt: skip
+    [standby] = [m for m in masters if m is not leader]
+    wait_for(lambda: store.workers(), 30, "a worker")
+
+    leader.kill_tree()
+    killed_at = time.monotonic()
+    admin.create("after", handler="tests.handlers:record")
+    admin.send("after", 5)
+    wait_for(lambda: store.assignments() or store.jobs(queue="after"), settings.lease_ttl + 10,
+             "new work assigned by the standby")  # fmt: skip
+    took = time.monotonic() - killed_at
+    assert standby.events("master.leading") and standby.events("queue.assigned")
+    assert took < settings.lease_ttl + 10
+    wait_for(lambda: seqs(record_dir, "after") == set(range(5)), 30, "the new work done")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_mongodb_outage_mid_run_loses_nothing(
+    tmp_path: Path, record_dir: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    # Own servers on fixed ports: MongoDB must come back where the daemon expects it.
+    ports = {"EMBEDDED_MONGODB_PORT": str(_free_port()), "EMBEDDED_SQS_PORT": str(_free_port())}
+    env = {"DATA_DIR": str(tmp_path / "data"), "MONGODB_NAME": "outage", **ports}
+    settings = config.load(environ=base_environ(tmp_path / "data", **env))
+    ends = embedded.ensure(settings)
+    store = Store(ends.mongodb_uri, "outage", job_ttl_days=1)
+    sqs = Sqs(ends.sqs_endpoint, "us-east-1", "test", "test")
+    admin = QueueAdmin(settings, lambda: store, lambda: sqs)
+    try:
+        admin.create("o", handler=SLOW, concurrency=2)
+        admin.send("o", 150)
+        daemon = start_daemon("--mode", "MW", env=env)
+        wait_for(lambda: len(records(record_dir)) >= 20, 60, "work under way")
+
+        mongodb = json.loads((tmp_path / "data" / "services.json").read_text())["mongodb"]
+        os.kill(mongodb["pid"], signal.SIGKILL)
+        holds_for(lambda: daemon.proc.poll() is None, 10, "the daemon rides out the outage")
+        embedded.ensure(settings)  # the server comes back, on the same port
+
+        wait_for(lambda: seqs(record_dir, "o") == set(range(150)), 150, "every message handled")
+        wait_for(lambda: settled(store), 60, "no open job, no assignment")
+        assert daemon.events("service.unavailable")  # the outage was seen
+        assert not daemon.events("child.died")  # carried on without a restart
+        assert not daemon.events("loop.error")  # no traceback per loop
+        assert len(daemon.events("service.unavailable")) < 40  # a line per problem
+    finally:
+        embedded.stop(settings)
