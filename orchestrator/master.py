@@ -86,7 +86,10 @@ class Master:
         """Renew the lease every LEASE_TTL/3; lead only while a renewal is recent enough."""
         ttl = self.settings.lease_ttl
         if self.next_renewal is None or now >= self.next_renewal:
-            self.next_renewal = now + timedelta(seconds=ttl / 3)
+            # The holder renews every LEASE_TTL/3; a standby asks every cycle, so that it
+            # takes over within a cycle of the lease running out.
+            every = ttl / 3 if self.leading else min(ttl / 3, self.settings.master_interval)
+            self.next_renewal = now + timedelta(seconds=every)
             try:
                 held = self.store.hold_lease(self.id, now, ttl)
             except OrchestratorError as exc:

@@ -33,6 +33,7 @@ from orchestrator.sqs import BATCH, Sqs
 
 RECEIVE_WAIT_SECONDS = 1  # short enough to notice pause/stop and drain quickly
 DELETE_FLUSH_SECONDS = 0.05  # a partial delete batch waits at most this long
+BATCH_WAIT_SECONDS = 0.01  # a partial receive waits at most this long for more free slots
 PROGRESS_SECONDS = 1.0
 EXTEND_FRACTION = 0.5  # extend a message's visibility once half of it has passed
 
@@ -85,7 +86,7 @@ class Runner:
         self.reason: str | None = "paused" if self.paused else None
         self.handled = self.failed = 0
         self.in_flight: dict[str, _InFlight] = {}  # by receipt handle: unique per receive
-        self.done: queue.Queue[tuple[str, BaseException | None]] = queue.Queue()
+        self.done: queue.Queue[tuple[_InFlight, BaseException | None]] = queue.Queue()
         self.cond = threading.Condition()
         self.stop_receiving = threading.Event()
         self.pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="handler")
@@ -122,6 +123,7 @@ class Runner:
                 last_progress = now
             if self.stop_receiving.is_set() and receiver_done:
                 if idle:
+                    self._collect(timeout=0)  # outcomes put just before the slot was freed
                     self._flush_deletes()
                     break
                 if self.stopped_at is not None and now - self.stopped_at > self.grace:
@@ -184,12 +186,7 @@ class Runner:
                 outcomes.append(self.done.get_nowait())
             except queue.Empty:
                 break
-        for receipt, error in outcomes:
-            with self.cond:
-                entry = self.in_flight.pop(receipt, None)
-                self.cond.notify_all()
-            if entry is None:
-                continue  # given back to SQS already (the run gave up on it)
+        for entry, error in outcomes:
             if error is None:
                 self.handled += 1
                 if not self.to_delete:
@@ -245,9 +242,7 @@ class Runner:
         outage = Outage()  # one log line per problem, capped backoff
         while not self.stop_receiving.is_set():
             with self.cond:
-                while len(self.in_flight) >= self.limit and not self.stop_receiving.is_set():
-                    self.cond.wait(0.5)
-                free = self.limit - len(self.in_flight)
+                free = self._wait_for_slots()
                 idle_before = not self.in_flight
             if self.stop_receiving.is_set():
                 return
@@ -273,6 +268,29 @@ class Runner:
             empty_polls = 0
             self._start(messages)
 
+    def _wait_for_slots(self) -> int:
+        """Free slots to receive into (called holding the lock).
+
+        Waits for a slot; then, while handlers are still finishing, up to
+        BATCH_WAIT_SECONDS more for a full batch: receiving 1 message at a time as
+        slots free up one by one would cost a request per message.
+        """
+        full = min(self.limit, BATCH)
+        batch_deadline: float | None = None
+        while not self.stop_receiving.is_set():
+            free = self.limit - len(self.in_flight)
+            if free >= full or (free > 0 and not self.in_flight):
+                return free
+            if free <= 0:
+                self.cond.wait(0.5)
+                continue
+            batch_deadline = batch_deadline or time.monotonic() + BATCH_WAIT_SECONDS
+            remaining = batch_deadline - time.monotonic()
+            if remaining <= 0:
+                return free
+            self.cond.wait(remaining)
+        return 0
+
     def _start(self, messages: list[dict[str, Any]]) -> None:
         now = time.monotonic()
         with self.cond:
@@ -296,4 +314,13 @@ class Runner:
             self.handler(Message.from_sqs(raw, self.name, self.url))
         except BaseException as exc:  # the handler's failure is the message's, not ours
             error = exc
-        self.done.put((raw["ReceiptHandle"], error))
+        with self.cond:
+            entry = self.in_flight.get(raw["ReceiptHandle"])
+            if entry is None:
+                return  # the run gave up on it and handed it back: never delete it
+            # Outcome first, then the slot: once nothing is in flight, every outcome is
+            # in `done`. Freeing the slot here, not when the main thread collects, keeps
+            # receiving going while the main thread waits on a delete.
+            self.done.put((entry, error))
+            del self.in_flight[raw["ReceiptHandle"]]
+            self.cond.notify_all()

@@ -1,0 +1,413 @@
+#!/usr/bin/env python3
+"""Benchmarks with in-run baselines; results go to docs/benchmarks.json and docs/benchmarks.md.
+
+    .venv/bin/python scripts/bench.py [--only NAME ...] [--repeat N]
+
+NAME: throughput, concurrency, latency, failover, cost, scale, memory. SQS is
+LocalStack when installed (`orchestrator services install-localstack`), else
+moto with smaller loads (moto slows down badly past a few hundred messages).
+Exits non-zero only when a benchmark cannot run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psutil
+from benchlib import Bench, kill_session, median, percentile, save, sqs_kind, wait_for
+
+from orchestrator.master import Master
+from orchestrator.models import WorkerRecord, utcnow
+
+NOOP = "orchestrator.handlers:noop"
+SLEEP = "orchestrator.handlers:sleep"
+STAMP = "benchhandlers:stamp"
+
+
+def _start_time(bench: Bench) -> float:
+    """When processing began: the first job's start (wall clock, seconds)."""
+    started = wait_for(lambda: [j.started_at for j in bench.store.jobs(limit=100) if j.started_at],
+                       120, "a job to start")  # fmt: skip
+    return min(started).timestamp()
+
+
+# --- 1. throughput -------------------------------------------------------------------
+
+
+def _baseline(bench: Bench, urls: list[str], threads_per_queue: int) -> float:
+    """A minimal boto3 loop: receive 10, (no-op), delete the batch; same concurrency."""
+    client = bench.sqs.client
+
+    def loop(url: str) -> None:
+        empty = 0
+        while empty < 2:
+            got = client.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+            messages = got.get("Messages", [])
+            if not messages:
+                empty += 1
+                continue
+            empty = 0
+            client.delete_message_batch(QueueUrl=url, Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
+            ])  # fmt: skip
+
+    threads = [threading.Thread(target=loop, args=(u,)) for u in urls for _ in range(threads_per_queue)]
+    start = time.time()
+    for t in threads:
+        t.start()
+    done_at = wait_for(lambda: bench.depth(urls) == 0 and time.time(), 600, "baseline drain", 0.25)
+    for t in threads:
+        t.join()
+    return float(done_at - start)
+
+
+def throughput(kind: str, repeat: int, root: Path) -> dict[str, Any]:
+    queues, per_queue, conc = (4, 2000, 10) if kind == "localstack" else (4, 150, 10)
+    total = queues * per_queue
+    runs = []
+    for r in range(repeat):
+        bench = Bench(root / f"throughput{r}", kind)
+        try:
+            urls = [bench.admin.create(f"t{i}", handler=NOOP, concurrency=conc).queue_url
+                    for i in range(queues)]  # fmt: skip
+            for url in urls:
+                bench.fill(url, per_queue, lambda i: json.dumps({"i": i}))
+            base_seconds = _baseline(bench, urls, conc)
+            for url in urls:
+                bench.fill(url, per_queue, lambda i: json.dumps({"i": i}))
+            before, polls = sum(bench.requests().values()), 0
+            with bench.daemon("--mode", "MW", "--workers", "2") as proc:
+                start = _start_time(bench)
+                while bench.depth(urls) > 0:
+                    polls += len(urls)
+                    time.sleep(0.25)
+                end = time.time()
+                rss = _rss(proc.pid)
+            requests = sum(bench.requests().values()) - before - polls - len(urls)
+            runs.append({
+                "orchestrator_msgs_per_s": total / (end - start),
+                "baseline_msgs_per_s": total / base_seconds,
+                "sqs_requests_per_message": requests / total,
+                "rss_mb": rss,
+            })  # fmt: skip
+        finally:
+            bench.close()
+    orch = median([r["orchestrator_msgs_per_s"] for r in runs])
+    base = median([r["baseline_msgs_per_s"] for r in runs])
+    return {
+        "load": f"{queues} queues x {per_queue} messages, noop handler, concurrency {conc}, 2 workers",
+        "baseline": f"boto3 loop (receive 10, delete batch), {conc} threads per queue",
+        "orchestrator_msgs_per_s": round(orch, 1),
+        "baseline_msgs_per_s": round(base, 1),
+        "ratio": round(orch / base, 3),
+        "sqs_requests_per_message": round(median([r["sqs_requests_per_message"] for r in runs]), 3),
+        "rss_mb": runs[-1]["rss_mb"],
+        "runs": runs,
+    }
+
+
+def _rss(supervisor_pid: int) -> dict[str, float]:
+    """RSS (MB) of the master, the workers and the consumers under a supervisor."""
+    out: dict[str, list[float]] = {"supervisor": [], "master": [], "worker": [], "consumer": []}
+    sup = psutil.Process(supervisor_pid)
+    out["supervisor"].append(sup.memory_info().rss / 2**20)
+    for child in sup.children(recursive=True):
+        try:
+            cmd = " ".join(child.cmdline())
+            role = cmd.rsplit(" ", 1)[-1] if "orchestrator.child" in cmd else None
+            if role in out:
+                out[role].append(child.memory_info().rss / 2**20)
+        except psutil.Error:
+            continue
+    return {role: round(max(values), 1) for role, values in out.items() if values}
+
+
+# --- 2. concurrency efficiency -------------------------------------------------------------
+
+
+def concurrency(kind: str, repeat: int, root: Path) -> dict[str, Any]:
+    queues, conc, ms = 4, 5, 50
+    per_queue = 300 if kind == "localstack" else 100
+    ideal = queues * conc * 1000 / ms
+    runs = []
+    for r in range(repeat):
+        bench = Bench(root / f"concurrency{r}", kind)
+        try:
+            urls = [bench.admin.create(f"c{i}", handler=SLEEP, concurrency=conc).queue_url
+                    for i in range(queues)]  # fmt: skip
+            for url in urls:
+                bench.fill(url, per_queue, lambda i: json.dumps({"ms": ms}))
+            with bench.daemon("--mode", "MW", "--workers", "2"):
+                start = _start_time(bench)
+                wait_for(lambda: bench.depth(urls) == 0, 600, "drain", 0.25)
+                end = time.time()
+            runs.append(queues * per_queue / (end - start))
+        finally:
+            bench.close()
+    achieved = median(runs)
+    return {
+        "load": f"{queues} queues x {per_queue} messages, sleep {ms} ms, concurrency {conc}",
+        "ideal_msgs_per_s": ideal,
+        "achieved_msgs_per_s": round(achieved, 1),
+        "efficiency": round(achieved / ideal, 3),
+        "runs": [round(x, 1) for x in runs],
+    }
+
+
+# --- 3. pickup latency ----------------------------------------------------------------------
+
+
+def latency(kind: str, repeat: int, root: Path) -> dict[str, Any]:
+    assigned: list[float] = []
+    idle: list[float] = []
+    for r in range(repeat):
+        bench = Bench(root / f"latency{r}", kind)
+        try:
+            hot = bench.admin.create("hot", handler=STAMP).queue_url
+            idle_urls = {t: bench.admin.create(f"idle{t}", handler=STAMP).queue_url
+                         for t in (5, 15, 25, 35, 45, 55)}  # fmt: skip
+            with bench.daemon("--mode", "MW"):
+                started = time.time()
+                # An assigned queue: a steady trickle keeps it assigned.
+                for _ in range(40):
+                    bench.sqs.send_batch(hot, [json.dumps({"sent": time.time()})])
+                    time.sleep(0.25)
+                # Idle queues: each gets one message after t seconds of being empty.
+                for t, url in sorted(idle_urls.items()):
+                    time.sleep(max(0.0, started + t - time.time()))
+                    bench.sqs.send_batch(url, [json.dumps({"sent": time.time()})])
+                wait_for(lambda: len(bench.records()) >= 40 + len(idle_urls), 120, "all handled")
+            for rec in bench.records():
+                delay = rec["start"] - json.loads(rec["body"])["sent"]
+                (assigned if rec["queue"] == "hot" else idle).append(delay)
+        finally:
+            bench.close()
+    return {
+        "assigned_p50_ms": round(percentile(assigned, 50) * 1000, 1),
+        "assigned_p95_ms": round(percentile(assigned, 95) * 1000, 1),
+        "idle_p50_s": round(percentile(idle, 50), 2),
+        "idle_p95_s": round(percentile(idle, 95), 2),
+        "samples": {"assigned": len(assigned), "idle": len(idle)},
+        "idle_seconds": [5, 15, 25, 35, 45, 55],
+    }
+
+
+# --- 4. failover ------------------------------------------------------------------------------
+
+
+def failover(kind: str, repeat: int, root: Path) -> dict[str, Any]:
+    worker_s: list[float] = []
+    master_s: list[float] = []
+    for r in range(repeat):
+        bench = Bench(root / f"failover{r}", kind)
+        try:
+            worker_s.append(_worker_failover(bench))
+            master_s.append(_master_failover(bench))
+        finally:
+            bench.close()
+    return {
+        "settings": "defaults: WORKER_TIMEOUT 10 s, LEASE_TTL 10 s, MASTER_INTERVAL 1 s",
+        "worker_kill_to_processed_elsewhere_s": round(median(worker_s), 2),
+        "master_kill_to_new_assignment_s": round(median(master_s), 2),
+        "runs": {"worker": [round(x, 2) for x in worker_s], "master": [round(x, 2) for x in master_s]},
+    }
+
+
+def _worker_failover(bench: Bench) -> float:
+    url = bench.admin.create("fw", handler=STAMP).queue_url
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.is_set():
+            bench.sqs.send_batch(url, [json.dumps({"sent": time.time()})])
+            time.sleep(0.1)
+
+    sender = threading.Thread(target=trickle)
+    sender.start()
+    try:
+        with bench.daemon("--mode", "M"), bench.daemon("--mode", "W") as w1, \
+                bench.daemon("--mode", "W") as w2:  # fmt: skip
+            [a] = wait_for(lambda: bench.store.assignments(), 60, "an assignment")
+            wait_for(lambda: bench.records(), 30, "messages flowing")
+            victim = {w.id: w.pid for w in bench.store.workers()}[a.worker]
+            daemon = w1 if os.getsid(victim) == w1.pid else w2
+            killed = {p.pid for p in psutil.Process(daemon.pid).children(recursive=True)}
+            kill_session(daemon.pid)
+            killed_at = time.time()
+            later = wait_for(lambda: [r["start"] for r in bench.records()
+                                      if r["start"] > killed_at and r["pid"] not in killed],
+                             60, "the queue processed elsewhere")  # fmt: skip
+            return float(min(later) - killed_at)
+    finally:
+        stop.set()
+        sender.join()
+
+
+def _master_failover(bench: Bench) -> float:
+    with bench.daemon("--mode", "M") as m1, bench.daemon("--mode", "M") as m2, \
+            bench.daemon("--mode", "W"):  # fmt: skip
+        lease = wait_for(lambda: bench.store.lease(), 30, "a leader")
+        wait_for(lambda: bench.store.workers(), 30, "a worker")
+        leader_pid = int(lease["holder"].split(":")[1])
+        daemon = m1 if os.getsid(leader_pid) == m1.pid else m2
+        kill_session(daemon.pid)
+        killed_at = utcnow()
+        url = bench.admin.create(f"fm{time.monotonic_ns()}", handler=STAMP).queue_url
+        bench.sqs.send_batch(url, ['{"sent": 0}'])
+        job = wait_for(lambda: bench.store.jobs(queue=url.rsplit("/", 1)[1]), 60, "new work assigned")
+        return (job[0].created_at - killed_at).total_seconds()
+
+
+# --- 5. cost ---------------------------------------------------------------------------------
+
+
+def cost(kind: str, repeat: int, root: Path, warm: float = 70, window: float = 120) -> dict[str, Any]:
+    queues = 20
+    bench = Bench(root / "cost", kind)
+    try:
+        for i in range(queues):
+            bench.admin.create(f"idle{i}", handler=NOOP)
+        with bench.daemon("--mode", "MW"):
+            time.sleep(warm)  # past the first minute: the steady idle schedule
+            before = bench.requests()
+            time.sleep(window)
+            after = bench.requests()
+        spent = sum((after - before).values())
+        return {
+            "idle_queues": queues,
+            "window_s": window,
+            "requests_in_window": spent,
+            "requests_per_idle_queue_per_hour": round(spent / queues * 3600 / window, 1),
+            "by_operation": dict(after - before),
+        }
+    finally:
+        bench.close()
+
+
+# --- 6. scale --------------------------------------------------------------------------------
+
+
+def scale(kind: str, repeat: int, root: Path, sizes: tuple[int, ...] = (1000, 10000)) -> dict[str, Any]:
+    from pymongo import monitoring
+
+    class Count(monitoring.CommandListener):
+        n = 0
+
+        def started(self, event: Any) -> None:
+            Count.n += 1
+
+        def succeeded(self, event: Any) -> None:
+            pass
+
+        def failed(self, event: Any) -> None:
+            pass
+
+    monitoring.register(Count())
+    out: dict[str, Any] = {"workers": 100}
+    for size in sizes:
+        bench = Bench(root / f"scale{size}", kind)
+        try:
+            _populate(bench, size)
+            master = Master(bench.settings, bench.store, bench.sqs)
+            cycles = []
+            now = utcnow()
+            for i in range(25):
+                _beat(bench, now)
+                ops_before, sqs_before = Count.n, sum(bench.requests().values())
+                t0 = time.perf_counter()
+                master.tick(now)
+                cycles.append({
+                    "seconds": time.perf_counter() - t0,
+                    "mongodb_ops": Count.n - ops_before,
+                    "sqs_requests": sum(bench.requests().values()) - sqs_before,
+                })  # fmt: skip
+                now += timedelta(seconds=bench.settings.master_interval)
+            steady = cycles[1:]
+            out[str(size)] = {
+                "first_cycle_s": round(cycles[0]["seconds"], 3),
+                "cycle_s_median": round(median([c["seconds"] for c in steady]), 3),
+                "cycle_s_max": round(max(c["seconds"] for c in steady), 3),
+                "mongodb_ops_per_cycle": median([c["mongodb_ops"] for c in steady]),
+                "sqs_requests_per_cycle": median([c["sqs_requests"] for c in steady]),
+            }
+        finally:
+            bench.close()
+    return out
+
+
+def _populate(bench: Bench, size: int) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = [f"s{i:05d}" for i in range(size)]
+    with ThreadPoolExecutor(16) as pool:
+        urls = list(pool.map(lambda n: bench.sqs.create_queue(n, visibility_timeout=30)[0], names))
+    now = utcnow()
+    docs = [{"name": n, "queueUrl": u, "concurrency": 5, "handler": NOOP, "paused": False,
+             "visibilityTimeout": 30, "dlqName": None, "dlqUrl": None, "maxReceiveCount": None,
+             "createdAt": now, "updatedAt": now, "syncedAt": now}
+            for n, u in zip(names, urls, strict=True)]  # fmt: skip
+    for start in range(0, size, 1000):
+        bench.store._db["queues"].insert_many(docs[start : start + 1000])
+
+
+def _beat(bench: Bench, now: datetime) -> None:
+    for i in range(100):
+        bench.store.register_worker(WorkerRecord(f"bench:{i}", "bench", i, now, now, 5))
+
+
+# --- memory (from a loaded daemon) ------------------------------------------------------------
+
+
+def memory(kind: str, repeat: int, root: Path) -> dict[str, Any]:
+    result = json.loads(Path(__file__).resolve().parent.parent.joinpath("docs", "benchmarks.json")
+                        .read_text()).get("throughput", {})  # fmt: skip
+    return {"rss_mb_under_load": result.get("rss_mb"), "source": "throughput run"}
+
+
+BENCHMARKS: dict[str, Callable[[str, int, Path], dict[str, Any]]] = {
+    "throughput": throughput,
+    "concurrency": concurrency,
+    "latency": latency,
+    "failover": failover,
+    "cost": cost,
+    "scale": scale,
+    "memory": memory,
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", nargs="*", choices=list(BENCHMARKS), default=list(BENCHMARKS))
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    kind = sqs_kind()
+    command = "python scripts/bench.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    print(f"SQS: {'LocalStack' if kind == 'localstack' else 'moto'}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="orchestrator-bench-") as tmp:
+        for name in args.only:
+            t0 = time.monotonic()
+            result = BENCHMARKS[name](kind, args.repeat, Path(tmp))
+            result["sqs"] = "LocalStack" if kind == "localstack" else "moto"
+            result["repeat"] = args.repeat
+            save(name, result, command)
+            shown = {k: v for k, v in result.items() if k not in ("runs",)}
+            print(f"{name} ({time.monotonic() - t0:.0f} s): {json.dumps(shown)}", flush=True)
+    from benchreport import render
+
+    render()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Render docs/benchmarks.json into the tables of docs/benchmarks.md (between markers)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+# (benchmark, label, how to read the value, target text, met?)
+ROWS: list[tuple[str, str, Callable[[dict[str, Any]], Any], str, Callable[[Any], bool]]] = [
+    ("throughput", "orchestrator, msgs/s", lambda r: r["orchestrator_msgs_per_s"], "", lambda v: True),
+    ("throughput", "boto3 baseline, msgs/s", lambda r: r["baseline_msgs_per_s"], "", lambda v: True),
+    ("throughput", "ratio", lambda r: r["ratio"], ">= 0.95", lambda v: v >= 0.95),
+    ("concurrency", "achieved / ideal", lambda r: r["efficiency"], ">= 0.90", lambda v: v >= 0.9),
+    ("latency", "assigned queue p50, ms", lambda r: r["assigned_p50_ms"], "", lambda v: True),
+    ("latency", "assigned queue p95, ms", lambda r: r["assigned_p95_ms"], "<= 100", lambda v: v <= 100),
+    ("latency", "queue idle < 1 min, p50 s", lambda r: r["idle_p50_s"], "", lambda v: True),
+    ("latency", "queue idle < 1 min, p95 s", lambda r: r["idle_p95_s"], "<= 2", lambda v: v <= 2),
+    ("failover", "worker SIGKILL → processed elsewhere, s",
+     lambda r: r["worker_kill_to_processed_elsewhere_s"], "<= 12", lambda v: v <= 12),
+    ("failover", "leader SIGKILL → new work assigned, s",
+     lambda r: r["master_kill_to_new_assignment_s"], "<= 12 (LEASE_TTL + 2)", lambda v: v <= 12),
+    ("throughput", "SQS requests per message at load", lambda r: r["sqs_requests_per_message"],
+     "<= 0.25", lambda v: v <= 0.25),
+    ("cost", "SQS requests per idle queue per hour",
+     lambda r: r["requests_per_idle_queue_per_hour"], "<= 120", lambda v: v <= 120),
+    ("scale", "master cycle, 1,000 queues (median / max), s",
+     lambda r: f'{r["1000"]["cycle_s_median"]} / {r["1000"]["cycle_s_max"]}', "<= 1",
+     lambda v: float(str(v).split(" / ")[1]) <= 1),
+    ("scale", "master cycle, 10,000 queues (median / max), s",
+     lambda r: f'{r["10000"]["cycle_s_median"]} / {r["10000"]["cycle_s_max"]}', "<= 1",
+     lambda v: float(str(v).split(" / ")[1]) <= 1),
+    ("scale", "MongoDB ops per cycle (1,000 / 10,000)",
+     lambda r: f'{r["1000"]["mongodb_ops_per_cycle"]} / {r["10000"]["mongodb_ops_per_cycle"]}', "",
+     lambda v: True),
+    ("throughput", "RSS under load, MB (master / worker / consumer)",
+     lambda r: f'{r["rss_mb"].get("master")} / {r["rss_mb"].get("worker")} / '
+               f'{r["rss_mb"].get("consumer")}',
+     "consumer <= 60", lambda v: float(str(v).split(" / ")[2]) <= 60),
+]  # fmt: skip
+
+
+def render() -> None:
+    results = json.loads((DOCS / "benchmarks.json").read_text())
+    lines = ["| benchmark | figure | value | target | met |", "|---|---|---|---|---|"]
+    for name, label, read, target, met in ROWS:
+        if name not in results:
+            continue
+        try:
+            value = read(results[name])
+            ok = ("yes" if met(value) else "**no**") if target else ""
+        except (KeyError, TypeError, ValueError, AttributeError):
+            value, ok = "n/a", ""
+        lines.append(f"| {name} | {label} | {value} | {target} | {ok} |")
+    lines.append("")
+    lines.append("| benchmark | SQS | repeat | machine | command |")
+    lines.append("|---|---|---|---|---|")
+    for name, r in results.items():
+        m = r.get("machine", {})
+        where = f'{m.get("cores")} cores, {m.get("memory_gib")} GiB, {m.get("date")}'
+        lines.append(f'| {name} | {r.get("sqs")} | {r.get("repeat")} | {where} | `{r["command"]}` |')
+    table = "\n".join(lines)
+    path = DOCS / "benchmarks.md"
+    text = path.read_text() if path.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    path.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
+
+
+if __name__ == "__main__":
+    render()
