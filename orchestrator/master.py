@@ -14,6 +14,7 @@ import secrets
 import signal
 import socket
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -32,6 +33,8 @@ from orchestrator.store import Store
 
 log = structlog.get_logger()
 
+CHECKS_PER_CYCLE = 500  # depth checks per cycle at most: a cycle stays short at any scale
+CHECK_THREADS = 16  # depth checks run in parallel: each is one SQS round trip
 LEASE_SAFETY = 0.8  # stop assigning when 80 % of the lease has passed without a renewal
 SWEEP_SECONDS = 10.0  # how often to look for open jobs nobody will close
 
@@ -59,6 +62,8 @@ class Master:
         self.checks: dict[str, _Check] = {}
         self.last_assigned: dict[str, datetime] = {}
         self.last_job: dict[str, str] = {}  # queue URL → job id of its latest assignment
+        self.released_at: dict[str, datetime] = {}  # queue URL → when its last job ended
+        self.pool = ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="depth")
         self.failures: dict[str, int] = {}  # queue URL → jobs failed in a row
         self.next_sweep: datetime | None = None
         # Since when this master has seen MongoDB without errors: workers are judged only
@@ -157,12 +162,13 @@ class Master:
         loads = Counter(a.worker for a in assignments)
         workers = {w.id: w for w in live if w.status == "active"}
         capacity = sum(max(w.max_load - loads[w.id], 0) for w in workers.values())
-        assigned = {a.queue_url for a in assignments}
-        for queue in self._candidates(now, assigned):
-            if capacity <= 0:
-                return  # queues wait for the next cycle; their checks stay due
-            if not self._has_messages(queue, now):
-                continue
+        if capacity <= 0:
+            return  # nobody could take a queue: do not even look (the checks stay due)
+        due = self._candidates(now, {a.queue_url for a in assignments})[:CHECKS_PER_CYCLE]
+        with_messages = [q for q, busy in zip(due, self.pool.map(self._has_messages, due,
+                                                                [now] * len(due)), strict=True)
+                         if busy]  # fmt: skip
+        for queue in with_messages:
             choice = policy.pick_worker(
                 [
                     policy.WorkerLoad(w.id, loads[w.id], w.max_load, w.heartbeat_at)
@@ -170,12 +176,11 @@ class Master:
                 ]
             )
             if choice is None:
-                return
+                return  # full: the queue is looked at again next cycle
             job_id = self.store.assign(queue, choice, now)
             if job_id is None:
                 continue  # another master got there first
             loads[choice] += 1
-            capacity -= 1
             self.last_assigned[queue.queue_url] = now
             self.last_job[queue.queue_url] = job_id
             log.info("queue.assigned", queue=queue.name, worker=choice, job_id=job_id)
@@ -199,6 +204,7 @@ class Master:
 
     def _learn_outcome(self, queue: QueueRecord, now: datetime) -> None:
         """Once a queue's job has ended: after a failure, wait longer before the next try."""
+        self.released_at[queue.queue_url] = now
         job = self.store.job(self.last_job.pop(queue.queue_url))
         if job is None or job.status != "failed":
             self.failures.pop(queue.queue_url, None)
@@ -221,8 +227,10 @@ class Master:
             self.checks.pop(queue.queue_url, None)
             return True
         previous = self.checks.get(queue.queue_url)
+        released = self.released_at.get(queue.queue_url)
+        idle_for = (now - released).total_seconds() if released else None
         delay = policy.next_idle_delay(previous.delay if previous else None,
-                                       self.settings.idle_check_max)  # fmt: skip
+                                       self.settings.idle_check_max, idle_for)  # fmt: skip
         self.checks[queue.queue_url] = _Check(now + timedelta(seconds=delay), delay)
         return False
 

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-IDLE_FIRST_CHECK = 1.0  # seconds before an empty queue is checked again
+IDLE_FIRST_CHECK = 1.0  # seconds between checks of a queue that was busy just now
+IDLE_FAST_SECONDS = 60.0  # how long "just now" lasts
 RETRY_BASE = 1.0  # visibility (s) after a handler's first failure
 RETRY_CAP = 900.0  # never hide a failed message for more than 15 minutes
 FAILED_JOB_BASE = 2.0  # seconds before a queue whose job failed is assigned again
@@ -35,10 +36,18 @@ def pick_worker(workers: Sequence[WorkerLoad]) -> str | None:
     return min(open_, key=lambda w: (w.load, w.heartbeat_at, w.id)).id
 
 
-def next_idle_delay(previous: float | None, maximum: float) -> float:
-    """Delay before re-checking a queue found empty: 1 s, doubling, capped at `maximum`."""
-    if previous is None:
+def next_idle_delay(previous: float | None, maximum: float, idle_for: float | None) -> float:
+    """Delay before re-checking a queue found empty.
+
+    A queue that had work less than IDLE_FAST_SECONDS ago is checked every second:
+    work often comes back after a lull, and should be picked up within seconds.
+    After that (or with no history) the delay doubles from 2 s up to `maximum`, which
+    sets the steady cost of an idle queue: one request per `maximum` seconds.
+    """
+    if idle_for is not None and idle_for < IDLE_FAST_SECONDS:
         return min(IDLE_FIRST_CHECK, maximum)
+    if previous is None or previous < IDLE_FIRST_CHECK * 2:
+        return min(IDLE_FIRST_CHECK * 2, maximum)
     return min(previous * 2, maximum)
 
 

@@ -162,7 +162,9 @@ class Store:
 
     @translated
     def list_queues(self) -> list[QueueRecord]:
-        return [QueueRecord.from_doc(d) for d in self._db[QUEUES].find().sort("name", 1)]
+        # Large batches: the master reads every queue each cycle (one round trip per batch).
+        cursor = self._db[QUEUES].find().sort("name", 1).batch_size(5000)
+        return [QueueRecord.from_doc(d) for d in cursor]
 
     @translated
     def update_queue(self, name: str, changes: dict[str, Any]) -> QueueRecord:

@@ -171,26 +171,12 @@ def concurrency(kind: str, repeat: int, root: Path) -> dict[str, Any]:
 def latency(kind: str, repeat: int, root: Path) -> dict[str, Any]:
     assigned: list[float] = []
     idle: list[float] = []
+    idle_after = (5, 15, 25, 35, 45, 55)
     for r in range(repeat):
         bench = Bench(root / f"latency{r}", kind)
         try:
-            hot = bench.admin.create("hot", handler=STAMP).queue_url
-            idle_urls = {t: bench.admin.create(f"idle{t}", handler=STAMP).queue_url
-                         for t in (5, 15, 25, 35, 45, 55)}  # fmt: skip
-            with bench.daemon("--mode", "MW"):
-                started = time.time()
-                # An assigned queue: a steady trickle keeps it assigned.
-                for _ in range(40):
-                    bench.sqs.send_batch(hot, [json.dumps({"sent": time.time()})])
-                    time.sleep(0.25)
-                # Idle queues: each gets one message after t seconds of being empty.
-                for t, url in sorted(idle_urls.items()):
-                    time.sleep(max(0.0, started + t - time.time()))
-                    bench.sqs.send_batch(url, [json.dumps({"sent": time.time()})])
-                wait_for(lambda: len(bench.records()) >= 40 + len(idle_urls), 120, "all handled")
-            for rec in bench.records():
-                delay = rec["start"] - json.loads(rec["body"])["sent"]
-                (assigned if rec["queue"] == "hot" else idle).append(delay)
+            assigned += _assigned_latency(bench)
+            idle += _idle_latency(bench, idle_after)
         finally:
             bench.close()
     return {
@@ -199,8 +185,42 @@ def latency(kind: str, repeat: int, root: Path) -> dict[str, Any]:
         "idle_p50_s": round(percentile(idle, 50), 2),
         "idle_p95_s": round(percentile(idle, 95), 2),
         "samples": {"assigned": len(assigned), "idle": len(idle)},
-        "idle_seconds": [5, 15, 25, 35, 45, 55],
+        "idle_seconds": list(idle_after),
     }
+
+
+def _delays(bench: Bench, queue_prefix: str) -> list[float]:
+    return [rec["start"] - json.loads(rec["body"])["sent"] for rec in bench.records()
+            if rec["queue"].startswith(queue_prefix) and json.loads(rec["body"])["sent"] > 0]
+
+
+def _assigned_latency(bench: Bench) -> list[float]:
+    """A queue kept assigned by a steady trickle (one message every 250 ms)."""
+    hot = bench.admin.create("hot", handler=STAMP).queue_url
+    with bench.daemon("--mode", "MW"):
+        bench.sqs.send_batch(hot, ['{"sent": 0}'])  # warm-up: get it assigned first
+        wait_for(lambda: bench.records(), 60, "the warm-up message")
+        for _ in range(40):
+            bench.sqs.send_batch(hot, [json.dumps({"sent": time.time()})])
+            time.sleep(0.25)
+        wait_for(lambda: len(_delays(bench, "hot")) >= 40, 60, "40 handled")
+    return _delays(bench, "hot")
+
+
+def _idle_latency(bench: Bench, idle_after: tuple[int, ...]) -> list[float]:
+    """Queues that had work, went idle, and get a message after t seconds of idleness."""
+    urls = {t: bench.admin.create(f"idle{t:02d}", handler=STAMP).queue_url for t in idle_after}
+    with bench.daemon("--mode", "MW"):
+        for url in urls.values():
+            bench.sqs.send_batch(url, ['{"sent": 0}'])
+        wait_for(lambda: len([r for r in bench.records() if r["queue"].startswith("idle")])
+                 >= len(urls) and not bench.store.assignments(), 90, "idle queues drained")  # fmt: skip
+        idle_since = time.time()
+        for t, url in sorted(urls.items()):
+            time.sleep(max(0.0, idle_since + t - time.time()))
+            bench.sqs.send_batch(url, [json.dumps({"sent": time.time()})])
+        wait_for(lambda: len(_delays(bench, "idle")) >= len(urls), 120, "idle queues handled")
+    return _delays(bench, "idle")
 
 
 # --- 4. failover ------------------------------------------------------------------------------
@@ -272,7 +292,9 @@ def _master_failover(bench: Bench) -> float:
 # --- 5. cost ---------------------------------------------------------------------------------
 
 
-def cost(kind: str, repeat: int, root: Path, warm: float = 70, window: float = 120) -> dict[str, Any]:
+def cost(
+    kind: str, repeat: int, root: Path, warm: float = 100, window: float = 180
+) -> dict[str, Any]:
     queues = 20
     bench = Bench(root / "cost", kind)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from datetime import datetime, timedelta
 
@@ -41,31 +42,45 @@ def test_assigns_non_empty_queues_to_the_least_loaded_worker(
     # Ties go to the oldest heartbeat, then loads even out.
     assert placed == {"full1": "w-old", "full2": "w-new"}
     assert {j.status for j in store.jobs()} == {"queued"}
-    assert master.checks[admin.store.get_queue("empty").queue_url].delay == 1
+    assert master.checks[admin.store.get_queue("empty").queue_url].delay == 2  # never busy
 
 
 def test_empty_queue_is_checked_less_and_less_often(
     settings: Settings, store: Store, sqs: Sqs
 ) -> None:
+    settings = dataclasses.replace(settings, idle_check_max=8)
     admin = admin_for(settings, store, sqs)
     url = admin.create("idle").queue_url
-    worker(store, "w")
     master = Master(settings, store, sqs)
     now = utcnow()
     delays = []
-    for _ in range(4):
-        store.heartbeat("w", now, [], "active")  # alive at the simulated time
+    for _ in range(5):
+        worker(store, "w", at=now)  # alive at the simulated time
         master.tick(now)
         delays.append(master.checks[url].delay)
         now = master.checks[url].due  # tick exactly when the next check is due
-    assert delays == [1, 2, 2, 2]  # IDLE_CHECK_MAX is 2 in env/test.json
+    assert delays == [2, 4, 8, 8, 8]  # doubling up to IDLE_CHECK_MAX
     admin.send("idle", 1)
-    store.heartbeat("w", now, [], "active")
+    worker(store, "w", at=now)
     master.tick(now - timedelta(seconds=0.5))  # not due yet: not looked at
     assert store.assignments() == []
     master.tick(now)
-    assert [a.queue_name for a in store.assignments()] == ["idle"]
+    [a] = store.assignments()
     assert url not in master.checks  # looked at again as soon as the assignment ends
+
+    # The job ends and the queue is empty again: it was busy a moment ago, so for a
+    # minute it is checked every second (work often comes back soon), then doubling.
+    store.job_ended(a.job_id, "completed", now, handled=1, failed=0, reason="drained")
+    store.release(a.job_id)
+    sqs.purge(url)
+    released = now
+    delays = []
+    while now - released < timedelta(seconds=70):
+        worker(store, "w", at=now)
+        master.tick(now)
+        delays.append(master.checks[url].delay)
+        now = master.checks[url].due
+    assert set(delays[:55]) == {1} and delays[-3:] == [2, 4, 8]
 
 
 def test_paused_queues_and_full_workers_get_nothing(

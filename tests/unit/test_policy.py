@@ -35,11 +35,31 @@ def test_pick_worker(workers: list[WorkerLoad], chosen: str | None) -> None:
 
 
 @pytest.mark.parametrize(
-    ("previous", "maximum", "delay"),
-    [(None, 30, 1), (1, 30, 2), (2, 30, 4), (16, 30, 30), (30, 30, 30), (None, 0.5, 0.5)],
+    ("previous", "maximum", "idle_for", "delay"),
+    [
+        (None, 30, 0, 1),  # busy a moment ago: every second
+        (1, 30, 59, 1),
+        (1, 30, 61, 2),  # idle for a minute: doubling
+        (2, 30, 65, 4),
+        (16, 30, 100, 30),
+        (30, 30, 1000, 30),
+        (None, 30, None, 2),  # never seen busy: straight to doubling
+        (2, 30, None, 4),
+        (None, 0.5, 0, 0.5),
+        (None, 0.5, None, 0.5),
+    ],
 )
-def test_idle_backoff(previous: float | None, maximum: float, delay: float) -> None:
-    assert policy.next_idle_delay(previous, maximum) == delay
+def test_idle_backoff(
+    previous: float | None, maximum: float, idle_for: float | None, delay: float
+) -> None:
+    assert policy.next_idle_delay(previous, maximum, idle_for) == delay
+
+
+@pytest.mark.parametrize(
+    ("failures", "delay"), [(1, 2), (2, 4), (3, 8), (5, 32), (6, 60), (50, 60)]
+)
+def test_failed_job_delay(failures: int, delay: float) -> None:
+    assert policy.failed_job_delay(failures) == delay
 
 
 @pytest.mark.parametrize(
