@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,9 @@ def _baseline(bench: Bench, urls: list[str], threads_per_queue: int) -> float:
                 {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
             ])  # fmt: skip
 
-    threads = [threading.Thread(target=loop, args=(u,)) for u in urls for _ in range(threads_per_queue)]
+    threads = [
+        threading.Thread(target=loop, args=(u,)) for u in urls for _ in range(threads_per_queue)
+    ]
     start = time.time()
     for t in threads:
         t.start()
@@ -190,8 +192,11 @@ def latency(kind: str, repeat: int, root: Path) -> dict[str, Any]:
 
 
 def _delays(bench: Bench, queue_prefix: str) -> list[float]:
-    return [rec["start"] - json.loads(rec["body"])["sent"] for rec in bench.records()
-            if rec["queue"].startswith(queue_prefix) and json.loads(rec["body"])["sent"] > 0]
+    return [
+        rec["start"] - json.loads(rec["body"])["sent"]
+        for rec in bench.records()
+        if rec["queue"].startswith(queue_prefix) and json.loads(rec["body"])["sent"] > 0
+    ]
 
 
 def _assigned_latency(bench: Bench) -> list[float]:
@@ -240,7 +245,10 @@ def failover(kind: str, repeat: int, root: Path) -> dict[str, Any]:
         "settings": "defaults: WORKER_TIMEOUT 10 s, LEASE_TTL 10 s, MASTER_INTERVAL 1 s",
         "worker_kill_to_processed_elsewhere_s": round(median(worker_s), 2),
         "master_kill_to_new_assignment_s": round(median(master_s), 2),
-        "runs": {"worker": [round(x, 2) for x in worker_s], "master": [round(x, 2) for x in master_s]},
+        "runs": {
+            "worker": [round(x, 2) for x in worker_s],
+            "master": [round(x, 2) for x in master_s],
+        },
     }
 
 
@@ -285,7 +293,9 @@ def _master_failover(bench: Bench) -> float:
         killed_at = utcnow()
         url = bench.admin.create(f"fm{time.monotonic_ns()}", handler=STAMP).queue_url
         bench.sqs.send_batch(url, ['{"sent": 0}'])
-        job = wait_for(lambda: bench.store.jobs(queue=url.rsplit("/", 1)[1]), 60, "new work assigned")
+        job = wait_for(
+            lambda: bench.store.jobs(queue=url.rsplit("/", 1)[1]), 60, "new work assigned"
+        )
         return (job[0].created_at - killed_at).total_seconds()
 
 
@@ -320,7 +330,9 @@ def cost(
 # --- 6. scale --------------------------------------------------------------------------------
 
 
-def scale(kind: str, repeat: int, root: Path, sizes: tuple[int, ...] = (1000, 10000)) -> dict[str, Any]:
+def scale(
+    kind: str, repeat: int, root: Path, sizes: tuple[int, ...] = (1000, 10000)
+) -> dict[str, Any]:
     from pymongo import monitoring
 
     class Count(monitoring.CommandListener):
@@ -344,7 +356,7 @@ def scale(kind: str, repeat: int, root: Path, sizes: tuple[int, ...] = (1000, 10
             master = Master(bench.settings, bench.store, bench.sqs)
             cycles = []
             now = utcnow()
-            for i in range(25):
+            for _i in range(25):
                 _beat(bench, now)
                 ops_before, sqs_before = Count.n, sum(bench.requests().values())
                 t0 = time.perf_counter()

@@ -61,7 +61,7 @@ def percentile(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 @dataclass
@@ -102,7 +102,9 @@ class Bench:
         self.store.ensure_indexes()
         self.sqs = Sqs(ends.sqs_endpoint, "us-east-1", "test", "test")
         self.admin = QueueAdmin(self.settings, lambda: self.store, lambda: self.sqs)
-        self.log_path = data / ("sqs-localstack.out" if self.sqs_kind == "localstack" else "sqs-moto.out")
+        self.log_path = data / (
+            "sqs-localstack.out" if self.sqs_kind == "localstack" else "sqs-moto.out"
+        )
 
     def close(self) -> None:
         embedded.stop(self.settings)
@@ -138,7 +140,9 @@ class Bench:
     # --- daemons -------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def daemon(self, *args: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    def daemon(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> Iterator[subprocess.Popen[bytes]]:
         log = open(self.root / f"daemon-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
             [ORCHESTRATOR, "run", *args], env={**self.environ, **(env or {})},
@@ -170,7 +174,11 @@ def kill_session(sid: int) -> None:
 
 
 def sqs_kind() -> str:
-    return "localstack" if localstack.localstack_python(REPO / ".orchestrator").exists() else "embedded"
+    return (
+        "localstack"
+        if localstack.localstack_python(REPO / ".orchestrator").exists()
+        else "embedded"
+    )
 
 
 def machine() -> dict[str, Any]:

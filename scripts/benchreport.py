@@ -61,8 +61,10 @@ def render() -> None:
     lines.append("|---|---|---|---|---|")
     for name, r in results.items():
         m = r.get("machine", {})
-        where = f'{m.get("cores")} cores, {m.get("memory_gib")} GiB, {m.get("date")}'
-        lines.append(f'| {name} | {r.get("sqs")} | {r.get("repeat")} | {where} | `{r["command"]}` |')
+        where = f"{m.get('cores')} cores, {m.get('memory_gib')} GiB, {m.get('date')}"
+        lines.append(
+            f"| {name} | {r.get('sqs')} | {r.get('repeat')} | {where} | `{r['command']}` |"
+        )
     table = "\n".join(lines)
     path = DOCS / "benchmarks.md"
     text = path.read_text() if path.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"

@@ -15,6 +15,7 @@ message was lost (2 if the run could not be made).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import shlex
@@ -89,7 +90,10 @@ def run(bench: Bench, args: argparse.Namespace, rng: random.Random, command: str
     kills: list[dict[str, Any]] = []
     unserved = defaultdict(float)
     longest = 0.0
-    with bench.daemon("--mode", "MW", "--workers", "2") as a, bench.daemon("--mode", "W", "--workers", "2") as b:
+    with (
+        bench.daemon("--mode", "MW", "--workers", "2") as a,
+        bench.daemon("--mode", "W", "--workers", "2") as b,
+    ):
         for t in senders:
             t.start()
         started = time.monotonic()
@@ -127,7 +131,9 @@ def run(bench: Bench, args: argparse.Namespace, rng: random.Random, command: str
         "minutes": args.minutes,
         "queues": args.queues,
         "kills": len(kills),
-        "kills_by_role": {r: sum(1 for k in kills if k["role"] == r) for r in ("consumer", "worker", "master")},
+        "kills_by_role": {
+            r: sum(1 for k in kills if k["role"] == r) for r in ("consumer", "worker", "master")
+        },
         "sent": len(expected),
         "distinct_handled": len(set(handled) & expected),
         "lost": len(lost),
@@ -148,14 +154,15 @@ def kill_one(rng: random.Random, *daemons: int) -> dict[str, Any]:
     role = rng.choice(["consumer", "consumer", "worker", "master"])
     candidates = [pid for d in daemons for pid in roles(d).get(role, [])]
     if not candidates:
-        role, candidates = "consumer", [pid for d in daemons for pid in roles(d).get("consumer", [])]
+        role, candidates = (
+            "consumer",
+            [pid for d in daemons for pid in roles(d).get("consumer", [])],
+        )
     if not candidates:
         return {"role": "none", "pid": None, "at": time.time()}
     pid = rng.choice(candidates)
-    try:
+    with contextlib.suppress(psutil.Error):
         psutil.Process(pid).kill()
-    except psutil.Error:
-        pass
     return {"role": role, "pid": pid, "at": round(time.time(), 1)}
 
 
