@@ -131,6 +131,19 @@ class Bench:
             return Counter(re.findall(r"AWS sqs\.(\w+) =>", text))
         return Counter({"request": len(re.findall(r'"POST / HTTP', text))})
 
+    def new_records(self) -> list[dict[str, Any]]:
+        """Records written since the previous call (reads only what was appended)."""
+        offsets: dict[Path, int] = self.__dict__.setdefault("_offsets", {})
+        out = []
+        for path in (self.root / "records").glob("*.jsonl"):
+            with open(path, "rb") as f:
+                f.seek(offsets.get(path, 0))
+                data = f.read()
+            complete = data[: data.rfind(b"\n") + 1]  # a line still being written waits
+            offsets[path] = offsets.get(path, 0) + len(complete)
+            out.extend(json.loads(line) for line in complete.decode().splitlines() if line)
+        return out
+
     def records(self) -> list[dict[str, Any]]:
         out = []
         for path in (self.root / "records").glob("*.jsonl"):

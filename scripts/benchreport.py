@@ -41,6 +41,17 @@ ROWS: list[tuple[str, str, Callable[[dict[str, Any]], Any], str, Callable[[Any],
      lambda r: f'{r["rss_mb"].get("master")} / {r["rss_mb"].get("worker")} / '
                f'{r["rss_mb"].get("consumer")}',
      "consumer <= 60", lambda v: float(str(v).split(" / ")[2]) <= 60),
+    ("chaos", "run length, min / kills (consumer, worker, master)",
+     lambda r: f'{r["minutes"]} / {r["kills"]} ({r["kills_by_role"]["consumer"]}, '
+               f'{r["kills_by_role"]["worker"]}, {r["kills_by_role"]["master"]})',
+     ">= 10 / >= 20", lambda v: float(v.split(" / ")[0]) >= 10
+     and int(v.split(" / ")[1].split(" ")[0]) >= 20),
+    ("chaos", "messages sent / distinct handled", lambda r: f'{r["sent"]} / {r["distinct_handled"]}',
+     "", lambda v: True),
+    ("chaos", "messages lost", lambda r: r["lost"], "0", lambda v: v == 0),
+    ("chaos", "duplicates (handled more than once)", lambda r: r["duplicates"], "", lambda v: True),
+    ("chaos", "longest a non-empty queue went unserved, s", lambda r: r["longest_unserved_s"],
+     "", lambda v: True),
 ]  # fmt: skip
 
 

@@ -88,7 +88,6 @@ def run(bench: Bench, args: argparse.Namespace, rng: random.Random, command: str
 
     senders = [threading.Thread(target=sender, args=item) for item in urls.items()]
     kills: list[dict[str, Any]] = []
-    unserved = defaultdict(float)
     longest = 0.0
     with (
         bench.daemon("--mode", "MW", "--workers", "2") as a,
@@ -103,14 +102,12 @@ def run(bench: Bench, args: argparse.Namespace, rng: random.Random, command: str
             time.sleep(1)
             # Longest time a non-empty queue went without a handler starting.
             now = time.time()
-            for rec in bench.records()[-2000:]:
+            for rec in bench.new_records():
                 last_seen[rec["queue"]] = max(last_seen.get(rec["queue"], 0), rec["start"])
             for name, url in urls.items():
                 d = bench.sqs.depth(url)
                 if d.visible > 0:
-                    gap = now - last_seen.get(name, now)
-                    unserved[name] = gap
-                    longest = max(longest, gap)
+                    longest = max(longest, now - last_seen.get(name, now))
             if time.monotonic() >= next_kill:
                 next_kill += args.kill_every
                 kills.append(kill_one(rng, a.pid, b.pid))
