@@ -74,7 +74,7 @@ def render() -> None:
         m = r.get("machine", {})
         where = f"{m.get('cores')} cores, {m.get('memory_gib')} GiB, {m.get('date')}"
         lines.append(
-            f"| {name} | {r.get('sqs')} | {r.get('repeat')} | {where} | `{r['command']}` |"
+            f"| {name} | {r.get('sqs')} | {r.get('repeat') or '-'} | {where} | `{r['command']}` |"
         )
     table = "\n".join(lines)
     path = DOCS / "benchmarks.md"
