@@ -135,12 +135,9 @@ class Master:
             if worker.heartbeat_at >= now - timeout or not watched_long_enough:
                 live.append(worker)
                 continue
-            # Jobs first, then assignments, then the worker: a crash part-way leaves the
-            # rest to the next cycle instead of jobs that nothing will ever close.
-            held = self.store.assignments(worker.id)
+            # The worker document last: a crash part-way leaves it for the next cycle.
             reason = f"worker {worker.id} stopped heartbeating"
-            self.store.interrupt_jobs([a.job_id for a in held], now, reason)
-            gone = self.store.release_worker(worker.id)
+            gone = self.store.release_worker(worker.id, now, reason)
             self.store.delete_worker(worker.id)
             log.warning("worker.dead", dead_worker=worker.id, released=[a.queue_name for a in gone])
         return live

@@ -246,11 +246,16 @@ class Store:
         self._db[ASSIGNMENTS].delete_one({"jobId": _oid(job_id)})
 
     @translated
-    def release_worker(self, worker: str) -> list[Assignment]:
-        """Delete every assignment of a worker; return what was deleted."""
-        gone = self.assignments(worker)
+    def release_worker(self, worker: str, now: datetime, reason: str) -> list[Assignment]:
+        """Interrupt a worker's open jobs, then delete its assignments; return them.
+
+        Jobs first: a crash in between leaves assignments the next attempt finds,
+        never open jobs that no assignment refers to.
+        """
+        held = self.assignments(worker)
+        self.interrupt_jobs([a.job_id for a in held], now, reason)
         self._db[ASSIGNMENTS].delete_many({"worker": worker})
-        return gone
+        return held
 
     # --- workers -------------------------------------------------------------
 

@@ -418,13 +418,9 @@ class Worker:
                            max(deadline - time.monotonic(), 0.5))  # fmt: skip
         self._quietly(self.reap)
         self._quietly(self.flush_outbox)
-        self._quietly(self._release_all)
+        self._quietly(self.store.release_worker, self.id, utcnow(), "worker stopped")
         self._quietly(self.store.delete_worker, self.id)
         log.info("worker.stopped")
-
-    def _release_all(self) -> None:
-        gone = self.store.release_worker(self.id)
-        self.store.interrupt_jobs([a.job_id for a in gone], utcnow(), "worker stopped")
 
     def _quietly(self, call: Callable[..., object], *args: Any) -> None:
         """During shutdown a failing store call must not stop the rest of the sequence."""

@@ -55,11 +55,12 @@ def test_interrupt_and_release_a_worker(store: Store) -> None:
     now = utcnow()
     jobs = [store.assign(queue(store, n), "dead", now) for n in ("a", "b")]
     store.assign(queue(store, "c"), "alive", now)
-    gone = store.release_worker("dead")
+    gone = store.release_worker("dead", now, "worker stopped")
     assert sorted(a.queue_name for a in gone) == ["a", "b"]
-    assert store.interrupt_jobs([j for j in jobs if j], now, "worker stopped") == 2
+    assert sorted(a.job_id for a in gone) == sorted(j for j in jobs if j)
     assert [a.worker for a in store.assignments()] == ["alive"]
     assert store.job_counts() == {"interrupted": 2, "queued": 1}
+    assert store.interrupt_jobs([j for j in jobs if j], now, "again") == 0  # already closed
 
 
 def test_worker_heartbeat_keeps_types_and_reports_absence(store: Store) -> None:
