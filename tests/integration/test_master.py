@@ -212,3 +212,21 @@ def test_orphaned_open_jobs_are_closed(settings: Settings, store: Store, sqs: Sq
     Master(settings, store, sqs).tick(later)
     job = store.job(job_id)
     assert job and job.status == "interrupted" and "orphaned" in (job.end_reason or "")
+
+
+def test_a_master_that_lost_its_lease_syncs_again_when_it_leads_again(
+    settings: Settings, store: Store, sqs: Sqs
+) -> None:
+    admin = admin_for(settings, store, sqs)
+    queue = admin.create("synced")
+    master = Master(settings, store, sqs)
+    now = utcnow()
+    master.tick(now)
+    assert master.synced
+    # No renewal before the lease runs out (e.g. MongoDB was slow): leadership lapses.
+    lapse = now + timedelta(seconds=settings.lease_ttl * 0.9)
+    master.next_renewal = lapse + timedelta(seconds=1)
+    assert not master._lead(lapse)
+    sqs.delete_queue(queue.queue_url)  # SQS lost the queue meanwhile
+    master.tick(lapse + timedelta(seconds=1))  # leads again
+    assert master.leading and queue.queue_url in sqs.list_queue_urls()
