@@ -143,7 +143,7 @@ class Runner:
         with self.cond:
             stuck = [e.raw["ReceiptHandle"] for e in self.in_flight.values()]
             self.in_flight.clear()
-        self._release(stuck)
+        self._set_visibility(stuck, 0)  # visible again at once
         self.pool.shutdown(wait=False, cancel_futures=True)
         log.warning("runner.gave_up", reason=reason, abandoned=len(stuck))
         return Outcome(self.handled, self.failed, reason, abandoned=len(stuck))
@@ -208,7 +208,7 @@ class Runner:
             retry_in=delay,
             error=f"{type(error).__name__}: {error}",
         )
-        self._sqs_quietly(self.sqs.set_visibility, self.url, [entry.raw["ReceiptHandle"]], delay)
+        self._set_visibility([entry.raw["ReceiptHandle"]], delay)
 
     def _flush_deletes(self) -> None:
         while self.to_delete:
@@ -223,9 +223,13 @@ class Runner:
             due = [e for e in self.in_flight.values() if e.extend_at <= now]
         for entry in due:
             entry.extend_at = now + self.visibility * EXTEND_FRACTION
-        for start in range(0, len(due), BATCH):
-            receipts = [e.raw["ReceiptHandle"] for e in due[start : start + BATCH]]
-            self._sqs_quietly(self.sqs.set_visibility, self.url, receipts, self.visibility)
+        self._set_visibility([e.raw["ReceiptHandle"] for e in due], self.visibility)
+
+    def _set_visibility(self, receipts: list[str], seconds: int) -> None:
+        """Set the visibility of any number of received messages, 10 per request."""
+        for start in range(0, len(receipts), BATCH):
+            batch = receipts[start : start + BATCH]
+            self._sqs_quietly(self.sqs.set_visibility, self.url, batch, seconds)
 
     def _sqs_quietly(self, call: Callable[..., int], *args: Any) -> int:
         """An SQS call whose failure must not end the run: the message only comes back."""
@@ -254,7 +258,7 @@ class Runner:
             outage.recovered()
             if self.stop_receiving.is_set():
                 # Stopped while polling: give these back at once rather than run them late.
-                self._release([m["ReceiptHandle"] for m in messages])
+                self._set_visibility([m["ReceiptHandle"] for m in messages], 0)
                 return
             if not messages:
                 with self.cond:
@@ -301,10 +305,6 @@ class Runner:
             # Handlers see the consumer's bound log context (queue, job id).
             context = contextvars.copy_context()
             self.pool.submit(context.run, self._handle, raw)
-
-    def _release(self, receipts: list[str]) -> None:
-        for start in range(0, len(receipts), BATCH):
-            self._sqs_quietly(self.sqs.set_visibility, self.url, receipts[start : start + BATCH], 0)
 
     # --- pool threads ------------------------------------------------------------
 
