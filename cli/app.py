@@ -28,17 +28,13 @@ class App:
 
     @functools.cached_property
     def store(self) -> Store:
-        s = self.settings
-        store = Store(self.endpoints.mongodb_uri, s.mongodb_name, job_ttl_days=s.job_ttl_days)
+        store = Store.connect(self.settings, self.endpoints.mongodb_uri)
         store.ensure_indexes()
         return store
 
     @functools.cached_property
     def sqs(self) -> Sqs:
-        s = self.settings
-        return Sqs(
-            self.endpoints.sqs_endpoint, s.aws_region, s.aws_access_key_id, s.aws_secret_access_key
-        )
+        return Sqs.connect(self.settings, self.endpoints.sqs_endpoint)
 
     @functools.cached_property
     def queues(self) -> QueueAdmin:

@@ -137,7 +137,5 @@ class Consumer:
 def run(settings: Settings, endpoints: Endpoints, channel_fd: int) -> None:
     """The consumer process: serve assignments from the worker at the other end of the fd."""
     channel = Channel(socket.socket(fileno=channel_fd))
-    sqs = Sqs(endpoints.sqs_endpoint, settings.aws_region, settings.aws_access_key_id,
-              settings.aws_secret_access_key)  # fmt: skip
-    Consumer(settings, sqs, channel).run()
+    Consumer(settings, Sqs.connect(settings, endpoints.sqs_endpoint), channel).run()
     log.info("consumer.stopped")

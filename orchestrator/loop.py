@@ -9,7 +9,7 @@ from collections.abc import Callable
 import structlog
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.signals import SignalQueue
+from orchestrator.signals import STOP, SignalQueue
 
 log = structlog.get_logger()
 
@@ -66,7 +66,7 @@ def wait(signals: SignalQueue, seconds: float) -> bool:
             return False
         ready, _, _ = select.select([signals.read_fd], [], [], remaining)
         if ready:
-            stop = [s for s in signals.drain() if s.name in ("SIGTERM", "SIGINT")]
+            stop = [s for s in signals.drain() if s in STOP]
             if stop:
                 signals.requeue(stop)
                 return True

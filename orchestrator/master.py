@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import signal
 import socket
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -27,9 +26,9 @@ from orchestrator.errors import OrchestratorError, QueueNotFound
 from orchestrator.loop import Outage, retry, wait
 from orchestrator.models import QueueRecord, WorkerRecord, utcnow
 from orchestrator.queues import QueueAdmin
-from orchestrator.signals import SignalQueue
+from orchestrator.signals import STOP, SignalQueue
 from orchestrator.sqs import Sqs
-from orchestrator.store import Store
+from orchestrator.store import DAEMON_TIMEOUT_MS, Store
 
 log = structlog.get_logger()
 
@@ -237,12 +236,10 @@ class Master:
 
 def run(settings: Settings, endpoints: Endpoints) -> None:
     """The master process: tick every MASTER_INTERVAL until SIGTERM/SIGINT or orphaned."""
-    signals = SignalQueue((signal.SIGTERM, signal.SIGINT))
+    signals = SignalQueue(STOP)
     original_parent = os.getppid()
-    store = Store(endpoints.mongodb_uri, settings.mongodb_name,
-                  job_ttl_days=settings.job_ttl_days, timeout_ms=2000)  # fmt: skip
-    sqs = Sqs(endpoints.sqs_endpoint, settings.aws_region, settings.aws_access_key_id,
-              settings.aws_secret_access_key)  # fmt: skip
+    store = Store.connect(settings, endpoints.mongodb_uri, timeout_ms=DAEMON_TIMEOUT_MS)
+    sqs = Sqs.connect(settings, endpoints.sqs_endpoint)
     if not retry(store.ensure_indexes, signals, "MongoDB"):
         return
     master = Master(settings, store, sqs)

@@ -10,7 +10,8 @@ import os
 import signal
 from collections import deque
 
-HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
+STOP = (signal.SIGTERM, signal.SIGINT)  # what asks a process to stop
+HANDLED = (*STOP, signal.SIGCHLD)
 
 
 class SignalQueue:

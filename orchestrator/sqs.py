@@ -12,6 +12,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from orchestrator.config import Settings
 from orchestrator.errors import ConfigError, QueueNotFound, ServiceUnavailable
 from orchestrator.models import QueueDepth
 
@@ -92,6 +93,12 @@ class Sqs:
             raise ConfigError(
                 f"setting AWS_SQS_ENDPOINT or AWS_REGION is not usable: {exc}"
             ) from exc
+
+    @classmethod
+    def connect(cls, settings: Settings, endpoint: str | None) -> Sqs:
+        """An Sqs for these settings at `endpoint` (a local server's, or None for AWS)."""
+        return cls(endpoint, settings.aws_region, settings.aws_access_key_id,
+                   settings.aws_secret_access_key)  # fmt: skip
 
     # --- queues ----------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import pymongo
 from bson import ObjectId
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
-from orchestrator.config import redact_uri, scrub
+from orchestrator.config import Settings, redact_uri, scrub
 from orchestrator.errors import (
     ConfigError,
     InvalidValue,
@@ -39,6 +39,9 @@ R = TypeVar("R")
 
 QUEUES, ASSIGNMENTS, WORKERS, JOBS, LEASES = "queues", "assignments", "workers", "jobs", "leases"
 INDEX_OPTIONS_CONFLICT = (85, 86)
+# Daemons give up on an unreachable server sooner than the CLI: their loops retry
+# anyway, and a long wait stalls everything else they do.
+DAEMON_TIMEOUT_MS = 2000
 
 
 def _oid(value: str) -> dict[str, list[ObjectId]]:
@@ -90,6 +93,12 @@ class Store:
         except (PyMongoError, ValueError) as exc:  # a malformed URI: the setting is wrong
             raise ConfigError(f"setting MONGODB_URI is not usable: {scrub(str(exc), uri)}") from exc
         self._db = self._client[db_name]
+
+    @classmethod
+    def connect(cls, settings: Settings, uri: str, *, timeout_ms: int = 5000) -> Store:
+        """A Store for these settings at `uri` (the embedded server's, or the setting)."""
+        return cls(uri, settings.mongodb_name, job_ttl_days=settings.job_ttl_days,
+                   timeout_ms=timeout_ms)  # fmt: skip
 
     def close(self) -> None:
         self._client.close()

@@ -18,7 +18,7 @@ from orchestrator import processes
 from orchestrator.config import Settings
 from orchestrator.embedded import Endpoints
 from orchestrator.processes import Child
-from orchestrator.signals import SignalQueue
+from orchestrator.signals import STOP, SignalQueue
 
 log = structlog.get_logger()
 
@@ -53,7 +53,7 @@ class Supervisor:
         while True:
             select.select([self.signals.read_fd], [], [], 0.5)
             for sig in self.signals.drain():
-                if sig in (signal.SIGTERM, signal.SIGINT):
+                if sig in STOP:
                     if self.stopping_since is not None:
                         return self._kill("second signal")
                     self._begin_stop(sig)

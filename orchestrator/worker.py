@@ -30,8 +30,8 @@ from orchestrator.embedded import Endpoints
 from orchestrator.loop import Outage, retry
 from orchestrator.models import Assignment, ConsumerStats, QueueRecord, WorkerRecord, utcnow
 from orchestrator.processes import Child
-from orchestrator.signals import SignalQueue
-from orchestrator.store import Store
+from orchestrator.signals import HANDLED, STOP, SignalQueue
+from orchestrator.store import DAEMON_TIMEOUT_MS, Store
 
 log = structlog.get_logger()
 
@@ -409,7 +409,7 @@ class Worker:
                 if isinstance(key.data, ConsumerSlot):
                     self._quietly(self.on_readable, key.data)
             self._quietly(self.reap)
-            if any(s in (signal.SIGTERM, signal.SIGINT) for s in signals.drain()):
+            if any(s in STOP for s in signals.drain()):
                 log.warning("worker.stopping_now", reason="second signal")
                 deadline = time.monotonic()
         for slot in self.slots.values():
@@ -433,10 +433,9 @@ class Worker:
 
 def run(settings: Settings, endpoints: Endpoints) -> None:
     """The worker process: register, then tick until SIGTERM/SIGINT or orphaned."""
-    signals = SignalQueue((signal.SIGTERM, signal.SIGINT, signal.SIGCHLD))
+    signals = SignalQueue(HANDLED)
     original_parent = os.getppid()
-    store = Store(endpoints.mongodb_uri, settings.mongodb_name,
-                  job_ttl_days=settings.job_ttl_days, timeout_ms=2000)  # fmt: skip
+    store = Store.connect(settings, endpoints.mongodb_uri, timeout_ms=DAEMON_TIMEOUT_MS)
     worker = Worker(settings, store, processes.boot_document(settings, endpoints))
     if not retry(store.ensure_indexes, signals, "MongoDB"):
         return
@@ -448,7 +447,7 @@ def run(settings: Settings, endpoints: Endpoints) -> None:
         for key, _ in selector.select(timeout=TICK_SECONDS):
             if isinstance(key.data, ConsumerSlot):
                 worker.on_readable(key.data)
-        if any(s in (signal.SIGTERM, signal.SIGINT) for s in signals.drain()):
+        if any(s in STOP for s in signals.drain()):
             break
         worker.tick(time.monotonic())
         _watch_channels(selector, worker)
