@@ -9,7 +9,8 @@ import click
 
 from cli import render
 from cli.app import App
-from orchestrator.models import JOB_STATES, WorkerRecord, utcnow
+from orchestrator.fleet import worker_json
+from orchestrator.models import JOB_STATES, utcnow
 
 pass_app = click.make_pass_decorator(App)
 JSON = click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
@@ -66,22 +67,10 @@ def workers() -> None:
     """Inspect workers."""
 
 
-def _worker_json(worker: WorkerRecord, load: int) -> dict[str, Any]:
-    return {
-        "id": worker.id,
-        "host": worker.host,
-        "pid": worker.pid,
-        "status": worker.status,
-        "load": load,
-        "maxLoad": worker.max_load,
-        "heartbeatAgeSeconds": round((utcnow() - worker.heartbeat_at).total_seconds(), 1),
-        "consumers": [c.to_doc() for c in worker.consumers],
-    }
-
-
 def _workers(app: App) -> list[dict[str, Any]]:
     loads = Counter(app.store.assigned_workers().values())
-    return [_worker_json(w, loads[w.id]) for w in app.store.workers()]
+    now = utcnow()
+    return [worker_json(w, loads[w.id], now) for w in app.store.workers()]
 
 
 @workers.command("list")

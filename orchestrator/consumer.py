@@ -20,6 +20,7 @@ from orchestrator.config import Settings
 from orchestrator.embedded import Endpoints
 from orchestrator.errors import HandlerImportError
 from orchestrator.handlers import import_handler
+from orchestrator.metrics import Meter
 from orchestrator.runner import Runner
 from orchestrator.signals import SignalQueue
 from orchestrator.sqs import Sqs
@@ -34,9 +35,10 @@ class Consumer:
     a stop naming another job is stale and ignored), `exit` (end the process).
     """
 
-    def __init__(self, settings: Settings, sqs: Sqs, channel: Channel) -> None:
+    def __init__(self, settings: Settings, sqs: Sqs, channel: Channel, meter: Meter) -> None:
         self.settings = settings
         self.sqs = sqs
+        self.meter = meter  # its counts ride on every report to the worker
         self.channel = channel
         self.signals = SignalQueue((signal.SIGTERM,))
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides about Ctrl-C
@@ -104,6 +106,7 @@ class Consumer:
             progress=lambda handled, failed: self._report(
                 {"event": "progress", "handled": handled, "failed": failed}
             ),
+            meter=self.meter,
         )
         outcome = runner.run()
         log.info("consumer.job_done", handled=outcome.handled, failed=outcome.failed,
@@ -129,7 +132,7 @@ class Consumer:
 
     def _report(self, event: dict[str, Any]) -> None:
         try:
-            self.channel.send({**event, "jobId": self.current})
+            self.channel.send({**event, "jobId": self.current, "metrics": self.meter.take()})
         except ChannelClosed:
             self.exiting = True  # nobody to report to; the master will clean up after us
 
@@ -137,5 +140,6 @@ class Consumer:
 def run(settings: Settings, endpoints: Endpoints, channel_fd: int) -> None:
     """The consumer process: serve assignments from the worker at the other end of the fd."""
     channel = Channel(socket.socket(fileno=channel_fd))
-    Consumer(settings, Sqs.connect(settings, endpoints.sqs_endpoint), channel).run()
+    meter = Meter()
+    Consumer(settings, Sqs.connect(settings, endpoints.sqs_endpoint, meter), channel, meter).run()
     log.info("consumer.stopped")

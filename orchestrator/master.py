@@ -12,18 +12,23 @@ import contextlib
 import os
 import secrets
 import socket
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
 
-from orchestrator import policy, processes
+from orchestrator import exposition, policy, processes
+from orchestrator.api import Api, ApiServer
 from orchestrator.config import Settings
 from orchestrator.embedded import Endpoints
 from orchestrator.errors import OrchestratorError, QueueNotFound
+from orchestrator.fleet import Fleet
 from orchestrator.loop import Outage, retry, wait
+from orchestrator.metrics import Meter
 from orchestrator.models import QueueRecord, WorkerRecord, utcnow
 from orchestrator.queues import QueueAdmin
 from orchestrator.signals import STOP, SignalQueue
@@ -38,6 +43,7 @@ CHECK_THREADS = 16  # depth checks run in parallel: each is one SQS round trip
 NEVER = datetime.min.replace(tzinfo=UTC)  # sorts first: never checked, never assigned
 LEASE_SAFETY = 0.8  # stop assigning when 80 % of the lease has passed without a renewal
 SWEEP_SECONDS = 10.0  # how often to look for open jobs nobody will close
+METRICS_FLUSH_SECONDS = 2.0  # how often this process's counts are added to MongoDB's
 
 
 @dataclass
@@ -51,10 +57,13 @@ class _Check:
 class Master:
     """Assigns queues to workers while it holds the lease."""
 
-    def __init__(self, settings: Settings, store: Store, sqs: Sqs) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, sqs: Sqs, meter: Meter | None = None
+    ) -> None:
         self.settings = settings
         self.store = store
         self.sqs = sqs
+        self.meter = meter or Meter()
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.leading = False
         self.lease_valid_until: datetime | None = None
@@ -113,6 +122,15 @@ class Master:
             log.warning("master.lease_lost", reason="no renewal before the lease ran out")
             self.leading = False
         return self.leading
+
+    def health(self) -> dict[str, Any]:
+        """For GET /health: alive (it answers), leading or not, MongoDB reachable or not."""
+        try:
+            self.store.ping()
+            mongodb = True
+        except OrchestratorError:
+            mongodb = False
+        return {"status": "ok", "leader": self.leading, "masterId": self.id, "mongodb": mongodb}
 
     def resign(self) -> None:
         """Give the lease up at once so that a standby need not wait for it to expire."""
@@ -181,6 +199,7 @@ class Master:
             if job_id is None:
                 continue  # another master got there first
             loads[choice] += 1
+            self.meter.count("assignments")
             self.last_assigned[queue.queue_url] = now
             self.last_job[queue.queue_url] = job_id
             log.info("queue.assigned", queue=queue.name, worker=choice, job_id=job_id)
@@ -235,27 +254,51 @@ class Master:
 
 
 def run(settings: Settings, endpoints: Endpoints) -> None:
-    """The master process: tick every MASTER_INTERVAL until SIGTERM/SIGINT or orphaned."""
+    """The master process: tick every MASTER_INTERVAL until SIGTERM/SIGINT or orphaned,
+    serving the HTTP API from its own threads meanwhile."""
     signals = SignalQueue(STOP)
     original_parent = os.getppid()
+    meter = Meter()
     store = Store.connect(settings, endpoints.mongodb_uri, timeout_ms=DAEMON_TIMEOUT_MS)
-    sqs = Sqs.connect(settings, endpoints.sqs_endpoint)
-    if not retry(store.ensure_indexes, signals, "MongoDB"):
-        return
-    master = Master(settings, store, sqs)
-    log.info("master.started")
+    sqs = Sqs.connect(settings, endpoints.sqs_endpoint, meter)
+    master = Master(settings, store, sqs, meter)
+    fleet = Fleet(settings, store, sqs)
+    registry = exposition.fleet_registry(fleet)
+    own = exposition.MasterMetrics(master.id, registry)
+    server = ApiServer(settings, Api(settings, fleet, registry, master.health))
+    server.start()  # before MongoDB answers: /health must tell that it does not
+    if retry(store.ensure_indexes, signals, "MongoDB"):
+        log.info("master.started")
+        _loop(master, own, signals, original_parent)
+    # Shutdown: stop serving, then give the lease up so that a standby takes over
+    # without waiting for it to expire; last, write what was counted.
+    server.stop()
+    with contextlib.suppress(OrchestratorError):
+        master.resign()
+    with contextlib.suppress(OrchestratorError):
+        meter.flush(lambda deltas: store.add_metrics(deltas, utcnow()))
+    log.info("master.stopped")
+
+
+def _loop(
+    master: Master, own: exposition.MasterMetrics, signals: SignalQueue, parent: int
+) -> None:
     outage = Outage()
-    while processes.parent_alive(original_parent):
+    next_flush = 0.0
+    while processes.parent_alive(parent):
+        started = time.monotonic()
         try:
             master.tick(utcnow())
             outage.recovered()
-            delay = settings.master_interval
+            delay = master.settings.master_interval
         except Exception as exc:  # the process boundary: log, back off, carry on
             master.outage()
             delay = outage.failed(exc)
+        own.cycle_seconds.observe(time.monotonic() - started)
+        own.leader.set(1 if master.leading else 0)
+        if started >= next_flush:
+            next_flush = started + METRICS_FLUSH_SECONDS
+            with contextlib.suppress(OrchestratorError):  # kept for the next flush
+                master.meter.flush(lambda d: master.store.add_metrics(d, utcnow()))
         if wait(signals, delay):
             break
-    # Shutdown: give the lease up so that a standby takes over without waiting for it.
-    with contextlib.suppress(OrchestratorError):
-        master.resign()
-    log.info("master.stopped")

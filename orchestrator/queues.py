@@ -144,6 +144,25 @@ class QueueAdmin:
     def depth(self, name: str) -> QueueDepth:
         return self.sqs.depth(self.store.get_queue(name).queue_url)
 
+    def update(
+        self,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        paused: bool | None = None,
+        handler: str | None = None,
+    ) -> QueueRecord:
+        """Change several settings at once: all are validated before any is written."""
+        changes: dict[str, Any] = {}
+        if concurrency is not None:
+            maximum = self.settings.max_concurrency
+            changes["concurrency"] = validate.concurrency(concurrency, maximum)
+        if handler is not None:
+            changes["handler"] = validate.handler_path(handler)
+        if paused is not None:
+            changes["paused"] = paused
+        return self.store.update_queue(name, changes) if changes else self.store.get_queue(name)
+
     def set_concurrency(self, name: str, value: int) -> QueueRecord:
         validate.concurrency(value, self.settings.max_concurrency)
         return self.store.update_queue(name, {"concurrency": value})

@@ -29,6 +29,7 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.handlers import Handler
 from orchestrator.loop import Outage
 from orchestrator.message import Message
+from orchestrator.metrics import Meter
 from orchestrator.sqs import BATCH, Sqs
 
 RECEIVE_WAIT_SECONDS = 1  # short enough to notice pause/stop and drain quickly
@@ -69,6 +70,7 @@ class Runner:
         max_concurrency: int,
         control: Callable[[], list[dict[str, Any]]],
         progress: Callable[[int, int], None],
+        meter: Meter,
     ) -> None:
         self.sqs = sqs
         self.url: str = job["queueUrl"]
@@ -81,12 +83,14 @@ class Runner:
         self.stopped_at: float | None = None
         self.control = control
         self.progress = progress
+        self.meter = meter
         self.limit = int(job["concurrency"])
         self.paused = bool(job.get("paused"))
         self.reason: str | None = "paused" if self.paused else None
         self.handled = self.failed = 0
         self.in_flight: dict[str, _InFlight] = {}  # by receipt handle: unique per receive
-        self.done: queue.Queue[tuple[_InFlight, BaseException | None]] = queue.Queue()
+        # (message, the handler's error or None, how long it ran)
+        self.done: queue.Queue[tuple[_InFlight, BaseException | None, float]] = queue.Queue()
         self.cond = threading.Condition()
         self.stop_receiving = threading.Event()
         self.pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="handler")
@@ -186,7 +190,9 @@ class Runner:
                 outcomes.append(self.done.get_nowait())
             except queue.Empty:
                 break
-        for entry, error in outcomes:
+        for entry, error, seconds in outcomes:
+            # Counted where the job's counts are, so that the two always agree.
+            self.meter.message(self.name, seconds, ok=error is None)
             if error is None:
                 self.handled += 1
                 if not self.to_delete:
@@ -310,10 +316,12 @@ class Runner:
 
     def _handle(self, raw: dict[str, Any]) -> None:
         error: BaseException | None = None
+        started = time.perf_counter()
         try:
             self.handler(Message.from_sqs(raw, self.name, self.url))
         except BaseException as exc:  # the handler's failure is the message's, not ours
             error = exc
+        seconds = time.perf_counter() - started
         with self.cond:
             entry = self.in_flight.get(raw["ReceiptHandle"])
             if entry is None:
@@ -321,6 +329,6 @@ class Runner:
             # Outcome first, then the slot: once nothing is in flight, every outcome is
             # in `done`. Freeing the slot here, not when the main thread collects, keeps
             # receiving going while the main thread waits on a delete.
-            self.done.put((entry, error))
+            self.done.put((entry, error, seconds))
             del self.in_flight[raw["ReceiptHandle"]]
             self.cond.notify_all()

@@ -14,6 +14,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from orchestrator.config import Settings
 from orchestrator.errors import ConfigError, QueueNotFound, ServiceUnavailable
+from orchestrator.metrics import Meter
 from orchestrator.models import QueueDepth
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ class Sqs:
         secret_access_key: str = "",
         *,
         connect_timeout: float = 5,
+        meter: Meter | None = None,
     ) -> None:
         self.address = endpoint or f"AWS ({region})"
         config = Config(
@@ -93,12 +95,18 @@ class Sqs:
             raise ConfigError(
                 f"setting AWS_SQS_ENDPOINT or AWS_REGION is not usable: {exc}"
             ) from exc
+        if meter is not None:
+            # Every HTTP attempt, retries included: what SQS bills.
+            def count(event_name: str, **_: Any) -> None:
+                meter.sqs_request(event_name.rsplit(".", 1)[-1])
+
+            self.client.meta.events.register("before-send.sqs", count)
 
     @classmethod
-    def connect(cls, settings: Settings, endpoint: str | None) -> Sqs:
+    def connect(cls, settings: Settings, endpoint: str | None, meter: Meter | None = None) -> Sqs:
         """An Sqs for these settings at `endpoint` (a local server's, or None for AWS)."""
         return cls(endpoint, settings.aws_region, settings.aws_access_key_id,
-                   settings.aws_secret_access_key)  # fmt: skip
+                   settings.aws_secret_access_key, meter=meter)  # fmt: skip
 
     # --- queues ----------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import pymongo
 from bson import ObjectId
+from pymongo import UpdateOne
 from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
 from orchestrator.config import Settings, redact_uri, scrub
@@ -24,6 +25,7 @@ from orchestrator.errors import (
     QueueNotFound,
     ServiceUnavailable,
 )
+from orchestrator.metrics import BUCKETS, Deltas, QueueCounts, Totals
 from orchestrator.models import (
     OPEN_JOB_STATES,
     Assignment,
@@ -38,6 +40,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 QUEUES, ASSIGNMENTS, WORKERS, JOBS, LEASES = "queues", "assignments", "workers", "jobs", "leases"
+METRICS = "metrics"  # counters summed over every process (orchestrator/metrics.py)
 INDEX_OPTIONS_CONFLICT = (85, 86)
 # Daemons give up on an unreachable server sooner than the CLI: their loops retry
 # anyway, and a long wait stalls everything else they do.
@@ -418,3 +421,44 @@ class Store:
     @translated
     def lease(self) -> dict[str, Any] | None:
         return self._db[LEASES].find_one({"_id": "master"})
+
+    # --- metrics ---------------------------------------------------------------
+
+    @translated
+    def add_metrics(self, deltas: Deltas, now: datetime) -> None:
+        """Add a Meter's counts to the fleet's sums: one `$inc` per document, one round trip.
+
+        Top-level fields only: nx-27017 stores a dotted `$inc` path of an upserted
+        document as a literal key, where MongoDB would nest it."""
+        updates = []
+        for queue, counts in deltas.get("queues", {}).items():
+            inc = {"handled": counts["handled"], "failed": counts["failed"],
+                   "seconds": counts["seconds"]}  # fmt: skip
+            inc |= {f"b{i}": n for i, n in enumerate(counts["buckets"]) if n}
+            updates.append(UpdateOne({"_id": f"queue:{queue}"},
+                                     {"$inc": inc, "$set": {"queueName": queue, "updatedAt": now}},
+                                     upsert=True))  # fmt: skip
+        for doc_id, key in (("sqs", "sqs"), ("fleet", "fleet")):
+            if deltas.get(key):
+                inc = dict(deltas[key].items())
+                updates.append(UpdateOne({"_id": doc_id},
+                                         {"$inc": inc, "$set": {"updatedAt": now}}, upsert=True))
+        if updates:
+            self._db[METRICS].bulk_write(updates, ordered=False)
+
+    @translated
+    def metric_totals(self) -> Totals:
+        totals = Totals()
+        for doc in self._db[METRICS].find():
+            counts = {k: v for k, v in doc.items() if k not in ("_id", "updatedAt", "queueName")}
+            if doc["_id"] == "sqs":
+                totals.sqs_requests = {k: int(v) for k, v in counts.items()}
+            elif doc["_id"] == "fleet":
+                totals.fleet = {k: int(v) for k, v in counts.items()}
+            elif "queueName" in doc:
+                totals.queues[doc["queueName"]] = QueueCounts(
+                    int(doc.get("handled", 0)), int(doc.get("failed", 0)),
+                    float(doc.get("seconds", 0.0)),
+                    [int(doc.get(f"b{i}", 0)) for i in range(len(BUCKETS) + 1)],
+                )  # fmt: skip
+        return totals

@@ -28,6 +28,7 @@ from orchestrator.channel import ChannelClosed
 from orchestrator.config import Settings
 from orchestrator.embedded import Endpoints
 from orchestrator.loop import Outage, retry
+from orchestrator.metrics import Meter
 from orchestrator.models import Assignment, ConsumerStats, QueueRecord, WorkerRecord, utcnow
 from orchestrator.processes import Child
 from orchestrator.signals import HANDLED, STOP, SignalQueue
@@ -91,6 +92,7 @@ class Worker:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.slots: dict[int, ConsumerSlot] = {}
         self.outbox: list[JobEnd] = []
+        self.meter = Meter()  # its consumers' counts and its own, until written
         self.status = "active"
         self.started_at = utcnow()
         self.due: dict[str, float] = {}  # step → monotonic time it runs next
@@ -125,6 +127,7 @@ class Worker:
         steps: list[tuple[str, Callable[[], object], float]] = [
             ("outbox", self.flush_outbox, 0),
             ("heartbeat", self.heartbeat, self.settings.heartbeat_interval),
+            ("metrics", self.flush_metrics, self.settings.heartbeat_interval),
         ]
         if self.status == "active" and not self.fenced:
             steps.append(("reconcile", lambda: self.reconcile(mono), poll))
@@ -289,6 +292,7 @@ class Worker:
     def _on_event(self, slot: ConsumerSlot, event: dict[str, Any]) -> None:
         """Record what a consumer reports. Store errors here must not lose the event:
         progress can be skipped, but a job's end goes through the outbox."""
+        self.meter.merge(event.get("metrics"))  # real counts, even for a job already closed
         job = slot.job
         if job is None or event.get("jobId") != job.job_id:
             return  # news of a job already closed
@@ -316,9 +320,15 @@ class Worker:
         with contextlib.suppress(Exception):  # retried by the next tick's "outbox" step
             self.flush_outbox()
 
+    def flush_metrics(self) -> None:
+        self.meter.flush(lambda deltas: self.store.add_metrics(deltas, utcnow()))
+
     def flush_outbox(self) -> None:
-        """Write waiting job outcomes. Job first, then the assignment: the queue becomes
+        """Write waiting job outcomes. Metrics first, so that a closed job's messages are
+        always in the counters; then the job; then the assignment: the queue becomes
         assignable again only once its job is closed."""
+        if self.outbox:
+            self.flush_metrics()
         while self.outbox:
             end = self.outbox[0]
             self.store.job_ended(end.job.job_id, end.status, utcnow(), handled=end.handled,
@@ -335,6 +345,7 @@ class Worker:
         max_rss = self.settings.consumer_max_rss_mb
         if policy.needs_recycling(slot.uses, slot.usage_limit, rss, max_rss):
             log.info("consumer.recycling", consumer_pid=slot.child.pid, uses=slot.uses, rss_mb=rss)
+            self.meter.count("consumerRestartsRecycled")
             self._retire(slot)
 
     def _retire(self, slot: ConsumerSlot) -> None:
@@ -366,6 +377,8 @@ class Worker:
                 log.info("consumer.exited", consumer_pid=pid)
             else:
                 log.warning("consumer.died", consumer_pid=pid, exit=how)
+                if self.status == "active":
+                    self.meter.count("consumerRestartsDied")
 
     def _death_outcome(self, slot: ConsumerSlot, pid: int, how: str) -> JobEnd:
         assert slot.job is not None
@@ -418,6 +431,7 @@ class Worker:
                            max(deadline - time.monotonic(), 0.5))  # fmt: skip
         self._quietly(self.reap)
         self._quietly(self.flush_outbox)
+        self._quietly(self.flush_metrics)
         self._quietly(self.store.release_worker, self.id, utcnow(), "worker stopped")
         self._quietly(self.store.delete_worker, self.id)
         log.info("worker.stopped")

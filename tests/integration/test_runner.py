@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from orchestrator.message import Message
+from orchestrator.metrics import BUCKETS, Meter
 from orchestrator.runner import Outcome, Runner
 from orchestrator.sqs import Sqs
 
@@ -32,10 +33,11 @@ def run(
     control: Callable[[], list[dict[str, Any]]] = list,
     max_seconds: float = 60,
     grace: float = 30,
+    meter: Meter | None = None,
 ) -> Outcome:
     runner = Runner(sqs, spec, handler, drain_empty_polls=2, max_seconds=max_seconds,
                     grace=grace, max_concurrency=20, control=control,
-                    progress=lambda h, f: None)  # fmt: skip
+                    progress=lambda h, f: None, meter=meter or Meter())  # fmt: skip
     return runner.run()
 
 
@@ -48,6 +50,24 @@ def test_drains_and_deletes_everything(sqs: Sqs) -> None:
     assert sorted(seen) == list(range(25))
     depth = sqs.depth(spec["queueUrl"])
     assert (depth.visible, depth.in_flight) == (0, 0)
+
+
+@pytest.mark.timeout(60)
+def test_the_meter_counts_what_the_outcome_counts(sqs: Sqs) -> None:
+    spec = job(sqs, "metered", 20)
+    meter = Meter()
+
+    def handler(m: Message) -> None:
+        time.sleep(0.03)
+        if m.json()["seq"] % 5 == 0 and m.receive_count == 1:
+            raise ValueError("first try fails")
+
+    outcome = run(sqs, spec, handler, meter=meter)  # the 4 come back after 1 s and pass
+    counts = meter.take()["queues"]["metered"]
+    assert (counts["handled"], counts["failed"]) == (outcome.handled, outcome.failed) == (20, 4)
+    # every run lasted 30 ms or more: nothing in the buckets below 0.025 s
+    assert sum(counts["buckets"][: BUCKETS.index(0.025) + 1]) == 0
+    assert sum(counts["buckets"]) == 24 and counts["seconds"] >= 24 * 0.03
 
 
 @pytest.mark.timeout(60)

@@ -7,7 +7,10 @@ import socket
 
 import pytest
 
+from orchestrator.config import Settings
+from orchestrator.embedded import Endpoints
 from orchestrator.errors import QueueNotFound, ServiceUnavailable
+from orchestrator.metrics import Meter
 from orchestrator.sqs import Sqs
 
 
@@ -77,3 +80,14 @@ def test_unreachable_endpoint_is_a_clear_error() -> None:
     with pytest.raises(ServiceUnavailable, match=f"SQS at http://127.0.0.1:{port} failed") as info:
         sqs.list_queue_urls()
     assert "secretkey" not in str(info.value)
+
+
+def test_requests_are_counted_by_operation(settings: Settings, endpoints: Endpoints) -> None:
+    meter = Meter()
+    sqs = Sqs.connect(settings, endpoints.sqs_endpoint, meter)
+    url, _ = sqs.create_queue("counted", visibility_timeout=30)
+    sqs.send_batch(url, ["a", "b"])
+    sqs.receive(url, 10, 0)
+    sqs.depth(url)
+    assert meter.take()["sqs"] == {"CreateQueue": 1, "SendMessageBatch": 1, "ReceiveMessage": 1,
+                                   "GetQueueAttributes": 1}  # fmt: skip

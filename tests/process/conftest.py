@@ -149,3 +149,9 @@ def start_daemon(daemon_env: dict[str, str], tmp_path: Path) -> Iterator[Callabl
 @pytest.fixture
 def admin(settings: Settings, store: Store, sqs: Sqs) -> QueueAdmin:
     return QueueAdmin(settings, lambda: store, lambda: sqs)
+
+
+def api_url(daemon: Daemon, timeout: float = 30) -> str:
+    """The address the daemon's master serves its API on (PORT=0: it logs the one it got)."""
+    found = wait_for(lambda: daemon.events("api.listening"), timeout, "the API to listen")
+    return str(found[0]["url"]).rstrip("/")

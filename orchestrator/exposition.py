@@ -1,0 +1,129 @@
+"""Prometheus exposition: the fleet's sums from MongoDB, live gauges, and this process's own.
+
+Counters and the handler histogram are the fleet-wide sums of orchestrator/metrics.py,
+so any master's /metrics shows every process. Depths, assignments and live workers
+are read at scrape time. The master cycle histogram is this master's alone (each
+master process serves its own; label `master`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from orchestrator.fleet import Fleet
+from orchestrator.metrics import BUCKETS
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CYCLE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class FleetCollector(Collector):
+    """Builds the fleet's metric families at each scrape."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+
+    def collect(self) -> Iterator[Metric]:
+        totals = self.fleet.totals()
+        handled = CounterMetricFamily(
+            "orchestrator_messages_handled", "Messages whose handler returned", labels=["queue"]
+        )
+        failed = CounterMetricFamily(
+            "orchestrator_messages_failed", "Messages whose handler raised", labels=["queue"]
+        )
+        duration = HistogramMetricFamily(
+            "orchestrator_handler_duration_seconds", "Handler run time", labels=["queue"]
+        )
+        bounds = [*map(str, BUCKETS), "+Inf"]
+        for name, counts in sorted(totals.queues.items()):
+            handled.add_metric([name], counts.handled)
+            failed.add_metric([name], counts.failed)
+            cumulative = itertools.accumulate(counts.buckets)
+            duration.add_metric([name], list(zip(bounds, cumulative, strict=True)), counts.seconds)
+        yield from (handled, failed, duration)
+        yield from self._queue_gauges()
+        yield GaugeMetricFamily(
+            "orchestrator_assignments",
+            "Queues assigned to a worker now",
+            value=self.fleet.assignment_count(),
+        )
+        yield GaugeMetricFamily(
+            "orchestrator_workers_live",
+            "Workers whose heartbeat is recent",
+            value=self.fleet.live_workers(),
+        )
+        yield CounterMetricFamily(
+            "orchestrator_assignments_made",
+            "Assignments made by masters",
+            value=totals.fleet.get("assignments", 0),
+        )
+        restarts = CounterMetricFamily(
+            "orchestrator_consumer_restarts", "Consumer processes replaced", labels=["reason"]
+        )
+        restarts.add_metric(["died"], totals.fleet.get("consumerRestartsDied", 0))
+        restarts.add_metric(["recycled"], totals.fleet.get("consumerRestartsRecycled", 0))
+        yield restarts
+        requests = CounterMetricFamily(
+            "orchestrator_sqs_requests",
+            "SQS requests by the daemon's processes",
+            labels=["operation"],
+        )
+        for operation, n in sorted(totals.sqs_requests.items()):
+            requests.add_metric([operation], n)
+        yield requests
+
+    def _queue_gauges(self) -> Iterator[Metric]:
+        visible = GaugeMetricFamily(
+            "orchestrator_queue_messages", "Messages available in the queue", labels=["queue"]
+        )
+        in_flight = GaugeMetricFamily(
+            "orchestrator_queue_messages_in_flight",
+            "Messages received and not yet deleted",
+            labels=["queue"],
+        )
+        dlq = GaugeMetricFamily(
+            "orchestrator_dlq_messages",
+            "Messages in the queue's dead-letter queue",
+            labels=["queue"],
+        )
+        for queue, depth, dlq_depth in self.fleet.queue_depths():
+            if depth is not None:
+                visible.add_metric([queue.name], depth.visible)
+                in_flight.add_metric([queue.name], depth.in_flight)
+            if dlq_depth is not None:
+                dlq.add_metric([queue.name], dlq_depth.visible)
+        yield from (visible, in_flight, dlq)
+
+
+class MasterMetrics:
+    """This master's own metrics, registered with the registry its API serves."""
+
+    def __init__(self, master_id: str, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.cycle_seconds = Histogram(
+            "orchestrator_master_cycle_seconds", "Duration of this master's cycles",
+            ["master"], buckets=CYCLE_BUCKETS, registry=registry,
+        ).labels(master_id)  # fmt: skip
+        self.leader = Gauge("orchestrator_master_leader", "1 while this master holds the lease",
+                            ["master"], registry=registry).labels(master_id)  # fmt: skip
+
+
+def fleet_registry(fleet: Fleet) -> CollectorRegistry:
+    """A registry with the fleet's metrics; a master adds its own with MasterMetrics."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FleetCollector(fleet))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

@@ -1,0 +1,152 @@
+"""Fleet: the state the API, the dashboard and /metrics show, read live from the store
+and SQS, and the few changes they may make (through QueueAdmin, as the CLI does)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from typing import Any
+
+from orchestrator.config import Settings
+from orchestrator.errors import QueueNotFound
+from orchestrator.metrics import QueueCounts, Totals
+from orchestrator.models import QueueDepth, QueueRecord, WorkerRecord, utcnow
+from orchestrator.queues import QueueAdmin, QueueView
+from orchestrator.sqs import Sqs
+from orchestrator.store import Store
+
+DEPTH_TTL_SECONDS = 2.0  # depths are reused this long: viewers and scrapers share them
+DEPTH_THREADS = 8  # one GetQueueAttributes per queue and DLQ, in parallel
+
+
+def worker_json(worker: WorkerRecord, load: int, now: datetime) -> dict[str, Any]:
+    return {
+        "id": worker.id,
+        "host": worker.host,
+        "pid": worker.pid,
+        "status": worker.status,
+        "load": load,
+        "maxLoad": worker.max_load,
+        "startedAt": worker.started_at.isoformat(),
+        "heartbeatAgeSeconds": round((now - worker.heartbeat_at).total_seconds(), 1),
+        "consumers": [c.to_doc() for c in worker.consumers],
+    }
+
+
+class DepthCache:
+    """Queue depths from SQS, fetched in parallel and kept for DEPTH_TTL_SECONDS."""
+
+    def __init__(self, sqs: Sqs, ttl: float = DEPTH_TTL_SECONDS) -> None:
+        self.sqs = sqs
+        self.ttl = ttl
+        self.pool = ThreadPoolExecutor(DEPTH_THREADS, thread_name_prefix="api-depth")
+        self.lock = threading.Lock()
+        self.cache: dict[str, tuple[float, QueueDepth | None]] = {}
+
+    def get(self, urls: Iterable[str]) -> dict[str, QueueDepth | None]:
+        now = time.monotonic()
+        wanted = set(urls)
+        with self.lock:
+            fresh = {u: d for u, (at, d) in self.cache.items()
+                     if u in wanted and now - at < self.ttl}  # fmt: skip
+        stale = sorted(wanted - fresh.keys())
+        for url, depth in zip(stale, self.pool.map(self._fetch, stale), strict=True):
+            fresh[url] = depth
+        with self.lock:
+            # Forget queues nobody asked about: deleted ones must not pile up.
+            self.cache = {u: e for u, e in self.cache.items() if u in wanted}
+            self.cache.update({u: (now, fresh[u]) for u in stale})
+        return fresh
+
+    def _fetch(self, url: str) -> QueueDepth | None:
+        try:
+            return self.sqs.depth(url)
+        except QueueNotFound:
+            return None
+
+
+class Fleet:
+    """Reads and changes for the HTTP API; each call is one consistent-enough snapshot."""
+
+    def __init__(self, settings: Settings, store: Store, sqs: Sqs) -> None:
+        self.settings = settings
+        self.store = store
+        self.admin = QueueAdmin(settings, lambda: store, lambda: sqs)
+        self.depths = DepthCache(sqs)
+
+    # --- queues -------------------------------------------------------------------
+
+    def queues(self) -> list[dict[str, Any]]:
+        return self._queue_views(self.store.list_queues())
+
+    def queue(self, name: str) -> dict[str, Any]:
+        return self._queue_views([self.store.get_queue(name)])[0]
+
+    def update_queue(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        self.admin.update(name, **changes)
+        return self.queue(name)
+
+    def redrive(self, name: str) -> dict[str, Any]:
+        return {"name": name, "moved": self.admin.redrive(name)}
+
+    def _queue_views(self, queues: list[QueueRecord]) -> list[dict[str, Any]]:
+        assigned = {a.queue_url: a for a in self.store.assignments()}
+        totals = self.store.metric_totals().queues
+        urls = [u for q in queues for u in (q.queue_url, q.dlq_url) if u]
+        depths = self.depths.get(urls)
+        views = []
+        for q in queues:
+            a = assigned.get(q.queue_url)
+            depth = depths.get(q.queue_url)
+            dlq = depths.get(q.dlq_url) if q.dlq_url else None
+            counts = totals.get(q.name, QueueCounts())
+            views.append({
+                **QueueView(q, depth, a.worker if a else None).to_json(),
+                "delayed": depth.delayed if depth else None,
+                "jobId": a.job_id if a else None,
+                "dlqName": q.dlq_name,
+                "dlqUrl": q.dlq_url,
+                "dlqVisible": dlq.visible if dlq else None,
+                "maxReceiveCount": q.max_receive_count,
+                "visibilityTimeout": q.visibility_timeout,
+                "handled": counts.handled,
+                "failed": counts.failed,
+            })  # fmt: skip
+        return views
+
+    # --- workers and jobs ------------------------------------------------------------
+
+    def workers(self) -> list[dict[str, Any]]:
+        loads = Counter(self.store.assigned_workers().values())
+        now = utcnow()
+        return [worker_json(w, loads[w.id], now) for w in self.store.workers()]
+
+    def live_workers(self) -> int:
+        cutoff = utcnow() - timedelta(seconds=self.settings.worker_timeout)
+        return sum(1 for w in self.store.workers() if w.heartbeat_at >= cutoff)
+
+    def jobs(self, status: str | None, queue: str | None, limit: int) -> list[dict[str, Any]]:
+        return [j.to_json() for j in self.store.jobs(status, queue, limit)]
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        job = self.store.job(job_id)
+        return job.to_json() if job else None
+
+    # --- metrics ----------------------------------------------------------------------
+
+    def totals(self) -> Totals:
+        return self.store.metric_totals()
+
+    def assignment_count(self) -> int:
+        return len(self.store.assignments())
+
+    def queue_depths(self) -> list[tuple[QueueRecord, QueueDepth | None, QueueDepth | None]]:
+        """Every queue with its depth and its DLQ's (None where SQS has no such queue)."""
+        queues = self.store.list_queues()
+        depths = self.depths.get(u for q in queues for u in (q.queue_url, q.dlq_url) if u)
+        return [(q, depths.get(q.queue_url), depths.get(q.dlq_url) if q.dlq_url else None)
+                for q in queues]  # fmt: skip

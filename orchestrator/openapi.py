@@ -1,0 +1,162 @@
+"""The OpenAPI description of the HTTP API, served at /openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator import __version__
+from orchestrator.models import JOB_STATES
+
+_INT = {"type": "integer"}
+_STR = {"type": "string"}
+_BOOL = {"type": "boolean"}
+_NULL_INT = {"type": ["integer", "null"]}
+_NULL_STR = {"type": ["string", "null"]}
+_TIME = {"type": "string", "format": "date-time"}
+_NULL_TIME = {"type": ["string", "null"], "format": "date-time"}
+
+
+def _object(properties: dict[str, Any], required: bool = True) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = list(properties)
+    return schema
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {str(c): {"$ref": f"#/components/responses/E{c}"} for c in codes}
+
+
+# fmt: off
+_NAME = {"name": "name", "in": "path", "required": True, "schema": _STR}
+_WRITE: list[dict[str, list[str]]] = [{"bearer": []}]
+
+SCHEMAS: dict[str, Any] = {
+    "Queue": _object({
+        "name": _STR, "queueUrl": _STR, "concurrency": _INT, "handler": _STR, "paused": _BOOL,
+        "visible": _NULL_INT, "inFlight": _NULL_INT, "delayed": _NULL_INT,
+        "worker": _NULL_STR, "jobId": _NULL_STR, "dlqName": _NULL_STR, "dlqUrl": _NULL_STR,
+        "dlqVisible": _NULL_INT, "maxReceiveCount": _NULL_INT, "visibilityTimeout": _INT,
+        "handled": _INT, "failed": _INT,
+    }),
+    "QueuePatch": {
+        **_object({"concurrency": {"type": "integer", "minimum": 1}, "paused": _BOOL,
+                   "handler": {"type": "string", "pattern": r"^[\w.]+:\w+$"}},
+                  required=False),
+        "additionalProperties": False,
+        "minProperties": 1,
+    },
+    "Redrive": _object({"name": _STR, "moved": _INT}),
+    "Consumer": _object({"pid": _INT, "queueName": _NULL_STR, "rssMb": {"type": "number"},
+                         "cpuPercent": {"type": "number"}}),
+    "Worker": _object({
+        "id": _STR, "host": _STR, "pid": _INT, "status": {"enum": ["active", "draining"]},
+        "load": _INT, "maxLoad": _INT, "startedAt": _TIME,
+        "heartbeatAgeSeconds": {"type": "number"},
+        "consumers": {"type": "array", "items": _ref("Consumer")},
+    }),
+    "Job": _object({
+        "id": _STR, "queueName": _STR, "queueUrl": _STR, "status": {"enum": list(JOB_STATES)},
+        "messageCount": _INT, "failedCount": _INT,
+        "processor": _object({"workerId": _NULL_STR, "workerPid": _NULL_INT,
+                              "consumerPid": _NULL_INT}),
+        "createdAt": _TIME, "startedAt": _NULL_TIME, "endedAt": _NULL_TIME,
+        "lastModified": _TIME, "endReason": _NULL_STR, "error": _NULL_STR,
+    }),
+    "Health": _object({"status": {"enum": ["ok"]}, "leader": _BOOL, "masterId": _STR,
+                       "mongodb": _BOOL}),
+    "Error": _object({"status": _INT, "error": _STR, "message": _STR}),
+}
+
+ERRORS = {
+    400: "Malformed request: bad JSON, unknown field, wrong type or bad query parameter",
+    401: "A write without the API token (when API_TOKEN is set)",
+    404: "No such queue, job or path",
+    409: "The request conflicts with the queue's state (e.g. redrive without a DLQ)",
+    415: "A write whose body is not application/json",
+    422: "A value the CLI would refuse too (e.g. concurrency above MAX_CONCURRENCY)",
+    503: "MongoDB or SQS cannot be reached",
+}
+
+PATHS: dict[str, Any] = {
+    "/health": {"get": {"summary": "Liveness, and whether this master leads",
+                        "responses": {"200": _json(_ref("Health"))}}},
+    "/metrics": {"get": {"summary": "Prometheus metrics of the whole fleet",
+                         "responses": {"200": {"description": "Prometheus text format",
+                                               "content": {"text/plain": {"schema": _STR}}}}}},
+    "/openapi.json": {"get": {"summary": "This description",
+                              "responses": {"200": _json({"type": "object"})}}},
+    "/": {"get": {"summary": "The dashboard",
+                  "responses": {"200": {"description": "HTML page",
+                                        "content": {"text/html": {"schema": _STR}}}}}},
+    "/api/queues": {"get": {
+        "summary": "Every managed queue with its depth, assignment and message counts",
+        "responses": {"200": _json({"type": "array", "items": _ref("Queue")}), **_errors(503)},
+    }},
+    "/api/queues/{name}": {
+        "parameters": [_NAME],
+        "get": {"summary": "One queue", "responses": {"200": _json(_ref("Queue")),
+                                                      **_errors(404, 503)}},
+        "patch": {
+            "summary": "Change concurrency, paused and/or handler (validated as by the CLI)",
+            "security": _WRITE,
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": _ref("QueuePatch")}}},
+            "responses": {"200": _json(_ref("Queue")), **_errors(400, 401, 404, 415, 422, 503)},
+        },
+    },
+    "/api/queues/{name}/redrive": {
+        "parameters": [_NAME],
+        "post": {
+            "summary": "Move the queue's DLQ messages back to it",
+            "security": _WRITE,
+            "requestBody": {"required": False, "content": {"application/json": {
+                "schema": {"type": "object"}}}},
+            "responses": {"200": _json(_ref("Redrive")), **_errors(401, 404, 409, 415, 503)},
+        },
+    },
+    "/api/workers": {"get": {
+        "summary": "Workers with their load, consumers and heartbeat age",
+        "responses": {"200": _json({"type": "array", "items": _ref("Worker")}), **_errors(503)},
+    }},
+    "/api/jobs": {"get": {
+        "summary": "Jobs, newest first",
+        "parameters": [
+            {"name": "status", "in": "query", "schema": {"enum": list(JOB_STATES)}},
+            {"name": "queue", "in": "query", "schema": _STR},
+            {"name": "limit", "in": "query",
+             "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}},
+        ],
+        "responses": {"200": _json({"type": "array", "items": _ref("Job")}), **_errors(400, 503)},
+    }},
+    "/api/jobs/{id}": {
+        "parameters": [{"name": "id", "in": "path", "required": True, "schema": _STR}],
+        "get": {"summary": "One job", "responses": {"200": _json(_ref("Job")),
+                                                    **_errors(404, 503)}},
+    },
+}
+
+# fmt: on
+
+
+def spec() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "orchestrator", "version": __version__,
+                 "description": "Queues, workers and jobs of an orchestrator fleet. Reads are "
+                                "open; writes need a bearer token when API_TOKEN is set."},
+        "paths": PATHS,
+        "components": {
+            "schemas": SCHEMAS,
+            "responses": {f"E{code}": _json(_ref("Error"), text) for code, text in ERRORS.items()},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }

@@ -1,0 +1,46 @@
+"""Metrics sums in the real MongoDB-protocol server: `$inc` from several meters adds up."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from orchestrator.metrics import BUCKETS, Meter
+from orchestrator.models import utcnow
+from orchestrator.store import Store
+
+
+def test_meters_flushed_from_many_threads_add_up(store: Store) -> None:
+    def one_process(i: int) -> None:
+        meter = Meter()
+        for n in range(50):
+            meter.message("q.fifo", 0.002 if n % 2 else 0.7, ok=n % 10 != 0)
+        meter.sqs_request("ReceiveMessage")
+        meter.count("assignments")
+        meter.flush(lambda d: store.add_metrics(d, utcnow()))
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one_process, range(16)))
+    totals = store.metric_totals()
+    q = totals.queues["q.fifo"]  # a dot in the name must not become a field path
+    assert (q.handled, q.failed) == (16 * 45, 16 * 5)
+    assert q.buckets[0] == 16 * 25 and q.buckets[BUCKETS.index(1.0)] == 16 * 25
+    assert sum(q.buckets) == 16 * 50
+    assert abs(q.seconds - 16 * (25 * 0.002 + 25 * 0.7)) < 1e-6
+    assert totals.sqs_requests == {"ReceiveMessage": 16}
+    assert totals.fleet == {"assignments": 16}
+
+
+def test_a_failed_flush_keeps_the_counts(store: Store) -> None:
+    meter = Meter()
+    meter.message("q", 0.01, ok=True)
+
+    def broken(deltas: dict[str, object]) -> None:
+        raise RuntimeError("MongoDB is down")
+
+    with pytest.raises(RuntimeError):
+        meter.flush(broken)
+    meter.message("q", 0.01, ok=True)
+    meter.flush(lambda d: store.add_metrics(d, utcnow()))
+    assert store.metric_totals().queues["q"].handled == 2
