@@ -1,0 +1,76 @@
+"""The dashboard in headless Chromium against a running daemon: it shows a queue
+draining, and changes made through the page reach MongoDB (with the token only)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.queues import QueueAdmin
+from orchestrator.store import Store
+from tests.process.conftest import Daemon, api_url, wait_for
+
+TOKEN = "browser-test-token"
+
+
+def depth(page: Any, queue: str) -> int | None:
+    text = page.text_content(f'tr[data-queue="{queue}"] td[data-field="visible"]') or ""
+    return int(text) if text.strip().isdigit() else None
+
+
+@pytest.mark.timeout(180)
+def test_the_dashboard_shows_the_queue_draining_and_changes_its_concurrency(
+    admin: QueueAdmin,
+    store: Store,
+    browser: Any,
+    start_daemon: Callable[..., Daemon],
+    tmp_path: Path,
+) -> None:
+    admin.create("web", concurrency=2, handler="tests.handlers:slow_record", dlq=True)
+    admin.send("web", 60, body=json.dumps({"ms": 150}))
+    daemon = start_daemon("--mode", "MW", env={"API_TOKEN": TOKEN})
+    base = api_url(daemon)
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{base}/?refresh=500")
+
+    # The depth falls as the daemon works
+    first = wait_for(lambda: depth(page, "web"), 30, "the queue's depth on the page")
+    wait_for(lambda: (depth(page, "web") or first) < first, 60, "the depth to fall on the page")
+    row = page.locator('tr[data-queue="web"]')
+    wait_for(lambda: row.locator('td[data-field="worker"]').text_content() != "—", 30,
+             "the assigned worker on the page")  # fmt: skip
+    assert page.locator('tr[data-dlq="web"] td[data-field="dlqName"]').text_content() == "web-dlq"
+
+    # Without the token the change is refused, and MongoDB keeps the old value
+    concurrency = row.locator('input[data-field="concurrency"]')
+    concurrency.fill("4")
+    row.locator('button[data-action="save-concurrency"]').click()
+    wait_for(lambda: "token" in (page.text_content("#message") or ""), 10, "the token prompt")
+    assert store.get_queue("web").concurrency == 2
+
+    # With it, the change reaches MongoDB and the page says so
+    page.fill("#token", TOKEN)
+    concurrency.fill("4")
+    concurrency.press("Enter")
+    wait_for(lambda: store.get_queue("web").concurrency == 4, 10, "concurrency 4 in MongoDB")
+    wait_for(lambda: "4" in (page.text_content("#message") or ""), 10, "the confirmation")
+    wait_for(lambda: concurrency.input_value() == "4", 10, "the page to keep showing 4")
+
+    # The paused toggle
+    row.locator('input[data-action="toggle-paused"]').check()
+    wait_for(lambda: store.get_queue("web").paused, 10, "paused in MongoDB")
+
+    # Workers and jobs appear; the jobs filter narrows the list
+    assert page.locator("#workers tr[data-worker]").count() == 1
+    wait_for(lambda: page.locator("#jobs tr[data-job]").count() >= 1, 20, "a job on the page")
+    page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)  # kept for a look
+    page.select_option("#job-status", "failed")
+    wait_for(lambda: page.locator("#jobs tr[data-job]").count() == 0, 10, "the status filter")
+    assert errors == []
+    assert daemon.stop() == 0

@@ -1,0 +1,116 @@
+"""The API's request handling that needs no server: routing, the token, the Host check,
+PATCH bodies, and the OpenAPI description matching the routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from orchestrator import config
+from orchestrator.api import Api, HttpError, Request, is_loopback, patch_changes
+from orchestrator.fleet import Fleet
+from orchestrator.openapi import spec
+from orchestrator.sqs import Sqs
+from orchestrator.store import Store
+
+UNREACHABLE = "mongodb://127.0.0.1:9"  # never contacted: these requests stop before
+
+
+def make_api(**environ: str) -> Api:
+    settings = config.load("development", {"MONGODB_NAME": "unused", **environ})
+    fleet = Fleet(settings, Store(UNREACHABLE, "unused", job_ttl_days=1),
+                  Sqs("http://127.0.0.1:9", "us-east-1", "test", "test"))  # fmt: skip
+    return Api(settings, fleet, CollectorRegistry(), lambda: {"status": "ok"})
+
+
+def request(method: str, path: str, body: bytes = b"", **headers: str) -> Request:
+    return Request(method, path, {}, {k.replace("_", "-"): v for k, v in headers.items()}, body)
+
+
+def test_every_route_is_described_and_every_description_is_routed() -> None:
+    routes = {(r.method.lower(), r.pattern.pattern) for r in make_api().routes}
+    described = {
+        (method, path)
+        for path, item in spec()["paths"].items()
+        for method in item
+        if method != "parameters"
+    }
+    as_patterns = {(m, p.replace("{name}", "(?P<name>[^/]+)").replace("{id}", "(?P<id>[^/]+)"))
+                   for m, p in described}  # fmt: skip
+    assert routes == as_patterns
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),
+        ({"authorization": "Bearer wrong"}, 401),
+        ({"authorization": "Basic dG9rZW4="}, 401),
+        ({"authorization": "Bearer t0ken", "content_type": "text/plain"}, 415),
+        ({"authorization": "Bearer t0ken", "content_type": "application/json"}, 400),
+    ],
+)
+def test_writes_need_the_token_before_anything_else(headers: dict[str, str], status: int) -> None:
+    api = make_api(API_TOKEN="t0ken")
+    response = api.dispatch(request("PATCH", "/api/queues/q", b"{}", **headers))
+    assert response.status == status
+    if status == 401:
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert b"t0ken" not in response.body
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [("evil.example", 403), ("evil.example:3000", 403), ("127.0.0.1.evil.example", 403),
+     ("localhost:3000", 401), ("127.0.0.1:3000", 401), ("[::1]:3000", 401)],
+)  # fmt: skip
+def test_on_loopback_only_requests_addressed_to_it_are_served(host: str, status: int) -> None:
+    api = make_api(API_TOKEN="t0ken")
+    assert api.dispatch(request("POST", "/api/queues/q/redrive", host=host)).status == status
+
+
+def test_bound_to_the_network_any_host_name_is_served() -> None:
+    api = make_api(API_TOKEN="t0ken", API_HOST="0.0.0.0")
+    response = api.dispatch(request("POST", "/api/queues/q/redrive", host="orch.internal"))
+    assert response.status == 401
+
+
+def test_unknown_paths_and_methods() -> None:
+    api = make_api()
+    assert api.dispatch(request("GET", "/api/nope")).status == 404
+    response = api.dispatch(request("DELETE", "/api/queues/q"))
+    assert response.status == 405 and response.headers["Allow"] == "GET, PATCH"
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({}, "nothing to change"),
+        ({"colour": 1}, "unknown field(s) colour"),
+        ({"concurrency": "3"}, "concurrency must be a JSON integer"),
+        ({"concurrency": 2.5}, "concurrency must be a JSON integer"),
+        ({"concurrency": False}, "concurrency must be a JSON integer"),
+        ({"paused": 1}, "paused must be a JSON boolean"),
+        ({"handler": None}, "handler must be a JSON string"),
+    ],
+)
+def test_patch_bodies_of_the_wrong_shape_are_400(body: dict[str, Any], words: str) -> None:
+    with pytest.raises(HttpError) as caught:
+        patch_changes(body)
+    assert caught.value.status == 400 and words in caught.value.message
+
+
+def test_a_well_formed_patch_passes_through() -> None:
+    body = {"concurrency": 3, "paused": True, "handler": "a.b:c"}
+    assert patch_changes(body) == body
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("127.1.2.3", True), ("::1", True), ("localhost", True),
+     ("0.0.0.0", False), ("10.0.0.5", False), ("example.com", False), ("::", False)],
+)  # fmt: skip
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
