@@ -1,8 +1,7 @@
 """HTTP API, dashboard and /metrics, served by every master process on API_HOST:PORT.
 
-`Api.dispatch` turns a request into a response (routing, the token for writes,
-JSON errors); `ApiServer` runs it on a threaded stdlib HTTP server next to the
-master's loop, so that a slow request never delays a master cycle.
+`Api.dispatch` turns a request into a response: routing, the Host and Origin
+checks, the token for writes, JSON errors. orchestrator/apiserver.py serves it.
 """
 
 from __future__ import annotations
@@ -11,15 +10,12 @@ import hmac
 import ipaddress
 import json
 import re
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -27,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from orchestrator import exposition
 from orchestrator.config import Settings
 from orchestrator.errors import (
+    AlreadyRunning,
     InvalidValue,
     NameTaken,
     NoDeadLetterQueue,
@@ -41,10 +38,8 @@ from orchestrator.openapi import spec
 
 log = structlog.get_logger()
 
-MAX_BODY_BYTES = 64 * 1024
 MAX_JOBS = 1000
-SOCKET_TIMEOUT_SECONDS = 10  # a client that stops mid-request frees its thread
-BIND_RETRY_MAX_SECONDS = 30.0
+DIGITS = re.compile(r"[0-9]{1,9}")
 PATCHABLE = {"concurrency": int, "paused": bool, "handler": str}
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 STATUS_BY_ERROR: list[tuple[type[OrchestratorError], int]] = [
@@ -53,6 +48,7 @@ STATUS_BY_ERROR: list[tuple[type[OrchestratorError], int]] = [
     (QueueExists, 409),
     (NameTaken, 409),
     (NoDeadLetterQueue, 409),
+    (AlreadyRunning, 409),
     (ServiceUnavailable, 503),
 ]
 DASHBOARD_CSP = (
@@ -79,8 +75,7 @@ class Request:
     params: dict[str, str] = field(default_factory=dict)
 
     def json(self) -> dict[str, Any]:
-        if self.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-            raise HttpError(415, "send the body as JSON with Content-Type: application/json")
+        self.require_json()
         try:
             doc = json.loads(self.body or b"{}")
         except ValueError as exc:
@@ -88,6 +83,13 @@ class Request:
         if not isinstance(doc, dict):
             raise HttpError(400, "the body must be a JSON object")
         return doc
+
+    def require_json(self) -> None:
+        """Writes must say JSON: a web page cannot send that without the browser asking
+        first (a CORS preflight, which this API never grants)."""
+        media_type = self.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "application/json":
+            raise HttpError(415, "send the body as JSON with Content-Type: application/json")
 
     def arg(self, name: str) -> str | None:
         values = self.query.get(name)
@@ -136,7 +138,7 @@ class Api:
         self.loopback_only = is_loopback(settings.api_host)
         self.routes = [
             Route("GET", _path("/"), self.dashboard),
-            Route("GET", _path("/health"), lambda r: json_response(self.health())),
+            Route("GET", _path("/health"), self.get_health),
             Route("GET", _path("/metrics"), self.metrics),
             Route("GET", _path("/openapi.json"), lambda r: json_response(spec())),
             Route("GET", _path("/api/queues"), lambda r: json_response(self.fleet.queues())),
@@ -153,7 +155,9 @@ class Api:
             self._check_host(request)
             route = self._route(request)
             if route.write:
+                self._check_origin(request)
                 self._authorize(request)
+                request.require_json()
             return route.call(request)
         except HttpError as exc:
             return error_response(exc.status, exc.message, exc.headers)
@@ -185,9 +189,17 @@ class Api:
         host = request.headers.get("host")
         if not self.loopback_only or host is None:
             return
-        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        if name.strip("[]").lower() not in LOOPBACK_NAMES:
+        name = (host.rsplit(":", 1)[0] if not host.endswith("]") else host).strip("[]").lower()
+        if name not in LOOPBACK_NAMES and name != self.settings.api_host.lower():
             raise HttpError(403, f"host {host!r} is not this API's address")
+
+    def _check_origin(self, request: Request) -> None:
+        """A browser names the page a write comes from: only our own pages may write."""
+        origin = request.headers.get("origin")
+        if origin is None:
+            return  # not a browser (curl, scripts): the token, when set, decides
+        if urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower():
+            raise HttpError(403, f"writes from pages of {origin} are refused")
 
     def _authorize(self, request: Request) -> None:
         token = self.settings.api_token
@@ -195,7 +207,8 @@ class Api:
             return
         given = request.headers.get("authorization", "")
         scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip(), token):
+        given_token = value.strip().encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given_token, token.encode()):
             raise HttpError(
                 401,
                 "this API requires 'Authorization: Bearer <API_TOKEN>' for changes",
@@ -208,6 +221,10 @@ class Api:
         page = resources.files("orchestrator").joinpath("static/dashboard.html").read_bytes()
         return Response(200, page, "text/html; charset=utf-8", {"Content-Security-Policy":
                                                                  DASHBOARD_CSP})  # fmt: skip
+
+    def get_health(self, request: Request) -> Response:
+        doc = self.health()
+        return json_response(doc, 200 if doc["status"] == "ok" else 503)
 
     def metrics(self, request: Request) -> Response:
         return Response(200, exposition.render(self.registry), exposition.CONTENT_TYPE)
@@ -223,10 +240,7 @@ class Api:
         return json_response(queue)
 
     def redrive(self, request: Request) -> Response:
-        if request.body:
-            request.json()  # a body, if any, must be JSON (a form post is refused)
-        elif "application/json" not in request.headers.get("content-type", ""):
-            raise HttpError(415, "send Content-Type: application/json")
+        request.json()  # any body must be a JSON object; none is {}
         result = self.fleet.redrive(request.params["name"])
         log.info("api.queue_redriven", queue=result["name"], moved=result["moved"])
         return json_response(result)
@@ -236,7 +250,7 @@ class Api:
         if status is not None and status not in JOB_STATES:
             raise HttpError(400, f"status must be one of {', '.join(JOB_STATES)} (got {status!r})")
         raw_limit = request.arg("limit") or "50"
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_JOBS:
+        if not DIGITS.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_JOBS:
             raise HttpError(400, f"limit must be from 1 to {MAX_JOBS} (got {raw_limit!r})")
         return json_response(self.fleet.jobs(status, request.arg("queue") or None, int(raw_limit)))
 
@@ -283,119 +297,3 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-class ApiServer:
-    """Serves an Api on API_HOST:PORT from its own threads; retries the bind if it fails."""
-
-    def __init__(self, settings: Settings, api: Api) -> None:
-        self.settings = settings
-        self.api = api
-        self.server: ThreadingHTTPServer | None = None
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._serve, name="api", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        """Stop accepting requests (in-flight ones are cut off with the process)."""
-        self.stopping.set()
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-        self.thread.join(timeout=5)
-
-    @property
-    def address(self) -> tuple[str, int] | None:
-        return self.server.server_address[:2] if self.server else None  # type: ignore[return-value]
-
-    def _serve(self) -> None:
-        delay = 1.0
-        host, port = self.settings.api_host, self.settings.port
-        while not self.stopping.is_set():
-            try:
-                server = ThreadingHTTPServer((host, port), _handler_class(self.api))
-            except OSError as exc:
-                # Another process may hold the port (two masters on one host): say so and
-                # retry with backoff, while the master goes on with its real work.
-                log.error("api.bind_failed", host=host, port=port, error=exc.strerror or str(exc),
-                          retry_in=delay)  # fmt: skip
-                if self.stopping.wait(delay):
-                    return
-                delay = min(delay * 2, BIND_RETRY_MAX_SECONDS)
-                continue
-            server.daemon_threads = True
-            self.server = server
-            self._announce(server)
-            server.serve_forever(poll_interval=0.2)
-            return
-
-    def _announce(self, server: ThreadingHTTPServer) -> None:
-        bound_host, bound_port = server.server_address[:2]
-        url = f"http://{_url_host(str(bound_host))}:{bound_port}/"
-        token = "required for changes" if self.settings.api_token else "none (changes are open)"
-        if self.api.loopback_only:
-            log.info("api.listening", url=url, reachable_from="this host only (loopback)",
-                     token=token)  # fmt: skip
-        else:
-            log.warning("api.listening", url=url, reachable_from="the network", token=token)
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def _handler_class(api: Api) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "orchestrator"
-        timeout = SOCKET_TIMEOUT_SECONDS
-
-        def do_GET(self) -> None:
-            self._serve()
-
-        def do_PATCH(self) -> None:
-            self._serve()
-
-        def do_POST(self) -> None:
-            self._serve()
-
-        def do_PUT(self) -> None:
-            self._serve()
-
-        def do_DELETE(self) -> None:
-            self._serve()
-
-        def _serve(self) -> None:
-            started = time.perf_counter()
-            parts = urlsplit(self.path)
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            request = Request(self.command, parts.path, parse_qs(parts.query), headers)
-            raw_length = headers.get("content-length") or "0"
-            length = int(raw_length) if raw_length.isdigit() else -1
-            if length < 0:
-                response = error_response(400, f"bad Content-Length {raw_length!r}")
-            elif length > MAX_BODY_BYTES:
-                response = error_response(413, f"the body is over {MAX_BODY_BYTES} bytes")
-            else:
-                request.body = self.rfile.read(length) if length > 0 else b""
-                response = api.dispatch(request)
-            self._send(response)
-            log.debug("api.request", method=self.command, path=parts.path, status=response.status,
-                      ms=round((time.perf_counter() - started) * 1000, 1))  # fmt: skip
-
-        def _send(self, response: Response) -> None:
-            self.send_response(response.status)
-            self.send_header("Content-Type", response.content_type)
-            self.send_header("Content-Length", str(len(response.body)))
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("X-Content-Type-Options", "nosniff")
-            for name, value in response.headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(response.body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # requests are logged by _serve, through structlog
-
-    return Handler

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class OrchestratorError(Exception):
     """Base of every error this project raises on purpose."""
@@ -69,3 +71,15 @@ class HandlerImportError(OrchestratorError):
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"cannot import handler {path!r}: {reason}")
         self.path = path
+
+
+class AlreadyRunning(OrchestratorError):
+    """The same operation on the same queue is under way (e.g. a redrive)."""
+
+
+class MetricsPartlyWritten(ServiceUnavailable):
+    """Some of a flush's metric documents were written; `unwritten` holds the rest."""
+
+    def __init__(self, message: str, unwritten: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.unwritten = unwritten

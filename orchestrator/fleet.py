@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from orchestrator.config import Settings
-from orchestrator.errors import QueueNotFound
+from orchestrator.errors import AlreadyRunning, QueueNotFound
 from orchestrator.metrics import QueueCounts, Totals
 from orchestrator.models import QueueDepth, QueueRecord, WorkerRecord, utcnow
 from orchestrator.queues import QueueAdmin, QueueView
@@ -38,28 +38,29 @@ def worker_json(worker: WorkerRecord, load: int, now: datetime) -> dict[str, Any
 
 
 class DepthCache:
-    """Queue depths from SQS, fetched in parallel and kept for DEPTH_TTL_SECONDS."""
+    """Queue depths from SQS, fetched in parallel and kept for DEPTH_TTL_SECONDS.
+
+    One refresh at a time: callers who arrive meanwhile wait and then find fresh
+    depths, so slow SQS answers never pile up requests, whatever the viewers."""
 
     def __init__(self, sqs: Sqs, ttl: float = DEPTH_TTL_SECONDS) -> None:
         self.sqs = sqs
         self.ttl = ttl
         self.pool = ThreadPoolExecutor(DEPTH_THREADS, thread_name_prefix="api-depth")
-        self.lock = threading.Lock()
+        self.refresh = threading.Lock()
         self.cache: dict[str, tuple[float, QueueDepth | None]] = {}
 
     def get(self, urls: Iterable[str]) -> dict[str, QueueDepth | None]:
-        now = time.monotonic()
         wanted = set(urls)
-        with self.lock:
-            fresh = {u: d for u, (at, d) in self.cache.items()
-                     if u in wanted and now - at < self.ttl}  # fmt: skip
-        stale = sorted(wanted - fresh.keys())
-        for url, depth in zip(stale, self.pool.map(self._fetch, stale), strict=True):
-            fresh[url] = depth
-        with self.lock:
-            # Forget queues nobody asked about: deleted ones must not pile up.
-            self.cache = {u: e for u, e in self.cache.items() if u in wanted}
-            self.cache.update({u: (now, fresh[u]) for u in stale})
+        with self.refresh:
+            now = time.monotonic()
+            fresh = {u: e[1] for u in wanted if (e := self.cache.get(u)) and now - e[0] < self.ttl}
+            stale = sorted(wanted - fresh.keys())
+            for url, depth in zip(stale, self.pool.map(self._fetch, stale), strict=True):
+                fresh[url] = depth
+                self.cache[url] = (now, depth)
+            # Forget what nobody asked about for a while (deleted queues).
+            self.cache = {u: e for u, e in self.cache.items() if now - e[0] < 10 * self.ttl}
         return fresh
 
     def _fetch(self, url: str) -> QueueDepth | None:
@@ -67,6 +68,9 @@ class DepthCache:
             return self.sqs.depth(url)
         except QueueNotFound:
             return None
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 class Fleet:
@@ -77,6 +81,11 @@ class Fleet:
         self.store = store
         self.admin = QueueAdmin(settings, lambda: store, lambda: sqs)
         self.depths = DepthCache(sqs)
+        self.lock = threading.Lock()
+        self.redriving: set[str] = set()
+
+    def close(self) -> None:
+        self.depths.close()
 
     # --- queues -------------------------------------------------------------------
 
@@ -91,7 +100,15 @@ class Fleet:
         return self.queue(name)
 
     def redrive(self, name: str) -> dict[str, Any]:
-        return {"name": name, "moved": self.admin.redrive(name)}
+        with self.lock:
+            if name in self.redriving:
+                raise AlreadyRunning(f"a redrive of queue '{name}' is already running")
+            self.redriving.add(name)
+        try:
+            return {"name": name, "moved": self.admin.redrive(name)}
+        finally:
+            with self.lock:
+                self.redriving.discard(name)
 
     def _queue_views(self, queues: list[QueueRecord]) -> list[dict[str, Any]]:
         assigned = {a.queue_url: a for a in self.store.assignments()}

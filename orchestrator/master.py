@@ -22,7 +22,8 @@ from typing import Any
 import structlog
 
 from orchestrator import exposition, policy, processes
-from orchestrator.api import Api, ApiServer
+from orchestrator.api import Api
+from orchestrator.apiserver import ApiServer
 from orchestrator.config import Settings
 from orchestrator.embedded import Endpoints
 from orchestrator.errors import OrchestratorError, QueueNotFound
@@ -43,6 +44,7 @@ CHECK_THREADS = 16  # depth checks run in parallel: each is one SQS round trip
 NEVER = datetime.min.replace(tzinfo=UTC)  # sorts first: never checked, never assigned
 LEASE_SAFETY = 0.8  # stop assigning when 80 % of the lease has passed without a renewal
 SWEEP_SECONDS = 10.0  # how often to look for open jobs nobody will close
+STALLED_SECONDS = 60.0  # /health says "stalled" when no cycle finished for this long
 METRICS_FLUSH_SECONDS = 2.0  # how often this process's counts are added to MongoDB's
 
 
@@ -64,6 +66,7 @@ class Master:
         self.store = store
         self.sqs = sqs
         self.meter = meter or Meter()
+        self.last_cycle = time.monotonic()  # when the loop last finished a tick
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.leading = False
         self.lease_valid_until: datetime | None = None
@@ -123,14 +126,25 @@ class Master:
             self.leading = False
         return self.leading
 
-    def health(self) -> dict[str, Any]:
-        """For GET /health: alive (it answers), leading or not, MongoDB reachable or not."""
+    def health(self, store: Store) -> dict[str, Any]:
+        """For GET /health (from an API thread): is the loop turning, does this master
+        lead (only while its lease is valid), can MongoDB be reached."""
         try:
-            self.store.ping()
+            store.ping()
             mongodb = True
         except OrchestratorError:
             mongodb = False
-        return {"status": "ok", "leader": self.leading, "masterId": self.id, "mongodb": mongodb}
+        age = time.monotonic() - self.last_cycle
+        valid = self.lease_valid_until is not None and utcnow() < self.lease_valid_until
+        return {
+            # Outages space cycles out to the backoff cap; a longer gap means a wedged loop.
+            "status": "ok" if age < max(STALLED_SECONDS, 10 * self.settings.master_interval)
+            else "stalled",
+            "leader": self.leading and valid,
+            "masterId": self.id,
+            "mongodb": mongodb,
+            "lastCycleSecondsAgo": round(age, 1),
+        }  # fmt: skip
 
     def resign(self) -> None:
         """Give the lease up at once so that a standby need not wait for it to expire."""
@@ -262,10 +276,14 @@ def run(settings: Settings, endpoints: Endpoints) -> None:
     store = Store.connect(settings, endpoints.mongodb_uri, timeout_ms=DAEMON_TIMEOUT_MS)
     sqs = Sqs.connect(settings, endpoints.sqs_endpoint, meter)
     master = Master(settings, store, sqs, meter)
-    fleet = Fleet(settings, store, sqs)
+    # The API has its own clients: its requests never wait behind the master's, nor
+    # the master's lease renewals behind its requests; its SQS calls give up sooner.
+    api_store = Store.connect(settings, endpoints.mongodb_uri, timeout_ms=DAEMON_TIMEOUT_MS)
+    api_sqs = Sqs.connect(settings, endpoints.sqs_endpoint, meter, read_timeout=5, attempts=2)
+    fleet = Fleet(settings, api_store, api_sqs)
     registry = exposition.fleet_registry(fleet)
     own = exposition.MasterMetrics(master.id, registry)
-    server = ApiServer(settings, Api(settings, fleet, registry, master.health))
+    server = ApiServer(settings, Api(settings, fleet, registry, lambda: master.health(api_store)))
     server.start()  # before MongoDB answers: /health must tell that it does not
     if retry(store.ensure_indexes, signals, "MongoDB"):
         log.info("master.started")
@@ -273,6 +291,7 @@ def run(settings: Settings, endpoints: Endpoints) -> None:
     # Shutdown: stop serving, then give the lease up so that a standby takes over
     # without waiting for it to expire; last, write what was counted.
     server.stop()
+    fleet.close()
     with contextlib.suppress(OrchestratorError):
         master.resign()
     with contextlib.suppress(OrchestratorError):
@@ -294,7 +313,8 @@ def _loop(
         except Exception as exc:  # the process boundary: log, back off, carry on
             master.outage()
             delay = outage.failed(exc)
-        own.cycle_seconds.observe(time.monotonic() - started)
+        master.last_cycle = time.monotonic()
+        own.cycle_seconds.observe(master.last_cycle - started)
         own.leader.set(1 if master.leading else 0)
         if started >= next_flush:
             next_flush = started + METRICS_FLUSH_SECONDS

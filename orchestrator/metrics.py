@@ -116,12 +116,15 @@ class Meter:
             self._fleet.update({str(k): int(v) for k, v in deltas.get("fleet", {}).items()})
 
     def flush(self, write: Callable[[Deltas], None]) -> None:
-        """Write what was counted; on failure keep it for the next flush and re-raise."""
+        """Write what was counted; on failure keep what was not written and re-raise.
+
+        A write whose answer was lost (a connection reset after MongoDB applied it)
+        is written again: counts may then run high, never low."""
         deltas = self.take()
         if not deltas:
             return
         try:
             write(deltas)
-        except BaseException:
-            self.merge(deltas)
+        except BaseException as exc:
+            self.merge(getattr(exc, "unwritten", deltas))
             raise

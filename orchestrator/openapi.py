@@ -71,16 +71,20 @@ SCHEMAS: dict[str, Any] = {
         "createdAt": _TIME, "startedAt": _NULL_TIME, "endedAt": _NULL_TIME,
         "lastModified": _TIME, "endReason": _NULL_STR, "error": _NULL_STR,
     }),
-    "Health": _object({"status": {"enum": ["ok"]}, "leader": _BOOL, "masterId": _STR,
-                       "mongodb": _BOOL}),
+    "Health": _object({"status": {"enum": ["ok", "stalled"]}, "leader": _BOOL,
+                       "masterId": _STR, "mongodb": _BOOL,
+                       "lastCycleSecondsAgo": {"type": "number"}}),
     "Error": _object({"status": _INT, "error": _STR, "message": _STR}),
 }
 
 ERRORS = {
     400: "Malformed request: bad JSON, unknown field, wrong type or bad query parameter",
     401: "A write without the API token (when API_TOKEN is set)",
+    403: "A request addressed to another host name, or a write from another site's page",
     404: "No such queue, job or path",
-    409: "The request conflicts with the queue's state (e.g. redrive without a DLQ)",
+    405: "The path exists, not with this method",
+    409: "A conflict: redrive of a queue without a DLQ, or while another redrive runs",
+    413: "A body over 64 KiB",
     415: "A write whose body is not application/json",
     422: "A value the CLI would refuse too (e.g. concurrency above MAX_CONCURRENCY)",
     503: "MongoDB or SQS cannot be reached",
@@ -88,7 +92,8 @@ ERRORS = {
 
 PATHS: dict[str, Any] = {
     "/health": {"get": {"summary": "Liveness, and whether this master leads",
-                        "responses": {"200": _json(_ref("Health"))}}},
+                        "responses": {"200": _json(_ref("Health")),
+                                      "503": _json(_ref("Health"), "The master's loop is stuck")}}},
     "/metrics": {"get": {"summary": "Prometheus metrics of the whole fleet",
                          "responses": {"200": {"description": "Prometheus text format",
                                                "content": {"text/plain": {"schema": _STR}}}}}},
@@ -110,7 +115,8 @@ PATHS: dict[str, Any] = {
             "security": _WRITE,
             "requestBody": {"required": True, "content": {"application/json": {
                 "schema": _ref("QueuePatch")}}},
-            "responses": {"200": _json(_ref("Queue")), **_errors(400, 401, 404, 415, 422, 503)},
+            "responses": {"200": _json(_ref("Queue")), **_errors(400, 401, 403, 404, 413,
+                                                                   415, 422, 503)},
         },
     },
     "/api/queues/{name}/redrive": {
@@ -120,7 +126,8 @@ PATHS: dict[str, Any] = {
             "security": _WRITE,
             "requestBody": {"required": False, "content": {"application/json": {
                 "schema": {"type": "object"}}}},
-            "responses": {"200": _json(_ref("Redrive")), **_errors(401, 404, 409, 415, 503)},
+            "responses": {"200": _json(_ref("Redrive")), **_errors(401, 403, 404, 409, 413,
+                                                                       415, 503)},
         },
     },
     "/api/workers": {"get": {

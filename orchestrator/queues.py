@@ -182,7 +182,10 @@ class QueueAdmin:
         queue = self.store.get_queue(name)
         if not queue.dlq_url:
             raise NoDeadLetterQueue(name)
-        return self.sqs.redrive(queue.dlq_url, queue.queue_url)
+        # What is there now (at least a batch: the count is approximate), not what
+        # fails back into the DLQ meanwhile.
+        limit = max(self.sqs.depth(queue.dlq_url).visible, BATCH)
+        return self.sqs.redrive(queue.dlq_url, queue.queue_url, limit)
 
     def send(
         self,

@@ -72,13 +72,15 @@ class Sqs:
         secret_access_key: str = "",
         *,
         connect_timeout: float = 5,
+        read_timeout: float = 30,  # above the 20 s long poll
+        attempts: int = 3,
         meter: Meter | None = None,
     ) -> None:
         self.address = endpoint or f"AWS ({region})"
         config = Config(
             connect_timeout=connect_timeout,
-            read_timeout=30,  # above the 20 s long poll
-            retries={"mode": "standard", "max_attempts": 3},
+            read_timeout=read_timeout,
+            retries={"mode": "standard", "max_attempts": attempts},
             max_pool_connections=50,
         )
         # Empty keys mean boto3's own chain (instance role, profile, ...).
@@ -103,10 +105,12 @@ class Sqs:
             self.client.meta.events.register("before-send.sqs", count)
 
     @classmethod
-    def connect(cls, settings: Settings, endpoint: str | None, meter: Meter | None = None) -> Sqs:
+    def connect(
+        cls, settings: Settings, endpoint: str | None, meter: Meter | None = None, **options: Any
+    ) -> Sqs:
         """An Sqs for these settings at `endpoint` (a local server's, or None for AWS)."""
         return cls(endpoint, settings.aws_region, settings.aws_access_key_id,
-                   settings.aws_secret_access_key, meter=meter)  # fmt: skip
+                   settings.aws_secret_access_key, meter=meter, **options)  # fmt: skip
 
     # --- queues ----------------------------------------------------------------
 
@@ -199,13 +203,15 @@ class Sqs:
         raise ServiceUnavailable(f"SQS at {self.address} did not accept {len(entries)} message(s)")
 
     @translated
-    def redrive(self, dlq_url: str, url: str) -> int:
-        """Move every DLQ message back to its queue: send first, then delete (never lose one)."""
+    def redrive(self, dlq_url: str, url: str, limit: int) -> int:
+        """Move up to `limit` DLQ messages back to their queue: send first, then delete
+        (never lose one). The limit keeps messages that fail straight back into the DLQ
+        from being moved round and round."""
         moved = 0
-        while True:
+        while moved < limit:
             messages = self.client.receive_message(
                 QueueUrl=dlq_url,
-                MaxNumberOfMessages=BATCH,
+                MaxNumberOfMessages=min(BATCH, limit - moved),
                 WaitTimeSeconds=1,
                 VisibilityTimeout=60,
                 MessageAttributeNames=["All"],
@@ -225,6 +231,7 @@ class Sqs:
                 ],
             )
             moved += len(messages)
+        return moved
 
     # --- consuming -------------------------------------------------------------
 

@@ -15,12 +15,13 @@ from typing import Any, ParamSpec, TypeVar
 import pymongo
 from bson import ObjectId
 from pymongo import UpdateOne
-from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError
 
 from orchestrator.config import Settings, redact_uri, scrub
 from orchestrator.errors import (
     ConfigError,
     InvalidValue,
+    MetricsPartlyWritten,
     QueueExists,
     QueueNotFound,
     ServiceUnavailable,
@@ -119,6 +120,7 @@ class Store:
         db[WORKERS].create_index("heartbeatAt")
         db[JOBS].create_index([("status", 1), ("createdAt", 1)])
         db[JOBS].create_index([("queueUrl", 1), ("status", 1)])
+        db[JOBS].create_index([("queueName", 1), ("createdAt", 1)])  # jobs of one queue, newest
         self._ensure_ttl(JOBS, "lastModified", self.job_ttl_seconds)
 
     def _ensure_ttl(self, collection: str, key: str, seconds: int) -> None:
@@ -430,21 +432,31 @@ class Store:
 
         Top-level fields only: nx-27017 stores a dotted `$inc` path of an upserted
         document as a literal key, where MongoDB would nest it."""
-        updates = []
+        updates: list[tuple[Deltas, UpdateOne]] = []  # (the part of `deltas`, its write)
         for queue, counts in deltas.get("queues", {}).items():
             inc = {"handled": counts["handled"], "failed": counts["failed"],
                    "seconds": counts["seconds"]}  # fmt: skip
             inc |= {f"b{i}": n for i, n in enumerate(counts["buckets"]) if n}
-            updates.append(UpdateOne({"_id": f"queue:{queue}"},
-                                     {"$inc": inc, "$set": {"queueName": queue, "updatedAt": now}},
-                                     upsert=True))  # fmt: skip
-        for doc_id, key in (("sqs", "sqs"), ("fleet", "fleet")):
+            change = {"$inc": inc, "$set": {"queueName": queue, "updatedAt": now}}
+            updates.append(({"queues": {queue: counts}},
+                            UpdateOne({"_id": f"queue:{queue}"}, change, upsert=True)))  # fmt: skip
+        for key in ("sqs", "fleet"):
             if deltas.get(key):
-                inc = dict(deltas[key].items())
-                updates.append(UpdateOne({"_id": doc_id},
-                                         {"$inc": inc, "$set": {"updatedAt": now}}, upsert=True))
-        if updates:
-            self._db[METRICS].bulk_write(updates, ordered=False)
+                updates.append(({key: deltas[key]}, UpdateOne(
+                    {"_id": key}, {"$inc": dict(deltas[key]), "$set": {"updatedAt": now}},
+                    upsert=True)))  # fmt: skip
+        if not updates:
+            return
+        try:
+            self._db[METRICS].bulk_write([u for _, u in updates], ordered=False)
+        except BulkWriteError as exc:  # some documents were written: only the rest are kept
+            failed = {e["index"] for e in exc.details.get("writeErrors", [])}
+            unwritten: Deltas = {}
+            for i in sorted(failed):
+                for key, part in updates[i][0].items():
+                    unwritten.setdefault(key, {}).update(part)
+            raise MetricsPartlyWritten(f"MongoDB at {self.address} refused some metrics: "
+                                       f"{_short(exc)}", unwritten) from exc  # fmt: skip
 
     @translated
     def metric_totals(self) -> Totals:

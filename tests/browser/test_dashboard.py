@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from orchestrator.queues import QueueAdmin
+from orchestrator.sqs import Sqs
 from orchestrator.store import Store
 from tests.process.conftest import Daemon, api_url, wait_for
 
@@ -26,6 +27,7 @@ def depth(page: Any, queue: str) -> int | None:
 def test_the_dashboard_shows_the_queue_draining_and_changes_its_concurrency(
     admin: QueueAdmin,
     store: Store,
+    sqs: Sqs,
     browser: Any,
     start_daemon: Callable[..., Daemon],
     tmp_path: Path,
@@ -65,6 +67,18 @@ def test_the_dashboard_shows_the_queue_draining_and_changes_its_concurrency(
     # The paused toggle
     row.locator('input[data-action="toggle-paused"]').check()
     wait_for(lambda: store.get_queue("web").paused, 10, "paused in MongoDB")
+
+    # The DLQ's depth shows, and its redrive button moves the messages back
+    dlq_url = store.get_queue("web").dlq_url
+    assert dlq_url
+    sqs.send_batch(dlq_url, ["dead-1", "dead-2"])
+    dlq_row = page.locator('tr[data-dlq="web"]')
+    wait_for(lambda: dlq_row.locator('td[data-field="dlqVisible"]').text_content() == "2", 10,
+             "the DLQ depth on the page")  # fmt: skip
+    page.evaluate("window.__noConfirm = true")
+    dlq_row.locator('button[data-action="redrive"]').click()
+    wait_for(lambda: "redrove 2" in (page.text_content("#message") or ""), 20, "the redrive")
+    assert sqs.depth(dlq_url).visible == 0
 
     # Workers and jobs appear; the jobs filter narrows the list
     assert page.locator("#workers tr[data-worker]").count() == 1

@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from orchestrator.errors import MetricsPartlyWritten
 from orchestrator.metrics import BUCKETS, Meter
 from orchestrator.models import utcnow
 from orchestrator.store import Store
@@ -44,3 +45,15 @@ def test_a_failed_flush_keeps_the_counts(store: Store) -> None:
     meter.message("q", 0.01, ok=True)
     meter.flush(lambda d: store.add_metrics(d, utcnow()))
     assert store.metric_totals().queues["q"].handled == 2
+
+
+def test_a_partly_written_flush_keeps_only_what_was_not_written(store: Store) -> None:
+    store._db["metrics"].insert_one({"_id": "queue:bad", "queueName": "bad", "handled": "text"})
+    meter = Meter()
+    meter.message("good", 0.01, ok=True)
+    meter.message("bad", 0.01, ok=True)
+    with pytest.raises(MetricsPartlyWritten):
+        meter.flush(lambda d: store.add_metrics(d, utcnow()))
+    good = store._db["metrics"].find_one({"_id": "queue:good"})
+    assert good is not None and good["handled"] == 1
+    assert list(meter.take()["queues"]) == ["bad"]  # "good" is not written twice

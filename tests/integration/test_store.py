@@ -37,7 +37,7 @@ def test_indexes_of_the_contract_exist(store: Store) -> None:
 def test_ensure_indexes_is_idempotent(store: Store) -> None:
     store.ensure_indexes()
     store.ensure_indexes()
-    assert len(index_keys(store, "jobs")) == 4  # _id + three
+    assert len(index_keys(store, "jobs")) == 5  # _id + four
 
 
 def test_ttl_follows_a_changed_setting(store: Store, endpoints, settings) -> None:  # type: ignore[no-untyped-def]

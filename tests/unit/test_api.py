@@ -15,12 +15,13 @@ from orchestrator.openapi import spec
 from orchestrator.sqs import Sqs
 from orchestrator.store import Store
 
-UNREACHABLE = "mongodb://127.0.0.1:9"  # never contacted: these requests stop before
+UNREACHABLE = "mongodb://127.0.0.1:9"  # nothing listens: a request that gets there is a 503
+PASSED = 503  # every check passed and the request reached the (absent) store
 
 
 def make_api(**environ: str) -> Api:
     settings = config.load("development", {"MONGODB_NAME": "unused", **environ})
-    fleet = Fleet(settings, Store(UNREACHABLE, "unused", job_ttl_days=1),
+    fleet = Fleet(settings, Store(UNREACHABLE, "unused", job_ttl_days=1, timeout_ms=100),
                   Sqs("http://127.0.0.1:9", "us-east-1", "test", "test"))  # fmt: skip
     return Api(settings, fleet, CollectorRegistry(), lambda: {"status": "ok"})
 
@@ -114,3 +115,37 @@ def test_a_well_formed_patch_passes_through() -> None:
 )  # fmt: skip
 def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        # a page elsewhere, with a content type a browser sends without asking first
+        ({"content_type": "text/plain; x=application/json"}, 415),
+        ({"content_type": "application/json", "origin": "http://evil.example"}, 403),
+        ({"content_type": "application/json", "origin": "http://127.0.0.1:3001"}, 403),
+        ({"content_type": "application/json", "origin": "http://127.0.0.1:3000"}, PASSED),
+        ({"content_type": "application/json"}, PASSED),  # curl: no Origin; no token is set
+    ],
+)
+def test_without_a_token_other_sites_pages_still_cannot_write(
+    headers: dict[str, str], status: int
+) -> None:
+    api = make_api()  # API_TOKEN empty, the development default
+    response = api.dispatch(request("POST", "/api/queues/q/redrive", host="127.0.0.1:3000",
+                                    **headers))  # fmt: skip
+    assert response.status == status
+
+
+def test_a_loopback_alias_as_api_host_is_its_own_address() -> None:
+    api = make_api(API_TOKEN="t0ken", API_HOST="127.0.0.2")
+    assert api.dispatch(request("POST", "/api/queues/q/redrive", host="127.0.0.2:3000")).status \
+        == 401  # fmt: skip
+
+
+def test_odd_tokens_and_numbers_are_refused_not_crashed_on() -> None:
+    api = make_api(API_TOKEN="t0ken")
+    refused = api.dispatch(request("PATCH", "/api/queues/q", b"{}", authorization="Bearer tökén"))
+    assert refused.status == 401
+    odd_limit = Request("GET", "/api/jobs", {"limit": ["²"]}, {})
+    assert api.dispatch(odd_limit).status == 400

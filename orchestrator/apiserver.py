@@ -1,0 +1,159 @@
+"""The HTTP server of the API: stdlib threads next to the master's loop, so that a slow
+request never delays a master cycle, and at most MAX_REQUESTS at once, so that requests
+never crowd out the master's own work."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import structlog
+
+from orchestrator.api import DIGITS, Api, Request, Response, error_response
+from orchestrator.config import Settings
+
+log = structlog.get_logger()
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_REQUESTS = 8  # served at once; more wait for a slot
+BUSY_WAIT_SECONDS = 10.0
+SOCKET_TIMEOUT_SECONDS = 10  # a client that stops mid-request frees its thread
+BIND_RETRY_MAX_SECONDS = 30.0
+
+
+class ApiServer:
+    """Serves an Api on API_HOST:PORT from its own threads; retries the bind if it fails."""
+
+    def __init__(self, settings: Settings, api: Api) -> None:
+        self.settings = settings
+        self.api = api
+        self.server: _Server | None = None
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.context = structlog.contextvars.get_contextvars()  # role, pid, master_id
+        self.thread = threading.Thread(target=self._serve, name="api", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Stop accepting requests (in-flight ones are cut off with the process)."""
+        with self.lock:
+            self.stopping.set()
+            server = self.server
+        if server is not None:
+            server.shutdown()  # returns at once if serve_forever has not started yet
+            server.server_close()
+        self.thread.join(timeout=5)
+
+    def _serve(self) -> None:
+        delay = 1.0
+        host, port = self.settings.api_host, self.settings.port
+        while not self.stopping.is_set():
+            try:
+                server = _Server((host, port), self.api, self.context)
+            except OSError as exc:
+                # Another process may hold the port (two masters on one host): say so and
+                # retry with backoff, while the master goes on with its real work.
+                log.error("api.bind_failed", host=host, port=port, error=exc.strerror or str(exc),
+                          retry_in=delay)  # fmt: skip
+                if self.stopping.wait(delay):
+                    return
+                delay = min(delay * 2, BIND_RETRY_MAX_SECONDS)
+                continue
+            with self.lock:  # a stop() that came first must not leave a server running
+                if self.stopping.is_set():
+                    server.server_close()
+                    return
+                self.server = server
+            self._announce(server)
+            server.serve_forever(poll_interval=0.2)
+            return
+
+    def _announce(self, server: _Server) -> None:
+        bound_host, bound_port = server.server_address[:2]
+        url = f"http://{_url_host(str(bound_host))}:{bound_port}/"
+        token = "required for changes" if self.settings.api_token else "none (changes are open)"
+        if self.api.loopback_only:
+            log.info("api.listening", url=url, reachable_from="this host only (loopback)",
+                     token=token)  # fmt: skip
+        else:
+            log.warning("api.listening", url=url, reachable_from="the network", token=token)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+class _Server(ThreadingHTTPServer):
+    """A thread per connection, at most MAX_REQUESTS served at once, logged like the master."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], api: Api, context: dict[str, Any]) -> None:
+        self.api = api
+        self.context = context
+        self.slots = threading.BoundedSemaphore(MAX_REQUESTS)
+        super().__init__(address, _Handler)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        structlog.contextvars.bind_contextvars(**self.context)
+        super().process_request_thread(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            return  # the client went away (a dashboard tab closed mid-refresh)
+        log.exception("api.connection_failed")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "orchestrator"
+    timeout = SOCKET_TIMEOUT_SECONDS
+
+    def do_GET(self) -> None:
+        started = time.perf_counter()
+        if not self.server.slots.acquire(timeout=BUSY_WAIT_SECONDS):
+            response = error_response(503, "the API is busy; try again")
+        else:
+            try:
+                response = self._respond()
+            finally:
+                self.server.slots.release()
+        self._send(response)
+        ms = round((time.perf_counter() - started) * 1000, 1)
+        log.debug("api.request", method=self.command, path=self.path.split("?")[0],
+                  status=response.status, ms=ms)  # fmt: skip
+
+    do_HEAD = do_PATCH = do_POST = do_PUT = do_DELETE = do_OPTIONS = do_GET
+
+    def _respond(self) -> Response:
+        parts = urlsplit(self.path)
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        raw_length = headers.get("content-length") or "0"
+        if not DIGITS.fullmatch(raw_length):
+            return error_response(400, f"bad Content-Length {raw_length!r}")
+        if int(raw_length) > MAX_BODY_BYTES:
+            return error_response(413, f"the body is over {MAX_BODY_BYTES} bytes")
+        body = self.rfile.read(int(raw_length))
+        request = Request(self.command, parts.path, parse_qs(parts.query), headers, body)
+        return self.server.api.dispatch(request)
+
+    def _send(self, response: Response) -> None:
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(response.body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for name, value in response.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(response.body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # requests are logged by do_GET, through structlog
