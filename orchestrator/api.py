@@ -140,7 +140,7 @@ class Api:
             Route("GET", _path("/"), self.dashboard),
             Route("GET", _path("/health"), self.get_health),
             Route("GET", _path("/metrics"), self.metrics),
-            Route("GET", _path("/openapi.json"), lambda r: json_response(spec())),
+            Route("GET", _path("/openapi.json"), lambda r: json_response(spec(settings))),
             Route("GET", _path("/api/queues"), lambda r: json_response(self.fleet.queues())),
             Route("GET", _path("/api/queues/{name}"), self.get_queue),
             Route("PATCH", _path("/api/queues/{name}"), self.patch_queue, write=True),
@@ -246,10 +246,10 @@ class Api:
         return json_response(result)
 
     def jobs(self, request: Request) -> Response:
-        status = request.arg("status") or None
+        status = request.arg("status")  # present but empty is a bad value, not "any"
         if status is not None and status not in JOB_STATES:
             raise HttpError(400, f"status must be one of {', '.join(JOB_STATES)} (got {status!r})")
-        raw_limit = request.arg("limit") or "50"
+        raw_limit = request.query.get("limit", ["50"])[-1]
         if not DIGITS.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_JOBS:
             raise HttpError(400, f"limit must be from 1 to {MAX_JOBS} (got {raw_limit!r})")
         return json_response(self.fleet.jobs(status, request.arg("queue") or None, int(raw_limit)))
@@ -273,12 +273,16 @@ def patch_changes(body: dict[str, Any]) -> dict[str, Any]:
                              f"allowed: {', '.join(PATCHABLE)}")  # fmt: skip
     if not body:
         raise HttpError(400, f"nothing to change; send any of {', '.join(PATCHABLE)}")
+    changes = {}
     for key, value in body.items():
         kind = PATCHABLE[key]
+        if kind is int and isinstance(value, float) and value.is_integer():
+            value = int(value)  # 4.0 is an integer in JSON Schema's eyes too
         # bool is an int in Python; JSON's true is not a concurrency.
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise HttpError(400, f"{key} must be a JSON {_json_type(kind)} (got {value!r})")
-    return body
+        changes[key] = value
+    return changes
 
 
 def _json_type(kind: type) -> str:

@@ -51,6 +51,7 @@ class ApiServer:
         self.thread.join(timeout=5)
 
     def _serve(self) -> None:
+        structlog.contextvars.bind_contextvars(**self.context)
         delay = 1.0
         host, port = self.settings.api_host, self.settings.port
         while not self.stopping.is_set():
@@ -129,7 +130,12 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("api.request", method=self.command, path=self.path.split("?")[0],
                   status=response.status, ms=ms)  # fmt: skip
 
-    do_HEAD = do_PATCH = do_POST = do_PUT = do_DELETE = do_OPTIONS = do_GET
+    def __getattr__(self, name: str) -> Any:
+        # Every method (QUERY, TRACE, ...) goes through the router: one that a path does
+        # not take is a JSON 405, not the stdlib's HTML 501.
+        if name.startswith("do_"):
+            return self.do_GET
+        raise AttributeError(name)
 
     def _respond(self) -> Response:
         parts = urlsplit(self.path)
@@ -140,7 +146,8 @@ class _Handler(BaseHTTPRequestHandler):
         if int(raw_length) > MAX_BODY_BYTES:
             return error_response(413, f"the body is over {MAX_BODY_BYTES} bytes")
         body = self.rfile.read(int(raw_length))
-        request = Request(self.command, parts.path, parse_qs(parts.query), headers, body)
+        query = parse_qs(parts.query, keep_blank_values=True)  # "?limit=" is a bad limit
+        request = Request(self.command, parts.path, query, headers, body)
         return self.server.api.dispatch(request)
 
     def _send(self, response: Response) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from orchestrator import __version__
+from orchestrator.config import HANDLER_PATH, Settings
 from orchestrator.models import JOB_STATES
 
 _INT = {"type": "integer"}
@@ -49,7 +51,7 @@ SCHEMAS: dict[str, Any] = {
     }),
     "QueuePatch": {
         **_object({"concurrency": {"type": "integer", "minimum": 1}, "paused": _BOOL,
-                   "handler": {"type": "string", "pattern": r"^[\w.]+:\w+$"}},
+                   "handler": {"type": "string", "pattern": f"^{HANDLER_PATH.pattern}$"}},
                   required=False),
         "additionalProperties": False,
         "minProperties": 1,
@@ -124,9 +126,9 @@ PATHS: dict[str, Any] = {
         "post": {
             "summary": "Move the queue's DLQ messages back to it",
             "security": _WRITE,
-            "requestBody": {"required": False, "content": {"application/json": {
+            "requestBody": {"required": True, "content": {"application/json": {
                 "schema": {"type": "object"}}}},
-            "responses": {"200": _json(_ref("Redrive")), **_errors(401, 403, 404, 409, 413,
+            "responses": {"200": _json(_ref("Redrive")), **_errors(400, 401, 403, 404, 409, 413,
                                                                        415, 503)},
         },
     },
@@ -154,15 +156,24 @@ PATHS: dict[str, Any] = {
 # fmt: on
 
 
-def spec() -> dict[str, Any]:
+def spec(settings: Settings) -> dict[str, Any]:
+    """The description for these settings: their concurrency limit, and whether writes
+    need the token."""
+    paths = copy.deepcopy(PATHS)
+    schemas = copy.deepcopy(SCHEMAS)
+    schemas["QueuePatch"]["properties"]["concurrency"]["maximum"] = settings.max_concurrency
+    for item in paths.values():
+        for operation in item.values():
+            if isinstance(operation, dict) and "security" in operation and not settings.api_token:
+                del operation["security"]
     return {
         "openapi": "3.1.0",
         "info": {"title": "orchestrator", "version": __version__,
                  "description": "Queues, workers and jobs of an orchestrator fleet. Reads are "
                                 "open; writes need a bearer token when API_TOKEN is set."},
-        "paths": PATHS,
+        "paths": paths,
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": schemas,
             "responses": {f"E{code}": _json(_ref("Error"), text) for code, text in ERRORS.items()},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -79,6 +82,7 @@ def test_reads_writes_and_errors_over_http(
     daemon = start_daemon("--mode", "MW", env={"API_TOKEN": TOKEN})
     base = api_url(daemon)
     listening = daemon.events("api.listening")[0]
+    assert listening["role"] == "master" and listening["master_id"]
     assert is_loopback(base.split("//")[1].rsplit(":", 1)[0]) and "loopback" in str(listening)
     assert TOKEN not in daemon.log()
 
@@ -172,3 +176,25 @@ def test_a_second_master_on_the_same_port_keeps_working_and_says_why(
     wait_for(lambda: second.events("api.listening"), 60, "the second to serve the API")
     wait_for(lambda: get(f"http://127.0.0.1:{port}/health")["leader"], 30, "the second to lead")
     assert second.stop() == 0
+
+
+@pytest.mark.timeout(180)
+def test_the_api_keeps_to_its_openapi_description_under_fuzzing(
+    admin: QueueAdmin, start_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    """schemathesis generates requests from /openapi.json, valid and not: no 500s, every
+    answer as described, bad input refused, the token enforced."""
+    admin.create("fuzz", handler="tests.handlers:record", dlq=True)
+    daemon = start_daemon("--mode", "M", env={"API_TOKEN": TOKEN})
+    base = api_url(daemon)
+    wait_for(lambda: get(f"{base}/health")["leader"], 30, "the master to lead")
+    st = Path(sys.executable).parent / "st"
+    result = subprocess.run(
+        [str(st), "run", f"{base}/openapi.json", "--url", base, "--checks", "all",
+         "--max-examples", "40", "--seed", "1", "-H", f"Authorization: Bearer {TOKEN}",
+         "--no-color"],
+        capture_output=True, text=True, timeout=150, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert "passed" in result.stdout
+    assert daemon.stop() == 0
