@@ -3,7 +3,7 @@
 
     .venv/bin/python scripts/bench.py [--only NAME ...] [--repeat N]
 
-NAME: throughput, concurrency, latency, failover, cost, scale, memory. SQS is
+NAME: throughput, concurrency, latency, failover, cost, scale, memory, api. SQS is
 LocalStack when installed (`orchestrator services install-localstack`), else
 moto with smaller loads (moto slows down badly past a few hundred messages).
 Exits non-zero only when a benchmark cannot run.
@@ -400,6 +400,46 @@ def _beat(bench: Bench, now: datetime) -> None:
         bench.store.register_worker(WorkerRecord(f"bench:{i}", "bench", i, now, now, 5))
 
 
+# --- 7. api: what the dashboard and /metrics cost at scale --------------------------------------
+
+
+def api(kind: str, repeat: int, root: Path, size: int = 1000) -> dict[str, Any]:
+    """GET /api/queues and /metrics through the Api (no sockets) with `size` queues and DLQs
+    absent: cold (every depth fetched from SQS) and warm (depths cached for 2 s)."""
+    from orchestrator import exposition
+    from orchestrator.api import Api, Request
+    from orchestrator.fleet import Fleet
+
+    bench = Bench(root / "api", kind)
+    try:
+        _populate(bench, size)
+        fleet = Fleet(bench.settings, bench.store, bench.sqs)
+        registry = exposition.fleet_registry(fleet)
+        app = Api(bench.settings, fleet, registry, lambda: {"status": "ok"})
+
+        def timed(path: str) -> float:
+            t0 = time.perf_counter()
+            response = app.dispatch(Request("GET", path, {}, {}))
+            assert response.status == 200, response.body[:200]
+            return time.perf_counter() - t0
+
+        out: dict[str, Any] = {"queues": size}
+        for path in ("/api/queues", "/metrics"):
+            cold, warm = [], []
+            for _ in range(max(repeat, 3)):
+                fleet.depths.cache.clear()
+                cold.append(timed(path))
+                warm.append(timed(path))
+            key = path.strip("/").replace("/", "_")
+            out[f"{key}_cold_s"] = round(median(cold), 3)
+            out[f"{key}_warm_s"] = round(median(warm), 3)
+        out["metrics_bytes"] = len(app.dispatch(Request("GET", "/metrics", {}, {})).body)
+        fleet.close()
+        return out
+    finally:
+        bench.close()
+
+
 # --- memory (from a loaded daemon) ------------------------------------------------------------
 
 
@@ -417,6 +457,7 @@ BENCHMARKS: dict[str, Callable[[str, int, Path], dict[str, Any]]] = {
     "cost": cost,
     "scale": scale,
     "memory": memory,
+    "api": api,
 }
 
 

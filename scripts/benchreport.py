@@ -41,6 +41,10 @@ ROWS: list[tuple[str, str, Callable[[dict[str, Any]], Any], str, Callable[[Any],
      lambda r: f'{r["rss_mb"].get("master")} / {r["rss_mb"].get("worker")} / '
                f'{r["rss_mb"].get("consumer")}',
      "consumer <= 60", lambda v: float(str(v).split(" / ")[2]) <= 60),
+    ("api", "GET /api/queues, 1,000 queues (depths fetched / cached), s",
+     lambda r: f'{r["api_queues_cold_s"]} / {r["api_queues_warm_s"]}', "", lambda v: True),
+    ("api", "GET /metrics, 1,000 queues (depths fetched / cached), s",
+     lambda r: f'{r["metrics_cold_s"]} / {r["metrics_warm_s"]}', "", lambda v: True),
     ("chaos", "run length, min / kills (consumer, worker, master)",
      lambda r: f'{r["minutes"]} / {r["kills"]} ({r["kills_by_role"]["consumer"]}, '
                f'{r["kills_by_role"]["worker"]}, {r["kills_by_role"]["master"]})',
