@@ -202,7 +202,10 @@ class Store:
 
     @translated
     def delete_queue(self, name: str) -> bool:
-        return self._db[QUEUES].delete_one({"name": name}).deleted_count == 1
+        """Forget the queue, and its counters: /metrics must not report it for ever."""
+        deleted = self._db[QUEUES].delete_one({"name": name}).deleted_count == 1
+        self._db[METRICS].delete_one({"_id": f"queue:{name}"})
+        return deleted
 
     # --- assignments ---------------------------------------------------------
 

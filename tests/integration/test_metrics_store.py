@@ -57,3 +57,12 @@ def test_a_partly_written_flush_keeps_only_what_was_not_written(store: Store) ->
     good = store._db["metrics"].find_one({"_id": "queue:good"})
     assert good is not None and good["handled"] == 1
     assert list(meter.take()["queues"]) == ["bad"]  # "good" is not written twice
+
+
+def test_a_deleted_queue_takes_its_counters_with_it(store: Store) -> None:
+    meter = Meter()
+    meter.message("gone", 0.01, ok=True)
+    meter.message("kept", 0.01, ok=True)
+    meter.flush(lambda d: store.add_metrics(d, utcnow()))
+    store.delete_queue("gone")
+    assert set(store.metric_totals().queues) == {"kept"}
