@@ -14,8 +14,9 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 # Handler duration buckets in seconds: from fast in-memory handlers to the slow
@@ -128,3 +129,59 @@ class Meter:
         except BaseException as exc:
             self.merge(getattr(exc, "unwritten", deltas))
             raise
+
+
+# --- the `metrics` collection's documents ------------------------------------------------
+# One per queue (`_id: "queue:<name>"`), one for SQS requests by operation (`"sqs"`)
+# and one for fleet counters (`"fleet"`). Top-level fields only: nx-27017 stores a
+# dotted `$inc` path of an upserted document as a literal key, where MongoDB nests it.
+
+
+@dataclass(frozen=True)
+class Write:
+    """One document's `$inc`, and the part of the deltas it carries."""
+
+    filter: dict[str, Any]
+    update: dict[str, Any]
+    part: Deltas
+
+
+def to_writes(deltas: Deltas, now: datetime) -> list[Write]:
+    writes = []
+    for queue, counts in deltas.get("queues", {}).items():
+        inc = {"handled": counts["handled"], "failed": counts["failed"],
+               "seconds": counts["seconds"]}  # fmt: skip
+        inc |= {f"b{i}": n for i, n in enumerate(counts["buckets"]) if n}
+        update = {"$inc": inc, "$set": {"queueName": queue, "updatedAt": now}}
+        writes.append(Write({"_id": f"queue:{queue}"}, update, {"queues": {queue: counts}}))
+    for key in ("sqs", "fleet"):
+        if deltas.get(key):
+            update = {"$inc": dict(deltas[key]), "$set": {"updatedAt": now}}
+            writes.append(Write({"_id": key}, update, {key: deltas[key]}))
+    return writes
+
+
+def unwritten(failed: Iterable[Write]) -> Deltas:
+    """The deltas of the writes that failed, to be kept for the next flush."""
+    out: Deltas = {}
+    for write in failed:
+        for key, part in write.part.items():
+            out.setdefault(key, {}).update(part)
+    return out
+
+
+def totals(docs: Iterable[dict[str, Any]]) -> Totals:
+    found = Totals()
+    for doc in docs:
+        counts = {k: v for k, v in doc.items() if k not in ("_id", "updatedAt", "queueName")}
+        if doc["_id"] == "sqs":
+            found.sqs_requests = {k: int(v) for k, v in counts.items()}
+        elif doc["_id"] == "fleet":
+            found.fleet = {k: int(v) for k, v in counts.items()}
+        elif "queueName" in doc:
+            found.queues[doc["queueName"]] = QueueCounts(
+                int(doc.get("handled", 0)), int(doc.get("failed", 0)),
+                float(doc.get("seconds", 0.0)),
+                [int(doc.get(f"b{i}", 0)) for i in range(len(BUCKETS) + 1)],
+            )  # fmt: skip
+    return found

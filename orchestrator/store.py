@@ -17,6 +17,7 @@ from bson import ObjectId
 from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError
 
+from orchestrator import metrics
 from orchestrator.config import Settings, redact_uri, scrub
 from orchestrator.errors import (
     ConfigError,
@@ -26,7 +27,7 @@ from orchestrator.errors import (
     QueueNotFound,
     ServiceUnavailable,
 )
-from orchestrator.metrics import BUCKETS, Deltas, QueueCounts, Totals
+from orchestrator.metrics import Deltas, Totals
 from orchestrator.models import (
     OPEN_JOB_STATES,
     Assignment,
@@ -431,49 +432,19 @@ class Store:
 
     @translated
     def add_metrics(self, deltas: Deltas, now: datetime) -> None:
-        """Add a Meter's counts to the fleet's sums: one `$inc` per document, one round trip.
-
-        Top-level fields only: nx-27017 stores a dotted `$inc` path of an upserted
-        document as a literal key, where MongoDB would nest it."""
-        updates: list[tuple[Deltas, UpdateOne]] = []  # (the part of `deltas`, its write)
-        for queue, counts in deltas.get("queues", {}).items():
-            inc = {"handled": counts["handled"], "failed": counts["failed"],
-                   "seconds": counts["seconds"]}  # fmt: skip
-            inc |= {f"b{i}": n for i, n in enumerate(counts["buckets"]) if n}
-            change = {"$inc": inc, "$set": {"queueName": queue, "updatedAt": now}}
-            updates.append(({"queues": {queue: counts}},
-                            UpdateOne({"_id": f"queue:{queue}"}, change, upsert=True)))  # fmt: skip
-        for key in ("sqs", "fleet"):
-            if deltas.get(key):
-                updates.append(({key: deltas[key]}, UpdateOne(
-                    {"_id": key}, {"$inc": dict(deltas[key]), "$set": {"updatedAt": now}},
-                    upsert=True)))  # fmt: skip
-        if not updates:
+        """Add a Meter's counts to the fleet's sums: one `$inc` per document, one round trip."""
+        writes = metrics.to_writes(deltas, now)
+        if not writes:
             return
         try:
-            self._db[METRICS].bulk_write([u for _, u in updates], ordered=False)
+            self._db[METRICS].bulk_write(
+                [UpdateOne(w.filter, w.update, upsert=True) for w in writes], ordered=False
+            )
         except BulkWriteError as exc:  # some documents were written: only the rest are kept
-            failed = {e["index"] for e in exc.details.get("writeErrors", [])}
-            unwritten: Deltas = {}
-            for i in sorted(failed):
-                for key, part in updates[i][0].items():
-                    unwritten.setdefault(key, {}).update(part)
-            raise MetricsPartlyWritten(f"MongoDB at {self.address} refused some metrics: "
-                                       f"{_short(exc)}", unwritten) from exc  # fmt: skip
+            failed = [writes[e["index"]] for e in exc.details.get("writeErrors", [])]
+            message = f"MongoDB at {self.address} refused some metrics: {_short(exc)}"
+            raise MetricsPartlyWritten(message, metrics.unwritten(failed)) from exc
 
     @translated
     def metric_totals(self) -> Totals:
-        totals = Totals()
-        for doc in self._db[METRICS].find():
-            counts = {k: v for k, v in doc.items() if k not in ("_id", "updatedAt", "queueName")}
-            if doc["_id"] == "sqs":
-                totals.sqs_requests = {k: int(v) for k, v in counts.items()}
-            elif doc["_id"] == "fleet":
-                totals.fleet = {k: int(v) for k, v in counts.items()}
-            elif "queueName" in doc:
-                totals.queues[doc["queueName"]] = QueueCounts(
-                    int(doc.get("handled", 0)), int(doc.get("failed", 0)),
-                    float(doc.get("seconds", 0.0)),
-                    [int(doc.get(f"b{i}", 0)) for i in range(len(BUCKETS) + 1)],
-                )  # fmt: skip
-        return totals
+        return metrics.totals(self._db[METRICS].find())
