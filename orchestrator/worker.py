@@ -3,8 +3,7 @@
 Each tick reconciles: the assignments MongoDB gives this worker are the wanted
 state, the consumers running them the actual state. The worker owns every
 MongoDB write about its jobs; consumers report to it over their channels.
-A job's outcome goes through an outbox, so that a MongoDB outage delays the
-write (the queue stays assigned meanwhile) instead of losing it.
+A job's outcome goes through an outbox (orchestrator/outbox.py).
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ from orchestrator.embedded import Endpoints
 from orchestrator.loop import Outage, retry
 from orchestrator.metrics import Meter
 from orchestrator.models import Assignment, ConsumerStats, QueueRecord, WorkerRecord, utcnow
+from orchestrator.outbox import JobEnd, Outbox
 from orchestrator.processes import Child
 from orchestrator.signals import HANDLED, STOP, SignalQueue
 from orchestrator.store import DAEMON_TIMEOUT_MS, Store
@@ -41,16 +41,6 @@ ASSIGNMENT_POLL_SECONDS = 0.25  # how soon a new assignment is picked up
 SETTINGS_POLL_SECONDS = 1.0  # how soon a concurrency or pause change reaches consumers
 STALL_SECONDS = 30.0  # a busy consumer silent this long is stuck: kill it
 FENCE_FRACTION = 0.7  # stop our consumers when heartbeats failed this part of WORKER_TIMEOUT
-STATUS_BY_REASON = {
-    "drained": "completed",
-    "max_time": "completed",
-    "paused": "completed",
-    "shutdown": "interrupted",
-    "released": "interrupted",
-    "fenced": "interrupted",
-    "aborted": "interrupted",
-    "handler_import": "failed",
-}
 
 
 @dataclass(eq=False)  # identity-hashed: kept in sets and as selector data
@@ -70,18 +60,6 @@ class ConsumerSlot:
     last_event: float = field(default_factory=time.monotonic)
 
 
-@dataclass(frozen=True)
-class JobEnd:
-    """A job outcome waiting to be written: the job first, then its assignment released."""
-
-    job: Assignment
-    status: str
-    handled: int
-    failed: int
-    reason: str
-    error: str | None = None
-
-
 class Worker:
     """Runs the consumers of the queues assigned to it."""
 
@@ -91,8 +69,8 @@ class Worker:
         self.consumer_boot = boot
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.slots: dict[int, ConsumerSlot] = {}
-        self.outbox: list[JobEnd] = []
         self.meter = Meter()  # its consumers' counts and its own, until written
+        self.outbox = Outbox(self.meter)
         self.status = "active"
         self.started_at = utcnow()
         self.due: dict[str, float] = {}  # step → monotonic time it runs next
@@ -125,9 +103,10 @@ class Worker:
         self._step("reap", self.reap, mono, 0)
         poll = min(ASSIGNMENT_POLL_SECONDS, self.settings.master_interval)
         steps: list[tuple[str, Callable[[], object], float]] = [
-            ("outbox", self.flush_outbox, 0),
+            ("outbox", lambda: self.outbox.flush(self.store), 0),
             ("heartbeat", self.heartbeat, self.settings.heartbeat_interval),
-            ("metrics", self.flush_metrics, self.settings.heartbeat_interval),
+            ("metrics", lambda: self.outbox.flush_metrics(self.store),
+             self.settings.heartbeat_interval),
         ]
         if self.status == "active" and not self.fenced:
             steps.append(("reconcile", lambda: self.reconcile(mono), poll))
@@ -196,7 +175,7 @@ class Worker:
             if job_id not in wanted and not slot.stop_sent:  # released by someone else
                 slot.stop_sent = True
                 self._send(slot, {"op": "stop", "jobId": job_id, "reason": "released"})
-        closing = {e.job.job_id for e in self.outbox}
+        closing = self.outbox.job_ids()
         busy_queues = {s.job.queue_url for s in running.values() if s.job}
         new = [
             a for job_id, a in wanted.items()
@@ -306,39 +285,15 @@ class Worker:
                 else:
                     self.store.job_progress(job.job_id, slot.handled, slot.failed, utcnow())
         elif kind == "done":
-            reason = event["reason"]
             slot.job = None
             if event.get("abandoned"):
                 slot.exiting = True  # it exits: its stuck handler threads cannot be stopped
-            self._close(JobEnd(job, STATUS_BY_REASON.get(reason, "failed"), event["handled"],
-                               event["failed"], reason, event.get("error")))  # fmt: skip
+            self._close(JobEnd.reported(job, event))
             if not slot.exiting:
                 self._maybe_recycle(slot)
 
     def _close(self, end: JobEnd) -> None:
-        self.outbox.append(end)
-        with contextlib.suppress(Exception):  # retried by the next tick's "outbox" step
-            self.flush_outbox()
-
-    def flush_metrics(self) -> None:
-        self.meter.flush(lambda deltas: self.store.add_metrics(deltas, utcnow()))
-
-    def flush_outbox(self) -> None:
-        """Write waiting job outcomes. Metrics first, so that a closed job's messages are
-        always in the counters; then the job; then the assignment: the queue becomes
-        assignable again only once its job is closed."""
-        if self.outbox:
-            self.flush_metrics()
-        while self.outbox:
-            end = self.outbox[0]
-            self.store.job_ended(end.job.job_id, end.status, utcnow(), handled=end.handled,
-                                 failed=end.failed, reason=end.reason, error=end.error)  # fmt: skip
-            self.store.release(end.job.job_id)
-            self.outbox.pop(0)
-            log_event = log.info if end.status == "completed" else log.warning
-            log_event(f"job.{end.status}", queue=end.job.queue_name, job_id=end.job.job_id,
-                      handled=end.handled, failed=end.failed, reason=end.reason,
-                      error=end.error)  # fmt: skip
+        self.outbox.add(end, self.store)
 
     def _maybe_recycle(self, slot: ConsumerSlot) -> None:
         rss, _ = slot.child.stats()
@@ -430,8 +385,8 @@ class Worker:
         processes.stop_all([s.child for s in self.slots.values()],
                            max(deadline - time.monotonic(), 0.5))  # fmt: skip
         self._quietly(self.reap)
-        self._quietly(self.flush_outbox)
-        self._quietly(self.flush_metrics)
+        self._quietly(self.outbox.flush, self.store)
+        self._quietly(self.outbox.flush_metrics, self.store)
         self._quietly(self.store.release_worker, self.id, utcnow(), "worker stopped")
         self._quietly(self.store.delete_worker, self.id)
         log.info("worker.stopped")

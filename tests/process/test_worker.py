@@ -13,10 +13,11 @@ from orchestrator import processes
 from orchestrator.config import Settings
 from orchestrator.embedded import Endpoints
 from orchestrator.models import utcnow
+from orchestrator.outbox import JobEnd
 from orchestrator.processes import Child
 from orchestrator.queues import QueueAdmin
 from orchestrator.store import Store
-from orchestrator.worker import JobEnd, Worker
+from orchestrator.worker import Worker
 from tests.process.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -89,13 +90,13 @@ def test_outcomes_wait_in_the_outbox_through_a_mongodb_outage(
     worker._close(JobEnd(assignment, "completed", 7, 0, "drained"))
     for _ in range(3):
         worker.tick(time.monotonic())
-    assert len(worker.outbox) == 1  # kept, not lost
+    assert len(worker.outbox.pending) == 1  # kept, not lost
     assert worker.slots == {}  # and its still-assigned queue was not started again
 
     worker.store = store
     worker.due.clear()
     worker.tick(time.monotonic())
-    assert worker.outbox == []
+    assert worker.outbox.pending == []
     job = store.job(job_id)
     assert job and (job.status, job.message_count) == ("completed", 7)
     assert store.assignments() == []

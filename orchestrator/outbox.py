@@ -1,0 +1,86 @@
+"""Outbox: job outcomes waiting to be written to MongoDB.
+
+A worker closes a job through its outbox, so that a MongoDB outage delays the
+write (the queue stays assigned meanwhile, so nobody else runs it) instead of
+losing it. The counts of the job's messages are written first: a job seen
+closed is always in the metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from orchestrator.metrics import Meter
+from orchestrator.models import Assignment, utcnow
+from orchestrator.store import Store
+
+log = structlog.get_logger()
+
+STATUS_BY_REASON = {  # why a consumer ended a job → the job's status
+    "drained": "completed",
+    "max_time": "completed",
+    "paused": "completed",
+    "shutdown": "interrupted",
+    "released": "interrupted",
+    "fenced": "interrupted",
+    "aborted": "interrupted",
+    "handler_import": "failed",
+}
+
+
+@dataclass(frozen=True)
+class JobEnd:
+    """A job outcome waiting to be written: the job first, then its assignment released."""
+
+    job: Assignment
+    status: str
+    handled: int
+    failed: int
+    reason: str
+    error: str | None = None
+
+    @classmethod
+    def reported(cls, job: Assignment, event: dict[str, Any]) -> JobEnd:
+        """The outcome a consumer's `done` report gives."""
+        status = STATUS_BY_REASON.get(event["reason"], "failed")
+        return cls(job, status, event["handled"], event["failed"], event["reason"],
+                   event.get("error"))  # fmt: skip
+
+
+class Outbox:
+    """Outcomes in the order they happened, and the meter whose counts go first."""
+
+    def __init__(self, meter: Meter) -> None:
+        self.meter = meter
+        self.pending: list[JobEnd] = []
+
+    def job_ids(self) -> set[str]:
+        return {end.job.job_id for end in self.pending}
+
+    def add(self, end: JobEnd, store: Store) -> None:
+        self.pending.append(end)
+        with contextlib.suppress(Exception):  # retried by the worker's next "outbox" step
+            self.flush(store)
+
+    def flush_metrics(self, store: Store) -> None:
+        self.meter.flush(lambda deltas: store.add_metrics(deltas, utcnow()))
+
+    def flush(self, store: Store) -> None:
+        """Write waiting outcomes: metrics, then the job, then the assignment (the queue
+        becomes assignable again only once its job is closed)."""
+        if self.pending:
+            self.flush_metrics(store)
+        while self.pending:
+            end = self.pending[0]
+            store.job_ended(end.job.job_id, end.status, utcnow(), handled=end.handled,
+                            failed=end.failed, reason=end.reason, error=end.error)  # fmt: skip
+            store.release(end.job.job_id)
+            self.pending.pop(0)
+            log_event = log.info if end.status == "completed" else log.warning
+            log_event(f"job.{end.status}", queue=end.job.queue_name, job_id=end.job.job_id,
+                      handled=end.handled, failed=end.failed, reason=end.reason,
+                      error=end.error)  # fmt: skip
