@@ -61,10 +61,12 @@ class Outbox:
     def job_ids(self) -> set[str]:
         return {end.job.job_id for end in self.pending}
 
-    def add(self, end: JobEnd, store: Store) -> None:
+    def add(self, end: JobEnd, store: Store | None) -> None:
+        """Queue an outcome, and write it at once through `store` when one is given."""
         self.pending.append(end)
-        with contextlib.suppress(Exception):  # retried by the worker's next "outbox" step
-            self.flush(store)
+        if store is not None:
+            with contextlib.suppress(Exception):  # retried by the worker's "outbox" step
+                self.flush(store)
 
     def flush_metrics(self, store: Store) -> None:
         self.meter.flush(lambda deltas: store.add_metrics(deltas, utcnow()))

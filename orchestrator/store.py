@@ -93,6 +93,10 @@ class Store:
                 tz_aware=True,
                 serverSelectionTimeoutMS=timeout_ms,
                 connectTimeoutMS=timeout_ms,
+                # One budget per operation, retries and handshakes included: a server that
+                # accepts connections but never answers fails the call instead of hanging
+                # it (a worker stuck in a heartbeat could not fence itself in time).
+                timeoutMS=timeout_ms * 3 // 2,
                 appname="orchestrator",
             )
         except (PyMongoError, ValueError) as exc:  # a malformed URI: the setting is wrong

@@ -77,6 +77,7 @@ class Worker:
         self.outages: dict[str, Outage] = {}
         self.last_heartbeat = time.monotonic()
         self.fenced = False
+        self.store_ok = True  # False from a failed store call until a heartbeat succeeds
         self.spawn_failures = 0
         self.next_spawn_at = 0.0
         self.rng = random.Random()
@@ -114,7 +115,7 @@ class Worker:
         for name, call, every in steps:
             if not self._step(name, call, mono, every):
                 break
-        self._fence_if_silent(mono)
+        self.fence_if_silent(mono)
         self._watchdog(mono)
 
     def _step(self, name: str, call: Callable[[], object], mono: float, every: float) -> bool:
@@ -126,6 +127,7 @@ class Worker:
             call()
         except Exception as exc:  # logged once per problem; retried with capped backoff
             self.due[name] = mono + min(outage.failed(exc), self.settings.heartbeat_interval)
+            self.store_ok = False
             return False
         outage.recovered()
         self.due[name] = mono + every
@@ -141,6 +143,7 @@ class Worker:
             stats.append(ConsumerStats(slot.child.pid, queue, rss, cpu))
         found = self.store.heartbeat(self.id, utcnow(), stats, self.status)
         self.last_heartbeat = time.monotonic()
+        self.store_ok = True
         if self.fenced:
             log.info("worker.unfenced")
             self.fenced = False
@@ -151,7 +154,7 @@ class Worker:
             self._stop_busy("released")
             self.register()
 
-    def _fence_if_silent(self, mono: float) -> None:
+    def fence_if_silent(self, mono: float) -> None:
         """Without heartbeats a master will soon give our queues to others: stop first,
         so that two consumers never run one queue."""
         silent = mono - self.last_heartbeat
@@ -278,12 +281,17 @@ class Worker:
         kind = event["event"]
         if kind in ("started", "progress"):
             slot.handled, slot.failed = event.get("handled", 0), event.get("failed", 0)
-            with contextlib.suppress(Exception):  # the next progress report repeats it
+            if kind == "started":
+                self.spawn_failures = 0
+            if not self.store_ok:
+                return  # skippable: waiting out a timeout here would starve the loop
+            try:
                 if kind == "started":
-                    self.spawn_failures = 0
                     self.store.job_started(job.job_id, os.getpid(), slot.child.pid, utcnow())
                 else:
                     self.store.job_progress(job.job_id, slot.handled, slot.failed, utcnow())
+            except Exception:  # the next report repeats it; the steps say what failed
+                self.store_ok = False
         elif kind == "done":
             slot.job = None
             if event.get("abandoned"):
@@ -293,7 +301,8 @@ class Worker:
                 self._maybe_recycle(slot)
 
     def _close(self, end: JobEnd) -> None:
-        self.outbox.add(end, self.store)
+        # Written at once unless MongoDB is failing: then the "outbox" step retries it.
+        self.outbox.add(end, self.store if self.store_ok else None)
 
     def _maybe_recycle(self, slot: ConsumerSlot) -> None:
         rss, _ = slot.child.stats()
@@ -419,6 +428,7 @@ def run(settings: Settings, endpoints: Endpoints) -> None:
         if any(s in STOP for s in signals.drain()):
             break
         worker.tick(time.monotonic())
+        worker.fence_if_silent(time.monotonic())  # also after a tick that waited on a timeout
         _watch_channels(selector, worker)
     log.info("worker.stopping", grace=settings.shutdown_grace)
     worker.shutdown(settings.shutdown_grace, selector, signals)

@@ -24,7 +24,8 @@ from orchestrator.queues import QueueAdmin
 from orchestrator.sqs import Sqs
 from orchestrator.store import Store
 from tests.conftest import base_environ
-from tests.process.conftest import Daemon, holds_for, records, wait_for
+from tests.http import call
+from tests.process.conftest import Daemon, api_url, holds_for, records, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 SLOW = "tests.handlers:slow_record"  # 100 ms unless the body says otherwise
@@ -231,4 +232,43 @@ def test_a_mongodb_outage_mid_run_loses_nothing(
         assert not daemon.events("loop.error")  # no traceback per loop
         assert len(daemon.events("service.unavailable")) < 40  # a line per problem
     finally:
+        embedded.stop(settings)
+
+
+def test_a_hung_mongodb_is_an_outage_not_a_hang(
+    tmp_path: Path, record_dir: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    """A MongoDB that accepts connections but never answers (SIGSTOP): every role must
+    time out, say so and carry on; the worker fences itself before it could be declared
+    dead; the API still answers; after SIGCONT every message is handled."""
+    ports = {"EMBEDDED_MONGODB_PORT": str(_free_port()), "EMBEDDED_SQS_PORT": str(_free_port())}
+    env = {"DATA_DIR": str(tmp_path / "data"), "MONGODB_NAME": "hung", **ports}
+    settings = config.load(environ=base_environ(tmp_path / "data", **env))
+    ends = embedded.ensure(settings)
+    store = Store(ends.mongodb_uri, "hung", job_ttl_days=1)
+    sqs = Sqs(ends.sqs_endpoint, "us-east-1", "test", "test")
+    admin = QueueAdmin(settings, lambda: store, lambda: sqs)
+    mongodb = json.loads((tmp_path / "data" / "services.json").read_text())["mongodb"]
+    try:
+        admin.create("h", handler=SLOW, concurrency=2)
+        admin.send("h", 150)
+        daemon = start_daemon("--mode", "MW", env=env)
+        base = api_url(daemon)
+        wait_for(lambda: len(records(record_dir)) >= 20, 60, "work under way")
+
+        os.kill(mongodb["pid"], signal.SIGSTOP)
+        try:
+            wait_for(lambda: daemon.events("worker.fenced"), 15, "the worker to fence itself")
+            started = time.monotonic()
+            _, health = call("GET", f"{base}/health")
+            assert time.monotonic() - started < 12 and health["mongodb"] is False, health
+        finally:
+            os.kill(mongodb["pid"], signal.SIGCONT)
+
+        wait_for(lambda: seqs(record_dir, "h") == set(range(150)), 150, "every message handled")
+        wait_for(lambda: settled(store), 60, "no open job, no assignment")
+        assert daemon.events("service.unavailable")
+        assert not daemon.events("child.died")
+    finally:
+        os.kill(mongodb["pid"], signal.SIGCONT)
         embedded.stop(settings)
