@@ -7,12 +7,14 @@ may be left dangling.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -203,72 +205,77 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_a_mongodb_outage_mid_run_loses_nothing(
-    tmp_path: Path, record_dir: Path, start_daemon: Callable[..., Daemon]
-) -> None:
-    # Own servers on fixed ports: MongoDB must come back where the daemon expects it.
+@dataclass
+class OwnServers:
+    """Embedded servers of the test's own, on fixed ports: a server stopped or killed
+    comes back where the daemon expects it."""
+
+    env: dict[str, str]
+    settings: Settings
+    store: Store
+    admin: QueueAdmin
+    mongodb_pid: int
+
+
+@pytest.fixture
+def own_servers(tmp_path: Path) -> Iterator[OwnServers]:
     ports = {"EMBEDDED_MONGODB_PORT": str(_free_port()), "EMBEDDED_SQS_PORT": str(_free_port())}
-    env = {"DATA_DIR": str(tmp_path / "data"), "MONGODB_NAME": "outage", **ports}
+    env = {"DATA_DIR": str(tmp_path / "data"), "MONGODB_NAME": "own", **ports}
     settings = config.load(environ=base_environ(tmp_path / "data", **env))
     ends = embedded.ensure(settings)
-    store = Store(ends.mongodb_uri, "outage", job_ttl_days=1)
+    store = Store(ends.mongodb_uri, "own", job_ttl_days=1)
     sqs = Sqs(ends.sqs_endpoint, "us-east-1", "test", "test")
-    admin = QueueAdmin(settings, lambda: store, lambda: sqs)
-    try:
-        admin.create("o", handler=SLOW, concurrency=2)
-        admin.send("o", 150)
-        daemon = start_daemon("--mode", "MW", env=env)
-        wait_for(lambda: len(records(record_dir)) >= 20, 60, "work under way")
+    pid = json.loads((tmp_path / "data" / "services.json").read_text())["mongodb"]["pid"]
+    yield OwnServers(env, settings, store, QueueAdmin(settings, lambda: store, lambda: sqs), pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGCONT)
+    embedded.stop(settings)
 
-        mongodb = json.loads((tmp_path / "data" / "services.json").read_text())["mongodb"]
-        os.kill(mongodb["pid"], signal.SIGKILL)
-        holds_for(lambda: daemon.proc.poll() is None, 10, "the daemon rides out the outage")
-        embedded.ensure(settings)  # the server comes back, on the same port
 
-        wait_for(lambda: seqs(record_dir, "o") == set(range(150)), 150, "every message handled")
-        wait_for(lambda: settled(store), 60, "no open job, no assignment")
-        assert daemon.events("service.unavailable")  # the outage was seen
-        assert not daemon.events("child.died")  # carried on without a restart
-        assert not daemon.events("loop.error")  # no traceback per loop
-        assert len(daemon.events("service.unavailable")) < 40  # a line per problem
-    finally:
-        embedded.stop(settings)
+def test_a_mongodb_outage_mid_run_loses_nothing(
+    own_servers: OwnServers, record_dir: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    own = own_servers
+    own.admin.create("o", handler=SLOW, concurrency=2)
+    own.admin.send("o", 150)
+    daemon = start_daemon("--mode", "MW", env=own.env)
+    wait_for(lambda: len(records(record_dir)) >= 20, 60, "work under way")
+
+    os.kill(own.mongodb_pid, signal.SIGKILL)
+    holds_for(lambda: daemon.proc.poll() is None, 10, "the daemon rides out the outage")
+    embedded.ensure(own.settings)  # the server comes back, on the same port
+
+    wait_for(lambda: seqs(record_dir, "o") == set(range(150)), 150, "every message handled")
+    wait_for(lambda: settled(own.store), 60, "no open job, no assignment")
+    assert daemon.events("service.unavailable")  # the outage was seen
+    assert not daemon.events("child.died")  # carried on without a restart
+    assert not daemon.events("loop.error")  # no traceback per loop
+    assert len(daemon.events("service.unavailable")) < 40  # a line per problem
 
 
 def test_a_hung_mongodb_is_an_outage_not_a_hang(
-    tmp_path: Path, record_dir: Path, start_daemon: Callable[..., Daemon]
+    own_servers: OwnServers, record_dir: Path, start_daemon: Callable[..., Daemon]
 ) -> None:
     """A MongoDB that accepts connections but never answers (SIGSTOP): every role must
     time out, say so and carry on; the worker fences itself before it could be declared
     dead; the API still answers; after SIGCONT every message is handled."""
-    ports = {"EMBEDDED_MONGODB_PORT": str(_free_port()), "EMBEDDED_SQS_PORT": str(_free_port())}
-    env = {"DATA_DIR": str(tmp_path / "data"), "MONGODB_NAME": "hung", **ports}
-    settings = config.load(environ=base_environ(tmp_path / "data", **env))
-    ends = embedded.ensure(settings)
-    store = Store(ends.mongodb_uri, "hung", job_ttl_days=1)
-    sqs = Sqs(ends.sqs_endpoint, "us-east-1", "test", "test")
-    admin = QueueAdmin(settings, lambda: store, lambda: sqs)
-    mongodb = json.loads((tmp_path / "data" / "services.json").read_text())["mongodb"]
+    own = own_servers
+    own.admin.create("h", handler=SLOW, concurrency=2)
+    own.admin.send("h", 150)
+    daemon = start_daemon("--mode", "MW", env=own.env)
+    base = api_url(daemon)
+    wait_for(lambda: len(records(record_dir)) >= 20, 60, "work under way")
+
+    os.kill(own.mongodb_pid, signal.SIGSTOP)
     try:
-        admin.create("h", handler=SLOW, concurrency=2)
-        admin.send("h", 150)
-        daemon = start_daemon("--mode", "MW", env=env)
-        base = api_url(daemon)
-        wait_for(lambda: len(records(record_dir)) >= 20, 60, "work under way")
-
-        os.kill(mongodb["pid"], signal.SIGSTOP)
-        try:
-            wait_for(lambda: daemon.events("worker.fenced"), 15, "the worker to fence itself")
-            started = time.monotonic()
-            _, health = call("GET", f"{base}/health")
-            assert time.monotonic() - started < 12 and health["mongodb"] is False, health
-        finally:
-            os.kill(mongodb["pid"], signal.SIGCONT)
-
-        wait_for(lambda: seqs(record_dir, "h") == set(range(150)), 150, "every message handled")
-        wait_for(lambda: settled(store), 60, "no open job, no assignment")
-        assert daemon.events("service.unavailable")
-        assert not daemon.events("child.died")
+        wait_for(lambda: daemon.events("worker.fenced"), 15, "the worker to fence itself")
+        started = time.monotonic()
+        _, health = call("GET", f"{base}/health")
+        assert time.monotonic() - started < 12 and health["mongodb"] is False, health
     finally:
-        os.kill(mongodb["pid"], signal.SIGCONT)
-        embedded.stop(settings)
+        os.kill(own.mongodb_pid, signal.SIGCONT)
+
+    wait_for(lambda: seqs(record_dir, "h") == set(range(150)), 150, "every message handled")
+    wait_for(lambda: settled(own.store), 60, "no open job, no assignment")
+    assert daemon.events("service.unavailable")
+    assert not daemon.events("child.died")
