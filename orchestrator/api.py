@@ -75,7 +75,7 @@ class Request:
     params: dict[str, str] = field(default_factory=dict)
 
     def json(self) -> dict[str, Any]:
-        self.require_json()
+        """The body as a JSON object (its media type was checked by dispatch: writes only)."""
         try:
             doc = json.loads(self.body or b"{}")
         except ValueError as exc:

@@ -113,8 +113,7 @@ class Fleet:
     def _queue_views(self, queues: list[QueueRecord]) -> list[dict[str, Any]]:
         assigned = {a.queue_url: a for a in self.store.assignments()}
         totals = self.store.metric_totals().queues
-        urls = [u for q in queues for u in (q.queue_url, q.dlq_url) if u]
-        depths = self.depths.get(urls)
+        depths = self._depths(queues)
         views = []
         for q in queues:
             a = assigned.get(q.queue_url)
@@ -164,6 +163,10 @@ class Fleet:
     def queue_depths(self) -> list[tuple[QueueRecord, QueueDepth | None, QueueDepth | None]]:
         """Every queue with its depth and its DLQ's (None where SQS has no such queue)."""
         queues = self.store.list_queues()
-        depths = self.depths.get(u for q in queues for u in (q.queue_url, q.dlq_url) if u)
+        depths = self._depths(queues)
         return [(q, depths.get(q.queue_url), depths.get(q.dlq_url) if q.dlq_url else None)
                 for q in queues]  # fmt: skip
+
+    def _depths(self, queues: list[QueueRecord]) -> dict[str, QueueDepth | None]:
+        """The depths of these queues and of their DLQs, by URL."""
+        return self.depths.get(u for q in queues for u in (q.queue_url, q.dlq_url) if u)
