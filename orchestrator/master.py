@@ -295,7 +295,7 @@ def run(settings: Settings, endpoints: Endpoints) -> None:
     with contextlib.suppress(OrchestratorError):
         master.resign()
     with contextlib.suppress(OrchestratorError):
-        meter.flush(lambda deltas: store.add_metrics(deltas, utcnow()))
+        store.flush_meter(meter)
     log.info("master.stopped")
 
 
@@ -319,6 +319,6 @@ def _loop(
         if started >= next_flush:
             next_flush = started + METRICS_FLUSH_SECONDS
             with contextlib.suppress(OrchestratorError):  # kept for the next flush
-                master.meter.flush(lambda d: master.store.add_metrics(d, utcnow()))
+                master.store.flush_meter(master.meter)
         if wait(signals, delay):
             break

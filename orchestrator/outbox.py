@@ -69,7 +69,7 @@ class Outbox:
                 self.flush(store)
 
     def flush_metrics(self, store: Store) -> None:
-        self.meter.flush(lambda deltas: store.add_metrics(deltas, utcnow()))
+        store.flush_meter(self.meter)
 
     def flush(self, store: Store) -> None:
         """Write waiting outcomes: metrics, then the job, then the assignment (the queue

@@ -27,7 +27,7 @@ from orchestrator.errors import (
     QueueNotFound,
     ServiceUnavailable,
 )
-from orchestrator.metrics import Deltas, Totals
+from orchestrator.metrics import Deltas, Meter, Totals
 from orchestrator.models import (
     OPEN_JOB_STATES,
     Assignment,
@@ -448,6 +448,10 @@ class Store:
             failed = [writes[e["index"]] for e in exc.details.get("writeErrors", [])]
             message = f"MongoDB at {self.address} refused some metrics: {_short(exc)}"
             raise MetricsPartlyWritten(message, metrics.unwritten(failed)) from exc
+
+    def flush_meter(self, meter: Meter) -> None:
+        """Write what `meter` counted; on failure it keeps the counts for the next flush."""
+        meter.flush(lambda deltas: self.add_metrics(deltas, utcnow()))
 
     @translated
     def metric_totals(self) -> Totals:

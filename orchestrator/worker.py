@@ -115,7 +115,7 @@ class Worker:
         for name, call, every in steps:
             if not self._step(name, call, mono, every):
                 break
-        self.fence_if_silent(mono)
+        self._fence_if_silent(mono)
         self._watchdog(mono)
 
     def _step(self, name: str, call: Callable[[], object], mono: float, every: float) -> bool:
@@ -154,7 +154,7 @@ class Worker:
             self._stop_busy("released")
             self.register()
 
-    def fence_if_silent(self, mono: float) -> None:
+    def _fence_if_silent(self, mono: float) -> None:
         """Without heartbeats a master will soon give our queues to others: stop first,
         so that two consumers never run one queue."""
         silent = mono - self.last_heartbeat
@@ -428,7 +428,6 @@ def run(settings: Settings, endpoints: Endpoints) -> None:
         if any(s in STOP for s in signals.drain()):
             break
         worker.tick(time.monotonic())
-        worker.fence_if_silent(time.monotonic())  # also after a tick that waited on a timeout
         _watch_channels(selector, worker)
     log.info("worker.stopping", grace=settings.shutdown_grace)
     worker.shutdown(settings.shutdown_grace, selector, signals)
