@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import click
 
@@ -29,6 +30,12 @@ def queue() -> None:
     "--max-receive-count", type=int, help="Receives before SQS moves a message to the DLQ (5)."
 )
 @click.option("--visibility-timeout", type=int, default=30, show_default=True, metavar="S")
+@click.option("--processes", type=int, default=1, show_default=True, metavar="P",
+              help="Handler processes on the assigned worker (concurrency is split across them).")
+@click.option("--batch-size", type=int, default=1, show_default=True, metavar="N",
+              help="Above 1 the handler gets a list of up to N messages.")
+@click.option("--batch-window", type=float, default=0.0, show_default=True, metavar="S",
+              help="Seconds a batch may wait to fill.")
 @pass_app
 def create(
     app: App,
@@ -38,6 +45,9 @@ def create(
     dlq: bool | None,
     max_receive_count: int | None,
     visibility_timeout: int,
+    processes: int,
+    batch_size: int,
+    batch_window: float,
 ) -> None:
     """Create queue NAME in SQS and MongoDB."""
     if dlq is False and max_receive_count is not None:
@@ -49,13 +59,20 @@ def create(
         dlq=bool(dlq) or max_receive_count is not None,
         max_receive_count=max_receive_count,
         visibility_timeout=visibility_timeout,
+        processes=processes,
+        batch_size=batch_size,
+        batch_window=batch_window,
     )
-    dlq_note = ""
+    notes = ""
+    if record.processes > 1:
+        notes += f", {record.processes} processes"
+    if record.batch_size > 1:
+        notes += f", batches of {record.batch_size} within {record.batch_window:g} s"
     if record.dlq_name:
-        dlq_note = f", DLQ {record.dlq_name} after {record.max_receive_count} receives"
+        notes += f", DLQ {record.dlq_name} after {record.max_receive_count} receives"
     click.echo(
         f"created {record.name} (concurrency {record.concurrency}, "
-        f"handler {record.handler}{dlq_note})"
+        f"handler {record.handler}{notes})"
     )
 
 
@@ -90,14 +107,23 @@ def list_(app: App, as_json: bool) -> None:
 @NAME
 @click.argument("count", type=int)
 @click.option("--body", help='Message body (default: {"seq": i}).')
+@click.option("--group-id", metavar="G", help="FIFO queues: the message group (default 'default').")
+@click.option("--groups", type=int, metavar="N",
+              help="FIFO queues: spread the messages round-robin over groups g0..gN-1.")
 @pass_app
-def send(app: App, name: str, count: int, body: str | None) -> None:
+def send(
+    app: App, name: str, count: int, body: str | None, group_id: str | None, groups: int | None
+) -> None:
     """Send COUNT test messages to NAME, 10 per request."""
+
+    def send_all(progress: Callable[[int], None]) -> None:
+        app.queues.send(name, count, body, progress, group_id=group_id, groups=groups)
+
     if sys.stdout.isatty() and count > 0:
         with click.progressbar(length=count, label=f"sending to {name}") as bar:
-            app.queues.send(name, count, body, progress=bar.update)
+            send_all(bar.update)
     else:
-        app.queues.send(name, count, body)
+        send_all(lambda n: None)
     click.echo(f"sent {count} messages to {name}")
 
 
@@ -118,6 +144,42 @@ def size(app: App, name: str, as_json: bool) -> None:
         render.emit_json(doc)
     else:
         render.table(["NAME", "VISIBLE", "IN FLIGHT", "DELAYED"], [list(doc.values())])
+
+
+@queue.command("set", context_settings=NUMBER_ARGS)
+@NAME
+@click.option("--concurrency", type=int, metavar="N", help="Handlers run at once.")
+@click.option("--processes", type=int, metavar="P", help="Handler processes.")
+@click.option("--batch-size", type=int, metavar="N", help="Messages per handler call.")
+@click.option("--batch-window", type=float, metavar="S", help="Seconds a batch may wait to fill.")
+@click.option("--handler", metavar="MOD:FUNC", help="Import path of the handler.")
+@pass_app
+def set_(
+    app: App,
+    name: str,
+    concurrency: int | None,
+    processes: int | None,
+    batch_size: int | None,
+    batch_window: float | None,
+    handler: str | None,
+) -> None:
+    """Change several of NAME's settings at once: all are checked before any is written.
+    Running consumers pick the changes up within 2 s."""
+    given = {"concurrency": concurrency, "processes": processes, "batch_size": batch_size,
+             "batch_window": batch_window, "handler": handler}  # fmt: skip
+    changes = {key: value for key, value in given.items() if value is not None}
+    if not changes:
+        raise click.UsageError(
+            "nothing to set; give any of --concurrency, --processes, --batch-size, "
+            "--batch-window, --handler"
+        )
+    record = app.queues.update(name, concurrency=concurrency, processes=processes,
+                               batch_size=batch_size, batch_window=batch_window,
+                               handler=handler)  # fmt: skip
+    shown = {"concurrency": record.concurrency, "processes": record.processes,
+             "batch_size": record.batch_size, "batch_window": f"{record.batch_window:g}",
+             "handler": record.handler}  # fmt: skip
+    click.echo(f"{name}: " + ", ".join(f"{k.replace('_', ' ')} {shown[k]}" for k in changes))
 
 
 @queue.command("set-concurrency", context_settings=NUMBER_ARGS)

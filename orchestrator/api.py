@@ -40,7 +40,10 @@ log = structlog.get_logger()
 
 MAX_JOBS = 1000
 DIGITS = re.compile(r"[0-9]{1,9}")
-PATCHABLE = {"concurrency": int, "paused": bool, "handler": str}
+# PATCH fields (JSON names) → their JSON type, and QueueAdmin.update's argument names.
+PATCHABLE = {"concurrency": int, "paused": bool, "handler": str, "processes": int,
+             "batchSize": int, "batchWindow": float}  # fmt: skip
+UPDATE_ARGS = {"batchSize": "batch_size", "batchWindow": "batch_window"}
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 STATUS_BY_ERROR: list[tuple[type[OrchestratorError], int]] = [
     (QueueNotFound, 404),
@@ -278,15 +281,17 @@ def patch_changes(body: dict[str, Any]) -> dict[str, Any]:
         kind = PATCHABLE[key]
         if kind is int and isinstance(value, float) and value.is_integer():
             value = int(value)  # 4.0 is an integer in JSON Schema's eyes too
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # 2 is a number too
         # bool is an int in Python; JSON's true is not a concurrency.
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        if not isinstance(value, kind) or (kind in (int, float) and isinstance(value, bool)):
             raise HttpError(400, f"{key} must be a JSON {_json_type(kind)} (got {value!r})")
-        changes[key] = value
+        changes[UPDATE_ARGS.get(key, key)] = value
     return changes
 
 
 def _json_type(kind: type) -> str:
-    return {int: "integer", bool: "boolean", str: "string"}[kind]
+    return {int: "integer", bool: "boolean", str: "string", float: "number"}[kind]
 
 
 def _path(template: str) -> re.Pattern[str]:

@@ -62,6 +62,7 @@ class Settings:
     worker_instances: int = _key(1, lo=1, hi=64)
     default_concurrency: int = _key(5, lo=1)
     max_concurrency: int = _key(100, lo=1, hi=10_000)
+    max_processes: int = _key(8, lo=1, hi=64)
     default_handler: str = _key("orchestrator.handlers:log")
     master_interval: float = _key(1.0, lo=0.01)
     heartbeat_interval: float = _key(2.0, lo=0.01)

@@ -129,6 +129,9 @@ class Fleet:
                 "dlqVisible": dlq.visible if dlq else None,
                 "maxReceiveCount": q.max_receive_count,
                 "visibilityTimeout": q.visibility_timeout,
+                "processes": q.processes,
+                "batchSize": q.batch_size,
+                "batchWindow": q.batch_window,
                 "handled": counts.handled,
                 "failed": counts.failed,
             })  # fmt: skip

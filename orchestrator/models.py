@@ -26,6 +26,9 @@ class QueueRecord:
     dlq_name: str | None = None
     dlq_url: str | None = None
     max_receive_count: int | None = None
+    processes: int = 1  # handler processes on the assigned worker
+    batch_size: int = 1  # above 1 the handler gets a list of up to this many messages
+    batch_window: float = 0.0  # seconds a batch may wait to fill
     id: str | None = None  # the document's ObjectId, as hex
     created_at: datetime | None = None
     updated_at: datetime | None = None
@@ -47,6 +50,9 @@ class QueueRecord:
             "dlqName": self.dlq_name,
             "dlqUrl": self.dlq_url,
             "maxReceiveCount": self.max_receive_count,
+            "processes": self.processes,
+            "batchSize": self.batch_size,
+            "batchWindow": self.batch_window,
             "createdAt": self.created_at,
             "updatedAt": self.updated_at,
             "syncedAt": self.synced_at,
@@ -66,6 +72,10 @@ class QueueRecord:
             dlq_name=doc.get("dlqName"),
             dlq_url=doc.get("dlqUrl"),
             max_receive_count=doc.get("maxReceiveCount"),
+            # Documents written before a field existed lack it: the default applies.
+            processes=int(doc.get("processes") or 1),
+            batch_size=int(doc.get("batchSize") or 1),
+            batch_window=float(doc.get("batchWindow") or 0.0),
             created_at=doc.get("createdAt"),
             updated_at=doc.get("updatedAt"),
             synced_at=doc.get("syncedAt"),
@@ -186,6 +196,7 @@ class JobRecord:
     last_modified: datetime
     end_reason: str | None
     error: str | None
+    processes: tuple[dict[str, Any], ...] = ()  # handler processes: pid, handled, failed, exit
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> JobRecord:
@@ -207,6 +218,7 @@ class JobRecord:
             last_modified=doc["lastModified"],
             end_reason=doc.get("endReason"),
             error=doc.get("error"),
+            processes=tuple(doc.get("processes") or ()),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -231,4 +243,5 @@ class JobRecord:
             "lastModified": iso(self.last_modified),
             "endReason": self.end_reason,
             "error": self.error,
+            "processes": list(self.processes),
         }

@@ -8,6 +8,7 @@ from typing import Any
 from orchestrator import __version__
 from orchestrator.config import HANDLER_PATH, Settings
 from orchestrator.models import JOB_STATES
+from orchestrator.validate import MAX_BATCH_SIZE, MAX_BATCH_WINDOW
 
 _INT = {"type": "integer"}
 _STR = {"type": "string"}
@@ -44,6 +45,7 @@ _WRITE: list[dict[str, list[str]]] = [{"bearer": []}]
 SCHEMAS: dict[str, Any] = {
     "Queue": _object({
         "name": _STR, "queueUrl": _STR, "concurrency": _INT, "handler": _STR, "paused": _BOOL,
+        "processes": _INT, "batchSize": _INT, "batchWindow": {"type": "number"},
         "visible": _NULL_INT, "inFlight": _NULL_INT, "delayed": _NULL_INT,
         "worker": _NULL_STR, "jobId": _NULL_STR, "dlqName": _NULL_STR, "dlqUrl": _NULL_STR,
         "dlqVisible": _NULL_INT, "maxReceiveCount": _NULL_INT, "visibilityTimeout": _INT,
@@ -51,7 +53,11 @@ SCHEMAS: dict[str, Any] = {
     }),
     "QueuePatch": {
         **_object({"concurrency": {"type": "integer", "minimum": 1}, "paused": _BOOL,
-                   "handler": {"type": "string", "pattern": f"^{HANDLER_PATH.pattern}$"}},
+                   "handler": {"type": "string", "pattern": f"^{HANDLER_PATH.pattern}$"},
+                   "processes": {"type": "integer", "minimum": 1},
+                   "batchSize": {"type": "integer", "minimum": 1, "maximum": MAX_BATCH_SIZE},
+                   "batchWindow": {"type": "number", "minimum": 0,
+                                   "maximum": MAX_BATCH_WINDOW}},
                   required=False),
         "additionalProperties": False,
         "minProperties": 1,
@@ -72,6 +78,8 @@ SCHEMAS: dict[str, Any] = {
                               "consumerPid": _NULL_INT}),
         "createdAt": _TIME, "startedAt": _NULL_TIME, "endedAt": _NULL_TIME,
         "lastModified": _TIME, "endReason": _NULL_STR, "error": _NULL_STR,
+        "processes": {"type": "array", "items": _object({
+            "pid": _INT, "handled": _INT, "failed": _INT, "exit": _NULL_STR})},
     }),
     "Health": _object({"status": {"enum": ["ok", "stalled"]}, "leader": _BOOL,
                        "masterId": _STR, "mongodb": _BOOL,
@@ -113,7 +121,9 @@ PATHS: dict[str, Any] = {
         "get": {"summary": "One queue", "responses": {"200": _json(_ref("Queue")),
                                                       **_errors(404, 503)}},
         "patch": {
-            "summary": "Change concurrency, paused and/or handler (validated as by the CLI)",
+            "summary": "Change any of concurrency, paused, handler, processes, batchSize, "
+                       "batchWindow "
+                       "(validated together, as by the CLI; all or nothing)",
             "security": _WRITE,
             "requestBody": {"required": True, "content": {"application/json": {
                 "schema": _ref("QueuePatch")}}},
@@ -162,6 +172,7 @@ def spec(settings: Settings) -> dict[str, Any]:
     paths = copy.deepcopy(PATHS)
     schemas = copy.deepcopy(SCHEMAS)
     schemas["QueuePatch"]["properties"]["concurrency"]["maximum"] = settings.max_concurrency
+    schemas["QueuePatch"]["properties"]["processes"]["maximum"] = settings.max_processes
     for item in paths.values():
         for operation in item.values():
             if isinstance(operation, dict) and "security" in operation and not settings.api_token:

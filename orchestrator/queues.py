@@ -14,7 +14,13 @@ from typing import Any
 
 from orchestrator import validate
 from orchestrator.config import Settings
-from orchestrator.errors import NameTaken, NoDeadLetterQueue, QueueExists, QueueNotFound
+from orchestrator.errors import (
+    InvalidValue,
+    NameTaken,
+    NoDeadLetterQueue,
+    QueueExists,
+    QueueNotFound,
+)
 from orchestrator.models import QueueDepth, QueueRecord
 from orchestrator.sqs import BATCH, Sqs
 from orchestrator.store import Store
@@ -73,6 +79,9 @@ class QueueAdmin:
         dlq: bool = False,
         max_receive_count: int | None = None,
         visibility_timeout: int = 30,
+        processes: int = 1,
+        batch_size: int = 1,
+        batch_window: float = 0.0,
     ) -> QueueRecord:
         s = self.settings
         record = QueueRecord(
@@ -89,6 +98,9 @@ class QueueAdmin:
                 if dlq
                 else None
             ),
+            processes=validate.processes(processes, s.max_processes),
+            batch_size=validate.batch_size(batch_size),
+            batch_window=validate.batch_window(batch_window),
         )
         # Checked before touching SQS: creating an existing queue could change its attributes.
         if self.store.find_queue(name) is not None:
@@ -151,16 +163,22 @@ class QueueAdmin:
         concurrency: int | None = None,
         paused: bool | None = None,
         handler: str | None = None,
+        processes: int | None = None,
+        batch_size: int | None = None,
+        batch_window: float | None = None,
     ) -> QueueRecord:
         """Change several settings at once: all are validated before any is written."""
-        changes: dict[str, Any] = {}
-        if concurrency is not None:
-            maximum = self.settings.max_concurrency
-            changes["concurrency"] = validate.concurrency(concurrency, maximum)
-        if handler is not None:
-            changes["handler"] = validate.handler_path(handler)
-        if paused is not None:
-            changes["paused"] = paused
+        s = self.settings
+        checks: dict[str, tuple[Any, Callable[[Any], Any]]] = {
+            "concurrency": (concurrency, lambda v: validate.concurrency(v, s.max_concurrency)),
+            "handler": (handler, validate.handler_path),
+            "paused": (paused, lambda v: v),
+            "processes": (processes, lambda v: validate.processes(v, s.max_processes)),
+            "batchSize": (batch_size, validate.batch_size),
+            "batchWindow": (batch_window, lambda v: validate.batch_window(float(v))),
+        }
+        changes = {key: check(value) for key, (value, check) in checks.items()
+                   if value is not None}  # fmt: skip
         return self.store.update_queue(name, changes) if changes else self.store.get_queue(name)
 
     def set_concurrency(self, name: str, value: int) -> QueueRecord:
@@ -193,16 +211,38 @@ class QueueAdmin:
         count: int,
         body: str | None = None,
         progress: Callable[[int], None] = lambda n: None,
+        *,
+        group_id: str | None = None,
+        groups: int | None = None,
     ) -> int:
-        """Send `count` test messages in batches of 10; default bodies are {"seq": i}."""
+        """Send `count` test messages in batches of 10; default bodies are {"seq": i}.
+
+        On a FIFO queue the messages go to group `group_id` (default "default"), or
+        round-robin over `groups` groups named g0, g1, ...
+        """
         validate.positive(count, "count")
+        group_of = self._groups(name, group_id, groups)
         url = self.store.get_queue(name).queue_url
         for start in range(0, count, BATCH):
             seqs = range(start, min(start + BATCH, count))
             bodies = [json.dumps({"seq": i}) if body is None else body for i in seqs]
-            self.sqs.send_batch(url, bodies)
+            self.sqs.send_batch(url, bodies, group_ids=[group_of(i) for i in seqs])
             progress(len(seqs))
         return count
+
+    @staticmethod
+    def _groups(name: str, group_id: str | None, groups: int | None) -> Callable[[int], str]:
+        """Which FIFO message group the i-th message goes to."""
+        if group_id is not None and groups is not None:
+            raise InvalidValue("give either a group id or a number of groups, not both")
+        if (group_id is not None or groups is not None) and not name.endswith(".fifo"):
+            raise InvalidValue(f"queue {name!r} is not a FIFO queue: message groups are for "
+                               "FIFO queues (names ending in .fifo)")  # fmt: skip
+        if groups is not None:
+            validate.positive(groups, "the number of groups")
+            return lambda i: f"g{i % groups}"
+        fixed = validate.group_id(group_id) if group_id is not None else "default"
+        return lambda i: fixed
 
     def sync(self) -> list[QueueRecord]:
         """DB → SQS: create every queue whose SQS queue is missing, keeping its `_id`."""

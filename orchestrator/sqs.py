@@ -183,8 +183,15 @@ class Sqs:
     # --- messages --------------------------------------------------------------
 
     @translated
-    def send_batch(self, url: str, bodies: list[str], attributes: list[Any] | None = None) -> None:
-        """Send up to 10 messages, retrying entries SQS failed; raise if some never go."""
+    def send_batch(
+        self,
+        url: str,
+        bodies: list[str],
+        attributes: list[Any] | None = None,
+        group_ids: list[str] | None = None,
+    ) -> None:
+        """Send up to 10 messages, retrying entries SQS failed; raise if some never go.
+        On a FIFO queue each goes to its `group_ids` entry (default: group "default")."""
         fifo = url.endswith(".fifo")
         entries: dict[str, Any] = {}
         for i, body in enumerate(bodies):
@@ -192,7 +199,7 @@ class Sqs:
             if attributes and attributes[i]:
                 entry["MessageAttributes"] = attributes[i]
             if fifo:
-                entry["MessageGroupId"] = "default"
+                entry["MessageGroupId"] = group_ids[i] if group_ids else "default"
                 entry["MessageDeduplicationId"] = uuid.uuid4().hex
             entries[entry["Id"]] = entry
         for _ in range(SEND_ATTEMPTS):
@@ -215,6 +222,7 @@ class Sqs:
                 WaitTimeSeconds=1,
                 VisibilityTimeout=60,
                 MessageAttributeNames=["All"],
+                MessageSystemAttributeNames=["MessageGroupId"],
             ).get("Messages", [])
             if not messages:
                 return moved
@@ -222,6 +230,8 @@ class Sqs:
                 url,
                 [m["Body"] for m in messages],
                 [m.get("MessageAttributes") for m in messages],
+                # A FIFO message goes back to its own group (in the order the DLQ had).
+                [m.get("Attributes", {}).get("MessageGroupId", "default") for m in messages],
             )
             self.client.delete_message_batch(
                 QueueUrl=dlq_url,
@@ -236,14 +246,21 @@ class Sqs:
     # --- consuming -------------------------------------------------------------
 
     @translated
-    def receive(self, url: str, max_messages: int, wait_seconds: int) -> list[dict[str, Any]]:
-        """Long-poll up to `max_messages` (1..10), with receive counts and all attributes."""
+    def receive(
+        self, url: str, max_messages: int, wait_seconds: int, visibility_timeout: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Long-poll up to `max_messages` (1..10), with receive counts and all attributes;
+        hidden for `visibility_timeout` seconds (the queue's own when None)."""
+        options: dict[str, Any] = {}
+        if visibility_timeout is not None:
+            options["VisibilityTimeout"] = visibility_timeout
         response = self.client.receive_message(
             QueueUrl=url,
             MaxNumberOfMessages=max(1, min(max_messages, BATCH)),
             WaitTimeSeconds=wait_seconds,
             MessageSystemAttributeNames=["All"],
             MessageAttributeNames=["All"],
+            **options,
         )
         return [dict(m) for m in response.get("Messages", [])]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from orchestrator.config import HANDLER_PATH
@@ -11,8 +12,11 @@ NAME_MAX = 80
 FIFO_SUFFIX = ".fifo"
 DLQ_SUFFIX = "-dlq"
 _NAME_CHARS = re.compile(r"[A-Za-z0-9_-]+")  # with fullmatch: `$` lets "\n" through
+_GROUP_ID = re.compile(r"[!-~]{1,128}")
 MAX_VISIBILITY_TIMEOUT = 43_200  # 12 hours, SQS's limit
 MAX_RECEIVE_COUNT = 1000  # SQS's limit for a redrive policy
+MAX_BATCH_SIZE = 100
+MAX_BATCH_WINDOW = 20.0  # seconds
 
 
 def queue_name(name: str) -> str:
@@ -45,6 +49,35 @@ def dlq_name(name: str) -> str:
 def concurrency(value: int, maximum: int) -> int:
     if not 1 <= value <= maximum:
         raise InvalidValue(f"concurrency {value} is out of range 1..{maximum} (MAX_CONCURRENCY)")
+    return value
+
+
+def processes(value: int, maximum: int) -> int:
+    if not 1 <= value <= maximum:
+        raise InvalidValue(f"processes {value} is out of range 1..{maximum} (MAX_PROCESSES)")
+    return value
+
+
+def batch_size(value: int) -> int:
+    if not 1 <= value <= MAX_BATCH_SIZE:
+        raise InvalidValue(f"batch size {value} is out of range 1..{MAX_BATCH_SIZE}")
+    return value
+
+
+def batch_window(seconds: float) -> float:
+    if not (math.isfinite(seconds) and 0 <= seconds <= MAX_BATCH_WINDOW):
+        raise InvalidValue(
+            f"batch window {seconds} is out of range 0..{MAX_BATCH_WINDOW:g} seconds"
+        )
+    return seconds
+
+
+def group_id(value: str) -> str:
+    """SQS's rule for a MessageGroupId: 1-128 printable ASCII characters, no spaces."""
+    if not _GROUP_ID.fullmatch(value):
+        raise InvalidValue(
+            f"group id {value!r} must be 1-128 printable ASCII characters without spaces"
+        )
     return value
 
 

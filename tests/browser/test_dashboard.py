@@ -52,7 +52,7 @@ def test_the_dashboard_shows_the_queue_draining_and_changes_its_concurrency(
     # Without the token the change is refused, and MongoDB keeps the old value
     concurrency = row.locator('input[data-field="concurrency"]')
     concurrency.fill("4")
-    row.locator('button[data-action="save-concurrency"]').click()
+    row.locator('button[data-action="save-settings"]').click()
     wait_for(lambda: "token" in (page.text_content("#message") or ""), 10, "the token prompt")
     assert store.get_queue("web").concurrency == 2
 
@@ -67,6 +67,21 @@ def test_the_dashboard_shows_the_queue_draining_and_changes_its_concurrency(
     # The paused toggle
     row.locator('input[data-action="toggle-paused"]').check()
     wait_for(lambda: store.get_queue("web").paused, 10, "paused in MongoDB")
+
+    # Several settings saved together (paused: the handler takes no lists); a bad one
+    # refuses them all
+    row.locator('input[data-field="processes"]').fill("2")
+    row.locator('input[data-field="batchSize"]').fill("3")
+    row.locator('input[data-field="batchWindow"]').fill("99")
+    row.locator('button[data-action="save-settings"]').click()
+    wait_for(lambda: "batch window" in (page.text_content("#message") or ""), 10, "the 422")
+    queue = store.get_queue("web")
+    assert (queue.processes, queue.batch_size, queue.batch_window) == (1, 1, 0.0)
+    row.locator('input[data-field="batchWindow"]').fill("0.5")
+    row.locator('button[data-action="save-settings"]').click()
+    wait_for(lambda: store.get_queue("web").processes == 2, 10, "processes 2 in MongoDB")
+    queue = store.get_queue("web")
+    assert (queue.batch_size, queue.batch_window, queue.concurrency) == (3, 0.5, 4)
 
     # The DLQ's depth shows, and its redrive button moves the messages back
     dlq_url = store.get_queue("web").dlq_url

@@ -83,6 +83,42 @@ def test_settings_changes_reach_the_document(run_cli: Run, store: Store) -> None
     assert store.get_queue("q").paused is False
 
 
+def test_queue_set_changes_several_settings_at_once(run_cli: Run, store: Store) -> None:
+    created = run_cli("queue", "create", "tuned", "--processes", "2", "--batch-size", "5",
+                      "--batch-window", "1.5")  # fmt: skip
+    assert created.exit_code == 0, created.output
+    assert "2 processes, batches of 5 within 1.5 s" in created.stdout
+    q = store.get_queue("tuned")
+    assert (q.processes, q.batch_size, q.batch_window) == (2, 5, 1.5)
+    result = run_cli("queue", "set", "tuned", "--concurrency", "7", "--processes", "3",
+                     "--batch-size", "1", "--batch-window", "0", "--handler", "m.n:f")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == (
+        "tuned: concurrency 7, processes 3, batch size 1, batch window 0, handler m.n:f"
+    )
+    q = store.get_queue("tuned")
+    assert (q.concurrency, q.processes, q.batch_size, q.batch_window, q.handler) == (
+        7, 3, 1, 0.0, "m.n:f")  # fmt: skip
+
+
+def test_send_spreads_fifo_messages_over_groups(run_cli: Run, store: Store, sqs: Sqs) -> None:
+    assert run_cli("queue", "create", "o.fifo").exit_code == 0
+    assert run_cli("queue", "send", "o.fifo", "6", "--groups", "3").exit_code == 0
+    assert run_cli("queue", "send", "o.fifo", "2", "--group-id", "vip").exit_code == 0
+    url = store.get_queue("o.fifo").queue_url
+    groups: dict[str, list[int]] = {}
+    while messages := sqs.receive(url, 10, 0):
+        for m in messages:
+            groups.setdefault(m["Attributes"]["MessageGroupId"], []).append(
+                json.loads(m["Body"])["seq"])  # fmt: skip
+        sqs.delete_batch(url, [m["ReceiptHandle"] for m in messages])
+    assert groups == {"g0": [0, 3], "g1": [1, 4], "g2": [2, 5], "vip": [0, 1]}
+    bad = run_cli("queue", "send", "o.fifo", "2", "--group-id", "a b")
+    assert bad.exit_code == 2 and "group id 'a b' must be" in bad.stderr
+    both = run_cli("queue", "send", "o.fifo", "2", "--group-id", "a", "--groups", "2")
+    assert both.exit_code == 2 and "not both" in both.stderr
+
+
 def test_purge_delete_and_sync(run_cli: Run, store: Store, sqs: Sqs) -> None:
     run_cli("queue", "create", "p", "--dlq")
     run_cli("queue", "send", "p", "12")
@@ -134,6 +170,18 @@ INVALID = [
     (("queue", "send", "exists", "0"), "count must be a positive integer, got 0"),
     (("queue", "send", "exists", "-5"), "count must be a positive integer, got -5"),
     (("queue", "send", "exists", "many"), "'many' is not a valid integer"),
+    (("queue", "create", "ok", "--processes", "0"), "processes 0 is out of range 1..8"),
+    (("queue", "create", "ok", "--processes", "9"), "processes 9 is out of range"),
+    (("queue", "create", "ok", "--batch-size", "101"), "batch size 101 is out of range 1..100"),
+    (("queue", "create", "ok", "--batch-window", "20.5"), "batch window 20.5 is out of range"),
+    (("queue", "create", "ok", "--batch-window", "nan"), "batch window nan"),
+    (("queue", "set", "exists"), "nothing to set"),
+    (("queue", "set", "exists", "--concurrency", "3", "--processes", "0"), "processes 0"),
+    (("queue", "set", "exists", "--batch-size", "0", "--handler", "m:f"), "batch size 0"),
+    (("queue", "set", "exists", "--batch-window", "-1"), "batch window -1"),
+    (("queue", "set", "exists", "--concurrency", "51"), "concurrency 51"),
+    (("queue", "send", "exists", "3", "--group-id", "g"), "not a FIFO queue"),
+    (("queue", "send", "exists", "3", "--groups", "2"), "not a FIFO queue"),
 ]
 
 
@@ -166,6 +214,7 @@ MISSING = [
     ("queue", "send", "ghost", "3"),
     ("queue", "set-concurrency", "ghost", "3"),
     ("queue", "set-handler", "ghost", "m:f"),
+    ("queue", "set", "ghost", "--concurrency", "3"),
     ("queue", "pause", "ghost"),
     ("queue", "resume", "ghost"),
     ("queue", "purge", "ghost"),

@@ -114,12 +114,19 @@ def test_reads_writes_and_errors_over_http(
     assert status == 200 and (doc["concurrency"], doc["paused"]) == (7, True)
     stored = store.get_queue("api-q")
     assert (stored.concurrency, stored.paused) == (7, True)
+    status, doc = call("PATCH", patch, {"processes": 2, "batchSize": 4, "batchWindow": 0.5},
+                       token=TOKEN)  # fmt: skip
+    assert status == 200 and (doc["processes"], doc["batchSize"], doc["batchWindow"]) == (2, 4, 0.5)
+    call("PATCH", patch, {"processes": 1, "batchSize": 1, "batchWindow": 0}, token=TOKEN)
 
     # Bad input: a JSON error naming the problem, status by kind, nothing changed
     bad: list[tuple[str, str, Any, int, str]] = [
         ("PATCH", patch, {"concurrency": 0}, 422, "concurrency"),
         ("PATCH", patch, {"concurrency": 101}, 422, "concurrency"),
         ("PATCH", patch, {"handler": "no-colon"}, 422, "handler"),
+        ("PATCH", patch, {"concurrency": 3, "processes": 9}, 422, "processes 9"),
+        ("PATCH", patch, {"batchSize": 101}, 422, "batch size"),
+        ("PATCH", patch, {"batchWindow": 20.5}, 422, "batch window"),
         ("PATCH", patch, {"concurrency": "8"}, 400, "integer"),
         ("PATCH", patch, {"concurrency": True}, 400, "integer"),
         ("PATCH", patch, {"paused": "yes"}, 400, "boolean"),

@@ -95,6 +95,10 @@ def test_unknown_paths_and_methods() -> None:
         ({"concurrency": False}, "concurrency must be a JSON integer"),
         ({"paused": 1}, "paused must be a JSON boolean"),
         ({"handler": None}, "handler must be a JSON string"),
+        ({"processes": "2"}, "processes must be a JSON integer"),
+        ({"batchSize": 2.5}, "batchSize must be a JSON integer"),
+        ({"batchWindow": True}, "batchWindow must be a JSON number"),
+        ({"batchWindow": "1"}, "batchWindow must be a JSON number"),
     ],
 )
 def test_patch_bodies_of_the_wrong_shape_are_400(body: dict[str, Any], words: str) -> None:
@@ -107,6 +111,9 @@ def test_a_well_formed_patch_passes_through() -> None:
     body = {"concurrency": 3, "paused": True, "handler": "a.b:c"}
     assert patch_changes(body) == body
     assert patch_changes({"concurrency": 4.0}) == {"concurrency": 4}
+    # JSON names become QueueAdmin.update's; a whole number is a batch window too
+    assert patch_changes({"processes": 2, "batchSize": 5, "batchWindow": 1}) == {
+        "processes": 2, "batch_size": 5, "batch_window": 1.0}  # fmt: skip
 
 
 @pytest.mark.parametrize(
