@@ -45,5 +45,22 @@ class Channel:
         *lines, self._buffer = self._buffer.split(b"\n")
         return [json.loads(line) for line in lines if line.strip()]
 
+    def read_blocking(self) -> list[dict[str, Any]]:
+        """Wait for data, then every complete message it finishes; ChannelClosed on EOF.
+
+        For a reader thread that shares the (blocking) socket with a writing thread:
+        `receive` switches the socket to non-blocking, which a concurrent `send` must
+        never see.
+        """
+        try:
+            chunk = self.sock.recv(65536)
+        except OSError as exc:
+            raise ChannelClosed(str(exc)) from exc
+        if not chunk:
+            raise ChannelClosed("end of stream")
+        self._buffer += chunk
+        *lines, self._buffer = self._buffer.split(b"\n")
+        return [json.loads(line) for line in lines if line.strip()]
+
     def close(self) -> None:
         self.sock.close()

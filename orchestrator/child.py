@@ -33,6 +33,10 @@ def main() -> None:
             from orchestrator import consumer
 
             consumer.run(settings, endpoints, int(extra["channel_fd"]))
+        elif role == "handler":
+            from orchestrator import handlerproc
+
+            handlerproc.run(settings, extra)
         else:
             raise SystemExit(f"unknown role {role!r}")
     except Exception:  # the process boundary: say what happened, with the traceback

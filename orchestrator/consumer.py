@@ -11,17 +11,22 @@ import os
 import selectors
 import signal
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 
+from orchestrator import invoke
+from orchestrator import processes as processes_
 from orchestrator.channel import Channel, ChannelClosed
 from orchestrator.config import Settings
 from orchestrator.embedded import Endpoints
-from orchestrator.errors import HandlerImportError
+from orchestrator.executors import AsyncExecutor, Executor, MessageMaker, ThreadExecutor
+from orchestrator.flow import Flow
+from orchestrator.handlerpool import HandlerPool
 from orchestrator.handlers import import_handler
 from orchestrator.metrics import Meter
-from orchestrator.runner import Runner
+from orchestrator.runner import ExecutorFactory, JobSpec, Runner
 from orchestrator.signals import SignalQueue
 from orchestrator.sqs import Sqs
 
@@ -35,8 +40,11 @@ class Consumer:
     a stop naming another job is stale and ignored), `exit` (end the process).
     """
 
-    def __init__(self, settings: Settings, sqs: Sqs, channel: Channel, meter: Meter) -> None:
+    def __init__(
+        self, settings: Settings, sqs: Sqs, channel: Channel, meter: Meter, boot: dict[str, Any]
+    ) -> None:
         self.settings = settings
+        self.boot = boot  # what its handler processes start with
         self.sqs = sqs
         self.meter = meter  # its counts ride on every report to the worker
         self.channel = channel
@@ -46,6 +54,7 @@ class Consumer:
         self.signalled = False
         self.current: str | None = None  # job id
         self.pending: list[dict[str, Any]] = []
+        self.closed = False  # the worker's end of the channel closed
 
     def run(self) -> None:
         selector = selectors.DefaultSelector()
@@ -64,14 +73,19 @@ class Consumer:
         ops, self.pending = self.pending, []
         for sig in self.signals.drain():
             ops.append(self._on_signal(sig))
+        if self.closed:
+            return ops
         try:
             ops.extend(self.channel.receive())
         except ChannelClosed:
-            if not self.exiting:
-                log.warning("consumer.orphaned", reason="worker channel closed")
-            self.exiting = True  # never go on unsupervised
+            log.warning("consumer.orphaned", reason="worker channel closed")
+            self.closed = self.exiting = True  # never go on unsupervised
             ops.append({"op": "stop", "jobId": self.current, "reason": "worker_gone"})
         return ops
+
+    def _watch(self) -> list[int]:
+        """What the runner waits on besides its own wake-ups: signals and the channel."""
+        return [self.signals.read_fd] + ([] if self.closed else [self.channel.fileno()])
 
     def _on_signal(self, sig: signal.Signals) -> dict[str, Any]:
         """First SIGTERM: finish the current job gracefully, then exit. Second: abort."""
@@ -82,43 +96,61 @@ class Consumer:
         self.signalled = True
         return {"op": "stop", "jobId": self.current, "reason": "shutdown"}
 
-    def _run_job(self, job: dict[str, Any]) -> None:
-        self.current = job["jobId"]
-        structlog.contextvars.bind_contextvars(queue=job["queueName"], job_id=job["jobId"])
-        try:
-            handler = import_handler(job["handler"])
-        except HandlerImportError as exc:
-            log.error("consumer.handler_import_failed", handler=job["handler"], error=str(exc))
-            self._report({"event": "done", "handled": 0, "failed": 0,
-                          "reason": "handler_import", "error": str(exc)})  # fmt: skip
-            return
+    def _run_job(self, op: dict[str, Any]) -> None:
+        spec = JobSpec.from_op(op)
+        self.current = spec.job_id
+        structlog.contextvars.bind_contextvars(queue=spec.queue_name, job_id=spec.job_id)
         self._report({"event": "started", "pid": os.getpid()})
-        log.info("consumer.job_started", concurrency=job["concurrency"])
+        log.info("consumer.job_started", concurrency=spec.concurrency, processes=spec.processes,
+                 batch_size=spec.batch_size)  # fmt: skip
         runner = Runner(
             self.sqs,
-            job,
-            handler,
+            spec,
+            self._executors(spec),
             drain_empty_polls=self.settings.drain_empty_polls,
             max_seconds=self.settings.assignment_max_seconds,
             grace=self.settings.shutdown_grace,
-            max_concurrency=self.settings.max_concurrency,
             control=self._runner_control,
             progress=lambda handled, failed: self._report(
                 {"event": "progress", "handled": handled, "failed": failed}
             ),
             meter=self.meter,
+            watch=self._watch,
         )
         outcome = runner.run()
+        if outcome.reason == "handler_import":
+            log.error("consumer.handler_import_failed", handler=spec.handler, error=outcome.error)
         log.info("consumer.job_done", handled=outcome.handled, failed=outcome.failed,
                  reason=outcome.reason, abandoned=outcome.abandoned)  # fmt: skip
         self._report({"event": "done", "handled": outcome.handled, "failed": outcome.failed,
-                      "reason": outcome.reason, "abandoned": outcome.abandoned})  # fmt: skip
+                      "reason": outcome.reason, "abandoned": outcome.abandoned,
+                      "error": outcome.error, "processes": outcome.processes})  # fmt: skip
         structlog.contextvars.unbind_contextvars("queue", "job_id")
         self.current = None
         if outcome.abandoned:
             # Handler threads that would not finish cannot be stopped: end the process.
             log.warning("consumer.exiting_with_stuck_handlers", stuck=outcome.abandoned)
             os._exit(0)
+
+    def _executors(self, spec: JobSpec) -> ExecutorFactory:
+        """Builds the job's executor: handlers in this process, or in handler processes."""
+        loaded: list[Callable[..., Any]] = []
+
+        def make(flow: Flow, processes: int) -> Executor:
+            messages = MessageMaker(spec.queue_name, spec.queue_url)
+            if processes > 1:
+                boot = {**self.boot, "handler": spec.handler, "queueName": spec.queue_name,
+                        "queueUrl": spec.queue_url, "jobId": spec.job_id}  # fmt: skip
+                return HandlerPool(flow, lambda: processes_.spawn("handler", boot, channel=True),
+                                   processes)  # fmt: skip
+            if not loaded:
+                loaded.append(import_handler(spec.handler))  # HandlerImportError: job fails
+            func = loaded[0]
+            if invoke.is_async(func):
+                return AsyncExecutor(flow, func, messages)
+            return ThreadExecutor(flow, func, messages)
+
+        return make
 
     def _runner_control(self) -> list[dict[str, Any]]:
         """Control messages for the current job; an assign or exit waits for after it."""
@@ -141,5 +173,6 @@ def run(settings: Settings, endpoints: Endpoints, channel_fd: int) -> None:
     """The consumer process: serve assignments from the worker at the other end of the fd."""
     channel = Channel(socket.socket(fileno=channel_fd))
     meter = Meter()
-    Consumer(settings, Sqs.connect(settings, endpoints.sqs_endpoint, meter), channel, meter).run()
+    sqs = Sqs.connect(settings, endpoints.sqs_endpoint, meter)
+    Consumer(settings, sqs, channel, meter, processes_.boot_document(settings, endpoints)).run()
     log.info("consumer.stopped")

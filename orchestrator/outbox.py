@@ -42,13 +42,14 @@ class JobEnd:
     failed: int
     reason: str
     error: str | None = None
+    processes: tuple[dict[str, Any], ...] = ()  # its handler processes' counts
 
     @classmethod
     def reported(cls, job: Assignment, event: dict[str, Any]) -> JobEnd:
         """The outcome a consumer's `done` report gives."""
         status = STATUS_BY_REASON.get(event["reason"], "failed")
         return cls(job, status, event["handled"], event["failed"], event["reason"],
-                   event.get("error"))  # fmt: skip
+                   event.get("error"), tuple(event.get("processes") or ()))  # fmt: skip
 
 
 class Outbox:
@@ -79,7 +80,8 @@ class Outbox:
         while self.pending:
             end = self.pending[0]
             store.job_ended(end.job.job_id, end.status, utcnow(), handled=end.handled,
-                            failed=end.failed, reason=end.reason, error=end.error)  # fmt: skip
+                            failed=end.failed, reason=end.reason, error=end.error,
+                            processes=list(end.processes))  # fmt: skip
             store.release(end.job.job_id)
             self.pending.pop(0)
             log_event = log.info if end.status == "completed" else log.warning

@@ -77,3 +77,57 @@ def usage_limit(base: int, jitter: float) -> int:
 
 def needs_recycling(uses: int, limit: int, rss_mb: float, max_rss_mb: float) -> bool:
     return uses >= limit or rss_mb > max_rss_mb
+
+
+# --- receiving (design §5: what `concurrency` means) ----------------------------------
+
+RECEIVE_BATCH = 10  # SQS's most per ReceiveMessage
+LEAD_ROUND_TRIPS = 2.0  # receive this many round trips before a slot would go idle
+
+
+def prefetch(limit: int) -> int:
+    """Messages a consumer may hold received but not started, beyond its free slots."""
+    return min(RECEIVE_BATCH, limit)
+
+
+@dataclass(frozen=True)
+class FlowState:
+    """What a consumer's receive decision needs to know about its messages."""
+
+    limit: int  # concurrency: messages that may run at once
+    running: int  # messages whose handlers run
+    held: int  # received, not started
+    receiving: int  # asked for by receives under way
+    receives: int  # receives under way
+    backlog: bool  # the last receive came back full: the queue has more
+    handler_s: float  # average time a message holds its slot
+    rtt_s: float  # average round trip of a receive that returned messages
+
+
+def receive_size(s: FlowState, max_receives: int) -> int:
+    """How many messages to ask SQS for now; 0 to wait.
+
+    Never more than fits: running + held + asked ≤ limit + prefetch. A full batch
+    is asked for whenever it fits. A smaller one only when a slot is idle, or will
+    be before a receive could return: waiting for more slots to free makes fuller
+    receives, so fewer requests per message, without leaving a slot empty. While
+    one receive is under way another starts only if the queue has a backlog.
+    """
+    capacity_ = capacity(s)
+    if capacity_ <= 0 or s.receives >= max_receives or (s.receives and not s.backlog):
+        return 0
+    if capacity_ >= RECEIVE_BATCH:
+        return RECEIVE_BATCH
+    coming = s.held + s.receiving
+    if s.running + coming < s.limit:
+        return capacity_  # a slot is idle
+    # Slots free about every handler_s / limit; the (coming + 1)-th free slot finds
+    # nothing to start (counting the frees that only bring a lowered limit back).
+    excess = max(0, s.running - s.limit)
+    starves_in = (coming + 1 + excess) * s.handler_s / s.limit
+    return capacity_ if starves_in <= LEAD_ROUND_TRIPS * s.rtt_s else 0
+
+
+def capacity(s: FlowState) -> int:
+    """How many more messages may be asked for: running + held + asked ≤ limit + prefetch."""
+    return s.limit - s.running + prefetch(s.limit) - s.held - s.receiving

@@ -37,6 +37,7 @@ class Child:
     channel: Channel | None = None
     started: float = field(default_factory=time.monotonic)
     _stats: psutil.Process | None = None
+    _kids: dict[int, psutil.Process] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
@@ -56,15 +57,33 @@ class Child:
             os.killpg(self.pid, signal.SIGKILL)
 
     def stats(self) -> tuple[float, float]:
-        """(RSS in MB, CPU percent since the previous call); zeros once it is gone."""
+        """(RSS in MB, CPU percent since the previous call) of the process and its own
+        children (a consumer's handler processes); zeros once it is gone."""
         try:
             if self._stats is None:
                 self._stats = psutil.Process(self.pid)
                 self._stats.cpu_percent(None)
-            rss = self._stats.memory_info().rss / 1_048_576
-            return round(rss, 1), self._stats.cpu_percent(None)
+            procs = [self._stats, *self._children(self._stats)]
         except psutil.Error:
             return 0.0, 0.0
+        rss = cpu = 0.0
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):  # a child may end meanwhile
+                rss += proc.memory_info().rss / 1_048_576
+                cpu += proc.cpu_percent(None)
+        return round(rss, 1), round(cpu, 1)
+
+    def _children(self, parent: psutil.Process) -> list[psutil.Process]:
+        """Its children, the same psutil objects from call to call (CPU is a delta)."""
+        current = {p.pid: p for p in parent.children(recursive=True)}
+        for pid in set(self._kids) - set(current):
+            del self._kids[pid]
+        for pid, proc in current.items():
+            if pid not in self._kids:
+                with contextlib.suppress(psutil.Error):
+                    proc.cpu_percent(None)
+                self._kids[pid] = proc
+        return list(self._kids.values())
 
 
 def boot_document(settings: Settings, endpoints: Endpoints, **extra: Any) -> dict[str, Any]:

@@ -1,58 +1,121 @@
 """Runner: one assignment inside a consumer — receive → handle → delete.
 
-Three kinds of thread share the work:
-- the receiver long-polls SQS, asking for no more messages than there are free
-  slots (`concurrency` minus handlers running), and hands each to the pool;
-- pool threads run the handler, and only report the outcome;
-- the calling thread owns everything else: deleting succeeded messages in
-  batches, hiding failed ones for a backoff, extending the visibility of long
-  handlers, applying control messages (new concurrency, pause, stop) and
-  deciding when the assignment ends.
-A message is deleted only after its handler returned: at-least-once delivery.
+The runner's thread owns the assignment's life: it applies control messages
+(new settings, pause, stop), makes every SQS call the Flow asks for on a small
+pool of I/O threads (receives, batched deletes, retries, hand-backs, visibility
+extensions), reports progress and decides when the assignment ends. Handlers
+run on an executor (threads, an event loop, or handler processes) that pulls
+its work from the Flow. A message is deleted only after its handler returned:
+at-least-once delivery.
 """
 
 from __future__ import annotations
 
-import contextvars
-import queue
+import contextlib
+import os
+import select
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
 from orchestrator import policy
-from orchestrator.errors import OrchestratorError
-from orchestrator.handlers import Handler
+from orchestrator.errors import HandlerImportError, OrchestratorError
+from orchestrator.executors import Executor
+from orchestrator.flow import Ask, Flow, Held, Io
 from orchestrator.loop import Outage
-from orchestrator.message import Message
 from orchestrator.metrics import Meter
 from orchestrator.sqs import BATCH, Sqs
 
 RECEIVE_WAIT_SECONDS = 1  # short enough to notice pause/stop and drain quickly
-DELETE_FLUSH_SECONDS = 0.05  # a partial delete batch waits at most this long
-BATCH_WAIT_SECONDS = 0.01  # a partial receive waits at most this long for more free slots
 PROGRESS_SECONDS = 1.0
-EXTEND_FRACTION = 0.5  # extend a message's visibility once half of it has passed
+LOOP_SECONDS = 0.1  # the longest the runner sleeps between looks
+EXTEND_CHECK_SECONDS = 0.25
+MAX_RECEIVES = 8  # receives under way at once while a queue has a backlog
+IO_THREADS = 12
 
 log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a consumer is asked to run: the `assign` message from its worker."""
+
+    job_id: str
+    queue_name: str
+    queue_url: str
+    handler: str
+    concurrency: int
+    paused: bool = False
+    visibility_timeout: int = 30
+    processes: int = 1
+    batch_size: int = 1
+    batch_window: float = 0.0
+
+    @property
+    def fifo(self) -> bool:
+        return self.queue_name.endswith(".fifo")
+
+    @classmethod
+    def from_op(cls, op: dict[str, Any]) -> JobSpec:
+        return cls(
+            job_id=op["jobId"], queue_name=op["queueName"], queue_url=op["queueUrl"],
+            handler=op["handler"], concurrency=int(op["concurrency"]),
+            paused=bool(op.get("paused")),
+            visibility_timeout=int(op.get("visibilityTimeout") or 30),
+            processes=int(op.get("processes") or 1), batch_size=int(op.get("batchSize") or 1),
+            batch_window=float(op.get("batchWindow") or 0.0),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Outcome:
     handled: int
     failed: int
-    reason: str  # drained | max_time | paused | shutdown | released | aborted
+    reason: str  # drained | max_time | paused | shutdown | released | aborted | handler_import
     abandoned: int = 0  # handlers still running when the run gave up waiting for them
+    error: str | None = None
+    processes: list[dict[str, Any]] = field(default_factory=list)  # handler processes' counts
 
 
-@dataclass
-class _InFlight:
-    raw: dict[str, Any]
-    extend_at: float
+# Builds the executor for `processes` handler processes (1: in this process).
+ExecutorFactory = Callable[[Flow, int], Executor]
+
+
+class Waker:
+    """Wakes the runner's thread from other threads: one byte on a pipe, at most one
+    unread at a time. `watch` gives more descriptors to wake for (control messages)."""
+
+    def __init__(self, watch: Callable[[], list[int]] = list) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        os.set_blocking(self.write_fd, False)
+        self.watch = watch
+        self.pending = False
+
+    def wake(self) -> None:
+        if not self.pending:
+            self.pending = True
+            with contextlib.suppress(OSError):  # full: a wake-up is already waiting
+                os.write(self.write_fd, b"!")
+
+    def wait(self, timeout: float) -> None:
+        select.select([self.read_fd, *self.watch()], [], [], timeout)
+        try:
+            while os.read(self.read_fd, 512):
+                pass
+        except BlockingIOError:
+            pass
+        self.pending = False
+
+    def close(self) -> None:
+        os.close(self.read_fd)
+        os.close(self.write_fd)
 
 
 class Runner:
@@ -61,274 +124,280 @@ class Runner:
     def __init__(
         self,
         sqs: Sqs,
-        job: dict[str, Any],
-        handler: Handler,
+        spec: JobSpec,
+        executors: ExecutorFactory,
         *,
         drain_empty_polls: int,
         max_seconds: float,
         grace: float,
-        max_concurrency: int,
         control: Callable[[], list[dict[str, Any]]],
         progress: Callable[[int, int], None],
         meter: Meter,
+        watch: Callable[[], list[int]] = list,
     ) -> None:
         self.sqs = sqs
-        self.url: str = job["queueUrl"]
-        self.name: str = job["queueName"]
-        self.visibility: int = int(job.get("visibilityTimeout") or 30)
-        self.handler = handler
-        self.drain_empty_polls = drain_empty_polls
+        self.spec = spec
+        self.url = spec.queue_url
+        self.visibility = spec.visibility_timeout
+        self.executors = executors
+        self.processes = spec.processes
         self.deadline = time.monotonic() + max_seconds
         self.grace = grace
-        self.stopped_at: float | None = None
         self.control = control
         self.progress = progress
-        self.meter = meter
-        self.limit = int(job["concurrency"])
-        self.paused = bool(job.get("paused"))
-        self.reason: str | None = "paused" if self.paused else None
-        self.handled = self.failed = 0
-        self.in_flight: dict[str, _InFlight] = {}  # by receipt handle: unique per receive
-        # (message, the handler's error or None, how long it ran)
-        self.done: queue.Queue[tuple[_InFlight, BaseException | None, float]] = queue.Queue()
-        self.cond = threading.Condition()
-        self.stop_receiving = threading.Event()
-        self.pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="handler")
-        self.to_delete: list[str] = []
-        self.delete_since = 0.0
+        self.waker = Waker(watch)
+        self.flow = Flow(
+            limit=spec.concurrency, fifo=spec.fifo, visibility=self.visibility,
+            batch_size=spec.batch_size, batch_window=spec.batch_window,
+            drain_empty_polls=drain_empty_polls, queue_name=spec.queue_name, meter=meter,
+        )  # fmt: skip
+        self.flow.wake = self.waker.wake
+        self.flow.max_receives = MAX_RECEIVES
+        self.reason: str | None = None
+        self.error: str | None = None
+        self.stopped_at: float | None = None
+        self.io = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="sqs")
+        self.pending: set[Future[None]] = set()
+        self.pending_lock = threading.Lock()
+        self.deleting = 0  # delete requests under way
+        self.unlocked = False  # a delete landed since the last receive was planned
+        self.outage = Outage()  # receives: one log line per problem, capped backoff
+        self.outage_lock = threading.Lock()
+        self.receive_after = 0.0
+        self.retired: list[Executor] = []
 
-    # --- the calling thread --------------------------------------------------
+    # --- the runner's thread ---------------------------------------------------------
 
     def run(self) -> Outcome:
-        if self.reason:
-            return Outcome(0, 0, self.reason)
-        receiver = threading.Thread(target=self._receive_loop, name="receiver", daemon=True)
-        receiver.start()
-        last_progress = time.monotonic()
+        if self.spec.paused:
+            return Outcome(0, 0, "paused")
+        try:
+            self.executor = self.executors(self.flow, self.processes)
+            self.executor.start()
+            fatal = self.executor.maintain()
+        except HandlerImportError as exc:
+            fatal = str(exc)
+        if fatal:
+            self._close_executors(kill=True)
+            return self._end(Outcome(0, 0, "handler_import", error=fatal))
+        return self._end(self._loop())
+
+    def _loop(self) -> Outcome:
+        next_progress = next_extend = time.monotonic()
         while True:
-            if self._apply_control():
+            if self._apply_control(self.control()):
                 return self._give_up("aborted")
             now = time.monotonic()
             if now >= self.deadline:
                 self._finish("max_time")  # yield to queues waiting for capacity
-            self._collect(timeout=DELETE_FLUSH_SECONDS)
-            self._extend_long_handlers()
-            receiver_done = not receiver.is_alive()  # before `idle`: it may still add work
-            with self.cond:
-                idle = not self.in_flight
-            if self.to_delete and (
-                len(self.to_delete) >= BATCH
-                or idle
-                or now - self.delete_since >= DELETE_FLUSH_SECONDS
-            ):
-                self._flush_deletes()
-            if now - last_progress >= PROGRESS_SECONDS:
-                self.progress(self.handled, self.failed)
-                last_progress = now
-            if self.stop_receiving.is_set() and receiver_done:
-                if idle:
-                    self._collect(timeout=0)  # outcomes put just before the slot was freed
-                    self._flush_deletes()
+            fatal = self.executor.maintain()
+            if fatal and self.reason is None:
+                self.error = fatal
+                self._finish("handler_import")
+            self._send(self.flow.take_io(now))
+            self._receive(now)
+            if now >= next_extend:
+                self._extend(now)
+                next_extend = now + EXTEND_CHECK_SECONDS
+            if now >= next_progress:
+                self.progress(*self.flow.counts())
+                next_progress = now + PROGRESS_SECONDS
+            if self.reason is None and self.flow.drained():
+                self._finish("drained")
+            if self.reason is not None:
+                if self.flow.idle():
                     break
-                if self.stopped_at is not None and now - self.stopped_at > self.grace:
-                    return self._give_up(self.reason or "shutdown")
-        self.pool.shutdown(wait=True)
-        return Outcome(self.handled, self.failed, self.reason or "drained")
+                assert self.stopped_at is not None
+                if now - self.stopped_at > self.grace:
+                    return self._give_up(self.reason)
+            self.waker.wait(LOOP_SECONDS)
+        self._send(self.flow.take_io(time.monotonic(), everything=True))
+        self._wait_for_io()
+        self._close_executors(kill=False)
+        handled, failed = self.flow.counts()
+        return Outcome(handled, failed, self.reason or "drained", error=self.error,
+                       processes=self._report())  # fmt: skip
+
+    def _end(self, outcome: Outcome) -> Outcome:
+        self.io.shutdown(wait=True)
+        self.waker.close()
+        return outcome
 
     def _give_up(self, reason: str) -> Outcome:
         """Stop waiting for running handlers: hand their messages back to SQS at once.
 
-        Their threads cannot be stopped, so the consumer process must exit after this;
+        Handler threads cannot be stopped, so the consumer process must exit after this;
         a handler that still finishes is not deleted (it may run twice, never zero times).
         """
         self._finish(reason)
-        self._collect(timeout=0)
-        self._flush_deletes()
-        with self.cond:
-            stuck = [e.raw["ReceiptHandle"] for e in self.in_flight.values()]
-            self.in_flight.clear()
-        self._set_visibility(stuck, 0)  # visible again at once
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        stuck = self.flow.abandon()
+        io = self.flow.take_io(time.monotonic(), everything=True)
+        io.returns.extend(stuck)
+        self._send(io)
+        self._wait_for_io()
+        self._close_executors(kill=True)
         log.warning("runner.gave_up", reason=reason, abandoned=len(stuck))
-        return Outcome(self.handled, self.failed, reason, abandoned=len(stuck))
+        handled, failed = self.flow.counts()
+        return Outcome(handled, failed, reason, abandoned=len(stuck), error=self.error,
+                       processes=self._report())  # fmt: skip
 
     def _finish(self, reason: str) -> None:
-        """Stop receiving; running handlers finish, and the first reason given sticks."""
-        with self.cond:
-            if self.reason is None:
-                self.reason = reason
-            if self.stopped_at is None:
-                self.stopped_at = time.monotonic()
-            self.stop_receiving.set()
-            self.cond.notify_all()
+        """Stop receiving and hand held messages back; running handlers finish, and the
+        first reason given sticks."""
+        if self.reason is None:
+            self.reason = reason
+            self.stopped_at = time.monotonic()
+        self.flow.close()
 
-    def _apply_control(self) -> bool:
+    def _apply_control(self, ops: list[dict[str, Any]]) -> bool:
         """Apply control messages; True when told to abort at once."""
-        for op in self.control():
+        for op in ops:
             kind = op.get("op")
             if kind == "settings":
-                with self.cond:
-                    self.limit = int(op["concurrency"])
-                    self.cond.notify_all()
-                if op.get("paused"):
-                    self._finish("paused")
+                self._apply_settings(op)
             elif kind == "stop":
                 self._finish(op.get("reason", "shutdown"))
             elif kind == "abort":
                 return True
         return False
 
-    def _collect(self, timeout: float) -> None:
-        """Take the outcomes of finished handlers: queue deletes, hide failures."""
+    def _apply_settings(self, op: dict[str, Any]) -> None:
+        limit = int(op["concurrency"])
+        processes = int(op.get("processes") or self.processes)
+        self.flow.set_limit(limit)
+        self.flow.set_batching(int(op.get("batchSize") or 1), float(op.get("batchWindow") or 0))
+        if (processes > 1) != (self.processes > 1) and self.reason is None:
+            self._switch_executor(processes)
+        self.processes = processes
+        self.executor.resize(limit, processes)
+        if op.get("paused"):
+            self._finish("paused")
+
+    def _switch_executor(self, processes: int) -> None:
+        """Between handlers in this process and handler processes: the new executor takes
+        the next work while the old one finishes what it runs."""
         try:
-            first = self.done.get(timeout=timeout) if timeout else self.done.get_nowait()
-        except queue.Empty:
+            fresh = self.executors(self.flow, processes)
+            fresh.start()
+        except HandlerImportError as exc:
+            log.error("runner.executor_switch_failed", error=str(exc))
             return
-        outcomes = [first]
-        while True:
-            try:
-                outcomes.append(self.done.get_nowait())
-            except queue.Empty:
-                break
-        for entry, error, seconds in outcomes:
-            # Counted where the job's counts are, so that the two always agree.
-            self.meter.message(self.name, seconds, ok=error is None)
-            if error is None:
-                self.handled += 1
-                if not self.to_delete:
-                    self.delete_since = time.monotonic()
-                self.to_delete.append(entry.raw["ReceiptHandle"])
-            else:
-                self.failed += 1
-                self._retry_later(entry, error)
+        self.executor.retire()
+        self.retired.append(self.executor)
+        self.executor = fresh
+        log.info("runner.processes_changed", processes=processes)
 
-    def _retry_later(self, entry: _InFlight, error: BaseException) -> None:
-        """Leave the message in SQS, hidden for a backoff on its receive count; SQS's
+    def _close_executors(self, kill: bool) -> None:
+        for executor in [*self.retired, getattr(self, "executor", None)]:
+            if executor is not None:
+                executor.close(kill)
+
+    def _report(self) -> list[dict[str, Any]]:
+        return [p for e in [*self.retired, self.executor] for p in e.report()]
+
+    # --- SQS calls, on the I/O threads --------------------------------------------------
+
+    def _receive(self, now: float) -> None:
+        if now < self.receive_after:
+            return  # SQS failed just now: back off
+        another = False
+        if self.spec.fifo:
+            # SQS keeps a group locked until its messages are deleted: a receive made
+            # before the deletes land may not see the group's next messages, so wait for
+            # them, and once they landed one more receive may start beside a poll that
+            # began before.
+            if self.deleting:
+                return
+            another, self.unlocked = self.unlocked, False
+        while (ask := self.flow.plan_receive(another)) is not None:
+            another = False
+            self._submit(self._receive_one, ask)
+
+    def _receive_one(self, ask: Ask) -> None:
+        try:
+            messages = self.sqs.receive(self.url, ask.count, RECEIVE_WAIT_SECONDS,
+                                        self.visibility)  # fmt: skip
+        except OrchestratorError as exc:
+            with self.outage_lock:
+                self.receive_after = time.monotonic() + self.outage.failed(exc)
+            self.flow.receive_failed(ask)
+            return
+        with self.outage_lock:
+            self.outage.recovered()
+        self.flow.add(ask, messages)
+
+    def _send(self, io: Io) -> None:
+        """Submit the calls the flow asked for, 10 messages per request."""
+        for chunk in _chunks([h.receipt for h in io.deletes]):
+            self._submit(self._delete, chunk)
+        self._set_visibility([h.receipt for h in io.returns], 0)
+        by_delay: dict[int, list[str]] = {}
+        for held, error in io.retries:
+            delay = policy.retry_visibility(held.receive_count)
+            by_delay.setdefault(delay, []).append(held.receipt)
+            self._log_failure(held, delay, error)
+        for delay, receipts in by_delay.items():
+            self._set_visibility(receipts, delay)
+
+    def _log_failure(self, held: Held, delay: int, error: str) -> None:
+        """The message stays in SQS, hidden for a backoff on its receive count; SQS's
         redrive policy moves it to the DLQ after maxReceiveCount receives."""
-        count = int(entry.raw.get("Attributes", {}).get("ApproximateReceiveCount", 1))
-        delay = policy.retry_visibility(count)
-        log.warning(
-            "message.failed",
-            message_id=entry.raw["MessageId"],
-            receive_count=count,
-            retry_in=delay,
-            error=f"{type(error).__name__}: {error}",
-        )
-        self._set_visibility([entry.raw["ReceiptHandle"]], delay)
+        log.warning("message.failed", message_id=held.message_id,
+                    receive_count=held.receive_count, retry_in=delay, error=error)  # fmt: skip
 
-    def _flush_deletes(self) -> None:
-        while self.to_delete:
-            batch, self.to_delete = self.to_delete[:BATCH], self.to_delete[BATCH:]
-            refused = self._sqs_quietly(self.sqs.delete_batch, self.url, batch)
-            if refused:
-                log.warning("message.delete_refused", count=refused)  # they will come back
-
-    def _extend_long_handlers(self) -> None:
-        now = time.monotonic()
-        with self.cond:
-            due = [e for e in self.in_flight.values() if e.extend_at <= now]
-        for entry in due:
-            entry.extend_at = now + self.visibility * EXTEND_FRACTION
-        self._set_visibility([e.raw["ReceiptHandle"] for e in due], self.visibility)
+    def _extend(self, now: float) -> None:
+        self._set_visibility(self.flow.due_extensions(now), self.visibility)
 
     def _set_visibility(self, receipts: list[str], seconds: int) -> None:
-        """Set the visibility of any number of received messages, 10 per request."""
-        for start in range(0, len(receipts), BATCH):
-            batch = receipts[start : start + BATCH]
-            self._sqs_quietly(self.sqs.set_visibility, self.url, batch, seconds)
+        for chunk in _chunks(receipts):
+            self._submit(self._visibility, chunk, seconds)
 
-    def _sqs_quietly(self, call: Callable[..., int], *args: Any) -> int:
-        """An SQS call whose failure must not end the run: the message only comes back."""
+    def _delete(self, receipts: list[str]) -> None:
+        with self.pending_lock:
+            self.deleting += 1
         try:
-            return call(*args)
-        except OrchestratorError as exc:
-            log.warning("sqs.call_failed", call=call.__name__, error=str(exc))
-            return 0
+            refused = self.sqs.delete_batch(self.url, receipts)
+        finally:
+            with self.pending_lock:
+                self.deleting -= 1
+            self.unlocked = True
+            self.waker.wake()  # a FIFO queue's next receive may wait for this
+        if refused:
+            log.warning("message.delete_refused", count=refused)  # they will come back
 
-    # --- the receiver thread ---------------------------------------------------
+    def _visibility(self, receipts: list[str], seconds: int) -> None:
+        self.sqs.set_visibility(self.url, receipts, seconds)
 
-    def _receive_loop(self) -> None:
-        empty_polls = 0
-        outage = Outage()  # one log line per problem, capped backoff
-        while not self.stop_receiving.is_set():
-            with self.cond:
-                free = self._wait_for_slots()
-                idle_before = not self.in_flight
-            if self.stop_receiving.is_set():
+    def _submit(self, call: Callable[..., None], *args: Any) -> None:
+        future = self.io.submit(_quietly, call, *args)
+        with self.pending_lock:
+            self.pending.add(future)
+        future.add_done_callback(self._done)
+
+    def _done(self, future: Future[None]) -> None:
+        with self.pending_lock:
+            self.pending.discard(future)
+
+    def _wait_for_io(self) -> None:
+        """Until every SQS call made so far has returned (receives under way included)."""
+        while True:
+            with self.pending_lock:
+                pending = list(self.pending)
+            if not pending:
                 return
-            try:
-                messages = self.sqs.receive(self.url, min(free, BATCH), RECEIVE_WAIT_SECONDS)
-            except OrchestratorError as exc:
-                self.stop_receiving.wait(outage.failed(exc))
-                continue
-            outage.recovered()
-            if self.stop_receiving.is_set():
-                # Stopped while polling: give these back at once rather than run them late.
-                self._set_visibility([m["ReceiptHandle"] for m in messages], 0)
-                return
-            if not messages:
-                with self.cond:
-                    empty_polls = empty_polls + 1 if idle_before and not self.in_flight else 0
-                    drained = policy.is_drained(
-                        empty_polls, len(self.in_flight), self.drain_empty_polls
-                    )
-                if drained:
-                    self._finish("drained")
-                continue
-            empty_polls = 0
-            self._start(messages)
+            wait_all(pending)
 
-    def _wait_for_slots(self) -> int:
-        """Free slots to receive into (called holding the lock).
 
-        Waits for a slot; then, while handlers are still finishing, up to
-        BATCH_WAIT_SECONDS more for a full batch: receiving 1 message at a time as
-        slots free up one by one would cost a request per message.
-        """
-        full = min(self.limit, BATCH)
-        batch_deadline: float | None = None
-        while not self.stop_receiving.is_set():
-            free = self.limit - len(self.in_flight)
-            if free >= full or (free > 0 and not self.in_flight):
-                return free
-            if free <= 0:
-                self.cond.wait(0.5)
-                continue
-            batch_deadline = batch_deadline or time.monotonic() + BATCH_WAIT_SECONDS
-            remaining = batch_deadline - time.monotonic()
-            if remaining <= 0:
-                return free
-            self.cond.wait(remaining)
-        return 0
+def _quietly(call: Callable[..., None], *args: Any) -> None:
+    """An SQS call whose failure must not end the run: the messages only come back."""
+    try:
+        call(*args)
+    except OrchestratorError as exc:
+        log.warning("sqs.call_failed", call=call.__name__, error=str(exc))
+    except Exception:  # a bug: keep the traceback, keep the run
+        log.exception("sqs.call_crashed", call=call.__name__)
 
-    def _start(self, messages: list[dict[str, Any]]) -> None:
-        now = time.monotonic()
-        with self.cond:
-            for raw in messages:
-                extend_at = now + self.visibility * EXTEND_FRACTION
-                self.in_flight[raw["ReceiptHandle"]] = _InFlight(raw, extend_at)
-        for raw in messages:
-            # Handlers see the consumer's bound log context (queue, job id).
-            context = contextvars.copy_context()
-            self.pool.submit(context.run, self._handle, raw)
 
-    # --- pool threads ------------------------------------------------------------
-
-    def _handle(self, raw: dict[str, Any]) -> None:
-        error: BaseException | None = None
-        started = time.perf_counter()
-        try:
-            self.handler(Message.from_sqs(raw, self.name, self.url))
-        except BaseException as exc:  # the handler's failure is the message's, not ours
-            error = exc
-        seconds = time.perf_counter() - started
-        with self.cond:
-            entry = self.in_flight.get(raw["ReceiptHandle"])
-            if entry is None:
-                return  # the run gave up on it and handed it back: never delete it
-            # Outcome first, then the slot: once nothing is in flight, every outcome is
-            # in `done`. Freeing the slot here, not when the main thread collects, keeps
-            # receiving going while the main thread waits on a delete.
-            self.done.put((entry, error, seconds))
-            del self.in_flight[raw["ReceiptHandle"]]
-            self.cond.notify_all()
+def _chunks(items: list[str]) -> Iterable[list[str]]:
+    for start in range(0, len(items), BATCH):
+        yield items[start : start + BATCH]

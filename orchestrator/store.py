@@ -345,21 +345,24 @@ class Store:
         failed: int,
         reason: str,
         error: str | None = None,
+        processes: list[dict[str, Any]] | None = None,
     ) -> None:
-        """Close an open job (a closed one is left as it is: the first ending wins)."""
+        """Close an open job (a closed one is left as it is: the first ending wins).
+        `processes`: the counts of its handler processes, when it had any."""
+        fields: dict[str, Any] = {
+            "status": status,
+            "messageCount": handled,
+            "failedCount": failed,
+            "endedAt": now,
+            "lastModified": now,
+            "endReason": reason,
+            "error": error,
+        }
+        if processes:
+            fields["processes"] = processes
         self._db[JOBS].update_one(
             {"_id": ObjectId(job_id), "status": {"$in": list(OPEN_JOB_STATES)}},
-            {
-                "$set": {
-                    "status": status,
-                    "messageCount": handled,
-                    "failedCount": failed,
-                    "endedAt": now,
-                    "lastModified": now,
-                    "endReason": reason,
-                    "error": error,
-                }
-            },
+            {"$set": fields},
         )
 
     @translated

@@ -51,7 +51,7 @@ class ConsumerSlot:
     usage_limit: int
     uses: int = 0
     job: Assignment | None = None
-    pushed: tuple[int, bool] | None = None  # (concurrency, paused) last sent
+    pushed: dict[str, Any] | None = None  # the live settings last sent
     handled: int = 0
     failed: int = 0
     stop_sent: bool = False
@@ -217,16 +217,15 @@ class Worker:
     def _start_job(self, slot: ConsumerSlot, assignment: Assignment, queue: QueueRecord) -> None:
         slot.job, slot.uses, slot.handled, slot.failed = assignment, slot.uses + 1, 0, 0
         slot.stop_sent, slot.last_event = False, time.monotonic()
-        slot.pushed = (queue.concurrency, queue.paused)
+        slot.pushed = live_settings(queue)
         self._send(slot, {
             "op": "assign",
             "jobId": assignment.job_id,
             "queueName": queue.name,
             "queueUrl": queue.queue_url,
             "handler": queue.handler,
-            "concurrency": queue.concurrency,
-            "paused": queue.paused,
             "visibilityTimeout": queue.visibility_timeout,
+            **slot.pushed,
         })  # fmt: skip
         log.info("job.assigned_to_consumer", queue=queue.name, job_id=assignment.job_id,
                  consumer_pid=slot.child.pid)  # fmt: skip
@@ -239,14 +238,12 @@ class Worker:
         for slot in busy:
             assert slot.job is not None
             queue = queues.get(slot.job.queue_id)
-            wanted = (queue.concurrency, queue.paused) if queue else None
-            if queue is None or wanted == slot.pushed:
+            wanted = live_settings(queue) if queue else None
+            if wanted is None or wanted == slot.pushed:
                 continue
             slot.pushed = wanted
-            op = {"op": "settings", "jobId": slot.job.job_id}
-            self._send(slot, {**op, "concurrency": queue.concurrency, "paused": queue.paused})
-            log.info("queue.settings_changed", queue=queue.name, concurrency=queue.concurrency,
-                     paused=queue.paused)  # fmt: skip
+            self._send(slot, {"op": "settings", "jobId": slot.job.job_id, **wanted})
+            log.info("queue.settings_changed", queue=queue.name if queue else None, **wanted)
 
     def _watchdog(self, mono: float) -> None:
         """A busy consumer reports at least every second; one silent for STALL_SECONDS is
@@ -407,6 +404,13 @@ class Worker:
         except Exception as exc:
             log.error("worker.shutdown_step_failed", step=getattr(call, "__name__", "?"),
                       error=str(exc))  # fmt: skip
+
+
+def live_settings(queue: QueueRecord) -> dict[str, Any]:
+    """The queue settings a running consumer follows (relayed when they change)."""
+    return {"concurrency": queue.concurrency, "paused": queue.paused,
+            "processes": queue.processes, "batchSize": queue.batch_size,
+            "batchWindow": queue.batch_window}  # fmt: skip
 
 
 def run(settings: Settings, endpoints: Endpoints) -> None:

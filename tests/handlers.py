@@ -6,17 +6,21 @@ write, which concurrent threads and processes cannot interleave.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import threading
 import time
 
 from orchestrator import Message
 
 
-def _record(message: Message, start: float) -> None:
+def _record(message: Message, start: float, **extra: object) -> None:
     line = json.dumps(
         {"queue": message.queue_name, "body": message.body, "pid": os.getpid(),
-         "start": start, "end": time.time(), "receive_count": message.receive_count}
+         "start": start, "end": time.time(), "receive_count": message.receive_count,
+         "group": message.attributes.get("MessageGroupId"),
+         "threads": threading.active_count(), **extra}
     )  # fmt: skip
     path = os.path.join(os.environ["RECORD_DIR"], f"{os.getpid()}.jsonl")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -42,3 +46,37 @@ def poison(message: Message) -> None:
     if "poison" in message.body:
         raise ValueError("poison message")
     record(message)
+
+
+def fifo_fail_once(message: Message) -> None:
+    """Sleep 30 ms; seq 4 of group g0 fails on its first receive. Records every attempt."""
+    start = time.time()
+    time.sleep(0.03)
+    failing = message.attributes.get("MessageGroupId") == "g0" and message.json()["seq"] == 4
+    _record(message, start, ok=not (failing and message.receive_count == 1))
+    if failing and message.receive_count == 1:
+        raise ValueError("first try of g0/4 fails")
+
+
+def cpu_record(message: Message) -> None:
+    """Burn the CPU for the body's `ms` (default 50), then record."""
+    start = time.time()
+    deadline = time.process_time() + message.json().get("ms", 50) / 1000
+    while time.process_time() < deadline:
+        pass
+    _record(message, start)
+
+
+async def async_record(message: Message) -> None:
+    """Await the body's `ms` (default 500) without a thread, then record."""
+    start = time.time()
+    await asyncio.sleep(message.json().get("ms", 500) / 1000)
+    _record(message, start)
+
+
+def batch_poison(messages: list[Message]) -> list[str]:
+    """A batch handler: records each message; reports the "poison" ones as failed."""
+    start = time.time()
+    for message in messages:
+        _record(message, start, batch=len(messages))
+    return [m.message_id for m in messages if "poison" in m.body]

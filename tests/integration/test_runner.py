@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import threading
 import time
@@ -10,9 +12,12 @@ from typing import Any
 
 import pytest
 
+from orchestrator import invoke
+from orchestrator.executors import AsyncExecutor, Executor, MessageMaker, ThreadExecutor
+from orchestrator.flow import Flow
 from orchestrator.message import Message
 from orchestrator.metrics import BUCKETS, Meter
-from orchestrator.runner import Outcome, Runner
+from orchestrator.runner import JobSpec, Outcome, Runner
 from orchestrator.sqs import Sqs
 
 
@@ -22,8 +27,20 @@ def job(
     url, _ = sqs.create_queue(name, visibility_timeout=visibility)
     for start in range(0, count, 10):
         sqs.send_batch(url, [json.dumps({"seq": i}) for i in range(start, min(start + 10, count))])
-    return {"queueUrl": url, "queueName": name, "concurrency": concurrency,
-            "visibilityTimeout": visibility, "jobId": "j"}  # fmt: skip
+    return {"queueUrl": url, "queueName": name, "concurrency": concurrency, "jobId": "j",
+            "visibilityTimeout": visibility, "handler": "tests.handlers:record"}  # fmt: skip
+
+
+def in_process(spec: JobSpec, handler: Callable[..., object]) -> Callable[[Flow, int], Executor]:
+    """The executor factory for a handler given as a function (not an import path)."""
+
+    def make(flow: Flow, processes: int) -> Executor:
+        messages = MessageMaker(spec.queue_name, spec.queue_url)
+        if invoke.is_async(handler):
+            return AsyncExecutor(flow, handler, messages)
+        return ThreadExecutor(flow, handler, messages)
+
+    return make
 
 
 def run(
@@ -35,8 +52,9 @@ def run(
     grace: float = 30,
     meter: Meter | None = None,
 ) -> Outcome:
-    runner = Runner(sqs, spec, handler, drain_empty_polls=2, max_seconds=max_seconds,
-                    grace=grace, max_concurrency=20, control=control,
+    job_spec = JobSpec.from_op(spec)
+    runner = Runner(sqs, job_spec, in_process(job_spec, handler), drain_empty_polls=2,
+                    max_seconds=max_seconds, grace=grace, control=control,
                     progress=lambda h, f: None, meter=meter or Meter())  # fmt: skip
     return runner.run()
 
@@ -183,3 +201,199 @@ def test_abort_hands_back_what_runs(sqs: Sqs) -> None:
     assert outcome.reason == "aborted" and outcome.abandoned >= 1 and outcome.handled == 0
     depth = sqs.depth(spec["queueUrl"])
     assert depth.visible + depth.in_flight == 4 and depth.visible >= outcome.abandoned
+
+
+# --- the execution model of design §5: prefetch, FIFO groups, async and batch handlers ---
+
+
+def fifo_job(sqs: Sqs, name: str, groups: dict[str, int], concurrency: int,
+             **extra: Any) -> dict[str, Any]:  # fmt: skip
+    """A FIFO queue with `groups[g]` messages {"g", "seq"} per group, sent interleaved."""
+    url, _ = sqs.create_queue(name, visibility_timeout=30)
+    bodies = [(g, i) for i in range(max(groups.values())) for g in groups if i < groups[g]]
+    for start in range(0, len(bodies), 10):
+        chunk = bodies[start : start + 10]
+        sqs.send_batch(url, [json.dumps({"g": g, "seq": i}) for g, i in chunk],
+                       group_ids=[g for g, _ in chunk])  # fmt: skip
+    return {"queueUrl": url, "queueName": name, "concurrency": concurrency, "jobId": "j",
+            "visibilityTimeout": 30, "handler": "tests.handlers:record", **extra}  # fmt: skip
+
+
+class Ledger:
+    """What handlers ran: (body, start, end), and the most that ran at once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.runs: list[tuple[dict[str, Any], float, float]] = []
+        self.running = self.peak = 0
+
+    def enter(self) -> float:
+        with self.lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        return time.monotonic()
+
+    def leave(self, body: dict[str, Any], start: float) -> None:
+        with self.lock:
+            self.running -= 1
+            self.runs.append((body, start, time.monotonic()))
+
+    def by_group(self) -> dict[str, list[tuple[int, float, float]]]:
+        out: dict[str, list[tuple[int, float, float]]] = {}
+        for body, start, end in sorted(self.runs, key=lambda r: r[1]):
+            out.setdefault(body["g"], []).append((body["seq"], start, end))
+        return out
+
+
+@pytest.mark.timeout(60)
+def test_fifo_groups_run_in_order_one_at_a_time_and_overlap_each_other(sqs: Sqs) -> None:
+    spec = fifo_job(sqs, "order.fifo", {"A": 12, "B": 12, "C": 12}, concurrency=3)
+    ledger = Ledger()
+
+    def handler(m: Message) -> None:
+        start = ledger.enter()
+        time.sleep(0.03)
+        ledger.leave(m.json(), start)
+
+    outcome = run(sqs, spec, handler)
+    assert (outcome.handled, outcome.failed) == (36, 0)
+    groups = ledger.by_group()
+    for group, runs in groups.items():
+        assert [seq for seq, _, _ in runs] == list(range(12)), group  # in order, once each
+        for (_, _, end), (_, start, _) in itertools.pairwise(runs):
+            assert start >= end, f"group {group} ran two messages at once"
+    assert ledger.peak > 1  # different groups ran side by side ...
+    assert ledger.peak <= 3  # ... within the concurrency
+
+
+@pytest.mark.timeout(60)
+def test_a_failed_fifo_message_holds_back_only_its_own_group(sqs: Sqs) -> None:
+    spec = fifo_job(sqs, "hold.fifo", {"A": 6, "B": 6}, concurrency=2)
+    ledger = Ledger()
+
+    def handler(m: Message) -> None:
+        start = ledger.enter()
+        body = m.json()
+        time.sleep(0.02)
+        ledger.leave({**body, "try": m.receive_count}, start)
+        if body == {"g": "A", "seq": 2} and m.receive_count == 1:
+            raise ValueError("first try fails")
+
+    outcome = run(sqs, spec, handler)
+    assert (outcome.handled, outcome.failed) == (12, 1)
+    groups = ledger.by_group()
+    assert [seq for seq, _, _ in groups["A"]] == [0, 1, 2, 2, 3, 4, 5]  # the retry came first
+    assert [seq for seq, _, _ in groups["B"]] == list(range(6))
+    failed_at = groups["A"][2][2]
+    retried_at = groups["A"][3][1]
+    assert retried_at - failed_at >= 0.9  # A waited out the 1 s backoff ...
+    assert groups["B"][-1][2] < retried_at  # ... while B carried on and finished
+
+
+@pytest.mark.timeout(60)
+def test_an_async_handler_runs_far_more_at_once_than_there_are_threads(sqs: Sqs) -> None:
+    spec = job(sqs, "async", 200, concurrency=100)
+    ledger = Ledger()
+    threads: list[int] = []
+
+    async def handler(m: Message) -> None:
+        start = ledger.enter()
+        threads.append(threading.active_count())
+        await asyncio.sleep(0.5)
+        ledger.leave(m.json(), start)
+
+    outcome = run(sqs, spec, handler)
+    assert (outcome.handled, outcome.failed) == (200, 0)
+    assert 50 <= ledger.peak <= 100
+    assert max(threads) < 30  # no thread per message
+
+
+@pytest.mark.timeout(60)
+def test_a_batch_handler_gets_lists_and_only_its_failures_are_retried(sqs: Sqs) -> None:
+    spec = job(sqs, "batch", 23, concurrency=10)
+    spec.update(batchSize=5, batchWindow=0.2)
+    sizes: list[int] = []
+    tries: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def handler(messages: list[Message]) -> list[str]:
+        with lock:
+            sizes.append(len(messages))
+            for m in messages:
+                tries[m.json()["seq"]] = tries.get(m.json()["seq"], 0) + 1
+        # seq 7 and 13 fail once
+        return [m.message_id for m in messages
+                if m.json()["seq"] in (7, 13) and m.receive_count == 1]  # fmt: skip
+
+    outcome = run(sqs, spec, handler)
+    assert (outcome.handled, outcome.failed) == (23, 2)
+    assert max(sizes) == 5 and sum(sizes) == 25
+    assert tries == {i: 2 if i in (7, 13) else 1 for i in range(23)}
+    depth = sqs.depth(spec["queueUrl"])
+    assert depth.visible + depth.in_flight == 0
+
+
+@pytest.mark.timeout(60)
+def test_held_messages_go_back_at_once_when_the_run_is_stopped(sqs: Sqs) -> None:
+    spec = job(sqs, "handback", 10, concurrency=2)
+    started = threading.Event()
+    ran: list[int] = []
+    stop_at: list[float] = []
+
+    def handler(m: Message) -> None:
+        ran.append(m.json()["seq"])
+        started.set()
+        time.sleep(1.5)
+
+    def control() -> list[dict[str, Any]]:
+        if started.is_set() and not stop_at:
+            stop_at.append(time.monotonic())
+            return [{"op": "stop", "reason": "shutdown"}]
+        return []
+
+    visible_at: list[float] = []
+
+    def watch() -> None:
+        while not stop_at:
+            time.sleep(0.01)
+        while time.monotonic() - stop_at[0] < 1.2:
+            if sqs.depth(spec["queueUrl"]).visible == 10 - len(ran):
+                visible_at.append(time.monotonic())
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    outcome = run(sqs, spec, handler, control=control)
+    watcher.join()
+    assert outcome.reason == "shutdown" and outcome.handled == len(ran) <= 2
+    # everything received but not started was visible again within a second of the stop,
+    # while the running handlers still ran (1.5 s)
+    assert visible_at and visible_at[0] - stop_at[0] < 1.0
+
+
+@pytest.mark.timeout(60)
+def test_receives_never_hold_more_than_the_slots_and_one_prefetch(sqs: Sqs) -> None:
+    spec = job(sqs, "bound", 60, concurrency=3)
+    ledger = Ledger()
+    in_flight: list[int] = []
+    done = threading.Event()
+
+    def handler(m: Message) -> None:
+        start = ledger.enter()
+        time.sleep(0.05)
+        ledger.leave(m.json(), start)
+
+    def sample() -> None:
+        while not done.is_set():
+            in_flight.append(sqs.depth(spec["queueUrl"]).in_flight)
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    outcome = run(sqs, spec, handler)
+    done.set()
+    sampler.join()
+    assert outcome.handled == 60
+    assert ledger.peak == 3
+    assert max(in_flight) <= 3 + 3  # concurrency + min(10, concurrency)

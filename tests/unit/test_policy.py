@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -96,3 +97,34 @@ def test_usage_limits_spread_over_consumers() -> None:
 )
 def test_needs_recycling(uses: int, limit: int, rss: float, recycle: bool) -> None:
     assert policy.needs_recycling(uses, limit, rss, 512) is recycle
+
+
+def state(**fields: Any) -> policy.FlowState:
+    base: dict[str, Any] = {"limit": 5, "running": 0, "held": 0, "receiving": 0, "receives": 0,
+                            "backlog": False, "handler_s": 0.0, "rtt_s": 0.01}  # fmt: skip
+    return policy.FlowState(**{**base, **fields})
+
+
+@pytest.mark.parametrize(
+    ("fields", "max_receives", "expected"),
+    [
+        ({}, 1, 10),  # nothing in flight: a full batch fits (5 slots + 5 held)
+        ({"running": 5, "held": 5}, 1, 0),  # full: slots busy and prefetch held
+        ({"limit": 1}, 1, 2),  # 1 slot + 1 held
+        ({"limit": 100, "running": 100}, 1, 10),  # prefetch is at most one batch
+        ({"receives": 1, "receiving": 5}, 1, 0),  # one poll at a time ...
+        ({"receives": 1, "receiving": 10, "limit": 20, "backlog": True}, 2, 10),  # ... or backlog
+        ({"receives": 1, "receiving": 10, "limit": 20}, 2, 0),  # no backlog: one poll
+        # 300 ms handlers, all 5 slots busy, nothing held: a slot frees every 60 ms, far more
+        # than 2 round trips of 10 ms, so wait for it and then ask for 6 rather than 5.
+        ({"running": 5, "handler_s": 0.3}, 1, 0),
+        ({"running": 4, "handler_s": 0.3}, 1, 6),  # a slot is idle: ask at once
+        # 50 ms handlers: a slot frees every 10 ms: ask before the held ones run out.
+        ({"running": 5, "held": 1, "handler_s": 0.05}, 1, 4),
+        ({"running": 5, "held": 3, "handler_s": 0.05}, 1, 0),
+        ({"running": 7, "handler_s": 0.05}, 1, 0),  # over a lowered limit: 2 frees to go
+        ({"running": 7}, 1, 3),  # ... unless handlers are instant: prefetch what fits
+    ],
+)
+def test_receive_size(fields: dict[str, Any], max_receives: int, expected: int) -> None:
+    assert policy.receive_size(state(**fields), max_receives) == expected

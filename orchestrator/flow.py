@@ -1,0 +1,494 @@
+"""Flow: one assignment's messages between SQS and the handlers (thread-safe).
+
+It holds what the consumer received and has not finished, and it alone decides
+what may start (design §5):
+- at most `limit` (the queue's concurrency) messages run at once; a batch counts
+  its length;
+- beyond the slots that are free, the consumer holds at most `prefetch` =
+  min(10, limit) received-but-not-started messages, so that the next ones are
+  there when a slot frees instead of a ReceiveMessage round trip later;
+- on a FIFO queue one piece of work per MessageGroupId runs at a time, in the
+  order SQS gave; when one fails, the rest of its group is handed back, so that
+  SQS (which keeps a group locked while a message of it is in flight) delivers
+  the retry first.
+Handlers pull work (`take`, `wait_for_work`) and report it (`finished`) under
+the one lock, with no queue or future per message. The SQS calls the flow needs
+(deletes, retries, hand-backs, visibility extensions, receives) are collected
+here and made by the runner, which `wake` calls when one is due.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator import policy
+from orchestrator.invoke import Result
+from orchestrator.metrics import Meter
+from orchestrator.policy import RECEIVE_BATCH as BATCH
+
+EXTEND_FRACTION = 0.5  # extend a message's visibility once half of it has passed
+DELETE_MAX_WAIT = 1.0  # a partial delete batch waits at most this long (s) for more
+EWMA = 0.2  # weight of the newest sample in the handler-time and round-trip averages
+
+
+@dataclass(eq=False)
+class Held:
+    """A received message, from its receive until it is deleted, retried or handed back."""
+
+    raw: dict[str, Any]
+    seq: int  # arrival order: hand-backs take the newest first (a FIFO group's tail)
+    group: str | None  # MessageGroupId on a FIFO queue
+    received: float
+    extend_at: float
+
+    @property
+    def receipt(self) -> str:
+        return str(self.raw["ReceiptHandle"])
+
+    @property
+    def message_id(self) -> str:
+        return str(self.raw["MessageId"])
+
+    @property
+    def receive_count(self) -> int:
+        return int(self.raw.get("Attributes", {}).get("ApproximateReceiveCount", 1))
+
+
+@dataclass(eq=False)
+class Work:
+    """What one handler call gets: one message, or a batch (`batch`: the handler takes a list)."""
+
+    messages: list[Held]
+    batch: bool
+    started: float
+
+
+@dataclass(frozen=True)
+class Ask:
+    """A receive under way: how many it asked for, when, and whether nothing was in
+    flight then (only such empty polls count towards "drained")."""
+
+    count: int
+    started: float
+    idle: bool
+
+
+@dataclass
+class Io:
+    """SQS calls the flow wants made (the runner makes them)."""
+
+    deletes: list[Held] = field(default_factory=list)
+    retries: list[tuple[Held, str]] = field(default_factory=list)  # (message, error)
+    returns: list[Held] = field(default_factory=list)  # hand back now: visibility 0
+
+    def __bool__(self) -> bool:
+        return bool(self.deletes or self.retries or self.returns)
+
+
+class Flow:
+    """The messages of one assignment and the rules for starting them."""
+
+    def __init__(
+        self,
+        *,
+        limit: int,
+        fifo: bool,
+        visibility: int,
+        batch_size: int = 1,
+        batch_window: float = 0.0,
+        drain_empty_polls: int = 2,
+        queue_name: str = "",
+        meter: Meter | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.lock = threading.Lock()
+        self.work_ready = threading.Condition(self.lock)  # handler threads wait here
+        self.limit = limit
+        self.fifo = fifo
+        self.visibility = visibility
+        self.batch_size, self.batch_window = batch_size, batch_window
+        self.drain_empty_polls = drain_empty_polls
+        self.queue_name = queue_name
+        self.meter = meter
+        self.clock = clock
+        # Held messages: standard queues keep one line, FIFO queues one per group,
+        # with `ready` the groups that have messages and nothing running.
+        self.line: deque[Held] = deque()
+        self.groups: dict[str, deque[Held]] = {}
+        self.ready: deque[str] = deque()
+        self.ready_set: set[str] = set()
+        self.busy: set[str] = set()
+        self.held = 0
+        self.running: dict[int, Work] = {}  # by id(work)
+        self.running_count = 0  # messages, not works
+        self.receiving = 0  # messages asked for by receives under way
+        self.receives = 0  # receives under way
+        self.backlog = False  # the last receive came back full
+        self.empty_polls = 0
+        self.last_empty = float("-inf")  # when the last empty poll that counted returned
+        self.seq = 0
+        self.io = Io()
+        self.delete_since = 0.0
+        self.flush_deletes = False  # send the waiting deletes now, however few
+        self.closed = False  # no more receiving or starting: held messages go back
+        self.handled = self.failed = 0
+        self.handler_s = 0.0  # average handler-call time
+        self.rtt_s = 0.02  # average round trip of a receive that returned messages
+        self.max_receives = 1  # receives under way at once, when the queue has a backlog
+        self.wake: Callable[[], None] = lambda: None  # tells the runner an SQS call is due
+        self.listeners: list[Callable[[], None]] = []  # told when work may have become ready
+
+    # --- receiving -------------------------------------------------------------------
+
+    def plan_receive(self, another: bool = False) -> Ask | None:
+        """Reserve a receive: how many messages to ask for now (None: none yet).
+        `another`: one more may start beside those under way, backlog or not."""
+        with self.lock:
+            state = self._state()
+            if self.closed:
+                n = 0
+            elif another:
+                n = min(policy.capacity(state), BATCH)
+            else:
+                n = policy.receive_size(state, self.max_receives)
+            if not n:
+                return None
+            self.receiving += n
+            self.receives += 1
+            return Ask(n, self.clock(), self._idle())
+
+    def _state(self) -> policy.FlowState:
+        return policy.FlowState(
+            limit=self.limit, running=self.running_count, held=self.held,
+            receiving=self.receiving, receives=self.receives, backlog=self.backlog,
+            handler_s=self.handler_s, rtt_s=self.rtt_s,
+        )  # fmt: skip
+
+    def add(self, ask: Ask, raws: list[dict[str, Any]]) -> None:
+        """The receive `ask` came back with `raws`."""
+        now = self.clock()
+        with self.lock:
+            self.receiving -= ask.count
+            self.receives -= 1
+            self.backlog = len(raws) >= ask.count
+            if raws:
+                self.rtt_s += EWMA * (now - ask.started - self.rtt_s)
+                self.empty_polls = 0
+            elif ask.idle and self._idle() and ask.started >= self.last_empty:
+                # Empty polls count one after the other, not several under way at once.
+                self.empty_polls += 1
+                self.last_empty = now
+            if self.closed:  # stopped while polling: give them back at once, never run late
+                self.io.returns.extend(self._held(raw, now) for raw in raws)
+            else:
+                for raw in raws:
+                    self._hold(self._held(raw, now))
+                self.work_ready.notify(len(raws))
+            due = self._runner_due()
+        if due:
+            self.wake()
+        self._tell(listeners=bool(raws))
+
+    def receive_failed(self, ask: Ask) -> None:
+        with self.lock:
+            self.receiving -= ask.count
+            self.receives -= 1
+
+    def _held(self, raw: dict[str, Any], now: float) -> Held:
+        self.seq += 1
+        group = raw.get("Attributes", {}).get("MessageGroupId", "") if self.fifo else None
+        return Held(raw, self.seq, group, now, now + self.visibility * EXTEND_FRACTION)
+
+    def _hold(self, held: Held) -> None:
+        self.held += 1
+        if held.group is None:
+            self.line.append(held)
+            return
+        self.groups.setdefault(held.group, deque()).append(held)
+        if held.group not in self.busy and held.group not in self.ready_set:
+            self.ready.append(held.group)
+            self.ready_set.add(held.group)
+
+    # --- starting --------------------------------------------------------------------
+
+    def take(self) -> Work | None:
+        """The next work that may start now, marked running; None when none may."""
+        with self.lock:
+            return self._take(self.clock())
+
+    def wait_for_work(self, should_exit: Callable[[], bool]) -> Work | None:
+        """Block until work may start (returned) or `should_exit()` (called holding the
+        lock) says to stop (None). For handler threads."""
+        with self.lock:
+            while not should_exit():
+                work = self._take(self.clock())
+                if work is not None:
+                    return work
+                self.work_ready.wait(self._window_wait())
+            return None
+
+    def window_wait(self) -> float | None:
+        """Seconds until a waiting partial batch may start (None: nothing is waiting)."""
+        with self.lock:
+            return self._window_wait()
+
+    def _window_wait(self) -> float | None:
+        oldest = self._oldest_startable()
+        if oldest is None or self.batch_size <= 1:
+            return None
+        return max(0.0, oldest.received + self.batch_window - self.clock())
+
+    def _take(self, now: float) -> Work | None:
+        free = self.limit - self.running_count
+        if self.closed or free <= 0 or not self.held:
+            return None
+        if self.batch_size <= 1:
+            held = self._pop_line() if not self.fifo else self._pop_group()
+            return self._start([held], False, now) if held else None
+        target = min(self.batch_size, self.limit)
+        startable = self._startable_count()
+        oldest = self._oldest_startable()
+        if oldest is None:
+            return None
+        n = min(target, free, startable)
+        # A batch starts full, or when it waited `batch_window` for messages or slots.
+        if n < target and now < oldest.received + self.batch_window:
+            return None
+        picked = self._pop_line_n(n) if not self.fifo else self._pop_groups(n)
+        return self._start(picked, True, now)
+
+    def _start(self, messages: list[Held], batch: bool, now: float) -> Work:
+        work = Work(messages, batch, now)
+        self.held -= len(messages)
+        self.running[id(work)] = work
+        self.running_count += len(messages)
+        return work
+
+    def _pop_line(self) -> Held | None:
+        return self.line.popleft() if self.line else None
+
+    def _pop_line_n(self, n: int) -> list[Held]:
+        return [self.line.popleft() for _ in range(min(n, len(self.line)))]
+
+    def _pop_group(self) -> Held | None:
+        while self.ready:
+            group = self.ready.popleft()
+            self.ready_set.discard(group)
+            queue = self.groups.get(group)
+            if queue:
+                self.busy.add(group)
+                held = queue.popleft()
+                if not queue:
+                    del self.groups[group]
+                return held
+        return None
+
+    def _pop_groups(self, n: int) -> list[Held]:
+        """Up to `n` messages from ready groups, each group's in order and together."""
+        picked: list[Held] = []
+        while self.ready and len(picked) < n:
+            group = self.ready.popleft()
+            self.ready_set.discard(group)
+            queue = self.groups.get(group)
+            if not queue:
+                continue
+            self.busy.add(group)
+            while queue and len(picked) < n:
+                picked.append(queue.popleft())
+            if not queue:
+                del self.groups[group]
+        return picked
+
+    def _startable_count(self) -> int:
+        if not self.fifo:
+            return len(self.line)
+        return sum(len(self.groups.get(g, ())) for g in self.ready)
+
+    def _oldest_startable(self) -> Held | None:
+        if not self.fifo:
+            return self.line[0] if self.line else None
+        heads = [self.groups[g][0] for g in self.ready if self.groups.get(g)]
+        return min(heads, key=lambda h: h.seq) if heads else None
+
+    # --- finishing -------------------------------------------------------------------
+
+    def finished(self, work: Work, result: Result) -> None:
+        """A handler call ended: queue deletes and retries, free its slots and group."""
+        with self.lock:
+            if self.running.pop(id(work), None) is None:
+                return  # the run gave up on it and handed it back: never delete it
+            self.running_count -= len(work.messages)
+            self.handler_s += EWMA * (result.seconds - self.handler_s)
+            self._settle(work, result)
+            self.work_ready.notify(len(work.messages))
+            due = self._runner_due()
+        if due:
+            self.wake()
+        self._tell(listeners=False)
+
+    def _settle(self, work: Work, result: Result) -> None:
+        failed_groups: set[str | None] = set()
+        for held in work.messages:
+            if held.message_id in result.failed:
+                self.failed += 1
+                self.io.retries.append((held, result.error or "failed"))
+                failed_groups.add(held.group)
+                self._count(result.seconds, ok=False)
+            elif self.fifo and held.group in failed_groups:
+                # After a failure in its group: not deleted even if the handler went on,
+                # so that the group runs again in order from the failed message.
+                self.io.returns.append(held)
+            else:
+                self.handled += 1
+                if not self.io.deletes:
+                    self.delete_since = self.clock()
+                self.io.deletes.append(held)
+                self._count(result.seconds, ok=True)
+        if self.fifo:
+            for group in {h.group for h in work.messages}:
+                assert group is not None
+                self.busy.discard(group)
+                if group in failed_groups:
+                    self._return_group(group)
+                elif group in self.groups and group not in self.ready_set:
+                    self.ready.append(group)
+                    self.ready_set.add(group)
+                elif group not in self.groups:
+                    # SQS keeps the group locked until its received messages are deleted:
+                    # a delete waiting for a fuller batch would hold the group back.
+                    self.flush_deletes = True
+
+    def _return_group(self, group: str) -> None:
+        rest = self.groups.pop(group, deque())
+        self.held -= len(rest)
+        self.io.returns.extend(rest)
+
+    def _count(self, seconds: float, ok: bool) -> None:
+        # Counted where the job's counts are, so that the two always agree.
+        if self.meter is not None:
+            self.meter.message(self.queue_name, seconds, ok=ok)
+
+    def _runner_due(self) -> bool:
+        """Whether the runner has an SQS call to make now (called holding the lock)."""
+        if self.io.retries or self.io.returns or len(self.io.deletes) >= BATCH:
+            return True
+        if self.flush_deletes and self.io.deletes:
+            return True
+        if self._idle():
+            return True
+        return not self.closed and policy.receive_size(self._state(), self.max_receives) > 0
+
+    def _idle(self) -> bool:
+        return not self.running and not self.held
+
+    # --- what the runner asks ----------------------------------------------------------
+
+    def take_io(self, now: float, *, everything: bool = False) -> Io:
+        """The SQS calls due now: full delete batches, and a partial one once it waited
+        DELETE_MAX_WAIT (or a quarter of the visibility timeout), or `everything`."""
+        with self.lock:
+            io, self.io = self.io, Io()
+            wait = min(DELETE_MAX_WAIT, self.visibility / 4)
+            flush_all = (everything or self._idle() or self.flush_deletes
+                         or now - self.delete_since >= wait)  # fmt: skip
+            self.flush_deletes = False
+            keep = 0 if flush_all else len(io.deletes) % BATCH
+            if keep:
+                self.io.deletes = io.deletes[-keep:]
+                io.deletes = io.deletes[:-keep]
+            return io
+
+    def due_extensions(self, now: float) -> list[str]:
+        """Receipts whose visibility should be extended now: running and held messages."""
+        with self.lock:
+            due = [h for w in self.running.values() for h in w.messages if h.extend_at <= now]
+            due += [h for h in self._all_held() if h.extend_at <= now]
+            for held in due:
+                held.extend_at = now + self.visibility * EXTEND_FRACTION
+            return [h.receipt for h in due]
+
+    def _all_held(self) -> Iterable[Held]:
+        yield from self.line
+        for queue in self.groups.values():
+            yield from queue
+
+    def set_limit(self, limit: int) -> None:
+        """A new concurrency. Held messages above the new bounds go back at once (the
+        newest first, which on a FIFO queue are the tails of their groups)."""
+        with self.lock:
+            self.limit = limit
+            allowed = max(0, limit - self.running_count) + policy.prefetch(limit)
+            if self.held > allowed:
+                self._return_newest(self.held - allowed)
+            self.work_ready.notify_all()
+        self.wake()
+        self._tell(listeners=True)
+
+    def set_batching(self, size: int, window: float) -> None:
+        """Applies from the next batch."""
+        with self.lock:
+            self.batch_size, self.batch_window = size, window
+            self.work_ready.notify_all()
+        self._tell(listeners=True)
+
+    def _return_newest(self, count: int) -> None:
+        newest = sorted(self._all_held(), key=lambda h: h.seq, reverse=True)[:count]
+        gone = {id(h) for h in newest}
+        self.line = deque(h for h in self.line if id(h) not in gone)
+        for group in list(self.groups):
+            kept = deque(h for h in self.groups[group] if id(h) not in gone)
+            if kept:
+                self.groups[group] = kept
+            else:
+                del self.groups[group]
+        self.ready = deque(g for g in self.ready if g in self.groups)
+        self.ready_set = set(self.ready)
+        self.held -= len(newest)
+        self.io.returns.extend(newest)
+
+    def close(self) -> None:
+        """Stop receiving and starting: every held message goes back at once."""
+        with self.lock:
+            self.closed = True
+            self._return_newest(self.held)
+            self.work_ready.notify_all()
+        self.wake()
+        self._tell(listeners=True)
+
+    def abandon(self) -> list[Held]:
+        """Give up on running handlers: their messages, to hand back. If such a handler
+        still returns, its message is not deleted (it may run twice, never zero times)."""
+        with self.lock:
+            stuck = [h for w in self.running.values() for h in w.messages]
+            self.running.clear()
+            self.running_count = 0
+            return stuck
+
+    def demand(self) -> int:
+        """Messages running or waiting to start (called holding the lock)."""
+        return self.running_count + self.held
+
+    def idle(self) -> bool:
+        with self.lock:
+            return self._idle() and not self.receives
+
+    def drained(self) -> bool:
+        with self.lock:
+            # A receive under way does not count: should it bring messages, they go back.
+            return policy.is_drained(
+                self.empty_polls, self.running_count + self.held, self.drain_empty_polls
+            )
+
+    def counts(self) -> tuple[int, int]:
+        with self.lock:
+            return self.handled, self.failed
+
+    def _tell(self, *, listeners: bool) -> None:
+        if listeners:
+            for listener in self.listeners:
+                listener()

@@ -1,0 +1,194 @@
+"""Handler process: runs a queue's handler on the work its consumer sends it.
+
+A queue with `processes` > 1 runs its handlers in that many of these, so that
+CPU-bound handlers get more than one core. The consumer keeps everything else
+(SQS, the Flow's rules, counts); this process only calls the handler, sync
+handlers on threads and `async def` ones on its event loop, and answers each
+`Run` with a `Done`. It ignores SIGTERM and SIGINT (its consumer decides when it
+ends) and exits at once when its consumer is gone.
+
+The typed messages below are the whole protocol, one JSON line each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import structlog
+
+from orchestrator import invoke
+from orchestrator.channel import Channel, ChannelClosed
+from orchestrator.config import Settings
+from orchestrator.errors import HandlerImportError
+from orchestrator.handlers import import_handler
+from orchestrator.message import Message
+
+log = structlog.get_logger()
+
+
+# --- protocol ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    """Consumer → handler process: call the handler on these messages."""
+
+    id: int
+    batch: bool
+    messages: list[dict[str, Any]]  # SQS messages, binary attribute values base64-wrapped
+
+
+@dataclass(frozen=True)
+class Exit:
+    """Consumer → handler process: finish what runs, then exit."""
+
+
+@dataclass(frozen=True)
+class Ready:
+    """Handler process → consumer: the handler imported; send work."""
+
+    pid: int
+
+
+@dataclass(frozen=True)
+class ImportFailed:
+    """Handler process → consumer: the handler cannot be imported (the job fails)."""
+
+    error: str
+
+
+@dataclass(frozen=True)
+class Done:
+    """Handler process → consumer: the outcome of one `Run`."""
+
+    id: int
+    failed: list[str]
+    error: str | None
+    seconds: float
+
+
+MESSAGES: dict[str, type] = {cls.__name__: cls for cls in (Run, Exit, Ready, ImportFailed, Done)}
+Wire = Run | Exit | Ready | ImportFailed | Done
+
+
+def encode(message: Wire) -> dict[str, Any]:
+    return {"op": type(message).__name__, **asdict(message)}
+
+
+def decode(doc: dict[str, Any]) -> Wire:
+    fields = dict(doc)
+    cls = MESSAGES[fields.pop("op")]
+    return cls(**fields)  # type: ignore[no-any-return]
+
+
+def wire_raw(raw: dict[str, Any]) -> dict[str, Any]:
+    """An SQS message as JSON can carry it: binary attribute values as base64."""
+    attrs = raw.get("MessageAttributes")
+    if not attrs:
+        return raw
+    wrapped = {}
+    for name, attr in attrs.items():
+        attr = dict(attr)
+        if isinstance(attr.get("BinaryValue"), bytes | bytearray):
+            attr["BinaryValue"] = {"b64": base64.b64encode(attr["BinaryValue"]).decode()}
+        wrapped[name] = attr
+    return {**raw, "MessageAttributes": wrapped}
+
+
+def unwire_raw(raw: dict[str, Any]) -> dict[str, Any]:
+    attrs = raw.get("MessageAttributes")
+    if not attrs:
+        return raw
+    unwrapped = {}
+    for name, attr in attrs.items():
+        value = attr.get("BinaryValue")
+        if isinstance(value, dict) and "b64" in value:
+            attr = {**attr, "BinaryValue": base64.b64decode(value["b64"])}
+        unwrapped[name] = attr
+    return {**raw, "MessageAttributes": unwrapped}
+
+
+# --- the process ------------------------------------------------------------------------
+
+
+class HandlerProcess:
+    """Calls the handler for each `Run` and answers with a `Done`."""
+
+    def __init__(self, channel: Channel, func: Any, queue_name: str, queue_url: str) -> None:
+        self.channel = channel
+        self.func = func
+        self.queue_name, self.queue_url = queue_name, queue_url
+        self.send_lock = threading.Lock()  # answers come from handler threads too
+        self.threads = ThreadPoolExecutor(thread_name_prefix="handler")
+        self.tasks: set[asyncio.Future[None]] = set()
+        self.exiting = False
+        self.done = asyncio.Event()
+
+    def send(self, message: Wire) -> None:
+        with self.send_lock:
+            self.channel.send(encode(message))
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.channel.fileno(), self._readable)
+        await self.done.wait()
+        loop.remove_reader(self.channel.fileno())
+        if self.tasks:
+            await asyncio.wait(self.tasks)  # on Exit, what runs finishes and is answered
+        self.threads.shutdown(wait=True)
+
+    def _readable(self) -> None:
+        try:
+            docs = self.channel.receive()
+        except ChannelClosed:
+            os._exit(0)  # the consumer is gone: its messages come back to SQS by themselves
+        for doc in docs:
+            message = decode(doc)
+            if isinstance(message, Run):
+                self._start(message)
+            elif isinstance(message, Exit):
+                self.done.set()
+
+    def _start(self, run: Run) -> None:
+        messages = [Message.from_sqs(unwire_raw(r), self.queue_name, self.queue_url)
+                    for r in run.messages]  # fmt: skip
+        task = asyncio.ensure_future(self._call(run, messages))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _call(self, run: Run, messages: list[Message]) -> None:
+        if invoke.is_async(self.func):
+            result = await invoke.call_async(self.func, messages, run.batch)
+        else:
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(
+                self.threads, invoke.call, self.func, messages, run.batch
+            )
+        try:
+            self.send(Done(run.id, sorted(result.failed), result.error, result.seconds))
+        except ChannelClosed:
+            os._exit(0)
+
+
+def run(settings: Settings, boot: dict[str, Any]) -> None:
+    """The handler process: import the handler, say so, then serve until told to exit."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)  # its consumer decides when it ends
+    channel = Channel(socket.socket(fileno=int(boot["channel_fd"])))
+    structlog.contextvars.bind_contextvars(queue=boot["queueName"], job_id=boot["jobId"])
+    try:
+        func = import_handler(boot["handler"])
+    except HandlerImportError as exc:
+        channel.send(encode(ImportFailed(str(exc))))
+        return
+    channel.send(encode(Ready(os.getpid())))
+    process = HandlerProcess(channel, func, boot["queueName"], boot["queueUrl"])
+    asyncio.run(process.serve())

@@ -1,0 +1,111 @@
+"""Calling a queue's handler on one piece of work: sync or async, one message or a batch.
+
+Shared by the consumer (handlers in its own process) and handler processes.
+A handler's failure is its messages' failure, never the caller's: everything it
+raises is caught here and becomes the `Result`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from orchestrator.message import Message
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class Result:
+    """A handler call's outcome: the ids of the messages to retry, and why."""
+
+    failed: frozenset[str]
+    error: str | None
+    seconds: float
+
+
+def is_async(func: Callable[..., Any]) -> bool:
+    """True for `async def` handlers (also as a callable object's `__call__`)."""
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
+        getattr(func, "__call__", None)  # noqa: B004 - an object's async __call__
+    )
+
+
+def call(func: Callable[..., Any], messages: list[Message], batch: bool) -> Result:
+    """Run a sync handler on one message, or on a batch (`batch`: it takes the list)."""
+    started = time.perf_counter()
+    try:
+        returned = func(messages if batch else messages[0])
+        if inspect.isawaitable(returned):
+            _close(returned)
+            raise TypeError("handler returned an awaitable: declare it `async def`")
+    except BaseException as exc:  # the handler's failure is the messages', not ours
+        return _failed_all(messages, exc, started)
+    return _judged(messages, batch, returned, started)
+
+
+async def call_async(func: Callable[..., Any], messages: list[Message], batch: bool) -> Result:
+    """Run an `async def` handler on one message or a batch."""
+    started = time.perf_counter()
+    try:
+        returned = await func(messages if batch else messages[0])
+    except Exception as exc:  # CancelledError is not the handler's failure: let it through
+        return _failed_all(messages, exc, started)
+    return _judged(messages, batch, returned, started)
+
+
+def _failed_all(messages: list[Message], exc: BaseException, started: float) -> Result:
+    ids = frozenset(m.message_id for m in messages)
+    return Result(ids, f"{type(exc).__name__}: {exc}", time.perf_counter() - started)
+
+
+def _judged(messages: list[Message], batch: bool, returned: object, started: float) -> Result:
+    seconds = time.perf_counter() - started
+    if not batch:
+        return Result(frozenset(), None, seconds)  # returned: it succeeded, whatever the value
+    ids = {m.message_id for m in messages}
+    reported = failed_ids(returned)
+    if reported is None:
+        error = f"batch handler returned {type(returned).__name__}, not message ids"
+        return Result(frozenset(ids), error, seconds)
+    unknown = reported - ids
+    if unknown:
+        log.warning("handler.unknown_failed_ids", ids=sorted(unknown)[:10], count=len(unknown))
+    failed = frozenset(reported & ids)
+    return Result(failed, "reported failed by the batch handler" if failed else None, seconds)
+
+
+def failed_ids(returned: object) -> set[str] | None:
+    """The message ids a batch handler's return value names as failed; None if it names
+    none in a form we know. Accepted: None (all succeeded), ids or Messages (one or an
+    iterable), or Lambda's {"batchItemFailures": [{"itemIdentifier": id}, ...]}."""
+    if returned is None:
+        return set()
+    if isinstance(returned, str | Message):
+        returned = [returned]
+    if isinstance(returned, dict):
+        items = returned.get("batchItemFailures")
+        if not isinstance(items, list):
+            return None
+        returned = [i.get("itemIdentifier") if isinstance(i, dict) else None for i in items]
+    if not isinstance(returned, Iterable):
+        return None
+    out = set()
+    for item in returned:
+        if isinstance(item, Message):
+            item = item.message_id
+        if not isinstance(item, str):
+            return None
+        out.add(item)
+    return out
+
+
+def _close(awaitable: object) -> None:
+    close = getattr(awaitable, "close", None)
+    if callable(close):
+        close()  # no "coroutine was never awaited" warning on top of our error

@@ -1,0 +1,223 @@
+"""Flow: what may start, in which order, and which SQS calls follow (no servers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from orchestrator.flow import DELETE_MAX_WAIT, Ask, Flow, Work
+from orchestrator.invoke import Result
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def raw(mid: str, group: str | None = None, count: int = 1) -> dict[str, Any]:
+    attributes = {"ApproximateReceiveCount": str(count)}
+    if group is not None:
+        attributes["MessageGroupId"] = group
+    return {"MessageId": mid, "ReceiptHandle": f"r-{mid}", "Body": mid, "Attributes": attributes}
+
+
+def flow(clock: Clock | None = None, **options: Any) -> Flow:
+    settings: dict[str, Any] = {"limit": 2, "fifo": False, "visibility": 30, **options}
+    return Flow(clock=clock or Clock(), **settings)
+
+
+def receive(f: Flow, *raws: dict[str, Any], asked: int | None = None) -> None:
+    """A receive of the messages, as the runner makes one."""
+    ask = f.plan_receive() or Ask(asked or max(len(raws), 1), f.clock(), False)
+    f.add(ask, list(raws))
+
+
+def ids(work: Work | None) -> list[str]:
+    assert work is not None
+    return [h.message_id for h in work.messages]
+
+
+def ok(work: Work) -> Result:
+    return Result(frozenset(), None, 0.01)
+
+
+def failed(work: Work, *mids: str) -> Result:
+    return Result(frozenset(mids or ids(work)), "ValueError: boom", 0.01)
+
+
+def test_at_most_limit_run_and_a_freed_slot_starts_the_next() -> None:
+    f = flow(limit=2)
+    receive(f, raw("a"), raw("b"), raw("c"))
+    first, second = f.take(), f.take()
+    assert ids(first) + ids(second) == ["a", "b"]
+    assert f.take() is None  # both slots taken: "c" is held
+    assert first is not None
+    f.finished(first, ok(first))
+    assert ids(f.take()) == ["c"]
+    assert [h.message_id for h in f.take_io(0, everything=True).deletes] == ["a"]
+
+
+def test_a_failure_is_retried_and_counted() -> None:
+    f = flow()
+    receive(f, raw("a"), raw("b"))
+    a, b = f.take(), f.take()
+    assert a is not None and b is not None
+    f.finished(a, failed(a))
+    f.finished(b, ok(b))
+    io = f.take_io(0, everything=True)
+    assert [(h.message_id, err) for h, err in io.retries] == [("a", "ValueError: boom")]
+    assert [h.message_id for h in io.deletes] == ["b"]
+    assert f.counts() == (1, 1)
+
+
+def test_fifo_runs_one_message_per_group_in_order() -> None:
+    f = flow(limit=5, fifo=True)
+    receive(f, raw("a1", "A"), raw("a2", "A"), raw("b1", "B"), raw("a3", "A"))
+    a1, b1 = f.take(), f.take()
+    assert (ids(a1), ids(b1)) == (["a1"], ["b1"])
+    assert f.take() is None  # A is running a1; B has nothing more: free slots stay free
+    assert a1 is not None
+    f.finished(a1, ok(a1))
+    a2 = f.take()
+    assert ids(a2) == ["a2"] and f.take() is None
+    assert a2 is not None
+    f.finished(a2, ok(a2))
+    assert ids(f.take()) == ["a3"]
+
+
+def test_a_fifo_failure_hands_back_its_group_and_holds_no_other() -> None:
+    f = flow(limit=5, fifo=True)
+    receive(f, raw("a1", "A"), raw("a2", "A"), raw("a3", "A"), raw("b1", "B"), raw("b2", "B"))
+    a1, b1 = f.take(), f.take()
+    assert a1 is not None and b1 is not None
+    f.finished(a1, failed(a1))
+    io = f.take_io(0, everything=True)
+    assert [h.message_id for h, _ in io.retries] == ["a1"]
+    assert sorted(h.message_id for h in io.returns) == ["a2", "a3"]  # never run out of order
+    f.finished(b1, ok(b1))
+    assert ids(f.take()) == ["b2"]
+    assert f.take() is None  # nothing of A is held any more: SQS redelivers a1 first
+
+
+def test_a_batch_waits_for_its_window_then_starts_partial() -> None:
+    clock = Clock()
+    f = flow(clock, limit=10, batch_size=3, batch_window=1.0)
+    receive(f, raw("a"), raw("b"))
+    assert f.take() is None
+    assert f.window_wait() == pytest.approx(1.0)
+    clock.now += 1.0
+    work = f.take()
+    assert ids(work) == ["a", "b"] and work is not None and work.batch
+
+
+def test_a_full_batch_starts_at_once_and_counts_its_length_against_the_limit() -> None:
+    f = flow(limit=4, batch_size=3, batch_window=5.0)
+    receive(f, raw("a"), raw("b"), raw("c"), raw("d"), raw("e"))
+    assert ids(f.take()) == ["a", "b", "c"]
+    assert f.take() is None  # one slot left: "d" waits (for the window or more slots)
+
+
+def test_a_batch_result_deletes_the_succeeded_and_retries_the_failed() -> None:
+    f = flow(limit=10, batch_size=3)
+    receive(f, raw("a"), raw("b"), raw("c"))
+    work = f.take()
+    assert work is not None
+    f.finished(work, failed(work, "b"))
+    io = f.take_io(0, everything=True)
+    assert [h.message_id for h in io.deletes] == ["a", "c"]
+    assert [h.message_id for h, _ in io.retries] == ["b"]
+
+
+def test_a_fifo_batch_keeps_groups_together_and_in_order() -> None:
+    f = flow(limit=10, fifo=True, batch_size=10)
+    receive(f, raw("a1", "A"), raw("b1", "B"), raw("a2", "A"), raw("b2", "B"), raw("a3", "A"))
+    work = f.take()
+    assert ids(work) == ["a1", "a2", "a3", "b1", "b2"]
+    assert work is not None
+    f.finished(work, failed(work, "a2"))
+    io = f.take_io(0, everything=True)
+    assert [h.message_id for h in io.deletes] == ["a1", "b1", "b2"]
+    assert [h.message_id for h, _ in io.retries] == ["a2"]
+    # a3 ran after a2 failed: not deleted, so that A runs again in order from a2
+    assert [h.message_id for h in io.returns] == ["a3"]
+
+
+def test_close_hands_held_messages_back_and_starts_nothing_more() -> None:
+    f = flow(limit=2)
+    receive(f, raw("a"), raw("b"), raw("c"))
+    running = [f.take(), f.take()]
+    under_way = f.plan_receive()  # a receive that was under way when the run stopped
+    assert under_way is not None
+    f.close()
+    assert f.take() is None
+    assert [h.message_id for h in f.take_io(0).returns] == ["c"]
+    f.add(under_way, [raw("late")])
+    assert [h.message_id for h in f.take_io(0).returns] == ["late"]
+    for work in running:
+        assert work is not None and not f.idle()
+        f.finished(work, ok(work))
+    assert f.idle()
+
+
+def test_a_lowered_limit_hands_back_the_newest_held_beyond_the_new_bound() -> None:
+    f = flow(limit=5)
+    receive(f, *(raw(f"m{i}") for i in range(10)))
+    for _ in range(5):
+        assert f.take() is not None
+    f.set_limit(2)  # 5 run, 0 slots free: at most prefetch(2) = 2 may be held
+    returned = [h.message_id for h in f.take_io(0).returns]
+    assert sorted(returned) == ["m7", "m8", "m9"]
+
+
+def test_a_partial_delete_batch_waits_a_little_for_more() -> None:
+    clock = Clock()
+    f = flow(clock, limit=5)
+    receive(f, raw("a"), raw("b"), raw("c"))
+    a, b = f.take(), f.take()
+    assert a is not None and b is not None
+    f.finished(a, ok(a))
+    assert f.take_io(clock.now).deletes == []  # others still run: wait for a fuller batch
+    clock.now += DELETE_MAX_WAIT
+    assert [h.message_id for h in f.take_io(clock.now).deletes] == ["a"]
+
+
+def test_drained_after_empty_polls_in_a_row_with_nothing_in_flight() -> None:
+    clock = Clock()
+    f = flow(clock, drain_empty_polls=2)
+    first, second = f.plan_receive(), f.plan_receive()  # two under way at once
+    assert first is not None
+    f.add(first, [])
+    if second is not None:
+        f.add(second, [])
+    assert not f.drained()  # concurrent empty polls count once
+    clock.now += 1
+    ask = f.plan_receive()
+    assert ask is not None
+    f.add(ask, [])
+    assert f.drained()
+
+
+def test_abandoned_work_is_never_deleted_even_if_it_returns() -> None:
+    f = flow()
+    receive(f, raw("a"))
+    work = f.take()
+    assert work is not None
+    stuck = f.abandon()
+    assert [h.message_id for h in stuck] == ["a"]
+    f.finished(work, ok(work))
+    assert f.take_io(0, everything=True).deletes == []
+
+
+def test_running_and_held_messages_get_their_visibility_extended() -> None:
+    clock = Clock()
+    f = flow(clock, limit=1, visibility=10)
+    receive(f, raw("a"), raw("b"))
+    assert f.take() is not None
+    assert f.due_extensions(clock.now) == []
+    clock.now += 5  # half the visibility timeout
+    assert sorted(f.due_extensions(clock.now)) == ["r-a", "r-b"]
+    assert f.due_extensions(clock.now) == []
