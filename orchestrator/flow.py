@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator import policy
+from orchestrator.held import Held, Received
 from orchestrator.invoke import Result
 from orchestrator.metrics import Meter
 from orchestrator.policy import RECEIVE_BATCH as BATCH
@@ -37,33 +37,10 @@ EWMA = 0.2  # weight of the newest sample in the handler-time and round-trip ave
 
 
 @dataclass(eq=False)
-class Held:
-    """A received message, from its receive until it is deleted, retried or handed back."""
-
-    raw: dict[str, Any]
-    seq: int  # arrival order: hand-backs take the newest first (a FIFO group's tail)
-    group: str | None  # MessageGroupId on a FIFO queue
-    received: float
-    extend_at: float
-
-    @property
-    def receipt(self) -> str:
-        return str(self.raw["ReceiptHandle"])
-
-    @property
-    def message_id(self) -> str:
-        return str(self.raw["MessageId"])
-
-    @property
-    def receive_count(self) -> int:
-        return int(self.raw.get("Attributes", {}).get("ApproximateReceiveCount", 1))
-
-
-@dataclass(eq=False)
 class Work:
     """What one handler call gets: one message, or a batch (`batch`: the handler takes a list)."""
 
-    messages: list[Held]
+    messages: list[Received]
     batch: bool
     started: float
 
@@ -82,9 +59,9 @@ class Ask:
 class Io:
     """SQS calls the flow wants made (the runner makes them)."""
 
-    deletes: list[Held] = field(default_factory=list)
-    retries: list[tuple[Held, str]] = field(default_factory=list)  # (message, error)
-    returns: list[Held] = field(default_factory=list)  # hand back now: visibility 0
+    deletes: list[Received] = field(default_factory=list)
+    retries: list[tuple[Received, str]] = field(default_factory=list)  # (message, error)
+    returns: list[Received] = field(default_factory=list)  # hand back now: visibility 0
 
     def __bool__(self) -> bool:
         return bool(self.deletes or self.retries or self.returns)
@@ -108,6 +85,7 @@ class Flow:
     ) -> None:
         self.lock = threading.Lock()
         self.work_ready = threading.Condition(self.lock)  # handler threads wait here
+        self.waiting = 0  # threads waiting on work_ready
         self.limit = limit
         self.fifo = fifo
         self.visibility = visibility
@@ -116,16 +94,10 @@ class Flow:
         self.queue_name = queue_name
         self.meter = meter
         self.clock = clock
-        # Held messages: standard queues keep one line, FIFO queues one per group,
-        # with `ready` the groups that have messages and nothing running.
-        self.line: deque[Held] = deque()
-        self.groups: dict[str, deque[Held]] = {}
-        self.ready: deque[str] = deque()
-        self.ready_set: set[str] = set()
-        self.busy: set[str] = set()
-        self.held = 0
+        self.held = Held(fifo)  # received, not started
         self.running: dict[int, Work] = {}  # by id(work)
         self.running_count = 0  # messages, not works
+        self.peak = 0  # the most messages received and not finished at once
         self.receiving = 0  # messages asked for by receives under way
         self.receives = 0  # receives under way
         self.backlog = False  # the last receive came back full
@@ -164,7 +136,7 @@ class Flow:
 
     def _state(self) -> policy.FlowState:
         return policy.FlowState(
-            limit=self.limit, running=self.running_count, held=self.held,
+            limit=self.limit, running=self.running_count, held=len(self.held),
             receiving=self.receiving, receives=self.receives, backlog=self.backlog,
             handler_s=self.handler_s, rtt_s=self.rtt_s,
         )  # fmt: skip
@@ -184,11 +156,12 @@ class Flow:
                 self.empty_polls += 1
                 self.last_empty = now
             if self.closed:  # stopped while polling: give them back at once, never run late
-                self.io.returns.extend(self._held(raw, now) for raw in raws)
+                self.io.returns.extend(self._received(raw, now) for raw in raws)
             else:
                 for raw in raws:
-                    self._hold(self._held(raw, now))
-                self.work_ready.notify(len(raws))
+                    self.held.add(self._received(raw, now))
+                self._notify(len(raws))
+                self.peak = max(self.peak, self.running_count + len(self.held))
             due = self._runner_due()
         if due:
             self.wake()
@@ -199,20 +172,10 @@ class Flow:
             self.receiving -= ask.count
             self.receives -= 1
 
-    def _held(self, raw: dict[str, Any], now: float) -> Held:
+    def _received(self, raw: dict[str, Any], now: float) -> Received:
         self.seq += 1
         group = raw.get("Attributes", {}).get("MessageGroupId", "") if self.fifo else None
-        return Held(raw, self.seq, group, now, now + self.visibility * EXTEND_FRACTION)
-
-    def _hold(self, held: Held) -> None:
-        self.held += 1
-        if held.group is None:
-            self.line.append(held)
-            return
-        self.groups.setdefault(held.group, deque()).append(held)
-        if held.group not in self.busy and held.group not in self.ready_set:
-            self.ready.append(held.group)
-            self.ready_set.add(held.group)
+        return Received(raw, self.seq, group, now, now + self.visibility * EXTEND_FRACTION)
 
     # --- starting --------------------------------------------------------------------
 
@@ -229,8 +192,18 @@ class Flow:
                 work = self._take(self.clock())
                 if work is not None:
                     return work
-                self.work_ready.wait(self._window_wait())
+                self.waiting += 1
+                try:
+                    self.work_ready.wait(self._window_wait())
+                finally:
+                    self.waiting -= 1
             return None
+
+    def _notify(self, n: int) -> None:
+        """Wake up to `n` waiting handler threads (called holding the lock); notifying
+        nobody is not free, and most of the time every thread is busy."""
+        if self.waiting:
+            self.work_ready.notify(n)
 
     def window_wait(self) -> float | None:
         """Seconds until a waiting partial batch may start (None: nothing is waiting)."""
@@ -238,7 +211,7 @@ class Flow:
             return self._window_wait()
 
     def _window_wait(self) -> float | None:
-        oldest = self._oldest_startable()
+        oldest = self.held.oldest_startable()
         if oldest is None or self.batch_size <= 1:
             return None
         return max(0.0, oldest.received + self.batch_window - self.clock())
@@ -248,72 +221,23 @@ class Flow:
         if self.closed or free <= 0 or not self.held:
             return None
         if self.batch_size <= 1:
-            held = self._pop_line() if not self.fifo else self._pop_group()
-            return self._start([held], False, now) if held else None
-        target = min(self.batch_size, self.limit)
-        startable = self._startable_count()
-        oldest = self._oldest_startable()
+            picked = self.held.pop(1, whole_groups=False)
+            return self._start(picked, False, now) if picked else None
+        oldest = self.held.oldest_startable()
         if oldest is None:
             return None
-        n = min(target, free, startable)
+        target = min(self.batch_size, self.limit)
+        n = min(target, free, self.held.startable())
         # A batch starts full, or when it waited `batch_window` for messages or slots.
         if n < target and now < oldest.received + self.batch_window:
             return None
-        picked = self._pop_line_n(n) if not self.fifo else self._pop_groups(n)
-        return self._start(picked, True, now)
+        return self._start(self.held.pop(n, whole_groups=True), True, now)
 
-    def _start(self, messages: list[Held], batch: bool, now: float) -> Work:
+    def _start(self, messages: list[Received], batch: bool, now: float) -> Work:
         work = Work(messages, batch, now)
-        self.held -= len(messages)
         self.running[id(work)] = work
         self.running_count += len(messages)
         return work
-
-    def _pop_line(self) -> Held | None:
-        return self.line.popleft() if self.line else None
-
-    def _pop_line_n(self, n: int) -> list[Held]:
-        return [self.line.popleft() for _ in range(min(n, len(self.line)))]
-
-    def _pop_group(self) -> Held | None:
-        while self.ready:
-            group = self.ready.popleft()
-            self.ready_set.discard(group)
-            queue = self.groups.get(group)
-            if queue:
-                self.busy.add(group)
-                held = queue.popleft()
-                if not queue:
-                    del self.groups[group]
-                return held
-        return None
-
-    def _pop_groups(self, n: int) -> list[Held]:
-        """Up to `n` messages from ready groups, each group's in order and together."""
-        picked: list[Held] = []
-        while self.ready and len(picked) < n:
-            group = self.ready.popleft()
-            self.ready_set.discard(group)
-            queue = self.groups.get(group)
-            if not queue:
-                continue
-            self.busy.add(group)
-            while queue and len(picked) < n:
-                picked.append(queue.popleft())
-            if not queue:
-                del self.groups[group]
-        return picked
-
-    def _startable_count(self) -> int:
-        if not self.fifo:
-            return len(self.line)
-        return sum(len(self.groups.get(g, ())) for g in self.ready)
-
-    def _oldest_startable(self) -> Held | None:
-        if not self.fifo:
-            return self.line[0] if self.line else None
-        heads = [self.groups[g][0] for g in self.ready if self.groups.get(g)]
-        return min(heads, key=lambda h: h.seq) if heads else None
 
     # --- finishing -------------------------------------------------------------------
 
@@ -325,48 +249,39 @@ class Flow:
             self.running_count -= len(work.messages)
             self.handler_s += EWMA * (result.seconds - self.handler_s)
             self._settle(work, result)
-            self.work_ready.notify(len(work.messages))
+            if self.held:
+                self._notify(len(work.messages))
             due = self._runner_due()
         if due:
             self.wake()
         self._tell(listeners=False)
 
     def _settle(self, work: Work, result: Result) -> None:
-        failed_groups: set[str | None] = set()
-        for held in work.messages:
-            if held.message_id in result.failed:
+        failed_groups: set[str] = set()
+        for received in work.messages:
+            if received.message_id in result.failed:
                 self.failed += 1
-                self.io.retries.append((held, result.error or "failed"))
-                failed_groups.add(held.group)
+                self.io.retries.append((received, result.error or "failed"))
+                if received.group is not None:
+                    failed_groups.add(received.group)
                 self._count(result.seconds, ok=False)
-            elif self.fifo and held.group in failed_groups:
+            elif received.group in failed_groups:
                 # After a failure in its group: not deleted even if the handler went on,
                 # so that the group runs again in order from the failed message.
-                self.io.returns.append(held)
+                self.io.returns.append(received)
             else:
                 self.handled += 1
                 if not self.io.deletes:
                     self.delete_since = self.clock()
-                self.io.deletes.append(held)
+                self.io.deletes.append(received)
                 self._count(result.seconds, ok=True)
         if self.fifo:
-            for group in {h.group for h in work.messages}:
-                assert group is not None
-                self.busy.discard(group)
-                if group in failed_groups:
-                    self._return_group(group)
-                elif group in self.groups and group not in self.ready_set:
-                    self.ready.append(group)
-                    self.ready_set.add(group)
-                elif group not in self.groups:
-                    # SQS keeps the group locked until its received messages are deleted:
-                    # a delete waiting for a fuller batch would hold the group back.
-                    self.flush_deletes = True
-
-    def _return_group(self, group: str) -> None:
-        rest = self.groups.pop(group, deque())
-        self.held -= len(rest)
-        self.io.returns.extend(rest)
+            groups = {r.group for r in work.messages if r.group is not None}
+            back, emptied = self.held.finished(groups, failed_groups)
+            self.io.returns.extend(back)
+            # SQS keeps a group locked until its received messages are deleted: a delete
+            # waiting for a fuller batch would hold the group back.
+            self.flush_deletes = self.flush_deletes or emptied
 
     def _count(self, seconds: float, ok: bool) -> None:
         # Counted where the job's counts are, so that the two always agree.
@@ -381,7 +296,9 @@ class Flow:
             return True
         if self._idle():
             return True
-        return not self.closed and policy.receive_size(self._state(), self.max_receives) > 0
+        if self.closed or (self.receives and not self.backlog):
+            return False  # no receive could start: spare building the state
+        return policy.receive_size(self._state(), self.max_receives) > 0
 
     def _idle(self) -> bool:
         return not self.running and not self.held
@@ -406,16 +323,11 @@ class Flow:
     def due_extensions(self, now: float) -> list[str]:
         """Receipts whose visibility should be extended now: running and held messages."""
         with self.lock:
-            due = [h for w in self.running.values() for h in w.messages if h.extend_at <= now]
-            due += [h for h in self._all_held() if h.extend_at <= now]
+            due = [r for w in self.running.values() for r in w.messages if r.extend_at <= now]
+            due += [r for r in self.held if r.extend_at <= now]
             for held in due:
                 held.extend_at = now + self.visibility * EXTEND_FRACTION
             return [h.receipt for h in due]
-
-    def _all_held(self) -> Iterable[Held]:
-        yield from self.line
-        for queue in self.groups.values():
-            yield from queue
 
     def set_limit(self, limit: int) -> None:
         """A new concurrency. Held messages above the new bounds go back at once (the
@@ -423,8 +335,8 @@ class Flow:
         with self.lock:
             self.limit = limit
             allowed = max(0, limit - self.running_count) + policy.prefetch(limit)
-            if self.held > allowed:
-                self._return_newest(self.held - allowed)
+            if len(self.held) > allowed:
+                self.io.returns.extend(self.held.take_newest(len(self.held) - allowed))
             self.work_ready.notify_all()
         self.wake()
         self._tell(listeners=True)
@@ -436,42 +348,27 @@ class Flow:
             self.work_ready.notify_all()
         self._tell(listeners=True)
 
-    def _return_newest(self, count: int) -> None:
-        newest = sorted(self._all_held(), key=lambda h: h.seq, reverse=True)[:count]
-        gone = {id(h) for h in newest}
-        self.line = deque(h for h in self.line if id(h) not in gone)
-        for group in list(self.groups):
-            kept = deque(h for h in self.groups[group] if id(h) not in gone)
-            if kept:
-                self.groups[group] = kept
-            else:
-                del self.groups[group]
-        self.ready = deque(g for g in self.ready if g in self.groups)
-        self.ready_set = set(self.ready)
-        self.held -= len(newest)
-        self.io.returns.extend(newest)
-
     def close(self) -> None:
         """Stop receiving and starting: every held message goes back at once."""
         with self.lock:
             self.closed = True
-            self._return_newest(self.held)
+            self.io.returns.extend(self.held.take_newest(len(self.held)))
             self.work_ready.notify_all()
         self.wake()
         self._tell(listeners=True)
 
-    def abandon(self) -> list[Held]:
+    def abandon(self) -> list[Received]:
         """Give up on running handlers: their messages, to hand back. If such a handler
         still returns, its message is not deleted (it may run twice, never zero times)."""
         with self.lock:
-            stuck = [h for w in self.running.values() for h in w.messages]
+            stuck = [r for w in self.running.values() for r in w.messages]
             self.running.clear()
             self.running_count = 0
             return stuck
 
     def demand(self) -> int:
         """Messages running or waiting to start (called holding the lock)."""
-        return self.running_count + self.held
+        return self.running_count + len(self.held)
 
     def idle(self) -> bool:
         with self.lock:
@@ -481,7 +378,7 @@ class Flow:
         with self.lock:
             # A receive under way does not count: should it bring messages, they go back.
             return policy.is_drained(
-                self.empty_polls, self.running_count + self.held, self.drain_empty_polls
+                self.empty_polls, self.running_count + len(self.held), self.drain_empty_polls
             )
 
     def counts(self) -> tuple[int, int]:

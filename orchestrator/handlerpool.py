@@ -44,6 +44,7 @@ class _Proc:
     failed: int = 0
     ended: str | None = None  # how it ended, once it has
     started: float = field(default_factory=time.monotonic)
+    send_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def report(self) -> dict[str, Any]:
         return {"pid": self.child.pid, "handled": self.handled, "failed": self.failed,
@@ -139,9 +140,7 @@ class HandlerPool:
         log.info("handler_process.started", handler_pid=proc.child.pid)
 
     def _exit(self, proc: _Proc) -> None:
-        assert proc.child.channel is not None
-        with contextlib.suppress(ChannelClosed):
-            proc.child.channel.send(handlerproc.encode(handlerproc.Exit()))
+        self._send(proc, handlerproc.Exit())
 
     def _feed(self) -> None:
         """Send each work that may start to the live process with the least running."""
@@ -154,20 +153,33 @@ class HandlerPool:
                 while proc is None and not self.retired and not self.fatal:
                     self.cond.wait(0.5)  # every process is starting or was replaced
                     proc = self._least_busy()
-                if proc is None:
-                    stopped = Result(frozenset(h.message_id for h in work.messages),
-                                     "handler processes stopped", 0.0)  # fmt: skip
-                else:
-                    self.next_id += 1
-                    proc.running[self.next_id] = work
-                    run = Run(self.next_id, work.batch,
-                              [handlerproc.wire_raw(h.raw) for h in work.messages])  # fmt: skip
             if proc is None:
-                self.flow.finished(work, stopped)
-                continue
-            assert proc.child.channel is not None
-            with contextlib.suppress(ChannelClosed):  # it died: its reader fails the work
-                proc.child.channel.send(handlerproc.encode(run))
+                self.flow.finished(work, Result(frozenset(h.message_id for h in work.messages),
+                                                "handler processes stopped", 0.0))  # fmt: skip
+            else:
+                self._dispatch(proc, work)
+
+    def _dispatch(self, proc: _Proc, work: Work) -> None:
+        with self.cond:
+            if proc.ended is not None:  # it died meanwhile, its reader already collected
+                gone = f"handler process {proc.child.pid} died: {proc.ended}"
+            else:
+                gone = None
+                self.next_id += 1
+                proc.running[self.next_id] = work
+                run = Run(self.next_id, work.batch,
+                          [handlerproc.wire_raw(h.raw) for h in work.messages])  # fmt: skip
+        if gone is not None:
+            self.flow.finished(work, Result(frozenset(h.message_id for h in work.messages),
+                                            gone, 0.0))  # fmt: skip
+            return
+        self._send(proc, run)
+
+    def _send(self, proc: _Proc, message: handlerproc.Wire) -> None:
+        """One message to a process; the feeder and its reader both send."""
+        assert proc.child.channel is not None
+        with proc.send_lock, contextlib.suppress(ChannelClosed):  # died: its reader cleans up
+            proc.child.channel.send(handlerproc.encode(message))
 
     def _least_busy(self) -> _Proc | None:
         live = [p for p in self.procs if p.ready and not p.retiring and p.ended is None]
@@ -205,6 +217,9 @@ class HandlerPool:
                     self._exit(proc)
             self.flow.finished(work, Result(frozenset(message.failed), message.error,
                                             message.seconds))  # fmt: skip
+            # The slot it freed goes straight back to it: no hop through the feeder.
+            if not (proc.retiring or self.retired) and (follow := self.flow.take()) is not None:
+                self._dispatch(proc, follow)
 
     def _ended(self, proc: _Proc) -> None:
         """Its channel closed: collect the exit, fail what it ran, let maintain replace it."""

@@ -120,62 +120,85 @@ def unwire_raw(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 class HandlerProcess:
-    """Calls the handler for each `Run` and answers with a `Done`."""
+    """Calls the handler for each `Run` and answers with a `Done`: sync handlers on a
+    pool of threads fed by this process's main thread, `async def` ones on its loop."""
 
-    def __init__(self, channel: Channel, func: Any, queue_name: str, queue_url: str) -> None:
+    def __init__(self, channel: Channel, func: Any, queue_name: str, queue_url: str,
+                 max_threads: int) -> None:  # fmt: skip
         self.channel = channel
         self.func = func
         self.queue_name, self.queue_url = queue_name, queue_url
-        self.send_lock = threading.Lock()  # answers come from handler threads too
-        self.threads = ThreadPoolExecutor(thread_name_prefix="handler")
-        self.tasks: set[asyncio.Future[None]] = set()
-        self.exiting = False
-        self.done = asyncio.Event()
+        self.send_lock = threading.Lock()  # answers come from several threads
+        self.threads = ThreadPoolExecutor(max_threads, thread_name_prefix="handler")
+
+    def serve(self) -> None:
+        if invoke.is_async(self.func):
+            asyncio.run(self._serve_async())
+        else:
+            self._serve_threads()
 
     def send(self, message: Wire) -> None:
-        with self.send_lock:
-            self.channel.send(encode(message))
-
-    async def serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.add_reader(self.channel.fileno(), self._readable)
-        await self.done.wait()
-        loop.remove_reader(self.channel.fileno())
-        if self.tasks:
-            await asyncio.wait(self.tasks)  # on Exit, what runs finishes and is answered
-        self.threads.shutdown(wait=True)
-
-    def _readable(self) -> None:
         try:
-            docs = self.channel.receive()
+            with self.send_lock:
+                self.channel.send(encode(message))
         except ChannelClosed:
             os._exit(0)  # the consumer is gone: its messages come back to SQS by themselves
-        for doc in docs:
-            message = decode(doc)
-            if isinstance(message, Run):
-                self._start(message)
-            elif isinstance(message, Exit):
-                self.done.set()
 
-    def _start(self, run: Run) -> None:
-        messages = [Message.from_sqs(unwire_raw(r), self.queue_name, self.queue_url)
-                    for r in run.messages]  # fmt: skip
-        task = asyncio.ensure_future(self._call(run, messages))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+    def _messages(self, run: Run) -> list[Message]:
+        return [Message.from_sqs(unwire_raw(r), self.queue_name, self.queue_url)
+                for r in run.messages]  # fmt: skip
 
-    async def _call(self, run: Run, messages: list[Message]) -> None:
-        if invoke.is_async(self.func):
-            result = await invoke.call_async(self.func, messages, run.batch)
-        else:
-            loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(
-                self.threads, invoke.call, self.func, messages, run.batch
-            )
-        try:
-            self.send(Done(run.id, sorted(result.failed), result.error, result.seconds))
-        except ChannelClosed:
-            os._exit(0)
+    def _answer(self, run: Run, result: invoke.Result) -> None:
+        self.send(Done(run.id, sorted(result.failed), result.error, result.seconds))
+
+    # --- sync handlers: this thread reads, pool threads call and answer --------------------
+
+    def _serve_threads(self) -> None:
+        while True:
+            try:
+                docs = self.channel.read_blocking()
+            except ChannelClosed:
+                os._exit(0)
+            for doc in docs:
+                message = decode(doc)
+                if isinstance(message, Run):
+                    self.threads.submit(self._call, message)
+                elif isinstance(message, Exit):
+                    self.threads.shutdown(wait=True)  # what runs finishes and is answered
+                    return
+
+    def _call(self, run: Run) -> None:
+        self._answer(run, invoke.call(self.func, self._messages(run), run.batch))
+
+    # --- async handlers: everything on the event loop -------------------------------------
+
+    async def _serve_async(self) -> None:
+        loop = asyncio.get_running_loop()
+        exiting = asyncio.Event()
+        tasks: set[asyncio.Task[None]] = set()
+
+        def readable() -> None:
+            try:
+                docs = self.channel.receive()
+            except ChannelClosed:
+                os._exit(0)
+            for doc in docs:
+                message = decode(doc)
+                if isinstance(message, Run):
+                    task = loop.create_task(self._call_async(message))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                elif isinstance(message, Exit):
+                    exiting.set()
+
+        loop.add_reader(self.channel.fileno(), readable)
+        await exiting.wait()
+        loop.remove_reader(self.channel.fileno())
+        if tasks:
+            await asyncio.wait(tasks)  # what runs finishes and is answered
+
+    async def _call_async(self, run: Run) -> None:
+        self._answer(run, await invoke.call_async(self.func, self._messages(run), run.batch))
 
 
 def run(settings: Settings, boot: dict[str, Any]) -> None:
@@ -190,5 +213,5 @@ def run(settings: Settings, boot: dict[str, Any]) -> None:
         channel.send(encode(ImportFailed(str(exc))))
         return
     channel.send(encode(Ready(os.getpid())))
-    process = HandlerProcess(channel, func, boot["queueName"], boot["queueUrl"])
-    asyncio.run(process.serve())
+    HandlerProcess(channel, func, boot["queueName"], boot["queueUrl"],
+                   settings.max_concurrency).serve()  # fmt: skip

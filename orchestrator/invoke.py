@@ -41,7 +41,7 @@ def call(func: Callable[..., Any], messages: list[Message], batch: bool) -> Resu
     started = time.perf_counter()
     try:
         returned = func(messages if batch else messages[0])
-        if inspect.isawaitable(returned):
+        if returned is not None and inspect.isawaitable(returned):
             _close(returned)
             raise TypeError("handler returned an awaitable: declare it `async def`")
     except BaseException as exc:  # the handler's failure is the messages', not ours

@@ -76,7 +76,9 @@ class Meter:
     def message(self, queue: str, seconds: float, ok: bool) -> None:
         """A handler finished: count it as handled (it returned) or failed (it raised)."""
         with self._lock:
-            counts = self._queues.setdefault(queue, QueueCounts())
+            counts = self._queues.get(queue)
+            if counts is None:  # (setdefault would build a QueueCounts every time)
+                counts = self._queues[queue] = QueueCounts()
             if ok:
                 counts.handled += 1
             else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 IDLE_FIRST_CHECK = 1.0  # seconds between checks of a queue that was busy just now
 IDLE_FAST_SECONDS = 60.0  # how long "just now" lasts
@@ -82,7 +83,7 @@ def needs_recycling(uses: int, limit: int, rss_mb: float, max_rss_mb: float) -> 
 # --- receiving (design §5: what `concurrency` means) ----------------------------------
 
 RECEIVE_BATCH = 10  # SQS's most per ReceiveMessage
-LEAD_ROUND_TRIPS = 2.0  # receive this many round trips before a slot would go idle
+IDLE_LOSS = 0.02  # waiting for a slot to idle may cost this share of the slots' time
 
 
 def prefetch(limit: int) -> int:
@@ -90,9 +91,9 @@ def prefetch(limit: int) -> int:
     return min(RECEIVE_BATCH, limit)
 
 
-@dataclass(frozen=True)
-class FlowState:
-    """What a consumer's receive decision needs to know about its messages."""
+class FlowState(NamedTuple):
+    """What a consumer's receive decision needs to know about its messages (a tuple:
+    it is built after every handler call)."""
 
     limit: int  # concurrency: messages that may run at once
     running: int  # messages whose handlers run
@@ -108,24 +109,27 @@ def receive_size(s: FlowState, max_receives: int) -> int:
     """How many messages to ask SQS for now; 0 to wait.
 
     Never more than fits: running + held + asked ≤ limit + prefetch. A full batch
-    is asked for whenever it fits. A smaller one only when a slot is idle, or will
-    be before a receive could return: waiting for more slots to free makes fuller
-    receives, so fewer requests per message, without leaving a slot empty. While
-    one receive is under way another starts only if the queue has a backlog.
+    is asked for whenever it fits, and whatever fits when a slot is idle. With every
+    slot busy and nothing held or coming, the next slot to free will find nothing:
+    a whole prefetch is asked for then, before it frees, unless the handlers are so
+    slow that a round trip with one slot idle costs less than IDLE_LOSS of their
+    time, in which case the receive waits for that slot (one message fuller: fewer
+    requests per message). Asking for less earlier would only mean more requests,
+    which slow every round trip of a loaded SQS. While one receive is under way
+    another starts only if the queue has a backlog.
     """
-    capacity_ = capacity(s)
-    if capacity_ <= 0 or s.receives >= max_receives or (s.receives and not s.backlog):
+    room = capacity(s)
+    if room <= 0 or s.receives >= max_receives or (s.receives and not s.backlog):
         return 0
-    if capacity_ >= RECEIVE_BATCH:
+    if room >= RECEIVE_BATCH:
         return RECEIVE_BATCH
-    coming = s.held + s.receiving
-    if s.running + coming < s.limit:
-        return capacity_  # a slot is idle
-    # Slots free about every handler_s / limit; the (coming + 1)-th free slot finds
-    # nothing to start (counting the frees that only bring a lowered limit back).
-    excess = max(0, s.running - s.limit)
-    starves_in = (coming + 1 + excess) * s.handler_s / s.limit
-    return capacity_ if starves_in <= LEAD_ROUND_TRIPS * s.rtt_s else 0
+    if s.running + s.held + s.receiving < s.limit:
+        return room  # a slot is idle
+    if room < prefetch(s.limit):
+        return 0  # messages held or coming still cover the next free slots
+    if s.handler_s > 0 and s.rtt_s / ((room + 1) * s.handler_s) <= IDLE_LOSS:
+        return 0
+    return room
 
 
 def capacity(s: FlowState) -> int:

@@ -27,7 +27,8 @@ import structlog
 from orchestrator import policy
 from orchestrator.errors import HandlerImportError, OrchestratorError
 from orchestrator.executors import Executor
-from orchestrator.flow import Ask, Flow, Held, Io
+from orchestrator.flow import Ask, Flow, Io
+from orchestrator.held import Received
 from orchestrator.loop import Outage
 from orchestrator.metrics import Meter
 from orchestrator.sqs import BATCH, Sqs
@@ -37,7 +38,7 @@ PROGRESS_SECONDS = 1.0
 LOOP_SECONDS = 0.1  # the longest the runner sleeps between looks
 EXTEND_CHECK_SECONDS = 0.25
 MAX_RECEIVES = 8  # receives under way at once while a queue has a backlog
-IO_THREADS = 12
+IO_THREADS = 16  # receives, deletes and visibility changes under way at once
 
 log = structlog.get_logger()
 
@@ -104,14 +105,18 @@ class Waker:
             with contextlib.suppress(OSError):  # full: a wake-up is already waiting
                 os.write(self.write_fd, b"!")
 
-    def wait(self, timeout: float) -> None:
-        select.select([self.read_fd, *self.watch()], [], [], timeout)
+    def wait(self, timeout: float) -> bool:
+        """Sleep until woken or `timeout`; True if a watched descriptor is readable (or
+        none is watched: then the caller has to look every time)."""
+        watched = self.watch()
+        ready, _, _ = select.select([self.read_fd, *watched], [], [], timeout)
         try:
             while os.read(self.read_fd, 512):
                 pass
         except BlockingIOError:
             pass
         self.pending = False
+        return not watched or any(fd != self.read_fd for fd in ready)
 
     def close(self) -> None:
         os.close(self.read_fd)
@@ -151,7 +156,7 @@ class Runner:
             batch_size=spec.batch_size, batch_window=spec.batch_window,
             drain_empty_polls=drain_empty_polls, queue_name=spec.queue_name, meter=meter,
         )  # fmt: skip
-        self.flow.wake = self.waker.wake
+        self.flow.wake = self._due
         self.flow.max_receives = MAX_RECEIVES
         self.reason: str | None = None
         self.error: str | None = None
@@ -184,8 +189,9 @@ class Runner:
 
     def _loop(self) -> Outcome:
         next_progress = next_extend = time.monotonic()
+        control_ready = True
         while True:
-            if self._apply_control(self.control()):
+            if control_ready and self._apply_control(self.control()):
                 return self._give_up("aborted")
             now = time.monotonic()
             if now >= self.deadline:
@@ -194,8 +200,7 @@ class Runner:
             if fatal and self.reason is None:
                 self.error = fatal
                 self._finish("handler_import")
-            self._send(self.flow.take_io(now))
-            self._receive(now)
+            self._pump()
             if now >= next_extend:
                 self._extend(now)
                 next_extend = now + EXTEND_CHECK_SECONDS
@@ -210,7 +215,7 @@ class Runner:
                 assert self.stopped_at is not None
                 if now - self.stopped_at > self.grace:
                     return self._give_up(self.reason)
-            self.waker.wait(LOOP_SECONDS)
+            control_ready = self.waker.wait(LOOP_SECONDS)
         self._send(self.flow.take_io(time.monotonic(), everything=True))
         self._wait_for_io()
         self._close_executors(kill=False)
@@ -297,6 +302,19 @@ class Runner:
 
     # --- SQS calls, on the I/O threads --------------------------------------------------
 
+    def _due(self) -> None:
+        """The flow has SQS calls to make: made from the thread that found them due (a
+        handler or I/O thread), sparing a hop through the runner's thread; that is woken
+        when the run may be ending."""
+        self._pump()
+        if self.reason is not None or self.flow.idle():
+            self.waker.wake()
+
+    def _pump(self) -> None:
+        now = time.monotonic()
+        self._send(self.flow.take_io(now))
+        self._receive(now)
+
     def _receive(self, now: float) -> None:
         if now < self.receive_after:
             return  # SQS failed just now: back off
@@ -317,7 +335,7 @@ class Runner:
         try:
             messages = self.sqs.receive(self.url, ask.count, RECEIVE_WAIT_SECONDS,
                                         self.visibility)  # fmt: skip
-        except OrchestratorError as exc:
+        except Exception as exc:  # Outage logs an outage once, and a bug with its traceback
             with self.outage_lock:
                 self.receive_after = time.monotonic() + self.outage.failed(exc)
             self.flow.receive_failed(ask)
@@ -332,18 +350,18 @@ class Runner:
             self._submit(self._delete, chunk)
         self._set_visibility([h.receipt for h in io.returns], 0)
         by_delay: dict[int, list[str]] = {}
-        for held, error in io.retries:
-            delay = policy.retry_visibility(held.receive_count)
-            by_delay.setdefault(delay, []).append(held.receipt)
-            self._log_failure(held, delay, error)
+        for message, error in io.retries:
+            delay = policy.retry_visibility(message.receive_count)
+            by_delay.setdefault(delay, []).append(message.receipt)
+            self._log_failure(message, delay, error)
         for delay, receipts in by_delay.items():
             self._set_visibility(receipts, delay)
 
-    def _log_failure(self, held: Held, delay: int, error: str) -> None:
+    def _log_failure(self, message: Received, delay: int, error: str) -> None:
         """The message stays in SQS, hidden for a backoff on its receive count; SQS's
         redrive policy moves it to the DLQ after maxReceiveCount receives."""
-        log.warning("message.failed", message_id=held.message_id,
-                    receive_count=held.receive_count, retry_in=delay, error=error)  # fmt: skip
+        log.warning("message.failed", message_id=message.message_id,
+                    receive_count=message.receive_count, retry_in=delay, error=error)  # fmt: skip
 
     def _extend(self, now: float) -> None:
         self._set_visibility(self.flow.due_extensions(now), self.visibility)

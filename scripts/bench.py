@@ -3,7 +3,8 @@
 
     .venv/bin/python scripts/bench.py [--only NAME ...] [--repeat N]
 
-NAME: throughput, concurrency, latency, failover, cost, scale, memory, api. SQS is
+NAME: throughput, concurrency, slow, cpu, async, latency, failover, cost, scale, memory,
+api (the execution-model ones are in benchexec.py). SQS is
 LocalStack when installed (`orchestrator services install-localstack`), else
 moto with smaller loads (moto slows down badly past a few hundred messages).
 Exits non-zero only when a benchmark cannot run.
@@ -24,6 +25,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import benchexec
 import psutil
 from benchlib import Bench, kill_session, median, percentile, save, sqs_kind, wait_for
 
@@ -31,7 +33,6 @@ from orchestrator.master import Master
 from orchestrator.models import WorkerRecord, utcnow
 
 NOOP = "orchestrator.handlers:noop"
-SLEEP = "orchestrator.handlers:sleep"
 STAMP = "benchhandlers:stamp"
 
 
@@ -133,38 +134,6 @@ def _rss(supervisor_pid: int) -> dict[str, float]:
         except psutil.Error:
             continue
     return {role: round(max(values), 1) for role, values in out.items() if values}
-
-
-# --- 2. concurrency efficiency -------------------------------------------------------------
-
-
-def concurrency(kind: str, repeat: int, root: Path) -> dict[str, Any]:
-    queues, conc, ms = 4, 5, 50
-    per_queue = 300 if kind == "localstack" else 100
-    ideal = queues * conc * 1000 / ms
-    runs = []
-    for r in range(repeat):
-        bench = Bench(root / f"concurrency{r}", kind)
-        try:
-            urls = [bench.admin.create(f"c{i}", handler=SLEEP, concurrency=conc).queue_url
-                    for i in range(queues)]  # fmt: skip
-            for url in urls:
-                bench.fill(url, per_queue, lambda i: json.dumps({"ms": ms}))
-            with bench.daemon("--mode", "MW", "--workers", "2"):
-                start = _start_time(bench)
-                wait_for(lambda: bench.depth(urls) == 0, 600, "drain", 0.25)
-                end = time.time()
-            runs.append(queues * per_queue / (end - start))
-        finally:
-            bench.close()
-    achieved = median(runs)
-    return {
-        "load": f"{queues} queues x {per_queue} messages, sleep {ms} ms, concurrency {conc}",
-        "ideal_msgs_per_s": ideal,
-        "achieved_msgs_per_s": round(achieved, 1),
-        "efficiency": round(achieved / ideal, 3),
-        "runs": [round(x, 1) for x in runs],
-    }
 
 
 # --- 3. pickup latency ----------------------------------------------------------------------
@@ -451,7 +420,10 @@ def memory(kind: str, repeat: int, root: Path) -> dict[str, Any]:
 
 BENCHMARKS: dict[str, Callable[[str, int, Path], dict[str, Any]]] = {
     "throughput": throughput,
-    "concurrency": concurrency,
+    "concurrency": benchexec.concurrency,
+    "slow": benchexec.slow,
+    "cpu": benchexec.cpu,
+    "async": benchexec.async_,
     "latency": latency,
     "failover": failover,
     "cost": cost,

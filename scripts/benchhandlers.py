@@ -5,6 +5,7 @@ One O_APPEND write per message into RECORD_DIR/<pid>.jsonl (atomic for short lin
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -12,12 +13,41 @@ import time
 from orchestrator import Message
 
 
-def stamp(message: Message) -> None:
-    line = json.dumps({"queue": message.queue_name, "body": message.body, "pid": os.getpid(),
-                       "start": time.time()})  # fmt: skip
+def _write(message: Message, start: float, end: float | None = None) -> None:
+    record = {"queue": message.queue_name, "body": message.body, "pid": os.getpid(),
+              "start": start}  # fmt: skip
+    if end is not None:
+        record["end"] = end
     fd = os.open(os.path.join(os.environ["RECORD_DIR"], f"{os.getpid()}.jsonl"),
                  os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)  # fmt: skip
     try:
-        os.write(fd, (line + "\n").encode())
+        os.write(fd, (json.dumps(record) + "\n").encode())
     finally:
         os.close(fd)
+
+
+def stamp(message: Message) -> None:
+    _write(message, time.time())
+
+
+def sleep_stamp(message: Message) -> None:
+    """Sleep the body's `ms`; record start and end."""
+    start = time.time()
+    time.sleep(message.json()["ms"] / 1000)
+    _write(message, start, time.time())
+
+
+def cpu_stamp(message: Message) -> None:
+    """Burn the body's `ms` of CPU time; record start and end."""
+    start = time.time()
+    deadline = time.thread_time() + message.json()["ms"] / 1000
+    while time.thread_time() < deadline:
+        pass
+    _write(message, start, time.time())
+
+
+async def async_stamp(message: Message) -> None:
+    """Await the body's `ms` without a thread; record start and end."""
+    start = time.time()
+    await asyncio.sleep(message.json()["ms"] / 1000)
+    _write(message, start, time.time())

@@ -287,7 +287,7 @@ def test_a_failed_fifo_message_holds_back_only_its_own_group(sqs: Sqs) -> None:
     failed_at = groups["A"][2][2]
     retried_at = groups["A"][3][1]
     assert retried_at - failed_at >= 0.9  # A waited out the 1 s backoff ...
-    assert groups["B"][-1][2] < retried_at  # ... while B carried on and finished
+    assert any(failed_at < start < retried_at for _, start, _ in groups["B"])  # ... B did not
 
 
 @pytest.mark.timeout(60)
@@ -299,13 +299,13 @@ def test_an_async_handler_runs_far_more_at_once_than_there_are_threads(sqs: Sqs)
     async def handler(m: Message) -> None:
         start = ledger.enter()
         threads.append(threading.active_count())
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(2)
         ledger.leave(m.json(), start)
 
     outcome = run(sqs, spec, handler)
     assert (outcome.handled, outcome.failed) == (200, 0)
-    assert 50 <= ledger.peak <= 100
-    assert max(threads) < 30  # no thread per message
+    assert max(threads) < 30  # no thread per message ...
+    assert 2 * max(threads) <= ledger.peak <= 100  # ... yet far more at once than threads
 
 
 @pytest.mark.timeout(60)
@@ -374,26 +374,17 @@ def test_held_messages_go_back_at_once_when_the_run_is_stopped(sqs: Sqs) -> None
 
 @pytest.mark.timeout(60)
 def test_receives_never_hold_more_than_the_slots_and_one_prefetch(sqs: Sqs) -> None:
-    spec = job(sqs, "bound", 60, concurrency=3)
+    spec = JobSpec.from_op(job(sqs, "bound", 60, concurrency=3))
     ledger = Ledger()
-    in_flight: list[int] = []
-    done = threading.Event()
 
     def handler(m: Message) -> None:
         start = ledger.enter()
         time.sleep(0.05)
         ledger.leave(m.json(), start)
 
-    def sample() -> None:
-        while not done.is_set():
-            in_flight.append(sqs.depth(spec["queueUrl"]).in_flight)
-            time.sleep(0.02)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    outcome = run(sqs, spec, handler)
-    done.set()
-    sampler.join()
+    runner = Runner(sqs, spec, in_process(spec, handler), drain_empty_polls=2, max_seconds=60,
+                    grace=30, control=list, progress=lambda h, f: None, meter=Meter())  # fmt: skip
+    outcome = runner.run()
     assert outcome.handled == 60
     assert ledger.peak == 3
-    assert max(in_flight) <= 3 + 3  # concurrency + min(10, concurrency)
+    assert runner.flow.peak == 3 + 3  # concurrency + min(10, concurrency), and it got there

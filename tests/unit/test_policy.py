@@ -115,15 +115,16 @@ def state(**fields: Any) -> policy.FlowState:
         ({"receives": 1, "receiving": 5}, 1, 0),  # one poll at a time ...
         ({"receives": 1, "receiving": 10, "limit": 20, "backlog": True}, 2, 10),  # ... or backlog
         ({"receives": 1, "receiving": 10, "limit": 20}, 2, 0),  # no backlog: one poll
-        # 300 ms handlers, all 5 slots busy, nothing held: a slot frees every 60 ms, far more
-        # than 2 round trips of 10 ms, so wait for it and then ask for 6 rather than 5.
+        # All 5 slots busy, nothing held or coming: the next free slot would find nothing.
+        # 300 ms handlers: a round trip with one slot idle costs < 2 % of their time, and
+        # waiting for it makes the receive one fuller (6, not 5): wait.
         ({"running": 5, "handler_s": 0.3}, 1, 0),
         ({"running": 4, "handler_s": 0.3}, 1, 6),  # a slot is idle: ask at once
-        # 50 ms handlers: a slot frees every 10 ms: ask before the held ones run out.
-        ({"running": 5, "held": 1, "handler_s": 0.05}, 1, 4),
-        ({"running": 5, "held": 3, "handler_s": 0.05}, 1, 0),
-        ({"running": 7, "handler_s": 0.05}, 1, 0),  # over a lowered limit: 2 frees to go
-        ({"running": 7}, 1, 3),  # ... unless handlers are instant: prefetch what fits
+        # 50 ms handlers: that idle round trip would cost 3 %: ask for the prefetch now
+        ({"running": 5, "handler_s": 0.05}, 1, 5),
+        ({"running": 5}, 1, 5),  # instant handlers: likewise
+        ({"running": 5, "held": 1, "handler_s": 0.05}, 1, 0),  # held ones cover the next free
+        ({"running": 7, "handler_s": 0.05}, 1, 0),  # over a lowered limit: not yet
     ],
 )
 def test_receive_size(fields: dict[str, Any], max_receives: int, expected: int) -> None:

@@ -1,0 +1,140 @@
+"""Held: the messages a consumer received and has not started, in the order they may start.
+
+A standard queue's wait in one line. A FIFO queue's wait in one line per
+MessageGroupId, and a group whose work is running is busy: nothing more of it
+starts until that work finished, so that a group runs one piece at a time, in
+the order SQS gave.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(eq=False)
+class Received:
+    """A received message, from its receive until it is deleted, retried or handed back."""
+
+    raw: dict[str, Any]
+    seq: int  # arrival order: hand-backs take the newest first (a FIFO group's tail)
+    group: str | None  # MessageGroupId on a FIFO queue
+    received: float
+    extend_at: float
+
+    @property
+    def receipt(self) -> str:
+        return str(self.raw["ReceiptHandle"])
+
+    @property
+    def message_id(self) -> str:
+        return str(self.raw["MessageId"])
+
+    @property
+    def receive_count(self) -> int:
+        return int(self.raw.get("Attributes", {}).get("ApproximateReceiveCount", 1))
+
+
+class Held:
+    """The held messages of one assignment (not thread-safe: the Flow's lock guards it)."""
+
+    def __init__(self, fifo: bool) -> None:
+        self.fifo = fifo
+        self.line: deque[Received] = deque()  # a standard queue's
+        self.groups: dict[str, deque[Received]] = {}  # a FIFO queue's, by group
+        self.ready: deque[str] = deque()  # groups with messages and nothing running
+        self.ready_set: set[str] = set()
+        self.busy: set[str] = set()  # groups whose work runs
+        self.count = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[Received]:
+        yield from self.line
+        for queue in self.groups.values():
+            yield from queue
+
+    def add(self, message: Received) -> None:
+        self.count += 1
+        if message.group is None:
+            self.line.append(message)
+            return
+        self.groups.setdefault(message.group, deque()).append(message)
+        self._mark_ready(message.group)
+
+    def startable(self) -> int:
+        """How many could start now, slots permitting."""
+        if not self.fifo:
+            return len(self.line)
+        return sum(len(self.groups[g]) for g in self.ready)
+
+    def oldest_startable(self) -> Received | None:
+        if not self.fifo:
+            return self.line[0] if self.line else None
+        heads = [self.groups[g][0] for g in self.ready]
+        return min(heads, key=lambda m: m.seq) if heads else None
+
+    def pop(self, n: int, whole_groups: bool) -> list[Received]:
+        """Up to `n` startable messages; on a FIFO queue their groups become busy, and
+        with `whole_groups` (a batch) each group gives its messages together, in order,
+        instead of one."""
+        if not self.fifo:
+            picked = [self.line.popleft() for _ in range(min(n, len(self.line)))]
+        else:
+            picked = []
+            while self.ready and len(picked) < n:
+                group = self.ready.popleft()
+                self.ready_set.discard(group)
+                queue = self.groups[group]
+                self.busy.add(group)
+                picked.append(queue.popleft())
+                while whole_groups and queue and len(picked) < n:
+                    picked.append(queue.popleft())
+                if not queue:
+                    del self.groups[group]
+                if not whole_groups:
+                    break  # one message per call
+        self.count -= len(picked)
+        return picked
+
+    def finished(self, groups: Iterable[str], failed: set[str]) -> tuple[list[Received], bool]:
+        """Work of these groups finished: they may start again, except the `failed` ones,
+        whose held messages are returned to hand back (the retry must come first).
+        Also whether a group has nothing held any more (its deletes should go now)."""
+        back: list[Received] = []
+        emptied = False
+        for group in groups:
+            self.busy.discard(group)
+            if group in failed:
+                rest = self.groups.pop(group, deque())
+                self.count -= len(rest)
+                back.extend(rest)
+            elif group in self.groups:
+                self._mark_ready(group)
+            else:
+                emptied = True
+        return back, emptied
+
+    def take_newest(self, count: int) -> list[Received]:
+        """Remove the `count` newest held messages (a FIFO group's tail goes first)."""
+        newest = sorted(self, key=lambda m: m.seq, reverse=True)[:count]
+        gone = {id(m) for m in newest}
+        self.line = deque(m for m in self.line if id(m) not in gone)
+        for group in list(self.groups):
+            kept = deque(m for m in self.groups[group] if id(m) not in gone)
+            if kept:
+                self.groups[group] = kept
+            else:
+                del self.groups[group]
+        self.ready = deque(g for g in self.ready if g in self.groups)
+        self.ready_set = set(self.ready)
+        self.count -= len(newest)
+        return newest
+
+    def _mark_ready(self, group: str) -> None:
+        if group not in self.busy and group not in self.ready_set:
+            self.ready.append(group)
+            self.ready_set.add(group)
