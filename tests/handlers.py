@@ -80,3 +80,12 @@ def batch_poison(messages: list[Message]) -> list[str]:
     for message in messages:
         _record(message, start, batch=len(messages))
     return [m.message_id for m in messages if "poison" in m.body]
+
+
+def shape_record(arg: Message | list[Message]) -> None:
+    """Takes one message or a batch; records each with its pid and the batch's size."""
+    start = time.time()
+    messages = arg if isinstance(arg, list) else [arg]
+    time.sleep(0.05)
+    for message in messages:
+        _record(message, start, batch=len(messages) if isinstance(arg, list) else 0)

@@ -64,7 +64,9 @@ def test_a_fifo_queue_keeps_each_groups_order_while_groups_overlap(
 def test_a_failed_fifo_message_holds_back_only_its_group(
     admin: QueueAdmin, store: Store, record_dir: Path, start_daemon: Callable[..., Daemon]
 ) -> None:
-    admin.create("hold.fifo", handler="tests.handlers:fifo_fail_once", concurrency=2)
+    # concurrency 5: a receive brings several of a group, so g0's 6 and 8 are held when 4
+    # fails, and must go back rather than run before its retry
+    admin.create("hold.fifo", handler="tests.handlers:fifo_fail_once", concurrency=5)
     admin.send("hold.fifo", 24, groups=2)  # g0: 0, 2, 4 (fails once), ...; g1: 1, 3, 5, ...
     daemon = start_daemon("--mode", "MW")
 
@@ -187,3 +189,34 @@ def test_held_messages_are_visible_again_within_a_second_of_a_stop(
     assert daemon.proc.wait(timeout=30) == 0
     recs = records(record_dir)
     assert len(recs) == 2 and all(r["start"] < stopped_at for r in recs)  # none ran late
+
+
+def test_processes_and_batch_size_follow_a_running_queue(
+    admin: QueueAdmin,
+    store: Store,
+    record_dir: Path,
+    start_daemon: Callable[..., Daemon],
+    run_cli: Callable[..., Any],
+) -> None:
+    admin.create("tuned", handler="tests.handlers:shape_record", concurrency=4)
+    admin.send("tuned", 400)
+    daemon = start_daemon("--mode", "MW")
+
+    wait_for(lambda: len(records(record_dir)) >= 20, 60, "20 handled one by one")
+    [job] = wait_for(lambda: store.jobs(limit=5), 10, "the job")
+    consumer = job.consumer_pid
+    assert {r["pid"] for r in records(record_dir)} == {consumer}
+    changed = run_cli("queue", "set", "tuned", "--processes", "2", "--batch-size", "3")
+    assert changed.exit_code == 0, changed.output
+    changed_at = time.time()
+
+    def followed() -> bool:
+        later = [r for r in records(record_dir) if r["start"] > changed_at]
+        return len({r["pid"] for r in later} - {consumer}) == 2 and any(r["batch"] == 3
+                                                                       for r in later)  # fmt: skip
+
+    wait_for(followed, 30, "handlers in 2 new processes, in batches of 3")
+    first = min(r["start"] for r in records(record_dir)
+                if r["start"] > changed_at and r["pid"] != consumer)  # fmt: skip
+    assert first - changed_at < 3  # within the 2 s relay, plus the processes' start
+    assert daemon.stop() == 0
