@@ -1,12 +1,12 @@
 """Runner: one assignment inside a consumer — receive → handle → delete.
 
 The runner's thread owns the assignment's life: it applies control messages
-(new settings, pause, stop), makes every SQS call the Flow asks for on a small
-pool of I/O threads (receives, batched deletes, retries, hand-backs, visibility
-extensions), reports progress and decides when the assignment ends. Handlers
-run on an executor (threads, an event loop, or handler processes) that pulls
-its work from the Flow. A message is deleted only after its handler returned:
-at-least-once delivery.
+(new settings, pause, stop), reports progress and decides when the assignment
+ends. The Flow decides what may start; handlers run on an executor (threads, an
+event loop, or handler processes) that pulls its work from it; the SQS calls it
+asks for (receives, batched deletes, retries, hand-backs, visibility extensions)
+go through Calls (orchestrator/calls.py). A message is deleted only after its
+handler returned: at-least-once delivery.
 """
 
 from __future__ import annotations
@@ -14,31 +14,24 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import threading
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_all
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
-from orchestrator import policy
-from orchestrator.errors import HandlerImportError, OrchestratorError
+from orchestrator.calls import Calls
+from orchestrator.errors import HandlerImportError
 from orchestrator.executors import Executor
-from orchestrator.flow import Ask, Flow, Io
-from orchestrator.held import Received
-from orchestrator.loop import Outage
+from orchestrator.flow import Flow
 from orchestrator.metrics import Meter
-from orchestrator.sqs import BATCH, Sqs
+from orchestrator.sqs import Sqs
 
-RECEIVE_WAIT_SECONDS = 1  # short enough to notice pause/stop and drain quickly
 PROGRESS_SECONDS = 1.0
 LOOP_SECONDS = 0.1  # the longest the runner sleeps between looks
 EXTEND_CHECK_SECONDS = 0.25
 MAX_RECEIVES = 8  # receives under way at once while a queue has a backlog
-IO_THREADS = 16  # receives, deletes and visibility changes under way at once
 
 log = structlog.get_logger()
 
@@ -161,14 +154,7 @@ class Runner:
         self.reason: str | None = None
         self.error: str | None = None
         self.stopped_at: float | None = None
-        self.io = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="sqs")
-        self.pending: set[Future[None]] = set()
-        self.pending_lock = threading.Lock()
-        self.deleting = 0  # delete requests under way
-        self.unlocked = False  # a delete landed since the last receive was planned
-        self.outage = Outage()  # receives: one log line per problem, capped backoff
-        self.outage_lock = threading.Lock()
-        self.receive_after = 0.0
+        self.calls = Calls(sqs, spec, self.flow, self.waker.wake)
         self.retired: list[Executor] = []
 
     # --- the runner's thread ---------------------------------------------------------
@@ -202,7 +188,7 @@ class Runner:
                 self._finish("handler_import")
             self._pump()
             if now >= next_extend:
-                self._extend(now)
+                self.calls.extend(self.flow.due_extensions(now))
                 next_extend = now + EXTEND_CHECK_SECONDS
             if now >= next_progress:
                 self.progress(*self.flow.counts())
@@ -216,15 +202,15 @@ class Runner:
                 if now - self.stopped_at > self.grace:
                     return self._give_up(self.reason)
             control_ready = self.waker.wait(LOOP_SECONDS)
-        self._send(self.flow.take_io(time.monotonic(), everything=True))
-        self._wait_for_io()
+        self.calls.send(self.flow.take_io(time.monotonic(), everything=True))
+        self.calls.wait()
         self._close_executors(kill=False)
         handled, failed = self.flow.counts()
         return Outcome(handled, failed, self.reason or "drained", error=self.error,
                        processes=self._report())  # fmt: skip
 
     def _end(self, outcome: Outcome) -> Outcome:
-        self.io.shutdown(wait=True)
+        self.calls.close()
         self.waker.close()
         return outcome
 
@@ -238,8 +224,8 @@ class Runner:
         stuck = self.flow.abandon()
         io = self.flow.take_io(time.monotonic(), everything=True)
         io.returns.extend(stuck)
-        self._send(io)
-        self._wait_for_io()
+        self.calls.send(io)
+        self.calls.wait()
         self._close_executors(kill=True)
         log.warning("runner.gave_up", reason=reason, abandoned=len(stuck))
         handled, failed = self.flow.counts()
@@ -300,7 +286,7 @@ class Runner:
     def _report(self) -> list[dict[str, Any]]:
         return [p for e in [*self.retired, self.executor] for p in e.report()]
 
-    # --- SQS calls, on the I/O threads --------------------------------------------------
+    # --- SQS calls -----------------------------------------------------------------
 
     def _due(self) -> None:
         """The flow has SQS calls to make: made from the thread that found them due (a
@@ -312,110 +298,5 @@ class Runner:
 
     def _pump(self) -> None:
         now = time.monotonic()
-        self._send(self.flow.take_io(now))
-        self._receive(now)
-
-    def _receive(self, now: float) -> None:
-        if now < self.receive_after:
-            return  # SQS failed just now: back off
-        another = False
-        if self.spec.fifo:
-            # SQS keeps a group locked until its messages are deleted: a receive made
-            # before the deletes land may not see the group's next messages, so wait for
-            # them, and once they landed one more receive may start beside a poll that
-            # began before.
-            if self.deleting:
-                return
-            another, self.unlocked = self.unlocked, False
-        while (ask := self.flow.plan_receive(another)) is not None:
-            another = False
-            self._submit(self._receive_one, ask)
-
-    def _receive_one(self, ask: Ask) -> None:
-        try:
-            messages = self.sqs.receive(self.url, ask.count, RECEIVE_WAIT_SECONDS,
-                                        self.visibility)  # fmt: skip
-        except Exception as exc:  # Outage logs an outage once, and a bug with its traceback
-            with self.outage_lock:
-                self.receive_after = time.monotonic() + self.outage.failed(exc)
-            self.flow.receive_failed(ask)
-            return
-        with self.outage_lock:
-            self.outage.recovered()
-        self.flow.add(ask, messages)
-
-    def _send(self, io: Io) -> None:
-        """Submit the calls the flow asked for, 10 messages per request."""
-        for chunk in _chunks([h.receipt for h in io.deletes]):
-            self._submit(self._delete, chunk)
-        self._set_visibility([h.receipt for h in io.returns], 0)
-        by_delay: dict[int, list[str]] = {}
-        for message, error in io.retries:
-            delay = policy.retry_visibility(message.receive_count)
-            by_delay.setdefault(delay, []).append(message.receipt)
-            self._log_failure(message, delay, error)
-        for delay, receipts in by_delay.items():
-            self._set_visibility(receipts, delay)
-
-    def _log_failure(self, message: Received, delay: int, error: str) -> None:
-        """The message stays in SQS, hidden for a backoff on its receive count; SQS's
-        redrive policy moves it to the DLQ after maxReceiveCount receives."""
-        log.warning("message.failed", message_id=message.message_id,
-                    receive_count=message.receive_count, retry_in=delay, error=error)  # fmt: skip
-
-    def _extend(self, now: float) -> None:
-        self._set_visibility(self.flow.due_extensions(now), self.visibility)
-
-    def _set_visibility(self, receipts: list[str], seconds: int) -> None:
-        for chunk in _chunks(receipts):
-            self._submit(self._visibility, chunk, seconds)
-
-    def _delete(self, receipts: list[str]) -> None:
-        with self.pending_lock:
-            self.deleting += 1
-        try:
-            refused = self.sqs.delete_batch(self.url, receipts)
-        finally:
-            with self.pending_lock:
-                self.deleting -= 1
-            self.unlocked = True
-            self.waker.wake()  # a FIFO queue's next receive may wait for this
-        if refused:
-            log.warning("message.delete_refused", count=refused)  # they will come back
-
-    def _visibility(self, receipts: list[str], seconds: int) -> None:
-        self.sqs.set_visibility(self.url, receipts, seconds)
-
-    def _submit(self, call: Callable[..., None], *args: Any) -> None:
-        future = self.io.submit(_quietly, call, *args)
-        with self.pending_lock:
-            self.pending.add(future)
-        future.add_done_callback(self._done)
-
-    def _done(self, future: Future[None]) -> None:
-        with self.pending_lock:
-            self.pending.discard(future)
-
-    def _wait_for_io(self) -> None:
-        """Until every SQS call made so far has returned (receives under way included)."""
-        while True:
-            with self.pending_lock:
-                pending = list(self.pending)
-            if not pending:
-                return
-            wait_all(pending)
-
-
-def _quietly(call: Callable[..., None], *args: Any) -> None:
-    """An SQS call whose failure must not end the run: the messages only come back."""
-    try:
-        call(*args)
-    except OrchestratorError as exc:
-        log.warning("sqs.call_failed", call=call.__name__, error=str(exc))
-    except Exception:  # a bug: keep the traceback, keep the run
-        log.exception("sqs.call_crashed", call=call.__name__)
-
-
-def _chunks(items: list[str]) -> Iterable[list[str]]:
-    for start in range(0, len(items), BATCH):
-        yield items[start : start + BATCH]
+        self.calls.send(self.flow.take_io(now))
+        self.calls.receive(now)
