@@ -103,6 +103,7 @@ class Master:
     def _lead(self, now: datetime) -> bool:
         """Renew the lease every LEASE_TTL/3; lead only while a renewal is recent enough."""
         ttl = self.settings.lease_ttl
+        renewal_failed: OrchestratorError | None = None
         if self.next_renewal is None or now >= self.next_renewal:
             # The holder renews every LEASE_TTL/3; a standby asks every cycle, so that it
             # takes over within a cycle of the lease running out.
@@ -111,8 +112,8 @@ class Master:
             try:
                 held = self.store.hold_lease(self.id, now, ttl)
             except OrchestratorError as exc:
-                log.warning("master.lease_renewal_failed", error=str(exc))
                 held = self.leading  # keep leading until the lease may have expired
+                renewal_failed = exc
             else:
                 if held:
                     self.lease_valid_until = now + timedelta(seconds=ttl * LEASE_SAFETY)
@@ -124,6 +125,10 @@ class Master:
         if self.leading and self.lease_valid_until and now >= self.lease_valid_until:
             log.warning("master.lease_lost", reason="no renewal before the lease ran out")
             self.leading = False
+        if renewal_failed is not None:
+            # The cycle failed: the loop logs the outage once and backs off, and only a
+            # cycle that works says MongoDB is back.
+            raise renewal_failed
         return self.leading
 
     def health(self, store: Store) -> dict[str, Any]:
@@ -191,7 +196,10 @@ class Master:
     def _assign(self, now: datetime, live: list[WorkerRecord]) -> None:
         assignments = self.store.assignments()
         loads = Counter(a.worker for a in assignments)
-        workers = {w.id: w for w in live if w.status == "active"}
+        # Only workers known to be alive: one that has not been watched for long enough
+        # to be judged dead (a fresh master) is not reaped yet, but gets nothing either.
+        fresh = now - timedelta(seconds=self.settings.worker_timeout)
+        workers = {w.id: w for w in live if w.status == "active" and w.heartbeat_at >= fresh}
         capacity = sum(max(w.max_load - loads[w.id], 0) for w in workers.values())
         if capacity <= 0:
             return  # nobody could take a queue: do not even look (the checks stay due)

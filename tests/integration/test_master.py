@@ -6,7 +6,10 @@ import dataclasses
 import socket
 from datetime import datetime, timedelta
 
+import pytest
+
 from orchestrator.config import Settings
+from orchestrator.errors import ServiceUnavailable
 from orchestrator.master import Master
 from orchestrator.models import WorkerRecord, utcnow
 from orchestrator.queues import QueueAdmin
@@ -172,8 +175,12 @@ def test_leader_that_cannot_renew_stops_before_its_lease_expires(
         port = s.getsockname()[1]
     master.store = Store(f"mongodb://127.0.0.1:{port}/", "x", job_ttl_days=1, timeout_ms=200)
     ttl = settings.lease_ttl
-    assert master._lead(now + timedelta(seconds=ttl / 3))  # renewal failed, lease still good
-    assert not master._lead(now + timedelta(seconds=ttl * 0.8))  # before it can expire
+    with pytest.raises(ServiceUnavailable):  # the cycle fails: the loop backs off
+        master._lead(now + timedelta(seconds=ttl / 3))
+    assert master.leading  # renewal failed, the lease is still good
+    with pytest.raises(ServiceUnavailable):
+        master._lead(now + timedelta(seconds=ttl * 0.8))
+    assert not master.leading  # it stopped before the lease can expire
 
 
 def test_a_queue_whose_job_failed_is_retried_with_backoff(
@@ -230,3 +237,20 @@ def test_a_master_that_lost_its_lease_syncs_again_when_it_leads_again(
     sqs.delete_queue(queue.queue_url)  # SQS lost the queue meanwhile
     master.tick(lapse + timedelta(seconds=1))  # leads again
     assert master.leading and queue.queue_url in sqs.list_queue_urls()
+
+
+def test_a_fresh_master_assigns_nothing_to_a_worker_already_silent_too_long(
+    settings: Settings, store: Store, sqs: Sqs
+) -> None:
+    admin = admin_for(settings, store, sqs)
+    admin.create("waiting")
+    admin.send("waiting", 2)
+    # left behind by a killed daemon: not reaped yet (the master has not watched it for
+    # WORKER_TIMEOUT), but not known to be alive either
+    worker(store, "w-stale", age=settings.worker_timeout + 1)
+    master = Master(settings, store, sqs)
+    master.tick(utcnow())
+    assert store.assignments() == []
+    worker(store, "w-live")
+    master.tick(utcnow())
+    assert [a.worker for a in store.assignments()] == ["w-live"]

@@ -5,7 +5,10 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 
+import pytest
+
 from orchestrator import config
+from orchestrator.errors import ServiceUnavailable
 from orchestrator.master import STALLED_SECONDS, Master
 from orchestrator.models import utcnow
 from orchestrator.sqs import Sqs
@@ -33,3 +36,17 @@ def test_leading_is_claimed_only_while_the_lease_is_valid() -> None:
     master.leading = True  # the loop has not yet noticed that its lease ran out
     master.lease_valid_until = utcnow() - timedelta(seconds=1)
     assert master.health(store)["leader"] is False
+
+
+def test_a_failed_lease_renewal_fails_the_cycle_so_that_no_recovery_is_claimed() -> None:
+    master, _ = make_master()  # its MongoDB never answers
+    master.leading = True
+    now = utcnow()
+    master.lease_valid_until = now + timedelta(seconds=5)
+    with pytest.raises(ServiceUnavailable):  # the loop logs an outage, not a recovery
+        master.tick(now)
+    assert master.leading  # the lease is still valid: it goes on leading meanwhile
+    master.next_renewal = None
+    with pytest.raises(ServiceUnavailable):
+        master.tick(now + timedelta(seconds=6))
+    assert not master.leading  # it ran out
