@@ -24,6 +24,8 @@ log = structlog.get_logger()
 
 STOP_MARGIN = 5.0  # beyond SHUTDOWN_GRACE, for workers to release and deregister
 STABLE_SECONDS = 30.0  # a child that ran this long resets its restart backoff
+BOOT_SECONDS = 10.0  # a child that exits with an error sooner failed to boot
+BOOT_FAILURES = 3  # boot failures in a row after which the supervisor gives up (exit 1)
 MODES = ("M", "W", "MW")
 
 
@@ -34,6 +36,7 @@ class _Slot:
     role: str
     child: Child | None = None
     failures: int = 0
+    boot_failures: int = 0  # in a row
     restart_at: float = 0.0
 
 
@@ -47,6 +50,7 @@ class Supervisor:
         self.slots = [_Slot(role) for role in roles]
         self.signals = SignalQueue()
         self.stopping_since: float | None = None
+        self.exit_code = 0
 
     def run(self) -> int:
         log.info("supervisor.started", roles=[s.role for s in self.slots])
@@ -56,13 +60,13 @@ class Supervisor:
                 if sig in STOP:
                     if self.stopping_since is not None:
                         return self._kill("second signal")
-                    self._begin_stop(sig)
+                    self._begin_stop(f"signal {sig.name}")
             self._reap()
             if self.stopping_since is None:
                 self._start_due()
             elif all(s.child is None for s in self.slots):
                 log.info("supervisor.stopped")
-                return 0
+                return self.exit_code
             elif (
                 time.monotonic() - self.stopping_since > self.settings.shutdown_grace + STOP_MARGIN
             ):
@@ -86,6 +90,14 @@ class Supervisor:
             how = processes.describe_exit(status)
             if self.stopping_since is not None:
                 log.info("child.stopped", child=slot.role, child_pid=slot.child.pid, exit=how)
+            elif self._failed_to_boot(slot, status, ran):
+                log.error("supervisor.giving_up", child=slot.role, exit=how,
+                          reason=f"the {slot.role} failed to start {slot.boot_failures} times "
+                                 f"in a row (see its process.crashed lines above)")  # fmt: skip
+                self.exit_code = 1
+                slot.child = None
+                self._begin_stop(f"the {slot.role} failed to start")
+                continue
             else:
                 slot.failures = 1 if ran >= STABLE_SECONDS else slot.failures + 1
                 delay = min(2 ** (slot.failures - 1), 30)
@@ -94,9 +106,16 @@ class Supervisor:
                           restart_in=delay)  # fmt: skip
             slot.child = None
 
-    def _begin_stop(self, sig: signal.Signals) -> None:
-        """First signal: ask every child to stop gracefully (each has SHUTDOWN_GRACE)."""
-        log.info("supervisor.stopping", signal=sig.name, grace=self.settings.shutdown_grace)
+    def _failed_to_boot(self, slot: _Slot, status: int, ran: float) -> bool:
+        """Count exits with an error soon after the start (not kills: those are signals);
+        True once there were BOOT_FAILURES in a row. Restarting for ever would only hide
+        a broken set-up behind a log line every 30 s."""
+        slot.boot_failures = slot.boot_failures + 1 if status > 0 and ran < BOOT_SECONDS else 0
+        return slot.boot_failures >= BOOT_FAILURES
+
+    def _begin_stop(self, why: str) -> None:
+        """Ask every child to stop gracefully (each has SHUTDOWN_GRACE)."""
+        log.info("supervisor.stopping", reason=why, grace=self.settings.shutdown_grace)
         self.stopping_since = time.monotonic()
         for slot in self.slots:
             if slot.child:
