@@ -8,12 +8,12 @@ closed is always in the metrics.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
+from orchestrator.errors import ServiceUnavailable
 from orchestrator.metrics import Meter
 from orchestrator.models import Assignment, utcnow
 from orchestrator.store import Store
@@ -65,9 +65,14 @@ class Outbox:
     def add(self, end: JobEnd, store: Store | None) -> None:
         """Queue an outcome, and write it at once through `store` when one is given."""
         self.pending.append(end)
-        if store is not None:
-            with contextlib.suppress(Exception):  # retried by the worker's "outbox" step
-                self.flush(store)
+        if store is None:
+            return
+        try:
+            self.flush(store)
+        except ServiceUnavailable:
+            pass  # retried by the worker's "outbox" step, which logs the outage
+        except Exception:  # a bug: keep the traceback; the "outbox" step retries too
+            log.exception("outbox.flush_failed", job_id=end.job.job_id)
 
     def flush_metrics(self, store: Store) -> None:
         store.flush_meter(self.meter)

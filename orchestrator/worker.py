@@ -26,6 +26,7 @@ from orchestrator import policy, processes
 from orchestrator.channel import ChannelClosed
 from orchestrator.config import Settings
 from orchestrator.embedded import Endpoints
+from orchestrator.errors import OrchestratorError, ServiceUnavailable
 from orchestrator.loop import Outage, retry
 from orchestrator.metrics import Meter
 from orchestrator.models import Assignment, ConsumerStats, QueueRecord, WorkerRecord, utcnow
@@ -125,9 +126,10 @@ class Worker:
         outage = self.outages.setdefault(name, Outage())
         try:
             call()
-        except Exception as exc:  # logged once per problem; retried with capped backoff
+        except Exception as exc:  # logged once per problem (a bug with its traceback); retried
             self.due[name] = mono + min(outage.failed(exc), self.settings.heartbeat_interval)
-            self.store_ok = False
+            if isinstance(exc, ServiceUnavailable):
+                self.store_ok = False  # skip optional writes until a heartbeat gets through
             return False
         outage.recovered()
         self.due[name] = mono + every
@@ -287,8 +289,10 @@ class Worker:
                     self.store.job_started(job.job_id, os.getpid(), slot.child.pid, utcnow())
                 else:
                     self.store.job_progress(job.job_id, slot.handled, slot.failed, utcnow())
-            except Exception:  # the next report repeats it; the steps say what failed
+            except ServiceUnavailable:  # the next report repeats it; the steps say more
                 self.store_ok = False
+            except Exception:  # a bug: keep the traceback; the next report repeats it
+                log.exception("worker.progress_write_failed", job_id=job.job_id)
         elif kind == "done":
             slot.job = None
             if event.get("abandoned"):
@@ -398,12 +402,14 @@ class Worker:
         log.info("worker.stopped")
 
     def _quietly(self, call: Callable[..., object], *args: Any) -> None:
-        """During shutdown a failing store call must not stop the rest of the sequence."""
+        """During shutdown a failing step must not stop the rest of the sequence."""
+        step = getattr(call, "__name__", "?")
         try:
             call(*args)
-        except Exception as exc:
-            log.error("worker.shutdown_step_failed", step=getattr(call, "__name__", "?"),
-                      error=str(exc))  # fmt: skip
+        except OrchestratorError as exc:  # MongoDB or SQS unreachable: say which, go on
+            log.error("worker.shutdown_step_failed", step=step, error=str(exc))
+        except Exception:  # a bug: keep the traceback, go on
+            log.exception("worker.shutdown_step_failed", step=step)
 
 
 def live_settings(queue: QueueRecord) -> dict[str, Any]:
