@@ -78,11 +78,14 @@ class Request:
     params: dict[str, str] = field(default_factory=dict)
 
     def json(self) -> dict[str, Any]:
-        """The body as a JSON object (its media type was checked by dispatch: writes only)."""
+        """The body as a JSON object (its media type was checked by dispatch: writes only).
+        A key given twice is refused, not settled by whichever came last."""
         try:
-            doc = json.loads(self.body or b"{}")
+            doc = json.loads(self.body or b"{}", object_pairs_hook=_unique_keys)
         except ValueError as exc:
             raise HttpError(400, f"the body is not valid JSON: {exc}") from exc
+        except RecursionError as exc:
+            raise HttpError(400, "the body is nested too deeply") from exc
         if not isinstance(doc, dict):
             raise HttpError(400, "the body must be a JSON object")
         return doc
@@ -97,6 +100,15 @@ class Request:
     def arg(self, name: str) -> str | None:
         values = self.query.get(name)
         return values[-1] if values else None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in doc:
+            raise ValueError(f"the key {key!r} is given twice")
+        doc[key] = value
+    return doc
 
 
 @dataclass
@@ -153,15 +165,29 @@ class Api:
             Route("GET", _path("/api/jobs/{id}"), self.job),
         ]
 
+    def admit(self, request: Request) -> Response | None:
+        """The checks that need only the request line and headers (host, route, and for
+        writes origin, token and media type): an error answer, or None to go on. The
+        server runs them before it reads a body or takes one of its request slots, so
+        that a client without the token can hold neither."""
+        try:
+            self._admitted_route(request)
+        except HttpError as exc:
+            return error_response(exc.status, exc.message, exc.headers)
+        return None
+
+    def _admitted_route(self, request: Request) -> Route:
+        self._check_host(request)
+        route = self._route(request)
+        if route.write:
+            self._check_origin(request)
+            self._authorize(request)
+            request.require_json()
+        return route
+
     def dispatch(self, request: Request) -> Response:
         try:
-            self._check_host(request)
-            route = self._route(request)
-            if route.write:
-                self._check_origin(request)
-                self._authorize(request)
-                request.require_json()
-            return route.call(request)
+            return self._admitted_route(request).call(request)
         except HttpError as exc:
             return error_response(exc.status, exc.message, exc.headers)
         except OrchestratorError as exc:

@@ -4,9 +4,12 @@ never crowd out the master's own work."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import sys
 import threading
 import time
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -20,8 +23,10 @@ log = structlog.get_logger()
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_REQUESTS = 8  # served at once; more wait for a slot
+HEALTH_REQUESTS = 2  # /health has slots of its own: a busy API still says how it is
 BUSY_WAIT_SECONDS = 10.0
 SOCKET_TIMEOUT_SECONDS = 10  # a client that stops mid-request frees its thread
+READ_SECONDS = 10.0  # the most a client may take to send its whole request
 BIND_RETRY_MAX_SECONDS = 30.0
 
 
@@ -99,6 +104,7 @@ class _Server(ThreadingHTTPServer):
         self.api = api
         self.context = context
         self.slots = threading.BoundedSemaphore(MAX_REQUESTS)
+        self.health_slots = threading.BoundedSemaphore(HEALTH_REQUESTS)
         super().__init__(address, _Handler)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
@@ -112,19 +118,33 @@ class _Server(ThreadingHTTPServer):
 
 
 class _Handler(BaseHTTPRequestHandler):
+    """One request per connection (HTTP/1.0). Its line and headers are checked first
+    (route, token, media type): a client without the token never gets as far as having
+    its body read or holding a request slot. Reading the request may take READ_SECONDS
+    in all, however slowly a client trickles it."""
+
     server: _Server
     server_version = "orchestrator"
     timeout = SOCKET_TIMEOUT_SECONDS
 
+    def setup(self) -> None:
+        super().setup()
+        self.cutoff = threading.Timer(READ_SECONDS, self._cut)
+        self.cutoff.daemon = True
+        self.cutoff.start()
+
+    def _cut(self) -> None:
+        """The client took too long to send its request: close the connection."""
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def finish(self) -> None:
+        self.cutoff.cancel()
+        super().finish()
+
     def do_GET(self) -> None:
         started = time.perf_counter()
-        if not self.server.slots.acquire(timeout=BUSY_WAIT_SECONDS):
-            response = error_response(503, "the API is busy; try again")
-        else:
-            try:
-                response = self._respond()
-            finally:
-                self.server.slots.release()
+        response = self._respond()
         self._send(response)
         ms = round((time.perf_counter() - started) * 1000, 1)
         log.debug("api.request", method=self.command, path=self.path.split("?")[0],
@@ -140,23 +160,52 @@ class _Handler(BaseHTTPRequestHandler):
     def _respond(self) -> Response:
         parts = urlsplit(self.path)
         headers = {k.lower(): v for k, v in self.headers.items()}
-        raw_length = headers.get("content-length") or "0"
-        if not DIGITS.fullmatch(raw_length):
-            return error_response(400, f"bad Content-Length {raw_length!r}")
-        if int(raw_length) > MAX_BODY_BYTES:
-            return error_response(413, f"the body is over {MAX_BODY_BYTES} bytes")
-        body = self.rfile.read(int(raw_length))
         query = parse_qs(parts.query, keep_blank_values=True)  # "?limit=" is a bad limit
-        request = Request(self.command, parts.path, query, headers, body)
-        return self.server.api.dispatch(request)
+        request = Request(self.command, parts.path, query, headers)
+        refused = self._refuse_length() or self.server.api.admit(request)
+        if refused is not None:
+            return refused
+        length = int(self.headers.get("Content-Length") or 0)
+        request.body = self.rfile.read(length)
+        if len(request.body) < length:
+            return error_response(400, "the body ended before its Content-Length")
+        self.cutoff.cancel()  # read in time: what follows is the server's time, not its
+        slots = self.server.health_slots if parts.path == "/health" else self.server.slots
+        if not slots.acquire(timeout=BUSY_WAIT_SECONDS):
+            return error_response(503, "the API is busy; try again")
+        try:
+            return self.server.api.dispatch(request)
+        finally:
+            slots.release()
 
-    def _send(self, response: Response) -> None:
+    def _refuse_length(self) -> Response | None:
+        """One Content-Length of digits, within MAX_BODY_BYTES; no other framing."""
+        lengths = self.headers.get_all("Content-Length") or []
+        if len(lengths) > 1:
+            return error_response(400, "Content-Length is given more than once")
+        if self.headers.get("Transfer-Encoding"):
+            return error_response(400, "Transfer-Encoding is not supported; send Content-Length")
+        raw = lengths[0] if lengths else "0"
+        if not DIGITS.fullmatch(raw):
+            return error_response(400, f"bad Content-Length {raw!r}")
+        if int(raw) > MAX_BODY_BYTES:
+            return error_response(413, f"the body is over {MAX_BODY_BYTES} bytes")
+        return None
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The stdlib's own errors (414 a request line too long, 431 too many or too long
+        headers, 400 a malformed request line) in JSON, like every other error."""
+        self.close_connection = True
+        text = message or HTTPStatus(code).phrase
+        self._send(error_response(code, text), {"Connection": "close"})
+
+    def _send(self, response: Response, extra: dict[str, str] | None = None) -> None:
         self.send_response(response.status)
         self.send_header("Content-Type", response.content_type)
         self.send_header("Content-Length", str(len(response.body)))
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
-        for name, value in response.headers.items():
+        for name, value in {**response.headers, **(extra or {})}.items():
             self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
