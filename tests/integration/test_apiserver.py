@@ -32,7 +32,8 @@ def address() -> Iterator[tuple[str, int]]:
     settings = config.load("development", {"API_TOKEN": TOKEN, "PORT": "0"})
     fleet = Fleet(settings, Store("mongodb://127.0.0.1:9", "x", job_ttl_days=1, timeout_ms=100),
                   Sqs("http://127.0.0.1:9", "us-east-1", "t", "t"))  # fmt: skip
-    server = ApiServer(settings, Api(settings, fleet, CollectorRegistry(), lambda: {"status": "ok"}))
+    api = Api(settings, fleet, CollectorRegistry(), lambda: {"status": "ok"})
+    server = ApiServer(settings, api)
     server.start()
     bound = wait_for(lambda: server.server, 10, "the server to bind")
     yield "127.0.0.1", int(bound.server_address[1])
