@@ -9,6 +9,7 @@ import click
 
 from cli import render
 from cli.app import App
+from cli.types import StrictInt
 from orchestrator.fleet import worker_json
 from orchestrator.models import JOB_STATES, utcnow
 
@@ -24,7 +25,7 @@ def jobs() -> None:
 @jobs.command("list")
 @click.option("--status", type=click.Choice(JOB_STATES), help="Only jobs in this state.")
 @click.option("--queue", "queue_name", metavar="NAME", help="Only jobs of this queue.")
-@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
+@click.option("--limit", type=StrictInt(1, 10_000), default=20, show_default=True)
 @JSON
 @pass_app
 def list_jobs(

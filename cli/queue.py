@@ -9,6 +9,7 @@ import click
 
 from cli import render
 from cli.app import App
+from cli.types import INT, NUMBER
 
 pass_app = click.make_pass_decorator(App)
 NAME = click.argument("name")
@@ -23,18 +24,18 @@ def queue() -> None:
 
 @queue.command()
 @NAME
-@click.option("--concurrency", type=int, help="Handlers run at once (default DEFAULT_CONCURRENCY).")
+@click.option("--concurrency", type=INT, help="Handlers run at once (default DEFAULT_CONCURRENCY).")
 @click.option("--handler", metavar="MOD:FUNC", help="Import path (default DEFAULT_HANDLER).")
 @click.option("--dlq/--no-dlq", default=None, help="Create a dead-letter queue NAME-dlq.")
 @click.option(
-    "--max-receive-count", type=int, help="Receives before SQS moves a message to the DLQ (5)."
+    "--max-receive-count", type=INT, help="Receives before SQS moves a message to the DLQ (5)."
 )
-@click.option("--visibility-timeout", type=int, default=30, show_default=True, metavar="S")
-@click.option("--processes", type=int, default=1, show_default=True, metavar="P",
+@click.option("--visibility-timeout", type=INT, default=30, show_default=True, metavar="S")
+@click.option("--processes", type=INT, default=1, show_default=True, metavar="P",
               help="Handler processes on the assigned worker (concurrency is split across them).")
-@click.option("--batch-size", type=int, default=1, show_default=True, metavar="N",
+@click.option("--batch-size", type=INT, default=1, show_default=True, metavar="N",
               help="Above 1 the handler gets a list of up to N messages.")
-@click.option("--batch-window", type=float, default=0.0, show_default=True, metavar="S",
+@click.option("--batch-window", type=NUMBER, default=0.0, show_default=True, metavar="S",
               help="Seconds a batch may wait to fill.")
 @pass_app
 def create(
@@ -105,10 +106,10 @@ def list_(app: App, as_json: bool) -> None:
 
 @queue.command(context_settings=NUMBER_ARGS)
 @NAME
-@click.argument("count", type=int)
+@click.argument("count", type=INT)
 @click.option("--body", help='Message body (default: {"seq": i}).')
 @click.option("--group-id", metavar="G", help="FIFO queues: the message group (default 'default').")
-@click.option("--groups", type=int, metavar="N",
+@click.option("--groups", type=INT, metavar="N",
               help="FIFO queues: spread the messages round-robin over groups g0..gN-1.")
 @pass_app
 def send(
@@ -148,10 +149,10 @@ def size(app: App, name: str, as_json: bool) -> None:
 
 @queue.command("set", context_settings=NUMBER_ARGS)
 @NAME
-@click.option("--concurrency", type=int, metavar="N", help="Handlers run at once.")
-@click.option("--processes", type=int, metavar="P", help="Handler processes.")
-@click.option("--batch-size", type=int, metavar="N", help="Messages per handler call.")
-@click.option("--batch-window", type=float, metavar="S", help="Seconds a batch may wait to fill.")
+@click.option("--concurrency", type=INT, metavar="N", help="Handlers run at once.")
+@click.option("--processes", type=INT, metavar="P", help="Handler processes.")
+@click.option("--batch-size", type=INT, metavar="N", help="Messages per handler call.")
+@click.option("--batch-window", type=NUMBER, metavar="S", help="Seconds a batch may wait to fill.")
 @click.option("--handler", metavar="MOD:FUNC", help="Import path of the handler.")
 @pass_app
 def set_(
@@ -184,7 +185,7 @@ def set_(
 
 @queue.command("set-concurrency", context_settings=NUMBER_ARGS)
 @NAME
-@click.argument("n", type=int)
+@click.argument("n", type=INT)
 @pass_app
 def set_concurrency(app: App, name: str, n: int) -> None:
     """Set how many handlers NAME runs at once; running consumers pick it up."""

@@ -8,6 +8,7 @@ import click
 import structlog
 
 from cli.app import App
+from cli.types import StrictInt
 from orchestrator.supervisor import MODES, Supervisor
 
 pass_app = click.make_pass_decorator(App)
@@ -24,7 +25,7 @@ pass_app = click.make_pass_decorator(App)
 )
 @click.option(
     "--workers",
-    type=click.IntRange(1, 64),
+    type=StrictInt(1, 64),
     default=None,
     help="Worker processes to run (default WORKER_INSTANCES).",
 )

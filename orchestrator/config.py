@@ -25,6 +25,20 @@ REDACTED = "***"
 # Use with fullmatch: `$` would let a trailing newline through.
 HANDLER_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 _USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^@/?#]*@)")
+# Numbers as people type them, in ASCII: int() and float() would also take " 5", "+5",
+# "\\u0665" (a digit of another script) and "5_0" (50). Use with fullmatch.
+_INTEGER = re.compile(r"-?[0-9]+")
+_NUMBER = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+
+
+def parse_int(text: str) -> int | None:
+    """`text` as an integer if it is one written in ASCII digits, else None."""
+    return int(text) if _INTEGER.fullmatch(text) else None
+
+
+def parse_number(text: str) -> float | None:
+    """`text` as a number if it is one written in ASCII (digits, a point, an exponent)."""
+    return float(text) if _NUMBER.fullmatch(text) else None
 
 
 def _key(
@@ -217,10 +231,7 @@ def _coerce(kind: type, value: Any, from_env: bool) -> Any:
     if kind is str:
         return value if isinstance(value, str) else None
     if from_env:
-        try:
-            return kind(value.strip())
-        except ValueError:
-            return None
+        return parse_int(value) if kind is int else parse_number(value)
     if isinstance(value, bool):
         return None
     if kind is int:

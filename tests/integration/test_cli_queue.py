@@ -174,7 +174,7 @@ INVALID = [
     (("queue", "create", "ok", "--processes", "9"), "processes 9 is out of range"),
     (("queue", "create", "ok", "--batch-size", "101"), "batch size 101 is out of range 1..100"),
     (("queue", "create", "ok", "--batch-window", "20.5"), "batch window 20.5 is out of range"),
-    (("queue", "create", "ok", "--batch-window", "nan"), "batch window nan"),
+    (("queue", "create", "ok", "--batch-window", "nan"), "'nan' is not a valid number"),
     (("queue", "set", "exists"), "nothing to set"),
     (("queue", "set", "exists", "--concurrency", "3", "--processes", "0"), "processes 0"),
     (("queue", "set", "exists", "--batch-size", "0", "--handler", "m:f"), "batch size 0"),
@@ -182,6 +182,13 @@ INVALID = [
     (("queue", "set", "exists", "--concurrency", "51"), "concurrency 51"),
     (("queue", "send", "exists", "3", "--group-id", "g"), "not a FIFO queue"),
     (("queue", "send", "exists", "3", "--groups", "2"), "not a FIFO queue"),
+    # integers are ASCII digits, nothing else (int() would take each of these)
+    (("queue", "create", "ok", "--concurrency", " 5"), "' 5' is not a valid integer"),
+    (("queue", "create", "ok", "--concurrency", "+5"), "'+5' is not a valid integer"),
+    (("queue", "create", "ok", "--concurrency", "\u0665"), "is not a valid integer"),
+    (("queue", "set-concurrency", "exists", "5_0"), "'5_0' is not a valid integer"),
+    (("queue", "set", "exists", "--batch-window", "1_0"), "'1_0' is not a valid number"),
+    (("queue", "send", "exists", " 3"), "' 3' is not a valid integer"),
 ]
 
 
