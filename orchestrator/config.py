@@ -28,6 +28,7 @@ _USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^@
 # Numbers as people type them, in ASCII: int() and float() would also take " 5", "+5",
 # "\\u0665" (a digit of another script) and "5_0" (50). Use with fullmatch.
 _INTEGER = re.compile(r"-?[0-9]+")
+AWS_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")  # us-east-1, us-gov-west-1
 _NUMBER = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 
 
@@ -70,23 +71,24 @@ class Settings:
     port: int = _key(3000, lo=0, hi=65535)
     api_host: str = _key("127.0.0.1")
     api_token: str = _key("", secret=True)
-    max_load: int = _key(5, lo=1)
-    consumer_usage_limit: int = _key(5, lo=1)
-    consumer_max_rss_mb: int = _key(512, lo=16)
+    max_load: int = _key(5, lo=1, hi=10_000)
+    consumer_usage_limit: int = _key(5, lo=1, hi=1_000_000)
+    consumer_max_rss_mb: int = _key(512, lo=16, hi=1_048_576)
     worker_instances: int = _key(1, lo=1, hi=64)
-    default_concurrency: int = _key(5, lo=1)
+    default_concurrency: int = _key(5, lo=1, hi=10_000)
     max_concurrency: int = _key(100, lo=1, hi=10_000)
     max_processes: int = _key(8, lo=1, hi=64)
     default_handler: str = _key("orchestrator.handlers:log")
-    master_interval: float = _key(1.0, lo=0.01)
-    heartbeat_interval: float = _key(2.0, lo=0.01)
-    worker_timeout: float = _key(10.0, lo=0.1)
-    lease_ttl: float = _key(10.0, lo=0.1)
-    idle_check_max: float = _key(30.0, lo=0.1)
-    assignment_max_seconds: float = _key(300.0, lo=1)
-    drain_empty_polls: int = _key(2, lo=1)
-    shutdown_grace: float = _key(30.0, lo=0)
-    job_ttl_days: float = _key(5.0, lo=0.0001)
+    # Upper bounds keep arithmetic on them finite (1e300 s overflowed timeouts).
+    master_interval: float = _key(1.0, lo=0.01, hi=3600)
+    heartbeat_interval: float = _key(2.0, lo=0.01, hi=3600)
+    worker_timeout: float = _key(10.0, lo=0.1, hi=86_400)
+    lease_ttl: float = _key(10.0, lo=0.1, hi=3600)
+    idle_check_max: float = _key(30.0, lo=0.1, hi=86_400)
+    assignment_max_seconds: float = _key(300.0, lo=1, hi=604_800)
+    drain_empty_polls: int = _key(2, lo=1, hi=1000)
+    shutdown_grace: float = _key(30.0, lo=0, hi=3600)
+    job_ttl_days: float = _key(5.0, lo=0.0001, hi=3650)
     log_format: str = _key("console", choices=("console", "json"))
     log_level: str = _key("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
@@ -178,7 +180,12 @@ def load(
     """Build Settings from the env file and the environment; raise ConfigError if any is bad."""
     environ = os.environ if environ is None else environ
     cwd = Path.cwd() if cwd is None else cwd
-    name = env_name or environ.get(ENV_NAME_VAR) or DEFAULT_ENV
+    name = env_name if env_name is not None else environ.get(ENV_NAME_VAR, DEFAULT_ENV)
+    if not name:  # an empty --env or ORCHESTRATOR_ENV is a mistake, not "the default"
+        raise ConfigError(
+            f"the environment name is empty (--env or {ENV_NAME_VAR}); "
+            f"omit it for {DEFAULT_ENV!r}"
+        )
     path = find_env_file(name, environ, cwd)
     raw = _read_json(path)
     known = {f.name.upper(): f for f in settings_fields()}
@@ -246,11 +253,18 @@ def _check_together(s: Settings) -> None:
             f"setting DEFAULT_CONCURRENCY ({s.default_concurrency}) must not exceed "
             f"MAX_CONCURRENCY ({s.max_concurrency})"
         )
-    if s.worker_timeout <= s.heartbeat_interval:
+    if s.worker_timeout < 3 * s.heartbeat_interval:
+        # A worker fences itself at 0.7 x WORKER_TIMEOUT of silence: it needs room for
+        # a missed heartbeat or two, or it fences and unfences over and over.
         raise ConfigError(
-            f"setting WORKER_TIMEOUT ({s.worker_timeout}) must exceed "
+            f"setting WORKER_TIMEOUT ({s.worker_timeout}) must be at least 3 x "
             f"HEARTBEAT_INTERVAL ({s.heartbeat_interval})"
         )
+    if not AWS_REGION.fullmatch(s.aws_region):
+        raise ConfigError(
+            f"setting AWS_REGION must be a region name such as us-east-1, got {s.aws_region!r}"
+        )
+    _check_ports(s)
     if not HANDLER_PATH.fullmatch(s.default_handler):
         raise ConfigError(
             f"setting DEFAULT_HANDLER must look like package.module:function, "
@@ -268,3 +282,15 @@ def _check_together(s: Settings) -> None:
         )
     if not s.mongodb_name or "/" in s.mongodb_name or "." in s.mongodb_name:
         raise ConfigError(f"setting MONGODB_NAME is not a database name: {s.mongodb_name!r}")
+
+
+def _check_ports(s: Settings) -> None:
+    """Two servers of one daemon cannot listen on one port (0 means any free port)."""
+    ports = {"EMBEDDED_MONGODB_PORT": s.embedded_mongodb_port,
+             "EMBEDDED_SQS_PORT": s.embedded_sqs_port, "PORT": s.port}  # fmt: skip
+    taken: dict[int, str] = {}
+    for key, port in ports.items():
+        if port and port in taken:
+            raise ConfigError(f"settings {taken[port]} and {key} are both {port}: "
+                              "each server needs a port of its own")  # fmt: skip
+        taken[port] = key

@@ -59,13 +59,26 @@ def test_relative_data_dir_is_resolved_against_cwd(tmp_path: Path) -> None:
         ({"MAX_LOAD": "5"}, {}, "MAX_LOAD must be an integer, got '5'"),
         ({"MAX_LOAD": True}, {}, "MAX_LOAD must be an integer"),
         ({"MAX_LOAD": 2.5}, {}, "MAX_LOAD must be an integer"),
-        ({}, {"MAX_LOAD": "0"}, "MAX_LOAD must be >= 1, got '0'"),
+        ({}, {"MAX_LOAD": "0"}, "MAX_LOAD must be between 1 and 10000, got '0'"),
         ({}, {"PORT": "70000"}, "PORT must be between 0 and 65535"),
         ({}, {"MASTER_INTERVAL": "soon"}, "MASTER_INTERVAL must be a number"),
         ({}, {"LOG_FORMAT": "xml"}, "LOG_FORMAT must be one of console, json"),
         ({"AWS_REGION": 5}, {}, "AWS_REGION must be a string"),
         ({}, {"DEFAULT_CONCURRENCY": "200"}, "DEFAULT_CONCURRENCY (200) must not exceed"),
-        ({}, {"WORKER_TIMEOUT": "1"}, "WORKER_TIMEOUT (1.0) must exceed HEARTBEAT_INTERVAL"),
+        ({}, {"WORKER_TIMEOUT": "1"}, "WORKER_TIMEOUT (1.0) must be at least 3 x HEARTBEAT"),
+        # a worker fences at 0.7 x WORKER_TIMEOUT: 2.5 s against 2 s heartbeats flapped
+        ({}, {"HEARTBEAT_INTERVAL": "2", "WORKER_TIMEOUT": "2.5"}, "WORKER_TIMEOUT (2.5) must"),
+        # every duration and count has an upper bound (1e300 overflowed timeouts)
+        ({}, {"MASTER_INTERVAL": "1e300"}, "MASTER_INTERVAL must be between 0.01 and 3600"),
+        ({}, {"LEASE_TTL": "1e300"}, "LEASE_TTL must be between 0.1 and 3600"),
+        ({}, {"JOB_TTL_DAYS": "1e300"}, "JOB_TTL_DAYS must be between 0.0001 and 3650"),
+        ({"SHUTDOWN_GRACE": 1e300}, {}, "SHUTDOWN_GRACE must be between 0 and 3600"),
+        ({}, {"MAX_LOAD": "10" * 40}, "MAX_LOAD must be between 1 and 10000"),
+        ({}, {"EMBEDDED_MONGODB_PORT": "5000", "EMBEDDED_SQS_PORT": "5000"},
+         "EMBEDDED_MONGODB_PORT and EMBEDDED_SQS_PORT are both 5000"),
+        ({}, {"PORT": "4566"}, "EMBEDDED_SQS_PORT and PORT are both 4566"),
+        ({}, {"AWS_REGION": ""}, "AWS_REGION must be a region name"),
+        ({}, {"AWS_REGION": "us east"}, "AWS_REGION must be a region name"),
         ({}, {"DEFAULT_HANDLER": "nocolon"}, "DEFAULT_HANDLER must look like"),
         ({}, {"MONGODB_URI": "postgres://x"}, "MONGODB_URI must be 'embedded' or a mongodb://"),
         ({}, {"AWS_SQS_ENDPOINT": "ftp://x"}, "AWS_SQS_ENDPOINT must be"),
@@ -121,6 +134,14 @@ def test_env_name_from_environment(tmp_path: Path) -> None:
 def test_invalid_env_name_rejected(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="invalid environment name"):
         config.load("../etc", {}, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("given, environ", [("", {}), (None, {"ORCHESTRATOR_ENV": ""})])
+def test_empty_env_name_is_refused_not_taken_for_the_default(
+    tmp_path: Path, given: str | None, environ: dict[str, str]
+) -> None:
+    with pytest.raises(ConfigError, match="the environment name is empty"):
+        config.load(given, environ, cwd=tmp_path)
 
 
 def test_secrets_are_redacted_everywhere(tmp_path: Path) -> None:
