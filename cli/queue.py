@@ -9,10 +9,10 @@ import click
 
 from cli import render
 from cli.app import App
-from cli.types import INT, NUMBER
+from cli.types import INT, NUMBER, QueueName
 
 pass_app = click.make_pass_decorator(App)
-NAME = click.argument("name")
+NAME = click.argument("name", type=QueueName())
 # So that `send q -5` reports a bad count rather than an unknown option "-5".
 NUMBER_ARGS = {"ignore_unknown_options": True}
 

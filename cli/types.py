@@ -10,7 +10,9 @@ from typing import Any
 
 import click
 
+from orchestrator import validate
 from orchestrator.config import parse_int, parse_number
+from orchestrator.errors import InvalidValue
 
 
 class StrictInt(click.ParamType):  # type: ignore[type-arg]
@@ -43,6 +45,18 @@ class StrictNumber(click.ParamType):  # type: ignore[type-arg]
         if number is None:
             self.fail(f"{value!r} is not a valid number", param, ctx)
         return number
+
+
+class QueueName(click.ParamType):  # type: ignore[type-arg]
+    """A name SQS allows, checked before any lookup: `../x` is invalid, not missing."""
+
+    name = "queue name"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return validate.queue_name(str(value))
+        except InvalidValue as exc:
+            self.fail(str(exc), param, ctx)
 
 
 INT = StrictInt()

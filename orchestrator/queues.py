@@ -220,12 +220,14 @@ class QueueAdmin:
         On a FIFO queue the messages go to group `group_id` (default "default"), or
         round-robin over `groups` groups named g0, g1, ...
         """
-        validate.positive(count, "count")
+        validate.send_count(count)
+        size = validate.message_body(body) if body is not None else len(_seq_body(count - 1))
         group_of = self._groups(name, group_id, groups)
         url = self.store.get_queue(name).queue_url
-        for start in range(0, count, BATCH):
-            seqs = range(start, min(start + BATCH, count))
-            bodies = [json.dumps({"seq": i}) if body is None else body for i in seqs]
+        per_batch = min(BATCH, validate.MAX_BODY_BYTES // size)  # a batch is <= 256 KiB too
+        for start in range(0, count, per_batch):
+            seqs = range(start, min(start + per_batch, count))
+            bodies = [_seq_body(i) if body is None else body for i in seqs]
             self.sqs.send_batch(url, bodies, group_ids=[group_of(i) for i in seqs])
             progress(len(seqs))
         return count
@@ -257,3 +259,8 @@ class QueueAdmin:
             self.store.mark_synced(queue.id, fresh.queue_url, fresh.dlq_url)
             created.append(fresh)
         return created
+
+
+def _seq_body(i: int) -> str:
+    """The default body of the i-th test message."""
+    return json.dumps({"seq": i})

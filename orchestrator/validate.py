@@ -17,6 +17,10 @@ MAX_VISIBILITY_TIMEOUT = 43_200  # 12 hours, SQS's limit
 MAX_RECEIVE_COUNT = 1000  # SQS's limit for a redrive policy
 MAX_BATCH_SIZE = 100
 MAX_BATCH_WINDOW = 20.0  # seconds
+MAX_SEND_COUNT = 1_000_000  # `queue send` is for test messages, not a load generator
+MAX_BODY_BYTES = 262_144  # SQS's limit for a message, and for a batch in all
+# SQS's characters: #x9 | #xA | #xD | #x20 to #xD7FF | #xE000 to #xFFFD | #x10000 to #x10FFFF
+_SQS_CHAR = re.compile("[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 def queue_name(name: str) -> str:
@@ -87,6 +91,29 @@ def handler_path(path: str) -> str:
     return path
 
 
+def send_count(value: int) -> int:
+    if not 1 <= value <= MAX_SEND_COUNT:
+        raise InvalidValue(f"count {value} is out of range 1..{MAX_SEND_COUNT:,}")
+    return value
+
+
+def message_body(body: str) -> int:
+    """Check a body as SQS will: its characters, then 1 byte to 256 KiB. Its size in bytes."""
+    for i, char in enumerate(body):
+        if _SQS_CHAR.fullmatch(char):
+            continue
+        if "\udc80" <= char <= "\udcff":  # how Python keeps a byte of argv that is not UTF-8
+            raise InvalidValue(f"message body is not valid UTF-8 (byte "
+                               f"0x{ord(char) - 0xDC00:02x} at character {i})")  # fmt: skip
+        raise InvalidValue(f"message body has a character SQS does not allow: U+{ord(char):04X} "
+                           f"at character {i} (tab, newline and carriage return are the only "
+                           "control characters it takes)")  # fmt: skip
+    size = len(body.encode("utf-8"))
+    if not 1 <= size <= MAX_BODY_BYTES:
+        raise InvalidValue(f"message body is {size:,} bytes; SQS takes 1 to {MAX_BODY_BYTES:,}")
+    return size
+
+
 def positive(value: int, what: str) -> int:
     if value < 1:
         raise InvalidValue(f"{what} must be a positive integer, got {value}")
@@ -94,9 +121,15 @@ def positive(value: int, what: str) -> int:
 
 
 def visibility_timeout(seconds: int) -> int:
-    if not 0 <= seconds <= MAX_VISIBILITY_TIMEOUT:
+    if seconds == 0:
         raise InvalidValue(
-            f"visibility timeout {seconds} is out of range 0..{MAX_VISIBILITY_TIMEOUT} seconds"
+            "visibility timeout 0 would make every message visible again while its handler "
+            "runs, so that it runs twice at once: give 1.."
+            f"{MAX_VISIBILITY_TIMEOUT} seconds"
+        )
+    if not 1 <= seconds <= MAX_VISIBILITY_TIMEOUT:
+        raise InvalidValue(
+            f"visibility timeout {seconds} is out of range 1..{MAX_VISIBILITY_TIMEOUT} seconds"
         )
     return seconds
 

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from click.testing import Result
 
+from orchestrator.config import Settings
+from orchestrator.queues import QueueAdmin
 from orchestrator.sqs import Sqs
 from orchestrator.store import Store
 
@@ -167,8 +169,22 @@ INVALID = [
     (("queue", "set-concurrency", "exists", "1.5"), "'1.5' is not a valid integer"),
     (("queue", "set-concurrency", "exists", "-2"), "concurrency -2 is out of range"),
     (("queue", "set-handler", "exists", "not a path"), "handler 'not a path'"),
-    (("queue", "send", "exists", "0"), "count must be a positive integer, got 0"),
-    (("queue", "send", "exists", "-5"), "count must be a positive integer, got -5"),
+    (("queue", "send", "exists", "0"), "count 0 is out of range 1..1,000,000"),
+    (("queue", "send", "exists", "-5"), "count -5 is out of range"),
+    (("queue", "send", "exists", "1000000000000"), "count 1000000000000 is out of range"),
+    # bodies are checked as SQS would, before anything is sent
+    (("queue", "send", "exists", "5", "--body", ""), "message body is 0 bytes"),
+    (("queue", "send", "exists", "5", "--body", "ok\x01"), "U+0001 at character 2"),
+    (("queue", "send", "exists", "5", "--body", "\ufffe"), "U+FFFE"),
+    # what Python makes of argv bytes that are not UTF-8 (here b"\xff")
+    (("queue", "send", "exists", "5", "--body", "ab\udcff"), "not valid UTF-8 (byte 0xff"),
+    (("queue", "send", "exists", "5", "--body", "x" * 262_145), "262,145 bytes"),
+    (("queue", "send", "exists", "5", "--body", "\u00e9" * 131_073), "262,146 bytes"),
+    # names are checked before the lookup: invalid, not missing
+    (("queue", "pause", "../x"), "has characters SQS does not allow: './'"),
+    (("queue", "send", "", "1"), "queue name '' is empty"),
+    (("queue", "delete", "a b"), "has characters SQS does not allow"),
+    (("queue", "create", "ok", "--visibility-timeout", "0"), "would make every message visible"),
     (("queue", "send", "exists", "many"), "'many' is not a valid integer"),
     (("queue", "create", "ok", "--processes", "0"), "processes 0 is out of range 1..8"),
     (("queue", "create", "ok", "--processes", "9"), "processes 9 is out of range"),
@@ -204,6 +220,22 @@ def test_invalid_input_exits_2_and_changes_nothing(
     assert message in result.stderr
     assert "Traceback" not in result.output
     assert snapshot(store, sqs) == before
+
+
+def test_large_bodies_go_in_batches_of_at_most_256_kib(
+    settings: Settings, store: Store, sqs: Sqs
+) -> None:
+    """SQS refuses a batch over 256 KiB in all (the embedded server does not check)."""
+    admin = QueueAdmin(settings, lambda: store, lambda: sqs)
+    admin.create("big")
+    batches: list[int] = []
+    sqs.client.meta.events.register(
+        "provide-client-params.sqs.SendMessageBatch",
+        lambda params, **_: batches.append(sum(len(e["MessageBody"]) for e in params["Entries"])),
+    )
+    admin.send("big", 5, "b" * 100_000)
+    assert batches == [200_000, 200_000, 100_000]
+    assert sqs.depth(store.get_queue("big").queue_url).visible == 5
 
 
 def test_create_existing_exits_1_and_changes_nothing(run_cli: Run, store: Store, sqs: Sqs) -> None:
