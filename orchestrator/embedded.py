@@ -355,11 +355,11 @@ def _answers(port: int, host: str = "127.0.0.1") -> bool:
 def _answers_url(address: str) -> bool:
     from urllib.parse import urlsplit
 
-    parts = urlsplit(address)
-    if not parts.hostname:
-        return False
-    default = {"https": 443, "http": 80}.get(parts.scheme, 27017)
-    try:
+    try:  # a malformed address (mongodb://u:p@[::1) does not answer
+        parts = urlsplit(address)
+        if not parts.hostname:
+            return False
+        default = {"https": 443, "http": 80}.get(parts.scheme, 27017)
         return _answers(parts.port or default, parts.hostname)
     except ValueError:
         return False

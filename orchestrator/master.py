@@ -139,6 +139,9 @@ class Master:
             mongodb = True
         except OrchestratorError:
             mongodb = False
+        except Exception:  # a bug: /health still answers (503), and the traceback is kept
+            log.exception("master.health_check_failed")
+            mongodb = False
         age = time.monotonic() - self.last_cycle
         valid = self.lease_valid_until is not None and utcnow() < self.lease_valid_until
         return {

@@ -66,17 +66,35 @@ def _short(exc: PyMongoError) -> str:
     return text
 
 
+def _raised_in_pymongo(exc: BaseException) -> bool:
+    """Whether pymongo itself raised `exc`: it lets a few errors of its own escape its
+    tree, such as KeyError('payload') when a server without authentication answers a
+    login. A KeyError of this module is a bug, and is not translated."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith("pymongo")
+
+
 def translated(method: Callable[P, R]) -> Callable[P, R]:
     """Turn pymongo errors into ServiceUnavailable naming the (redacted) server."""
 
     @functools.wraps(method)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        store = args[0]
+        assert isinstance(store, Store)
         try:
             return method(*args, **kwargs)
         except PyMongoError as exc:
-            store = args[0]
-            assert isinstance(store, Store)
             raise ServiceUnavailable(f"MongoDB at {store.address} failed: {_short(exc)}") from exc
+        except (KeyError, TypeError, ValueError) as exc:
+            if not _raised_in_pymongo(exc):
+                raise
+            raise ServiceUnavailable(
+                f"MongoDB at {store.address} failed: its answer made no sense to the client "
+                f"({type(exc).__name__} {exc}); if MONGODB_URI has credentials, does the "
+                "server support authentication?"
+            ) from exc
 
     return wrapper
 
@@ -99,7 +117,8 @@ class Store:
                 timeoutMS=timeout_ms * 3 // 2,
                 appname="orchestrator",
             )
-        except (PyMongoError, ValueError) as exc:  # a malformed URI: the setting is wrong
+        except (PyMongoError, ValueError, OSError) as exc:  # a malformed URI, a missing
+            # tlsCAFile: the setting is wrong
             raise ConfigError(f"setting MONGODB_URI is not usable: {scrub(str(exc), uri)}") from exc
         self._db = self._client[db_name]
 
