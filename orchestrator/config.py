@@ -24,6 +24,7 @@ DEFAULT_ENV = "development"
 REDACTED = "***"
 # Use with fullmatch: `$` would let a trailing newline through.
 HANDLER_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+_MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 _USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^@/?#]*@)")
 # Numbers as people type them, in ASCII: int() and float() would also take " 5", "+5",
 # "\\u0665" (a digit of another script) and "5_0" (50). Use with fullmatch.
@@ -40,6 +41,13 @@ def parse_int(text: str) -> int | None:
 def parse_number(text: str) -> float | None:
     """`text` as a number if it is one written in ASCII (digits, a point, an exponent)."""
     return float(text) if _NUMBER.fullmatch(text) else None
+
+
+def handler_allowed(path: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether the handler `module:function` comes from one of the module `prefixes`
+    (HANDLER_MODULES; none: any). `app` allows `app` and `app.jobs`, not `apple`."""
+    module = path.partition(":")[0]
+    return not prefixes or any(module == p or module.startswith(p + ".") for p in prefixes)
 
 
 def _key(
@@ -79,6 +87,7 @@ class Settings:
     max_concurrency: int = _key(100, lo=1, hi=10_000)
     max_processes: int = _key(8, lo=1, hi=64)
     default_handler: str = _key("orchestrator.handlers:log")
+    handler_modules: str = _key("")  # comma-separated module prefixes; empty: any module
     # Upper bounds keep arithmetic on them finite (1e300 s overflowed timeouts).
     master_interval: float = _key(1.0, lo=0.01, hi=3600)
     heartbeat_interval: float = _key(2.0, lo=0.01, hi=3600)
@@ -95,6 +104,10 @@ class Settings:
     # Where the values came from, for `config show`; not settings themselves.
     env_name: str = field(default=DEFAULT_ENV, compare=False)
     source: str = field(default="", compare=False)
+
+    @property
+    def handler_prefixes(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.handler_modules.split(",") if p.strip())
 
     @property
     def data_path(self) -> Path:
@@ -265,11 +278,7 @@ def _check_together(s: Settings) -> None:
             f"setting AWS_REGION must be a region name such as us-east-1, got {s.aws_region!r}"
         )
     _check_ports(s)
-    if not HANDLER_PATH.fullmatch(s.default_handler):
-        raise ConfigError(
-            f"setting DEFAULT_HANDLER must look like package.module:function, "
-            f"got {s.default_handler!r}"
-        )
+    _check_handlers(s)
     if not (s.mongodb_embedded or s.mongodb_uri.startswith(("mongodb://", "mongodb+srv://"))):
         # The value is not shown: a mistyped URI may still carry a password.
         raise ConfigError(
@@ -294,3 +303,20 @@ def _check_ports(s: Settings) -> None:
             raise ConfigError(f"settings {taken[port]} and {key} are both {port}: "
                               "each server needs a port of its own")  # fmt: skip
         taken[port] = key
+
+
+def _check_handlers(s: Settings) -> None:
+    if not HANDLER_PATH.fullmatch(s.default_handler):
+        raise ConfigError(
+            f"setting DEFAULT_HANDLER must look like package.module:function, "
+            f"got {s.default_handler!r}"
+        )
+    bad = [p for p in s.handler_prefixes if not _MODULE.fullmatch(p)]
+    if bad:
+        raise ConfigError(
+            "setting HANDLER_MODULES must list module names separated by commas "
+            f"(such as myapp,orchestrator.handlers), got {bad[0]!r}"
+        )
+    if not handler_allowed(s.default_handler, s.handler_prefixes):
+        raise ConfigError(f"setting DEFAULT_HANDLER ({s.default_handler}) is outside "
+                          f"HANDLER_MODULES ({s.handler_modules})")  # fmt: skip

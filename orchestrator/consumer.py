@@ -144,7 +144,7 @@ class Consumer:
                 return HandlerPool(flow, lambda: processes_.spawn("handler", boot, channel=True),
                                    processes)  # fmt: skip
             if not loaded:
-                loaded.append(import_handler(spec.handler))  # HandlerImportError: job fails
+                loaded.append(import_handler(spec.handler, self.settings.handler_prefixes))
             func = loaded[0]
             if invoke.is_async(func):
                 return AsyncExecutor(flow, func, messages)

@@ -208,7 +208,7 @@ def run(settings: Settings, boot: dict[str, Any]) -> None:
     channel = Channel(socket.socket(fileno=int(boot["channel_fd"])))
     structlog.contextvars.bind_contextvars(queue=boot["queueName"], job_id=boot["jobId"])
     try:
-        func = import_handler(boot["handler"])
+        func = import_handler(boot["handler"], settings.handler_prefixes)
     except HandlerImportError as exc:
         channel.send(encode(ImportFailed(str(exc))))
         return

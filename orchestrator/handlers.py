@@ -8,17 +8,20 @@ from collections.abc import Callable
 
 import structlog
 
-from orchestrator.config import HANDLER_PATH
+from orchestrator.config import HANDLER_PATH, handler_allowed
 from orchestrator.errors import HandlerImportError
 from orchestrator.message import Message
 
 Handler = Callable[[Message], object]
 
 
-def import_handler(path: str) -> Handler:
-    """Import `package.module:function`; raise HandlerImportError naming the path and why."""
-    if not HANDLER_PATH.match(path):
+def import_handler(path: str, allowed: tuple[str, ...] = ()) -> Handler:
+    """Import `package.module:function` if it comes from one of the `allowed` module
+    prefixes (none: any); raise HandlerImportError naming the path and why."""
+    if not HANDLER_PATH.fullmatch(path):
         raise HandlerImportError(path, "not of the form package.module:function")
+    if not handler_allowed(path, allowed):  # checked before anything is imported
+        raise HandlerImportError(path, f"outside HANDLER_MODULES ({', '.join(allowed)})")
     module_name, func_name = path.split(":")
     try:
         module = importlib.import_module(module_name)

@@ -90,7 +90,8 @@ class QueueAdmin:
             concurrency=validate.concurrency(
                 s.default_concurrency if concurrency is None else concurrency, s.max_concurrency
             ),
-            handler=validate.handler_path(s.default_handler if handler is None else handler),
+            handler=validate.handler_path(s.default_handler if handler is None else handler,
+                                          s.handler_prefixes),
             visibility_timeout=validate.visibility_timeout(visibility_timeout),
             dlq_name=validate.dlq_name(name) if dlq else None,
             max_receive_count=(
@@ -171,7 +172,7 @@ class QueueAdmin:
         s = self.settings
         checks: dict[str, tuple[Any, Callable[[Any], Any]]] = {
             "concurrency": (concurrency, lambda v: validate.concurrency(v, s.max_concurrency)),
-            "handler": (handler, validate.handler_path),
+            "handler": (handler, lambda v: validate.handler_path(v, s.handler_prefixes)),
             "paused": (paused, lambda v: v),
             "processes": (processes, lambda v: validate.processes(v, s.max_processes)),
             "batchSize": (batch_size, validate.batch_size),
@@ -186,7 +187,7 @@ class QueueAdmin:
         return self.store.update_queue(name, {"concurrency": value})
 
     def set_handler(self, name: str, path: str) -> QueueRecord:
-        validate.handler_path(path)
+        validate.handler_path(path, self.settings.handler_prefixes)
         return self.store.update_queue(name, {"handler": path})
 
     def set_paused(self, name: str, paused: bool) -> QueueRecord:

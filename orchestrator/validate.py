@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 
-from orchestrator.config import HANDLER_PATH
+from orchestrator.config import HANDLER_PATH, handler_allowed
 from orchestrator.errors import InvalidValue
 
 NAME_MAX = 80
@@ -85,9 +85,13 @@ def group_id(value: str) -> str:
     return value
 
 
-def handler_path(path: str) -> str:
+def handler_path(path: str, allowed: tuple[str, ...] = ()) -> str:
+    """A handler's import path, from one of the `allowed` module prefixes (none: any)."""
     if not HANDLER_PATH.fullmatch(path):
         raise InvalidValue(f"handler {path!r} must look like package.module:function")
+    if not handler_allowed(path, allowed):
+        raise InvalidValue(f"handler {path!r} is outside HANDLER_MODULES "
+                           f"({', '.join(allowed)})")  # fmt: skip
     return path
 
 

@@ -377,3 +377,23 @@ def test_services_status_json_shape(run_cli: Run, endpoints) -> None:  # type: i
         "running": True,
     }
     assert doc["mongodb"]["uri"] == endpoints.mongodb_uri
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("queue", "create", "new", "--handler", "os:system"),
+        ("queue", "set-handler", "exists", "builtins:eval"),
+        ("queue", "set", "exists", "--handler", "myapplication:f"),
+    ],
+)
+def test_a_handler_outside_handler_modules_is_refused(
+    run_cli: Run, store: Store, sqs: Sqs, args: tuple[str, ...]
+) -> None:
+    env = {"HANDLER_MODULES": "myapp,orchestrator.handlers"}
+    assert run_cli("queue", "create", "exists", env=env).exit_code == 0
+    before = snapshot(store, sqs)
+    result = run_cli(*args, env=env)
+    assert result.exit_code == 2, result.output
+    assert "is outside HANDLER_MODULES (myapp, orchestrator.handlers)" in result.stderr
+    assert snapshot(store, sqs) == before

@@ -220,3 +220,23 @@ def test_processes_and_batch_size_follow_a_running_queue(
                 if r["start"] > changed_at and r["pid"] != consumer)  # fmt: skip
     assert first - changed_at < 3  # within the 2 s relay, plus the processes' start
     assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_the_consumer_refuses_a_handler_outside_handler_modules(
+    admin: QueueAdmin, store: Store, sqs: Sqs, record_dir: Path,
+    start_daemon: Callable[..., Daemon], processes: int,
+) -> None:  # fmt: skip
+    # stored before the allowlist was set: the consumer is the last line of defence
+    admin.create("legacy", handler="tests.handlers:slow_record", processes=processes)
+    admin.send("legacy", 3)
+    daemon = start_daemon("--mode", "MW", env={"HANDLER_MODULES": "orchestrator.handlers"})
+
+    jobs = wait_for(lambda: [j for j in store.jobs(limit=10) if j.status == "failed"], 60,
+                    "the job to fail")  # fmt: skip
+    assert jobs[0].end_reason == "handler_import"
+    assert "outside HANDLER_MODULES (orchestrator.handlers)" in (jobs[0].error or "")
+    assert not records(record_dir)  # nothing ran, nothing was lost
+    depth = sqs.depth(store.get_queue("legacy").queue_url)
+    assert depth.visible + depth.in_flight == 3
+    assert daemon.stop() == 0

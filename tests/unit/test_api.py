@@ -157,3 +157,12 @@ def test_odd_tokens_and_numbers_are_refused_not_crashed_on() -> None:
     assert refused.status == 401
     odd_limit = Request("GET", "/api/jobs", {"limit": ["²"]}, {})
     assert api.dispatch(odd_limit).status == 400
+
+
+def test_a_handler_outside_handler_modules_is_422_before_the_store() -> None:
+    api = make_api(HANDLER_MODULES="myapp,orchestrator.handlers")
+    body = b'{"handler": "os:system"}'
+    patch = request("PATCH", "/api/queues/q", body, content_type="application/json")
+    response = api.dispatch(patch)
+    assert response.status == 422
+    assert b"outside HANDLER_MODULES" in response.body

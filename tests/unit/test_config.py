@@ -94,6 +94,8 @@ def test_relative_data_dir_is_resolved_against_cwd(tmp_path: Path) -> None:
         ({}, {"MASTER_INTERVAL": "1_0"}, "MASTER_INTERVAL must be a number, got '1_0'"),
         ({}, {"MASTER_INTERVAL": " 1"}, "MASTER_INTERVAL must be a number, got ' 1'"),
         ({}, {"DEFAULT_HANDLER": "a.b:c\n"}, "DEFAULT_HANDLER must look like"),
+        ({}, {"HANDLER_MODULES": "myapp,my app"}, "HANDLER_MODULES must list module names"),
+        ({}, {"HANDLER_MODULES": "myapp"}, "DEFAULT_HANDLER (orchestrator.handlers:log) is out"),
     ],
 )
 def test_bad_settings_name_the_key(

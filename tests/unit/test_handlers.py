@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 import pytest
 
-from orchestrator import Message
+from orchestrator import Message, config
 from orchestrator.errors import HandlerImportError
 from orchestrator.handlers import import_handler, log, noop, sleep
 
@@ -57,3 +58,29 @@ def test_sleep_handler_sleeps_for_ms() -> None:
     assert time.monotonic() - start >= 0.05
     sleep(msg("not json"))  # falls back to 100 ms rather than failing
     noop(msg("x"))
+
+
+@pytest.mark.parametrize(
+    ("path", "prefixes", "allowed"),
+    [
+        ("os:system", (), True),  # no allowlist: any module
+        ("os:system", ("myapp",), False),
+        ("builtins:eval", ("myapp", "orchestrator.handlers"), False),
+        ("myapp:f", ("myapp",), True),
+        ("myapp.jobs.mail:send", ("myapp",), True),
+        ("myapplication:f", ("myapp",), False),  # a prefix of modules, not of names
+        ("orchestrator.handlers:noop", ("orchestrator.handlers",), True),
+        ("orchestrator.config:load", ("orchestrator.handlers",), False),
+    ],
+)
+def test_handler_modules_allow_a_module_and_what_is_inside_it(
+    path: str, prefixes: tuple[str, ...], allowed: bool
+) -> None:
+    assert config.handler_allowed(path, prefixes) is allowed
+
+
+def test_a_handler_outside_the_allowlist_is_not_even_imported() -> None:
+    assert "json.tool" not in sys.modules
+    with pytest.raises(HandlerImportError, match=r"outside HANDLER_MODULES \(orchestrator\)"):
+        import_handler("json.tool:main", ("orchestrator",))
+    assert "json.tool" not in sys.modules
