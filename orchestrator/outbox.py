@@ -46,10 +46,19 @@ class JobEnd:
 
     @classmethod
     def reported(cls, job: Assignment, event: dict[str, Any]) -> JobEnd:
-        """The outcome a consumer's `done` report gives."""
+        """The outcome a consumer's `done` report gives. A job that gave up on handlers
+        that never returned failed, whatever ended it: their messages were not handled."""
         status = STATUS_BY_REASON.get(event["reason"], "failed")
-        return cls(job, status, event["handled"], event["failed"], event["reason"],
-                   event.get("error"), tuple(event.get("processes") or ()))  # fmt: skip
+        reason, error = event["reason"], event.get("error")
+        if event.get("abandoned"):
+            status, reason = "failed", "abandoned"
+            error = (
+                f"{event['abandoned']} handler(s) had not returned within SHUTDOWN_GRACE when "
+                f"the job ended ({event['reason']}); the consumer abandoned them and exited, "
+                "and their messages come back after the visibility timeout"
+            )
+        return cls(job, status, event["handled"], event["failed"], reason, error,
+                   tuple(event.get("processes") or ()))  # fmt: skip
 
 
 class Outbox:

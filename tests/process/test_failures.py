@@ -134,6 +134,22 @@ def test_a_handler_that_does_not_import_fails_its_job_with_backoff(
     assert admin.depth("broken").visible == 3  # its messages wait, untouched
 
 
+def test_a_job_that_abandons_a_handler_is_failed_saying_so(
+    admin: QueueAdmin, store: Store, record_dir: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    admin.create("stuck", handler=SLOW, visibility_timeout=5)
+    admin.send("stuck", 1, body=json.dumps({"ms": 600_000}))  # never returns, in effect
+    daemon = start_daemon("--mode", "MW", env={"ASSIGNMENT_MAX_SECONDS": "2",
+                                               "SHUTDOWN_GRACE": "1"})  # fmt: skip
+
+    [job] = wait_for(lambda: [j for j in store.jobs(queue="stuck") if j.ended_at], 30,
+                     "the job to end")  # fmt: skip
+    assert (job.status, job.end_reason) == ("failed", "abandoned")
+    assert "1 handler(s) had not returned" in (job.error or "")
+    assert job.message_count == 0
+    assert daemon.stop() == 0
+
+
 def test_sigterm_exits_within_the_grace_and_releases_everything(
     admin: QueueAdmin, store: Store, sqs: Sqs, record_dir: Path,
     start_daemon: Callable[..., Daemon], settings: Settings,
