@@ -6,6 +6,7 @@ request. An SQS failure never ends the run: the messages only come back.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -130,7 +131,9 @@ class Calls:
         self.sqs.set_visibility(self.url, receipts, seconds)
 
     def _submit(self, call: Callable[..., None], *args: Any) -> None:
-        future = self.pool.submit(_quietly, call, *args)
+        # Run it with the caller's log bindings (role, pid, queue, job): a pool thread
+        # starts with none, and its lines would not say whose they are.
+        future = self.pool.submit(contextvars.copy_context().run, _quietly, call, *args)
         with self.lock:
             self.pending.add(future)
         future.add_done_callback(self._done)

@@ -18,6 +18,7 @@ import structlog
 
 from orchestrator import invoke
 from orchestrator import processes as processes_
+from orchestrator.calls import RECEIVE_WAIT_SECONDS
 from orchestrator.channel import Channel, ChannelClosed
 from orchestrator.config import Settings
 from orchestrator.embedded import Endpoints
@@ -29,6 +30,11 @@ from orchestrator.metrics import Meter
 from orchestrator.runner import ExecutorFactory, JobSpec, Runner
 from orchestrator.signals import SignalQueue
 from orchestrator.sqs import Sqs
+
+# An SQS call that hangs must fail well inside the worker's 30 s stall watchdog, as an
+# outage the consumer reports and rides out: 2 attempts of (2 s connect + a 1 s long
+# poll + 4 s) is at most ~15 s. boto3's defaults (60 s, 3 attempts) outlast it.
+SQS_CALL = {"connect_timeout": 2, "read_timeout": RECEIVE_WAIT_SECONDS + 4, "attempts": 2}
 
 log = structlog.get_logger()
 
@@ -173,6 +179,6 @@ def run(settings: Settings, endpoints: Endpoints, channel_fd: int) -> None:
     """The consumer process: serve assignments from the worker at the other end of the fd."""
     channel = Channel(socket.socket(fileno=channel_fd))
     meter = Meter()
-    sqs = Sqs.connect(settings, endpoints.sqs_endpoint, meter)
+    sqs = Sqs.connect(settings, endpoints.sqs_endpoint, meter, **SQS_CALL)
     Consumer(settings, sqs, channel, meter, processes_.boot_document(settings, endpoints)).run()
     log.info("consumer.stopped")

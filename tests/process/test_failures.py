@@ -295,3 +295,30 @@ def test_a_hung_mongodb_is_an_outage_not_a_hang(
     wait_for(lambda: settled(own.store), 60, "no open job, no assignment")
     assert daemon.events("service.unavailable")
     assert not daemon.events("child.died")
+
+
+def test_a_hung_sqs_is_an_outage_and_keeps_the_consumer(
+    own_servers: OwnServers, record_dir: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    """SQS that accepts connections but never answers for 35 s (SIGSTOP), longer than
+    the worker's stall watchdog: the consumer's calls time out inside it, the consumer
+    says SQS is unavailable and carries on, and after SIGCONT every message is handled."""
+    own = own_servers
+    sqs_pid = json.loads((Path(own.env["DATA_DIR"]) / "services.json").read_text())["sqs"]["pid"]
+    own.admin.create("s", handler=SLOW, concurrency=2)
+    own.admin.send("s", 100)
+    daemon = start_daemon("--mode", "MW", env=own.env)
+    wait_for(lambda: len(records(record_dir)) >= 10, 60, "work under way")
+
+    os.kill(sqs_pid, signal.SIGSTOP)
+    try:
+        reports = lambda: [e for e in daemon.events("service.unavailable")  # noqa: E731
+                           if e.get("role") == "consumer"]  # fmt: skip
+        wait_for(reports, 20, "the consumer to report SQS")
+        holds_for(lambda: not daemon.events("consumer.stalled"), 30, "no consumer is stalled")
+    finally:
+        os.kill(sqs_pid, signal.SIGCONT)
+
+    wait_for(lambda: seqs(record_dir, "s") == set(range(100)), 120, "every message handled")
+    assert not daemon.events("consumer.stalled")
+    assert not [j for j in own.store.jobs(queue="s") if j.end_reason == "consumer_died"]
