@@ -7,8 +7,9 @@ no `$push` of sub-documents, no reliance on TTL purging on time.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
@@ -130,6 +131,13 @@ class Store:
 
     def close(self) -> None:
         self._client.close()
+
+    @contextlib.contextmanager
+    def deadline(self, seconds: float) -> Iterator[None]:
+        """Every call made inside ends within `seconds` from now (failing as an outage
+        if it must), whatever its own timeout: a worker must fence itself on time."""
+        with pymongo.timeout(max(seconds, 0.001)):
+            yield
 
     # --- set-up --------------------------------------------------------------
 

@@ -100,8 +100,18 @@ class Worker:
         Each step fails alone and is retried on its own schedule, so that a MongoDB
         error in one never starves the heartbeat (a silent worker is declared dead);
         after one store step fails the rest wait for the next tick rather than each
-        waiting out its own timeout.
+        waiting out its own timeout. Until fenced, the store calls of a tick must end by
+        the time this worker must fence itself, whatever they wait for.
         """
+        self._fence_if_silent(mono)
+        fence_at = self.last_heartbeat + self.settings.worker_timeout * FENCE_FRACTION
+        bound = contextlib.nullcontext() if self.fenced else self.store.deadline(fence_at - mono)
+        with bound:
+            self._steps(mono)
+        self._fence_if_silent(mono)
+        self._watchdog(mono)
+
+    def _steps(self, mono: float) -> None:
         self._step("reap", self.reap, mono, 0)
         poll = min(ASSIGNMENT_POLL_SECONDS, self.settings.master_interval)
         steps: list[tuple[str, Callable[[], object], float]] = [
@@ -116,8 +126,6 @@ class Worker:
         for name, call, every in steps:
             if not self._step(name, call, mono, every):
                 break
-        self._fence_if_silent(mono)
-        self._watchdog(mono)
 
     def _step(self, name: str, call: Callable[[], object], mono: float, every: float) -> bool:
         """Run a step when due; False if it failed."""

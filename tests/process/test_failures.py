@@ -15,6 +15,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import psutil
@@ -283,8 +284,14 @@ def test_a_hung_mongodb_is_an_outage_not_a_hang(
     wait_for(lambda: len(records(record_dir)) >= 20, 60, "work under way")
 
     os.kill(own.mongodb_pid, signal.SIGSTOP)
+    stopped_at = time.time()
     try:
-        wait_for(lambda: daemon.events("worker.fenced"), 15, "the worker to fence itself")
+        [fenced] = wait_for(lambda: daemon.events("worker.fenced"), 15, "the worker to fence")
+        # At 0.7 x WORKER_TIMEOUT of silence, not when a hung store call gives up: the last
+        # heartbeat came at most HEARTBEAT_INTERVAL before the stop (+0.3 s for the loop).
+        fence = own.settings.worker_timeout * 0.7
+        took = datetime.fromisoformat(fenced["timestamp"]).timestamp() - stopped_at
+        assert took <= fence + 0.3, f"fenced {took:.1f} s after the stop; due by {fence} s"
         started = time.monotonic()
         _, health = call("GET", f"{base}/health")
         assert time.monotonic() - started < 12 and health["mongodb"] is False, health
