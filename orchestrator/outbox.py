@@ -28,6 +28,8 @@ STATUS_BY_REASON = {  # why a consumer ended a job → the job's status
     "released": "interrupted",
     "fenced": "interrupted",
     "aborted": "interrupted",
+    "worker_gone": "interrupted",
+    "memory": "interrupted",  # stopped for its consumer's memory: nothing lost, it goes on
     "handler_import": "failed",
 }
 

@@ -80,6 +80,17 @@ def needs_recycling(uses: int, limit: int, rss_mb: float, max_rss_mb: float) -> 
     return uses >= limit or rss_mb > max_rss_mb
 
 
+MEMORY_KILL_FACTOR = 2  # this far over CONSUMER_MAX_RSS_MB a consumer cannot wait to finish
+
+
+def memory_action(rss_mb: float, max_rss_mb: float) -> str | None:
+    """What a busy consumer's memory calls for: None, "stop" (stop receiving, finish or
+    hand back what it holds, then be replaced) or "kill" (its messages come back)."""
+    if rss_mb >= MEMORY_KILL_FACTOR * max_rss_mb:
+        return "kill"
+    return "stop" if rss_mb > max_rss_mb else None
+
+
 # --- receiving (design §5: what `concurrency` means) ----------------------------------
 
 RECEIVE_BATCH = 10  # SQS's most per ReceiveMessage

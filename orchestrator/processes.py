@@ -73,6 +73,28 @@ class Child:
                 cpu += proc.cpu_percent(None)
         return round(rss, 1), round(cpu, 1)
 
+    def largest_rss(self) -> float:
+        """The RSS in MB of the largest of the process and its children (each of a
+        consumer's handler processes is bounded alone); 0 once it is gone."""
+        try:
+            me = psutil.Process(self.pid)
+            procs = [me, *me.children(recursive=True)]
+        except psutil.Error:
+            return 0.0
+        largest = 0.0
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):  # a child may end meanwhile
+                largest = max(largest, proc.memory_info().rss / 1_048_576)
+        return round(largest, 1)
+
+    def kill_tree(self) -> None:
+        """SIGKILL the process and its children (a consumer's handler processes)."""
+        with contextlib.suppress(psutil.Error):
+            for proc in psutil.Process(self.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+        self.signal(signal.SIGKILL)
+
     def _children(self, parent: psutil.Process) -> list[psutil.Process]:
         """Its children, the same psutil objects from call to call (CPU is a delta)."""
         current = {p.pid: p for p in parent.children(recursive=True)}

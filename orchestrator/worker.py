@@ -42,6 +42,7 @@ ASSIGNMENT_POLL_SECONDS = 0.25  # how soon a new assignment is picked up
 SETTINGS_POLL_SECONDS = 1.0  # how soon a concurrency or pause change reaches consumers
 STALL_SECONDS = 30.0  # a busy consumer silent this long is stuck: kill it
 FENCE_FRACTION = 0.7  # stop our consumers when heartbeats failed this part of WORKER_TIMEOUT
+MEMORY_CHECK_SECONDS = 0.5  # how often busy consumers' RSS is checked against the limit
 
 
 @dataclass(eq=False)  # identity-hashed: kept in sets and as selector data
@@ -58,6 +59,7 @@ class ConsumerSlot:
     stop_sent: bool = False
     exiting: bool = False
     kill_reason: str | None = None
+    over_memory: bool = False  # stopped for its memory: replace it once its job ends
     last_event: float = field(default_factory=time.monotonic)
 
 
@@ -110,6 +112,9 @@ class Worker:
             self._steps(mono)
         self._fence_if_silent(mono)
         self._watchdog(mono)
+        if mono >= self.due.get("memory", 0.0):
+            self.due["memory"] = mono + MEMORY_CHECK_SECONDS
+            self._watch_memory()
 
     def _steps(self, mono: float) -> None:
         self._step("reap", self.reap, mono, 0)
@@ -266,6 +271,29 @@ class Worker:
                 )
                 slot.child.signal(signal.SIGKILL)
 
+    def _watch_memory(self) -> None:
+        """A consumer over CONSUMER_MAX_RSS_MB stops its job and is replaced; at twice the
+        limit it cannot be let finish: kill it (its messages reappear in SQS)."""
+        limit = self.settings.consumer_max_rss_mb
+        for slot in self.slots.values():
+            if not slot.job or slot.kill_reason:
+                continue
+            rss = slot.child.largest_rss()
+            action = policy.memory_action(rss, limit)
+            if action == "kill":
+                slot.kill_reason = (f"{rss:.0f} MB, over {policy.MEMORY_KILL_FACTOR} x "
+                                    f"CONSUMER_MAX_RSS_MB ({limit})")  # fmt: skip
+                log.error("consumer.over_memory", consumer_pid=slot.child.pid, rss_mb=rss,
+                          limit_mb=limit, action="kill", queue=slot.job.queue_name)  # fmt: skip
+                slot.child.kill_tree()
+            elif action == "stop" and not slot.over_memory:
+                slot.over_memory = True
+                log.warning("consumer.over_memory", consumer_pid=slot.child.pid, rss_mb=rss,
+                            limit_mb=limit, action="stop", queue=slot.job.queue_name)  # fmt: skip
+                if not slot.stop_sent:
+                    slot.stop_sent = True
+                    self._send(slot, {"op": "stop", "jobId": slot.job.job_id, "reason": "memory"})
+
     # --- consumer events -----------------------------------------------------------------
 
     def on_readable(self, slot: ConsumerSlot) -> None:
@@ -316,7 +344,7 @@ class Worker:
     def _maybe_recycle(self, slot: ConsumerSlot) -> None:
         rss, _ = slot.child.stats()
         max_rss = self.settings.consumer_max_rss_mb
-        if policy.needs_recycling(slot.uses, slot.usage_limit, rss, max_rss):
+        if slot.over_memory or policy.needs_recycling(slot.uses, slot.usage_limit, rss, max_rss):
             log.info("consumer.recycling", consumer_pid=slot.child.pid, uses=slot.uses, rss_mb=rss)
             self.meter.count("consumerRestartsRecycled")
             self._retire(slot)

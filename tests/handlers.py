@@ -89,3 +89,17 @@ def shape_record(arg: Message | list[Message]) -> None:
     time.sleep(0.05)
     for message in messages:
         _record(message, start, batch=len(messages) if isinstance(arg, list) else 0)
+
+
+def grow(message: Message) -> None:
+    """Take the body's `mb` of memory, 10 MB at a time (touched, so that it counts in
+    RSS), hold it for its `ms`, then record and let it go."""
+    spec = message.json()
+    start = time.time()
+    held = []
+    for _ in range(int(spec["mb"]) // 10):
+        held.append(b"x" * 10_485_760)
+        time.sleep(0.02)
+    time.sleep(spec.get("ms", 0) / 1000)
+    _record(message, start)
+    del held

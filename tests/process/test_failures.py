@@ -329,3 +329,38 @@ def test_a_hung_sqs_is_an_outage_and_keeps_the_consumer(
     wait_for(lambda: seqs(record_dir, "s") == set(range(100)), 120, "every message handled")
     assert not daemon.events("consumer.stalled")
     assert not [j for j in own.store.jobs(queue="s") if j.end_reason == "consumer_died"]
+
+
+def test_a_consumer_over_its_memory_limit_stops_its_job_and_is_replaced(
+    admin: QueueAdmin, store: Store, record_dir: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    admin.create("fat", handler="tests.handlers:grow", concurrency=1)
+    admin.send("fat", 3, body=json.dumps({"mb": 250, "ms": 1500}))  # over 200, under 400
+    daemon = start_daemon("--mode", "MW", env={"CONSUMER_MAX_RSS_MB": "200"})
+
+    wait_for(lambda: len(records(record_dir)) >= 3, 90, "every message handled")
+    [stop, *_] = wait_for(lambda: daemon.events("consumer.over_memory"), 10, "the stop")
+    assert stop["action"] == "stop" and stop["rss_mb"] > 200
+    ended = [j for j in store.jobs(queue="fat", limit=20) if j.end_reason == "memory"]
+    assert ended and ended[0].status == "interrupted" and ended[0].message_count >= 1
+    assert len({r["pid"] for r in records(record_dir)}) >= 2  # each over-limit one replaced
+    assert admin.depth("fat").visible == 0 and not daemon.events("consumer.stalled")
+    assert daemon.stop() == 0
+
+
+def test_a_consumer_far_over_its_memory_limit_is_killed_and_loses_nothing(
+    admin: QueueAdmin, store: Store, record_dir: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    admin.create("bloat", handler="tests.handlers:grow", concurrency=1, visibility_timeout=5)
+    admin.send("bloat", 1, body=json.dumps({"mb": 2000, "ms": 60_000}))
+    daemon = start_daemon("--mode", "MW", env={"CONSUMER_MAX_RSS_MB": "200"})
+
+    [job] = wait_for(lambda: [j for j in store.jobs(queue="bloat") if j.ended_at], 60,
+                     "the job to end")  # fmt: skip
+    assert (job.status, job.end_reason) == ("failed", "consumer_died")
+    assert "over 2 x CONSUMER_MAX_RSS_MB (200)" in (job.error or "")
+    [kill] = [e for e in daemon.events("consumer.over_memory") if e["action"] == "kill"][:1]
+    assert 400 <= kill["rss_mb"] < 1000  # caught on its way up, not at the end
+    depth = admin.depth("bloat")
+    assert depth.visible + depth.in_flight == 1  # it comes back to SQS
+    assert daemon.stop() == 0

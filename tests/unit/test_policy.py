@@ -99,6 +99,14 @@ def test_needs_recycling(uses: int, limit: int, rss: float, recycle: bool) -> No
     assert policy.needs_recycling(uses, limit, rss, 512) is recycle
 
 
+@pytest.mark.parametrize(
+    ("rss", "action"),
+    [(100, None), (200, None), (200.1, "stop"), (399.9, "stop"), (400, "kill"), (5000, "kill")],
+)
+def test_memory_action(rss: float, action: str | None) -> None:
+    assert policy.memory_action(rss, 200) == action
+
+
 def state(**fields: Any) -> policy.FlowState:
     base: dict[str, Any] = {"limit": 5, "running": 0, "held": 0, "receiving": 0, "receives": 0,
                             "backlog": False, "handler_s": 0.0, "rtt_s": 0.01}  # fmt: skip
