@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -204,4 +206,33 @@ def test_the_api_keeps_to_its_openapi_description_under_fuzzing(
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "passed" in result.stdout
+    assert daemon.stop() == 0
+
+
+def test_clients_without_the_token_trickling_bodies_cannot_starve_health(
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    """The hostile operator's attack: every request slot held by a PATCH with a wrong
+    token whose body arrives a byte at a time. The token is checked from the headers,
+    so they are refused before their bodies are read, and /health keeps answering."""
+    daemon = start_daemon("--mode", "M", env={"API_TOKEN": TOKEN})
+    base = api_url(daemon)
+    host, port = base.split("//")[1].rsplit(":", 1)
+    wait_for(lambda: get(f"{base}/health")["leader"], 30, "the master to lead")
+    head = (f"PATCH /api/queues/q HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            "Authorization: Bearer wrong\r\nContent-Type: application/json\r\n"
+            "Content-Length: 60000\r\n\r\n{").encode()  # fmt: skip
+    attackers = [socket.create_connection((host, int(port)), timeout=5) for _ in range(12)]
+    try:
+        for sock in attackers:
+            sock.sendall(head)
+        answers = [sock.recv(200) for sock in attackers]  # refused before the body
+        assert all(a.split(b"\r\n")[0].endswith(b" 401 Unauthorized") for a in answers), answers
+        for _ in range(5):
+            started = time.monotonic()
+            status, _ = call("GET", f"{base}/health")
+            assert status == 200 and time.monotonic() - started < 2
+    finally:
+        for sock in attackers:
+            sock.close()
     assert daemon.stop() == 0
