@@ -20,7 +20,8 @@ def _record(message: Message, start: float, **extra: object) -> None:
         {"queue": message.queue_name, "body": message.body, "pid": os.getpid(),
          "start": start, "end": time.time(), "receive_count": message.receive_count,
          "group": message.attributes.get("MessageGroupId"),
-         "threads": threading.active_count(), **extra}
+         "threads": threading.active_count(), "host": os.environ.get("FAULT_HOST"),
+         **extra}
     )  # fmt: skip
     path = os.path.join(os.environ["RECORD_DIR"], f"{os.getpid()}.jsonl")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

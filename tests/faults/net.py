@@ -1,0 +1,137 @@
+"""Hosts as network namespaces, for faults between hosts: partitions and isolation.
+
+Every host is a namespace with one veth into a bridge in a hub namespace, on an
+address of 10.213.0.0/24; the test process itself joins the bridge from the root
+namespace as 10.213.0.254, so that it can read MongoDB and SQS like any host. No
+routing and no host setting is changed (no ip_forward): traffic goes to the test's
+own addresses only, and deleting the namespaces removes everything.
+
+- `cut(a, b)` drops every packet between two hosts (a blackhole route on each
+  side, as a real partition: connections time out, they are not refused);
+- `isolate(a)` takes a host's link down: it reaches nobody, nobody reaches it;
+- `heal(...)` undoes either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SUBNET = "10.213.0"
+ROOT_ADDRESS = f"{SUBNET}.254"
+
+
+def why_not_available() -> str | None:
+    """None when this machine can build hosts, else the reason (for a skip)."""
+    if os.geteuid() != 0:
+        return "network namespaces need root (CI runs as root)"
+    if shutil.which("ip") is None:
+        return "the `ip` command (iproute2) is not installed"
+    probe = f"orcprobe{secrets.token_hex(2)}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"cannot create a network namespace: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+def ip(*args: str) -> None:
+    done = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()}")
+
+
+@dataclass
+class Host:
+    name: str
+    ns: str
+    address: str
+    hub_side: str  # its veth's end in the hub's bridge
+
+
+@dataclass
+class Net:
+    tag: str = field(default_factory=lambda: secrets.token_hex(2))
+    hosts: dict[str, Host] = field(default_factory=dict)
+    cuts: set[frozenset[str]] = field(default_factory=set)
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def hub(self) -> str:
+        return f"orc{self.tag}hub"
+
+    def build(self) -> None:
+        ip("netns", "add", self.hub)
+        ip("-n", self.hub, "link", "add", "br0", "type", "bridge")
+        ip("-n", self.hub, "link", "set", "br0", "up")
+        # The test's own seat on the bridge (the root side stays in the root namespace).
+        root, peer = f"orc{self.tag}r", f"orc{self.tag}rh"
+        ip("link", "add", root, "type", "veth", "peer", "name", peer)
+        ip("link", "set", peer, "netns", self.hub)
+        ip("-n", self.hub, "link", "set", peer, "master", "br0", "up")
+        ip("addr", "add", f"{ROOT_ADDRESS}/24", "dev", root)
+        ip("link", "set", root, "up")
+
+    def add(self, name: str) -> Host:
+        number = len(self.hosts) + 1
+        host = Host(name, f"orc{self.tag}{name}", f"{SUBNET}.{number}", f"orc{self.tag}h{number}")
+        ip("netns", "add", host.ns)
+        ip("link", "add", host.hub_side, "type", "veth", "peer", "name", "eth0", "netns", host.ns)
+        ip("link", "set", host.hub_side, "netns", self.hub)
+        ip("-n", self.hub, "link", "set", host.hub_side, "master", "br0", "up")
+        ip("-n", host.ns, "addr", "add", f"{host.address}/24", "dev", "eth0")
+        ip("-n", host.ns, "link", "set", "eth0", "up")
+        ip("-n", host.ns, "link", "set", "lo", "up")
+        self.hosts[name] = host
+        return host
+
+    # --- faults ---------------------------------------------------------------------
+
+    def cut(self, a: str, b: str) -> None:
+        """Drop every packet between hosts a and b, both ways."""
+        for one, other in ((a, b), (b, a)):
+            ip("-n", self.hosts[one].ns, "route", "add", "blackhole",
+               f"{self.hosts[other].address}/32")  # fmt: skip
+        self.cuts.add(frozenset((a, b)))
+
+    def heal(self, a: str, b: str) -> None:
+        for one, other in ((a, b), (b, a)):
+            ip("-n", self.hosts[one].ns, "route", "del", "blackhole",
+               f"{self.hosts[other].address}/32")  # fmt: skip
+        self.cuts.discard(frozenset((a, b)))
+
+    def isolate(self, name: str) -> None:
+        ip("-n", self.hub, "link", "set", self.hosts[name].hub_side, "down")
+
+    def rejoin(self, name: str) -> None:
+        ip("-n", self.hub, "link", "set", self.hosts[name].hub_side, "up")
+
+    # --- processes -------------------------------------------------------------------
+
+    def popen(
+        self, name: str, argv: list[str], env: dict[str, str], log: Path, *, prefix: list[str] = ()
+    ) -> subprocess.Popen[bytes]:
+        """Start `argv` inside host `name`, in its own session, logging to `log`."""
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.hosts[name].ns, *prefix, *argv],
+                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        self.procs.append(proc)
+        return proc
+
+    def destroy(self) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, 9)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+        for host in self.hosts.values():
+            subprocess.run(["ip", "netns", "del", host.ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", f"orc{self.tag}r"], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.hub], capture_output=True)
