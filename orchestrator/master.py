@@ -28,6 +28,7 @@ from orchestrator.config import Settings
 from orchestrator.embedded import Endpoints
 from orchestrator.errors import OrchestratorError, QueueNotFound
 from orchestrator.fleet import Fleet
+from orchestrator.liveness import Watch
 from orchestrator.loop import Outage, retry, wait
 from orchestrator.metrics import Meter
 from orchestrator.models import QueueRecord, WorkerRecord, utcnow
@@ -82,19 +83,25 @@ class Master:
         # Since when this master has seen MongoDB without errors: workers are judged only
         # on a window it could watch (after an outage their heartbeats failed too).
         self.healthy_since: datetime | None = None
+        # When we last saw each heartbeat and the lease change, on our own clock: hosts'
+        # clocks need not agree (liveness.py).
+        self.hearts = Watch()
+        self.lease_watch = Watch()
         structlog.contextvars.bind_contextvars(master_id=self.id)
 
     def tick(self, now: datetime) -> None:
         if self.healthy_since is None:
             self.healthy_since = now
-        if not self._lead(now):
+        leading = self._lead(now)
+        workers = self._observe_workers(now)  # standbys too: a new leader knows who lives
+        if not leading:
             return
         if not self.synced:
             created = QueueAdmin(self.settings, lambda: self.store, lambda: self.sqs).sync()
             for queue in created:
                 log.info("queue.synced_to_sqs", queue=queue.name)
             self.synced = True
-        live = self._reap_dead_workers(now)
+        live = self._reap_dead_workers(now, workers)
         self._sweep_orphans(now)
         self._assign(now, live)
 
@@ -110,7 +117,7 @@ class Master:
             every = ttl / 3 if self.leading else min(ttl / 3, self.settings.master_interval)
             self.next_renewal = now + timedelta(seconds=every)
             try:
-                held = self.store.hold_lease(self.id, now, ttl)
+                held = self._hold_lease(now, ttl)
             except OrchestratorError as exc:
                 held = self.leading  # keep leading until the lease may have expired
                 renewal_failed = exc
@@ -130,6 +137,20 @@ class Master:
             # cycle that works says MongoDB is back.
             raise renewal_failed
         return self.leading
+
+    def _hold_lease(self, now: datetime, ttl: float) -> bool:
+        """Renew our lease, or take one whose holder stopped renewing it: we judge that by
+        how long we saw it unchanged, on our clock, never by the time written in it."""
+        expires = now + timedelta(seconds=ttl)  # for people reading it; nobody compares it
+        if self.store.renew_lease(self.id, expires):
+            return True
+        lease = self.store.lease()
+        if lease is None:
+            return self.store.create_lease(self.id, expires)
+        self.lease_watch.observe("master", (lease["holder"], lease.get("version")), now)
+        if self.lease_watch.silent("master", now) < ttl:
+            return False  # renewed within a TTL: its holder lives
+        return self.store.take_lease(self.id, lease["holder"], lease.get("version"), expires)
 
     def health(self, store: Store) -> dict[str, Any]:
         """For GET /health (from an API thread): is the loop turning, does this master
@@ -167,13 +188,29 @@ class Master:
         """A tick failed: MongoDB or SQS could not be reached."""
         self.healthy_since = None
 
-    def _reap_dead_workers(self, now: datetime) -> list[WorkerRecord]:
-        """Forget workers silent for WORKER_TIMEOUT; free their queues. Returns the live ones."""
-        timeout = timedelta(seconds=self.settings.worker_timeout)
-        watched_long_enough = self.healthy_since is not None and now - self.healthy_since >= timeout
+    def _observe_workers(self, now: datetime) -> list[WorkerRecord]:
+        """Note, on our clock, whose heartbeat changed since the last look."""
+        workers = self.store.workers()
+        for worker in workers:
+            self.hearts.observe(worker.id, worker.heartbeat_at, now)
+        self.hearts.keep_only(w.id for w in workers)
+        return workers
+
+    def _alive(self, worker: WorkerRecord, now: datetime) -> bool:
+        """Known to be alive: its heartbeat changed while we watched, within WORKER_TIMEOUT
+        (a worker a killed daemon left behind is seen, but never seen to beat)."""
+        return (self.hearts.seen[worker.id].changed
+                and self.hearts.silent(worker.id, now) <= self.settings.worker_timeout)  # fmt: skip
+
+    def _reap_dead_workers(self, now: datetime, workers: list[WorkerRecord]) -> list[WorkerRecord]:
+        """Forget workers whose heartbeat we saw unchanged for WORKER_TIMEOUT; free their
+        queues. Returns the others."""
+        timeout = self.settings.worker_timeout
+        watched = (now - self.healthy_since).total_seconds() if self.healthy_since else 0.0
+        watched_long_enough = watched >= timeout
         live = []
-        for worker in self.store.workers():
-            if worker.heartbeat_at >= now - timeout or not watched_long_enough:
+        for worker in workers:
+            if self.hearts.silent(worker.id, now) <= timeout or not watched_long_enough:
                 live.append(worker)
                 continue
             # The worker document last: a crash part-way leaves it for the next cycle.
@@ -201,8 +238,7 @@ class Master:
         loads = Counter(a.worker for a in assignments)
         # Only workers known to be alive: one that has not been watched for long enough
         # to be judged dead (a fresh master) is not reaped yet, but gets nothing either.
-        fresh = now - timedelta(seconds=self.settings.worker_timeout)
-        workers = {w.id: w for w in live if w.status == "active" and w.heartbeat_at >= fresh}
+        workers = {w.id: w for w in live if w.status == "active" and self._alive(w, now)}
         capacity = sum(max(w.max_load - loads[w.id], 0) for w in workers.values())
         if capacity <= 0:
             return  # nobody could take a queue: do not even look (the checks stay due)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
 import pymongo
@@ -439,20 +439,38 @@ class Store:
     # --- leader lease --------------------------------------------------------
 
     @translated
-    def hold_lease(self, holder: str, now: datetime, ttl: float) -> bool:
-        """Take or renew the master lease; True while `holder` leads."""
-        expires = now + timedelta(seconds=ttl)
+    def renew_lease(self, holder: str, expires: datetime) -> bool:
+        """Renew the master lease if `holder` holds it. Every renewal changes `version`:
+        other masters judge the holder alive by seeing it change (master.py)."""
         result = self._db[LEASES].update_one(
-            {"_id": "master", "$or": [{"holder": holder}, {"expiresAt": {"$lt": now}}]},
-            {"$set": {"holder": holder, "expiresAt": expires}},
+            {"_id": "master", "holder": holder},
+            {"$set": {"expiresAt": expires}, "$inc": {"version": 1}},
         )
-        if result.matched_count == 1:
-            return True
+        return result.matched_count == 1
+
+    @translated
+    def create_lease(self, holder: str, expires: datetime) -> bool:
+        """Take the lease when nobody holds one; False if somebody else was first."""
         try:
-            self._db[LEASES].insert_one({"_id": "master", "holder": holder, "expiresAt": expires})
+            self._db[LEASES].insert_one(
+                {"_id": "master", "holder": holder, "version": 1, "expiresAt": expires}
+            )
         except DuplicateKeyError:
-            return False  # somebody else holds a lease that has not expired
+            return False
         return True
+
+    @translated
+    def take_lease(
+        self, holder: str, was_holder: str, was_version: int | None, expires: datetime
+    ) -> bool:
+        """Take over the lease from a holder that stopped renewing it, if it is still as
+        we saw it (holder and version): of two masters taking it at once, one wins."""
+        version: Any = was_version if was_version is not None else {"$exists": False}
+        result = self._db[LEASES].update_one(
+            {"_id": "master", "holder": was_holder, "version": version},
+            {"$set": {"holder": holder, "expiresAt": expires, "version": (was_version or 0) + 1}},
+        )
+        return result.matched_count == 1
 
     @translated
     def drop_lease(self, holder: str) -> None:

@@ -29,6 +29,17 @@ def worker(
     store.register_worker(WorkerRecord(id_, "h", 1, beat, beat, max_load))
 
 
+def known_alive(master: Master, now: datetime, ages: dict[str, float], max_load: int = 5) -> None:
+    """Register workers (id → heartbeat age at `now`) and let `master` see each of them
+    beat once: a master assigns only to workers it has seen beating (not by comparing
+    their clocks with its own)."""
+    for id_, age in ages.items():
+        worker(master.store, id_, age + 0.001, max_load, at=now)
+    master.tick(now)  # first sight: present, not yet known to be alive
+    for id_, age in ages.items():
+        worker(master.store, id_, age, max_load, at=now)
+
+
 def test_assigns_non_empty_queues_to_the_least_loaded_worker(
     settings: Settings, store: Store, sqs: Sqs
 ) -> None:
@@ -37,10 +48,10 @@ def test_assigns_non_empty_queues_to_the_least_loaded_worker(
         admin.create(name)
     admin.send("full1", 3)
     admin.send("full2", 3)
-    worker(store, "w-old", age=1)
-    worker(store, "w-new")
     master = Master(settings, store, sqs)
-    master.tick(utcnow())
+    now = utcnow()
+    known_alive(master, now, {"w-old": 1, "w-new": 0})
+    master.tick(now)
     placed = {a.queue_name: a.worker for a in store.assignments()}
     # Ties go to the oldest heartbeat, then loads even out.
     assert placed == {"full1": "w-old", "full2": "w-new"}
@@ -56,6 +67,7 @@ def test_empty_queue_is_checked_less_and_less_often(
     url = admin.create("idle").queue_url
     master = Master(settings, store, sqs)
     now = utcnow()
+    known_alive(master, now, {"w": 0.5})
     delays = []
     for _ in range(5):
         worker(store, "w", at=now)  # alive at the simulated time
@@ -94,8 +106,9 @@ def test_paused_queues_and_full_workers_get_nothing(
         admin.create(name)
         admin.send(name, 1)
     admin.set_paused("p", True)
-    worker(store, "small", max_load=1)
-    Master(settings, store, sqs).tick(utcnow())
+    master, now = Master(settings, store, sqs), utcnow()
+    known_alive(master, now, {"small": 0}, max_load=1)
+    master.tick(now)
     assert [a.queue_name for a in store.assignments()] == ["a"]  # b waits for capacity
 
 
@@ -107,12 +120,13 @@ def test_dead_worker_is_reaped_and_its_queue_reassigned(
     admin.send("q", 1)
     now = utcnow()
     worker(store, "dead", at=now)
+    worker(store, "alive", at=now)
     job_id = store.assign(queue, "dead", now)
     master = Master(settings, store, sqs)
     master.tick(now)  # a new master first watches for WORKER_TIMEOUT before judging
-    assert {w.id for w in store.workers()} == {"dead"}
+    assert {w.id for w in store.workers()} == {"dead", "alive"}
     later = now + timedelta(seconds=settings.worker_timeout + 1)
-    worker(store, "alive", at=later)
+    worker(store, "alive", at=later)  # it beat; "dead" did not
     master.tick(later)
     assert [w.id for w in store.workers()] == ["alive"]
     old = store.job(job_id or "")
@@ -150,6 +164,7 @@ def test_only_the_lease_holder_assigns(settings: Settings, store: Store, sqs: Sq
     standby.tick(now)
     assert store.assignments() == [] and not standby.leading
     leader.resign()
+    worker(store, "w")  # a heartbeat the standby sees
     standby.tick(now + timedelta(seconds=settings.lease_ttl / 3))  # its next renewal
     assert standby.leading and len(store.assignments()) == 1
 
@@ -160,7 +175,8 @@ def test_leader_steps_down_when_another_took_the_expired_lease(
     master = Master(settings, store, sqs)
     now = utcnow()
     assert master._lead(now)
-    store.hold_lease("usurper", now + timedelta(seconds=settings.lease_ttl + 1), settings.lease_ttl)
+    store.drop_lease(master.id)  # its lease expired and another master took it
+    store.create_lease("usurper", now + timedelta(seconds=settings.lease_ttl * 2))
     assert not master._lead(now + timedelta(seconds=settings.lease_ttl + 1))
 
 
@@ -191,6 +207,7 @@ def test_a_queue_whose_job_failed_is_retried_with_backoff(
     admin.send("bad", 1)
     master = Master(settings, store, sqs)
     now = utcnow()
+    known_alive(master, now, {"w": 0.5})
     waits = []
     for _ in range(3):
         worker(store, "w", at=now)
@@ -252,5 +269,8 @@ def test_a_fresh_master_assigns_nothing_to_a_worker_already_silent_too_long(
     master.tick(utcnow())
     assert store.assignments() == []
     worker(store, "w-live")
+    master.tick(utcnow())
+    assert store.assignments() == []  # present, but not yet seen to beat
+    worker(store, "w-live")  # a heartbeat
     master.tick(utcnow())
     assert [a.worker for a in store.assignments()] == ["w-live"]

@@ -75,14 +75,25 @@ def test_worker_heartbeat_keeps_types_and_reports_absence(store: Store) -> None:
     assert store.heartbeat("h:1:a", later, [], "active") is False
 
 
-def test_lease_has_one_holder_until_it_expires(store: Store) -> None:
-    now = utcnow()
-    assert store.hold_lease("m1", now, 10) is True
-    assert store.hold_lease("m2", now, 10) is False
-    assert store.hold_lease("m1", now + timedelta(seconds=5), 10) is True  # renewal
-    assert store.hold_lease("m2", now + timedelta(seconds=14), 10) is False
-    assert store.hold_lease("m2", now + timedelta(seconds=16), 10) is True  # expired: taken
+def test_lease_has_one_holder_and_changes_with_every_renewal(store: Store) -> None:
+    expires = utcnow() + timedelta(seconds=10)
+    assert store.create_lease("m1", expires) is True
+    assert store.create_lease("m2", expires) is False  # one holder
+    assert store.renew_lease("m2", expires) is False
+    assert store.renew_lease("m1", expires) is True
+    lease = store.lease() or {}
+    assert (lease["holder"], lease["version"]) == ("m1", 2)  # what standbys watch change
+    assert store.take_lease("m2", "m1", 1, expires) is False  # not as m2 last saw it
+    assert store.take_lease("m2", "m1", 2, expires) is True
+    assert store.take_lease("m3", "m1", 2, expires) is False  # of two takers, one wins
+    assert store.renew_lease("m1", expires) is False
     store.drop_lease("m1")  # not the holder: no effect
     assert (store.lease() or {})["holder"] == "m2"
     store.drop_lease("m2")
     assert store.lease() is None
+
+
+def test_a_lease_written_before_versions_can_be_taken_over(store: Store) -> None:
+    store._db["leases"].insert_one({"_id": "master", "holder": "old", "expiresAt": utcnow()})
+    assert store.take_lease("new", "old", None, utcnow()) is True
+    assert (store.lease() or {})["holder"] == "new"
