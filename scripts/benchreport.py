@@ -70,10 +70,12 @@ ROWS: list[tuple[str, str, Callable[[dict[str, Any]], Any], str, Callable[[Any],
      lambda r: f'{r["api_queues_cold_s"]} / {r["api_queues_warm_s"]}', "", lambda v: True),
     ("api", "GET /metrics, 1,000 queues (depths fetched / cached), s",
      lambda r: f'{r["metrics_cold_s"]} / {r["metrics_warm_s"]}', "", lambda v: True),
-    ("chaos", "run length, min / kills (consumer, worker, master)",
-     lambda r: f'{r["minutes"]} / {r["kills"]} ({r["kills_by_role"]["consumer"]}, '
-               f'{r["kills_by_role"]["worker"]}, {r["kills_by_role"]["master"]})',
-     ">= 10 / >= 20", lambda v: float(v.split(" / ")[0]) >= 10
+    ("chaos", "run length, min / faults (kills of consumer, worker, master; MongoDB and SQS "
+     "stopped; partitions)",
+     lambda r: f'{r["minutes"]} / {r["faults"]} (' + ", ".join(
+         str(r["faults_by_kind"][k]) for k in ("consumer", "worker", "master", "mongodb-stop",
+                                               "sqs-stop", "partition")) + f'; {r["hosts"]})',
+     ">= 30 / >= 20", lambda v: float(v.split(" / ")[0]) >= 30
      and int(v.split(" / ")[1].split(" ")[0]) >= 20),
     ("chaos", "messages sent / distinct handled", lambda r: f'{r["sent"]} / {r["distinct_handled"]}',
      "", lambda v: True),

@@ -1,36 +1,110 @@
 #!/usr/bin/env python3
-"""Chaos: SIGKILL random consumers, workers and masters under load; count what was lost.
+"""Chaos: faults of every kind under load; count what was lost.
 
     .venv/bin/python scripts/chaos.py [--minutes 10] [--kill-every 20] [--queues 6]
 
 Two daemons run (MW with 2 workers, and W with 2 workers), so there are two
-masters (one leading) and four workers; killed masters and workers are
-restarted by their supervisor, killed consumers by their worker. Senders keep
-every queue busy. At the end the senders stop, the daemons drain the queues,
-and the script reports messages sent, distinct handled, lost, duplicates and
-the longest time any non-empty queue went unserved. Exit status 1 if any
-message was lost (2 if the run could not be made).
+masters (one leading) and four workers. Every --kill-every seconds one fault:
+SIGKILL of a consumer, a worker or a master (restarted by their worker or
+supervisor), MongoDB or SQS stopped for 8 s (SIGSTOP, then SIGCONT), and, as
+root, a partition: a daemon's host cut from MongoDB or from SQS for 10 s. As
+root every server and daemon runs on a host of its own (network namespaces,
+tests/faults/net.py); otherwise locally, without partitions. Senders keep every
+queue busy. At the end the senders stop, the daemons drain the queues, and the
+script reports messages sent, distinct handled, lost, duplicates, the longest
+time any non-empty queue went unserved and the faults by kind. Exit status 1 if
+any message was lost (2 if the run could not be made).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
+import os
 import random
 import shlex
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
-from benchlib import Bench, save, sqs_kind, wait_for
+from benchlib import ORCHESTRATOR, REPO, Bench, save, sqs_kind, stop_tree, wait_for
+
+from orchestrator import config
+from orchestrator.queues import QueueAdmin
+from orchestrator.sqs import Sqs
+from orchestrator.store import Store
 
 STAMP = "benchhandlers:stamp"
+FREEZE_SECONDS = 8.0  # a server stopped (SIGSTOP) this long
+PARTITION_SECONDS = 10.0  # a link cut this long
+
+
+@dataclasses.dataclass
+class HostsBench(Bench):
+    """A Bench whose servers and daemons each run on a host of their own (network
+    namespaces, as root), so that links between them can be cut."""
+
+    def __post_init__(self) -> None:
+        from tests.faults.net import Net, serve
+
+        self.net = Net()
+        self.net.build()
+        self.servers = serve(self.net, self.root / "data", self.root)
+        keep = {k: v for k, v in os.environ.items() if k not in config.setting_keys()}
+        self.environ = {
+            **keep, "ORCHESTRATOR_CONFIG_DIR": str(REPO / "env"),
+            "ORCHESTRATOR_ENV": "development", "DATA_DIR": str(self.root / "daemon"),
+            "MONGODB_URI": self.servers.mongodb_uri,
+            "AWS_SQS_ENDPOINT": self.servers.sqs_endpoint, "MONGODB_NAME": "bench",
+            "LOG_FORMAT": "json", "LOG_LEVEL": "WARNING",
+            "PYTHONPATH": f"{REPO / 'scripts'}:{REPO}", "RECORD_DIR": str(self.root / "records"),
+            **self.overrides,
+        }  # fmt: skip
+        (self.root / "records").mkdir(exist_ok=True)
+        self.settings = config.load(environ=self.environ)
+        self.store = Store(self.servers.mongodb_uri, "bench", job_ttl_days=1)
+        self.store.ensure_indexes()
+        # Short timeouts: this script's own calls must not hang while SQS is stopped.
+        self.sqs = Sqs(self.servers.sqs_endpoint, "us-east-1", "test", "test",
+                       read_timeout=5, attempts=2)  # fmt: skip
+        self.admin = QueueAdmin(self.settings, lambda: self.store, lambda: self.sqs)
+        self.hosts: list[str] = []
+
+    def close(self) -> None:
+        self.net.destroy()
+
+    @contextlib.contextmanager
+    def daemon(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> Iterator[subprocess.Popen[bytes]]:
+        host = f"d{len(self.hosts)}"
+        self.net.add(host)
+        self.hosts.append(host)
+        log = self.root / f"{host}.log"
+        proc = self.net.popen(host, [ORCHESTRATOR, "run", *args],
+                              {**self.environ, **(env or {})}, log)  # fmt: skip
+        try:
+            yield proc
+        finally:
+            stop_tree(proc)
+
+    def server_pids(self) -> dict[str, int]:
+        return {"mongodb": self.servers.mongodb_pid, "sqs": self.servers.sqs_pid}
+
+
+def local_server_pids(bench: Bench) -> dict[str, int]:
+    records = json.loads((bench.settings.data_path / "services.json").read_text())
+    return {role: int(records[role]["pid"]) for role in ("mongodb", "sqs")}
 
 
 def roles(daemon_pid: int) -> dict[str, list[int]]:
@@ -58,8 +132,14 @@ def main() -> int:
     command = "python scripts/chaos.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     with tempfile.TemporaryDirectory(prefix="orchestrator-chaos-") as tmp:
         # Short failure timers so that kills are noticed within the run, not the defaults.
-        bench = Bench(Path(tmp), kind, {"WORKER_TIMEOUT": "5", "LEASE_TTL": "5",
-                                        "HEARTBEAT_INTERVAL": "1", "SHUTDOWN_GRACE": "10"})  # fmt: skip
+        overrides = {"WORKER_TIMEOUT": "5", "LEASE_TTL": "5", "HEARTBEAT_INTERVAL": "1",
+                     "SHUTDOWN_GRACE": "10"}  # fmt: skip
+        from tests.faults.net import why_not_available
+
+        hosts = why_not_available() is None
+        bench: Bench = (HostsBench(Path(tmp), "embedded", overrides) if hosts
+                        else Bench(Path(tmp), kind, overrides))  # fmt: skip
+        kind = "embedded" if hosts else kind
         try:
             return run(bench, args, rng, command, kind)
         finally:
@@ -105,13 +185,16 @@ def run(bench: Bench, args: argparse.Namespace, rng: random.Random, command: str
             for rec in bench.new_records():
                 last_seen[rec["queue"]] = max(last_seen.get(rec["queue"], 0), rec["start"])
             for name, url in urls.items():
-                d = bench.sqs.depth(url)
+                try:
+                    d = bench.sqs.depth(url)
+                except Exception:  # SQS stopped or cut: this is what is being tested
+                    continue
                 if d.visible > 0:
                     longest = max(longest, now - last_seen.get(name, now))
             if time.monotonic() >= next_kill:
                 next_kill += args.kill_every
-                kills.append(kill_one(rng, a.pid, b.pid))
-                print(f"kill {len(kills)}: {kills[-1]}", flush=True)
+                kills.append(inject(rng, bench, a.pid, b.pid))
+                print(f"fault {len(kills)}: {kills[-1]}", flush=True)
         stop.set()
         for t in senders:
             t.join()
@@ -127,10 +210,9 @@ def run(bench: Bench, args: argparse.Namespace, rng: random.Random, command: str
     result = {
         "minutes": args.minutes,
         "queues": args.queues,
-        "kills": len(kills),
-        "kills_by_role": {
-            r: sum(1 for k in kills if k["role"] == r) for r in ("consumer", "worker", "master")
-        },
+        "faults": len(kills),
+        "faults_by_kind": {kind_: sum(1 for k in kills if k["role"] == kind_) for kind_ in FAULTS},
+        "hosts": "network namespaces" if isinstance(bench, HostsBench) else "one host",
         "sent": len(expected),
         "distinct_handled": len(set(handled) & expected),
         "lost": len(lost),
@@ -144,6 +226,30 @@ def run(bench: Bench, args: argparse.Namespace, rng: random.Random, command: str
 
     render()
     return 1 if lost else 0
+
+
+FAULTS = ("consumer", "worker", "master", "mongodb-stop", "sqs-stop", "partition")
+
+
+def inject(rng: random.Random, bench: Bench, *daemons: int) -> dict[str, Any]:
+    """One fault: a kill (half the time), a server stopped, or (on hosts) a partition."""
+    kinds = ["kill", "kill", "kill", "mongodb-stop", "sqs-stop"]
+    if isinstance(bench, HostsBench):
+        kinds += ["partition", "partition"]
+    kind = rng.choice(kinds)
+    if kind == "kill":
+        return kill_one(rng, *daemons)
+    if kind == "partition":
+        assert isinstance(bench, HostsBench)
+        host, server = rng.choice(bench.hosts), rng.choice(["mongo", "sqs"])
+        bench.net.cut(host, server)
+        threading.Timer(PARTITION_SECONDS, bench.net.heal, (host, server)).start()
+        return {"role": "partition", "cut": f"{host}-{server}", "at": round(time.time(), 1)}
+    pids = bench.server_pids() if isinstance(bench, HostsBench) else local_server_pids(bench)
+    pid = pids[kind.split("-")[0]]
+    os.kill(pid, signal.SIGSTOP)
+    threading.Timer(FREEZE_SECONDS, os.kill, (pid, signal.SIGCONT)).start()
+    return {"role": kind, "pid": pid, "at": round(time.time(), 1)}
 
 
 def kill_one(rng: random.Random, *daemons: int) -> dict[str, Any]:

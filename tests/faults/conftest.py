@@ -4,12 +4,9 @@ queue, body, host, pid, start and end)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import socket
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +19,8 @@ from orchestrator.queues import QueueAdmin
 from orchestrator.sqs import Sqs
 from orchestrator.store import Store
 from tests.conftest import ORCHESTRATOR, REPO, base_environ
-from tests.faults.net import Net, why_not_available
+from tests.faults.net import Net, serve, why_not_available
 from tests.process.conftest import Daemon, records, wait_for
-
-MONGODB_PORT, SQS_PORT = 27017, 4566
 
 _MISSING = why_not_available()
 _NO_FAKETIME = None if shutil.which("faketime") else "Debian's faketime is not installed"
@@ -40,12 +35,6 @@ def _tools(request: pytest.FixtureRequest) -> None:
         pytest.fail(f"ORCHESTRATOR_REQUIRE_FAULTS=1, but {missing}")
     if missing:
         pytest.skip(str(missing))
-
-
-def _answers(address: str, port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((address, port), timeout=0.5):
-        return True
-    return False
 
 
 @dataclass
@@ -87,29 +76,17 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     net = Net()
     try:
         net.build()
-        mongo, sqs_host = net.add("mongo"), net.add("sqs")
-        data = tmp_path / "data"
-        data.mkdir()
-        net.popen("mongo", [sys.executable, "-m", "orchestrator.nxserver", str(data / "db"),
-                            "--host", mongo.address, "--port", str(MONGODB_PORT),
-                            "--pid-file", str(data / "nx.pid"), "--log-file",
-                            str(data / "nx.log")], {}, tmp_path / "mongo.log")  # fmt: skip
-        net.popen("sqs", [sys.executable, "-m", "moto.server", "-H", sqs_host.address,
-                          "-p", str(SQS_PORT)], {}, tmp_path / "sqs.log")  # fmt: skip
-        wait_for(lambda: _answers(mongo.address, MONGODB_PORT), 20, "MongoDB to listen")
-        wait_for(lambda: _answers(sqs_host.address, SQS_PORT), 20, "SQS to listen")
-        mongodb_uri = f"mongodb://{mongo.address}:{MONGODB_PORT}"
-        sqs_endpoint = f"http://{sqs_host.address}:{SQS_PORT}"
+        servers = serve(net, tmp_path / "data", tmp_path)
         record_dir = tmp_path / "records"
         record_dir.mkdir()
-        env = base_environ(tmp_path / "daemon", MONGODB_URI=mongodb_uri,
-                           AWS_SQS_ENDPOINT=sqs_endpoint, MONGODB_NAME="faults",
+        env = base_environ(tmp_path / "daemon", MONGODB_URI=servers.mongodb_uri,
+                           AWS_SQS_ENDPOINT=servers.sqs_endpoint, MONGODB_NAME="faults",
                            RECORD_DIR=str(record_dir), PYTHONPATH=str(REPO),
                            LOG_FORMAT="json", LOG_LEVEL="INFO")  # fmt: skip
         settings = config.load(environ=env)
-        store = Store(mongodb_uri, "faults", job_ttl_days=1, timeout_ms=2000)
+        store = Store(servers.mongodb_uri, "faults", job_ttl_days=1, timeout_ms=2000)
         store.ensure_indexes()
-        sqs = Sqs(sqs_endpoint, "us-east-1", "test", "test")
+        sqs = Sqs(servers.sqs_endpoint, "us-east-1", "test", "test")
         admin = QueueAdmin(settings, lambda: store, lambda: sqs)
         yield Cluster(net, tmp_path, env, store, sqs, admin, record_dir)
     finally:

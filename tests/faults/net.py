@@ -18,12 +18,16 @@ import contextlib
 import os
 import secrets
 import shutil
+import socket
 import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 SUBNET = "10.213.0"
 ROOT_ADDRESS = f"{SUBNET}.254"
+MONGODB_PORT, SQS_PORT = 27017, 4566
 
 
 def why_not_available() -> str | None:
@@ -135,3 +139,37 @@ class Net:
             subprocess.run(["ip", "netns", "del", host.ns], capture_output=True)
         subprocess.run(["ip", "link", "del", f"orc{self.tag}r"], capture_output=True)
         subprocess.run(["ip", "netns", "del", self.hub], capture_output=True)
+
+
+@dataclass
+class Servers:
+    mongodb_uri: str
+    sqs_endpoint: str
+    mongodb_pid: int
+    sqs_pid: int
+
+
+def serve(net: Net, data: Path, logs: Path) -> Servers:
+    """MongoDB (nx-27017) on host "mongo" and SQS (moto) on host "sqs", ready."""
+    mongo, sqs = net.add("mongo"), net.add("sqs")
+    data.mkdir(parents=True, exist_ok=True)
+    nx = net.popen("mongo", [sys.executable, "-m", "orchestrator.nxserver", str(data / "db"),
+                             "--host", mongo.address, "--port", str(MONGODB_PORT),
+                             "--pid-file", str(data / "nx.pid"), "--log-file",
+                             str(data / "nx.log")], {}, logs / "mongo.log")  # fmt: skip
+    moto = net.popen("sqs", [sys.executable, "-m", "moto.server", "-H", sqs.address,
+                             "-p", str(SQS_PORT)], {}, logs / "sqs.log")  # fmt: skip
+    for address, port in ((mongo.address, MONGODB_PORT), (sqs.address, SQS_PORT)):
+        deadline = time.monotonic() + 20
+        while not _answers(address, port):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nothing listens on {address}:{port} after 20 s")
+            time.sleep(0.05)
+    return Servers(f"mongodb://{mongo.address}:{MONGODB_PORT}",
+                   f"http://{sqs.address}:{SQS_PORT}", nx.pid, moto.pid)  # fmt: skip
+
+
+def _answers(address: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((address, port), timeout=0.5):
+        return True
+    return False

@@ -76,18 +76,18 @@ def running_on_after(cluster: Cluster, queue: str, host: str, after: float) -> b
 def test_a_worker_cut_from_sqs_backs_off_heartbeats_on_and_resumes(cluster: Cluster) -> None:
     master = cluster.start("m1", "M")
     w1 = cluster.start("w1", "W")
-    busy_queue(cluster, "b", 300)
+    busy_queue(cluster, "b", 200)
     wait_for(lambda: running_on(cluster, "b", "w1"), 60, "w1 to run the queue")
 
     cut = time.time()
     cluster.net.cut("w1", "sqs")
     wait_for(lambda: [e for e in w1.events("service.unavailable") if e.get("role") == "consumer"],
              20, "the consumer to report SQS unavailable")  # fmt: skip
-    holds_for(lambda: not master.events("worker.dead"), 15, "w1 is not judged dead")
+    holds_for(lambda: not master.events("worker.dead"), 10, "w1 is not judged dead")  # 2 x 5 s
     cluster.net.heal("w1", "sqs")
     healed = time.time()
 
-    check_ledger(cluster, {"b": 300}, cut, healed)
+    check_ledger(cluster, {"b": 200}, cut, healed)
     assert not w1.events("worker.fenced") and not w1.events("consumer.stalled")
 
 
@@ -143,7 +143,7 @@ def test_the_leader_cut_from_sqs_keeps_the_lead_and_its_queues_run(cluster: Clus
 def test_a_worker_host_isolated_for_30_s(cluster: Cluster) -> None:
     master = cluster.start("m1", "M")
     w1 = cluster.start("w1", "W")
-    busy_queue(cluster, "g", 600)
+    busy_queue(cluster, "g", 450)
     wait_for(lambda: running_on(cluster, "g", "w1"), 60, "w1 to run the queue")
     cluster.start("w2", "W")
 
@@ -155,13 +155,13 @@ def test_a_worker_host_isolated_for_30_s(cluster: Cluster) -> None:
     cluster.net.rejoin("w1")
     healed = time.time()
     wait_for(lambda: w1.events("worker.declared_dead"), 30, "w1 to learn it was replaced")
-    check_ledger(cluster, {"g": 600}, cut, healed)
+    check_ledger(cluster, {"g": 450}, cut, healed)
 
 
 def test_the_mongodb_host_isolated_for_30_s(cluster: Cluster) -> None:
     cluster.start("m1", "M")
     w1 = cluster.start("w1", "W")
-    busy_queue(cluster, "h", 400)
+    busy_queue(cluster, "h", 250)
     wait_for(lambda: running_on(cluster, "h", "w1"), 60, "the queue to run")
 
     cut = time.time()
@@ -171,7 +171,7 @@ def test_the_mongodb_host_isolated_for_30_s(cluster: Cluster) -> None:
     cluster.net.rejoin("mongo")
     healed = time.time()
     wait_for(lambda: running_on_after(cluster, "h", "w1", healed), 60, "work to resume")
-    check_ledger(cluster, {"h": 400}, cut, healed)
+    check_ledger(cluster, {"h": 250}, cut, healed)
 
 
 def _ts(event: dict[str, object]) -> float:
