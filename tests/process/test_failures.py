@@ -58,8 +58,8 @@ def test_sigkill_of_a_worker_and_its_consumers_loses_nothing(
     admin: QueueAdmin, store: Store, record_dir: Path, start_daemon: Callable[..., Daemon]
 ) -> None:
     names = ["k1", "k2", "k3"]
-    for name in names:
-        admin.create(name, handler=SLOW, concurrency=2)
+    for name in names:  # the killed ones' messages are back within 5 s
+        admin.create(name, handler=SLOW, concurrency=2, visibility_timeout=5)
         admin.send(name, 80)
     start_daemon("--mode", "MW", "--workers", "2")
     busy = wait_for(lambda: len(records(record_dir)) >= 20 and busy_consumers(store), 60,
@@ -81,7 +81,7 @@ def test_sigkill_of_a_worker_and_its_consumers_loses_nothing(
 def test_sigkill_of_a_consumer_fails_its_job_and_a_replacement_drains(
     admin: QueueAdmin, store: Store, record_dir: Path, start_daemon: Callable[..., Daemon]
 ) -> None:
-    admin.create("c", handler=SLOW, concurrency=2)
+    admin.create("c", handler=SLOW, concurrency=2, visibility_timeout=5)
     admin.send("c", 80)
     start_daemon("--mode", "MW")
     [(_, _, consumer_pid)] = wait_for(
