@@ -106,8 +106,8 @@ class Worker:
         the time this worker must fence itself, whatever they wait for.
         """
         self._fence_if_silent(mono)
-        fence_at = self.last_heartbeat + self.settings.worker_timeout * FENCE_FRACTION
-        bound = contextlib.nullcontext() if self.fenced else self.store.deadline(fence_at - mono)
+        bound = (contextlib.nullcontext() if self.fenced
+                 else self.store.deadline(self._fence_at() - mono))  # fmt: skip
         with bound:
             self._steps(mono)
         self._fence_if_silent(mono)
@@ -169,11 +169,15 @@ class Worker:
             self._stop_busy("released")
             self.register()
 
+    def _fence_at(self) -> float:
+        """When, without another heartbeat, this worker must fence itself."""
+        return self.last_heartbeat + self.settings.worker_timeout * FENCE_FRACTION
+
     def _fence_if_silent(self, mono: float) -> None:
         """Without heartbeats a master will soon give our queues to others: stop first,
         so that two consumers never run one queue."""
         silent = mono - self.last_heartbeat
-        if not self.fenced and silent > self.settings.worker_timeout * FENCE_FRACTION:
+        if not self.fenced and mono > self._fence_at():
             log.warning("worker.fenced", silent_seconds=round(silent, 1))
             self.fenced = True
             self._stop_busy("fenced")

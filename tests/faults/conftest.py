@@ -9,6 +9,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +155,8 @@ def check_ledger(cluster: Cluster, sent: dict[str, int], fault_start: float,
 
 def _seq(rec: dict[str, Any]) -> int:
     return int(json.loads(rec["body"])["seq"])
+
+
+def event_time(event: dict[str, Any], offset: float = 0) -> float:
+    """When a log event happened, in true time (its host's clock was `offset` s off)."""
+    return datetime.fromisoformat(str(event["timestamp"])).timestamp() - offset

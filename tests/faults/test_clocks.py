@@ -9,11 +9,10 @@ WORKER_TIMEOUT + 2 s. Test settings: WORKER_TIMEOUT 5 s, LEASE_TTL 4 s.
 from __future__ import annotations
 
 import time
-from datetime import datetime
 
 import pytest
 
-from tests.faults.conftest import Cluster, lost
+from tests.faults.conftest import Cluster, event_time, lost
 from tests.process.conftest import holds_for, wait_for
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.faults, pytest.mark.faketime]
@@ -23,11 +22,6 @@ pytestmark = [pytest.mark.timeout(240), pytest.mark.faults, pytest.mark.faketime
 
 def skewed(seconds: int) -> tuple[str, ...]:
     return ("faketime", "-f", f"{seconds:+d}s")
-
-
-def _ts(event: dict[str, object], offset: float = 0) -> float:
-    """When the event happened, in true time (its host's clock was `offset` off)."""
-    return datetime.fromisoformat(str(event["timestamp"])).timestamp() - offset
 
 
 @pytest.mark.parametrize("worker_offset", [-20, 20])
@@ -48,7 +42,7 @@ def test_clocks_20_s_off_judge_nobody_wrongly(cluster: Cluster, worker_offset: i
     cluster.daemons["m1"].kill_tree()
     killed = time.time()
     [took] = wait_for(lambda: m2.events("master.leading"), 15, "the standby to lead")
-    lead_after = _ts(took, standby_offset) - killed
+    lead_after = event_time(took, standby_offset) - killed
     assert lead_after <= 4 + 2, f"the standby led {lead_after:.1f} s after the kill (TTL 4)"
 
     cluster.admin.create("k2", handler="tests.handlers:slow_record")
@@ -59,5 +53,5 @@ def test_clocks_20_s_off_judge_nobody_wrongly(cluster: Cluster, worker_offset: i
     w1.kill_tree()
     killed = time.time()
     [dead] = wait_for(lambda: m2.events("worker.dead"), 15, "the dead worker to be found")
-    found_after = _ts(dead, standby_offset) - killed
+    found_after = event_time(dead, standby_offset) - killed
     assert found_after <= 5 + 2, f"found {found_after:.1f} s after the kill (WORKER_TIMEOUT 5)"

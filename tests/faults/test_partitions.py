@@ -9,11 +9,10 @@ never two hosts running one queue's handlers at once, nothing left open.
 from __future__ import annotations
 
 import time
-from datetime import datetime
 
 import pytest
 
-from tests.faults.conftest import Cluster, check_ledger
+from tests.faults.conftest import Cluster, check_ledger, event_time
 from tests.process.conftest import holds_for, wait_for
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.faults]
@@ -41,8 +40,10 @@ def lasts(cluster: Cluster, start: float, seconds: float) -> None:
               max(0.0, start + seconds - time.time()), "every daemon stays up")  # fmt: skip
 
 
-def running_on(cluster: Cluster, queue: str, host: str) -> bool:
-    return any(r["queue"] == queue and r["host"] == host for r in cluster.ledger())
+def running_on(cluster: Cluster, queue: str, host: str, after: float = 0.0) -> bool:
+    """Whether `host` started a handler of `queue` after `after` (wall clock)."""
+    return any(r["queue"] == queue and r["host"] == host and r["start"] > after
+               for r in cluster.ledger())  # fmt: skip
 
 
 def test_a_worker_cut_from_mongodb_fences_itself_and_its_queue_moves(cluster: Cluster) -> None:
@@ -57,7 +58,7 @@ def test_a_worker_cut_from_mongodb_fences_itself_and_its_queue_moves(cluster: Cl
     cut = time.time()
     cluster.net.cut("w1", "mongo")  # w1 still reaches SQS
     [fenced] = wait_for(lambda: w1.events("worker.fenced"), 15, "w1 to fence itself")
-    wait_for(lambda: running_on_after(cluster, "a", "w2", cut), 30, "the queue to move to w2")
+    wait_for(lambda: running_on(cluster, "a", "w2", cut), 30, "the queue to move to w2")
     cluster.net.heal("w1", "mongo")
     healed = time.time()
 
@@ -66,11 +67,6 @@ def test_a_worker_cut_from_mongodb_fences_itself_and_its_queue_moves(cluster: Cl
     assert not [r for r in cluster.ledger() if r["host"] == "w1" and r["start"] > healed + 1], \
         "w1 ran its old assignment after rejoining"
     assert fenced["silent_seconds"] <= 3.5 + 0.5
-
-
-def running_on_after(cluster: Cluster, queue: str, host: str, after: float) -> bool:
-    return any(r["queue"] == queue and r["host"] == host and r["start"] > after
-               for r in cluster.ledger())  # fmt: skip
 
 
 def test_a_worker_cut_from_sqs_backs_off_heartbeats_on_and_resumes(cluster: Cluster) -> None:
@@ -103,11 +99,11 @@ def test_the_leader_cut_from_mongodb_hands_over_within_the_lease(cluster: Cluste
     cut = time.time()
     cluster.net.cut("m1", "mongo")
     [took] = wait_for(lambda: m2.events("master.leading"), 4 + 5, "m2 to lead")
-    lead_after = _ts(took) - cut
+    lead_after = event_time(took) - cut
     assert lead_after <= 4 + 2, f"m2 led {lead_after:.1f} s after the cut (LEASE_TTL 4)"
     # m1 stopped assigning before its lease could have run out: its last assignment
     # came before the cut, and no queue was ever assigned twice (the unique index).
-    assert all(_ts(e) < cut + 4 for e in m1.events("queue.assigned"))
+    assert all(event_time(e) < cut + 4 for e in m1.events("queue.assigned"))
     busy_queue(cluster, "d", 50)  # new work is assigned by the new leader
     wait_for(lambda: m2.events("queue.assigned"), 30, "m2 to assign new work")
     cluster.net.heal("m1", "mongo")
@@ -131,7 +127,7 @@ def test_the_leader_cut_from_sqs_keeps_the_lead_and_its_queues_run(cluster: Clus
 
     cut = time.time()
     cluster.net.cut("m1", "sqs")
-    holds_for(lambda: running_on_after(cluster, "e", "w1", time.time() - 2), 10,
+    holds_for(lambda: running_on(cluster, "e", "w1", time.time() - 2), 10,
               "the assigned queue keeps running")  # fmt: skip
     assert not m2.events("master.leading") and not m1.events("master.lease_lost")
     cluster.net.heal("m1", "sqs")
@@ -150,7 +146,7 @@ def test_a_worker_host_isolated_for_30_s(cluster: Cluster) -> None:
     cut = time.time()
     cluster.net.isolate("w1")
     wait_for(lambda: master.events("worker.dead"), 15, "the master to judge w1 dead")
-    wait_for(lambda: running_on_after(cluster, "g", "w2", cut), 30, "w2 to take the queue")
+    wait_for(lambda: running_on(cluster, "g", "w2", cut), 30, "w2 to take the queue")
     lasts(cluster, cut, 30)
     cluster.net.rejoin("w1")
     healed = time.time()
@@ -170,9 +166,6 @@ def test_the_mongodb_host_isolated_for_30_s(cluster: Cluster) -> None:
     lasts(cluster, cut, 30)
     cluster.net.rejoin("mongo")
     healed = time.time()
-    wait_for(lambda: running_on_after(cluster, "h", "w1", healed), 60, "work to resume")
+    wait_for(lambda: running_on(cluster, "h", "w1", healed), 60, "work to resume")
     check_ledger(cluster, {"h": 250}, cut, healed)
 
-
-def _ts(event: dict[str, object]) -> float:
-    return datetime.fromisoformat(str(event["timestamp"])).timestamp()
