@@ -7,12 +7,12 @@ from typing import Any
 
 import click
 
-from orchestrator import embedded
-from orchestrator.config import Settings
+from orchestrator.backends.queues import QueueAdmin
+from orchestrator.backends.sqs import Sqs
+from orchestrator.backends.store import Store
+from orchestrator.config import Endpoints, Settings
+from orchestrator.embedded import servers as embedded
 from orchestrator.errors import OrchestratorError
-from orchestrator.queues import QueueAdmin
-from orchestrator.sqs import Sqs
-from orchestrator.store import Store
 
 
 class App:
@@ -22,7 +22,7 @@ class App:
         self.settings = settings
 
     @functools.cached_property
-    def endpoints(self) -> embedded.Endpoints:
+    def endpoints(self) -> Endpoints:
         # Any command that needs the servers starts the embedded ones when they are down.
         return embedded.ensure(self.settings)
 

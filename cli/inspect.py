@@ -10,7 +10,7 @@ import click
 from cli import render
 from cli.app import App
 from cli.types import StrictInt
-from orchestrator.fleet import worker_json
+from orchestrator.http.fleet import worker_json
 from orchestrator.models import JOB_STATES, utcnow
 
 pass_app = click.make_pass_decorator(App)

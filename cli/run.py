@@ -9,7 +9,7 @@ import structlog
 
 from cli.app import App
 from cli.types import StrictInt
-from orchestrator.supervisor import MODES, Supervisor
+from orchestrator.roles.supervisor import MODES, Supervisor
 
 pass_app = click.make_pass_decorator(App)
 

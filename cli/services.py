@@ -8,8 +8,9 @@ import click
 
 from cli import render
 from cli.app import App
-from orchestrator import embedded, localstack
 from orchestrator.config import redact_uri
+from orchestrator.embedded import localstack
+from orchestrator.embedded import servers as embedded
 
 pass_app = click.make_pass_decorator(App)
 

@@ -64,6 +64,15 @@ def _key(
 
 
 @dataclass(frozen=True)
+class Endpoints:
+    """Where the servers are: a MongoDB URI and an SQS endpoint URL (None means AWS),
+    from the settings or from the records of the embedded servers."""
+
+    mongodb_uri: str
+    sqs_endpoint: str | None
+
+
+@dataclass(frozen=True)
 class Settings:
     """Every setting of §7 of the design; attribute names are the keys in lower case."""
 

@@ -29,8 +29,8 @@ import benchexec
 import psutil
 from benchlib import Bench, kill_session, median, percentile, save, sqs_kind, wait_for
 
-from orchestrator.master import Master
 from orchestrator.models import WorkerRecord, utcnow
+from orchestrator.roles.master import Master
 
 NOOP = "orchestrator.handlers:noop"
 STAMP = "benchhandlers:stamp"
@@ -128,7 +128,7 @@ def _rss(supervisor_pid: int) -> dict[str, float]:
     for child in sup.children(recursive=True):
         try:
             cmd = " ".join(child.cmdline())
-            role = cmd.rsplit(" ", 1)[-1] if "orchestrator.child" in cmd else None
+            role = cmd.rsplit(" ", 1)[-1] if "orchestrator.roles.child" in cmd else None
             if role in out:
                 out[role].append(child.memory_info().rss / 2**20)
         except psutil.Error:
@@ -375,9 +375,9 @@ def _beat(bench: Bench, now: datetime) -> None:
 def api(kind: str, repeat: int, root: Path, size: int = 1000) -> dict[str, Any]:
     """GET /api/queues and /metrics through the Api (no sockets) with `size` queues and DLQs
     absent: cold (every depth fetched from SQS) and warm (depths cached for 2 s)."""
-    from orchestrator import exposition
-    from orchestrator.api import Api, Request
-    from orchestrator.fleet import Fleet
+    from orchestrator.http import exposition
+    from orchestrator.http.api import Api, Request
+    from orchestrator.http.fleet import Fleet
 
     bench = Bench(root / "api", kind)
     try:

@@ -26,11 +26,13 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from orchestrator import config, embedded, localstack  # noqa: E402
+from orchestrator import config  # noqa: E402
+from orchestrator.backends.queues import QueueAdmin  # noqa: E402
+from orchestrator.backends.sqs import Sqs  # noqa: E402
+from orchestrator.backends.store import Store  # noqa: E402
 from orchestrator.config import Settings  # noqa: E402
-from orchestrator.queues import QueueAdmin  # noqa: E402
-from orchestrator.sqs import Sqs  # noqa: E402
-from orchestrator.store import Store  # noqa: E402
+from orchestrator.embedded import localstack
+from orchestrator.embedded import servers as embedded
 
 ORCHESTRATOR = str(Path(sys.executable).parent / "orchestrator")
 INSTALLED_LOCALSTACK = REPO / ".orchestrator" / "localstack"

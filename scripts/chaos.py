@@ -40,9 +40,9 @@ import psutil
 from benchlib import ORCHESTRATOR, REPO, Bench, save, sqs_kind, stop_tree, wait_for
 
 from orchestrator import config
-from orchestrator.queues import QueueAdmin
-from orchestrator.sqs import Sqs
-from orchestrator.store import Store
+from orchestrator.backends.queues import QueueAdmin
+from orchestrator.backends.sqs import Sqs
+from orchestrator.backends.store import Store
 
 STAMP = "benchhandlers:stamp"
 FREEZE_SECONDS = 8.0  # a server stopped (SIGSTOP) this long
@@ -108,14 +108,14 @@ def local_server_pids(bench: Bench) -> dict[str, int]:
 
 
 def roles(daemon_pid: int) -> dict[str, list[int]]:
-    """pids under a daemon by role (from `python -m orchestrator.child ROLE`)."""
+    """pids under a daemon by role (from `python -m orchestrator.roles.child ROLE`)."""
     out: dict[str, list[int]] = defaultdict(list)
     for child in psutil.Process(daemon_pid).children(recursive=True):
         try:
             cmd = child.cmdline()
         except psutil.Error:
             continue
-        if "orchestrator.child" in cmd:
+        if "orchestrator.roles.child" in cmd:
             out[cmd[-1]].append(child.pid)
     return out
 

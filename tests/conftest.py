@@ -15,11 +15,11 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cli.main import cli
-from orchestrator import config, embedded
-from orchestrator.config import Settings
-from orchestrator.embedded import Endpoints
-from orchestrator.sqs import Sqs
-from orchestrator.store import Store
+from orchestrator import config
+from orchestrator.backends.sqs import Sqs
+from orchestrator.backends.store import Store
+from orchestrator.config import Endpoints, Settings
+from orchestrator.embedded import servers as embedded
 
 REPO = Path(__file__).resolve().parent.parent
 ENV_DIR = REPO / "env"

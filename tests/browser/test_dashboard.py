@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator.queues import QueueAdmin
-from orchestrator.sqs import Sqs
-from orchestrator.store import Store
+from orchestrator.backends.queues import QueueAdmin
+from orchestrator.backends.sqs import Sqs
+from orchestrator.backends.store import Store
 from tests.process.conftest import Daemon, api_url, wait_for
 
 TOKEN = "browser-test-token"

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from orchestrator import config
-from orchestrator.queues import QueueAdmin
-from orchestrator.sqs import Sqs
-from orchestrator.store import Store
+from orchestrator.backends.queues import QueueAdmin
+from orchestrator.backends.sqs import Sqs
+from orchestrator.backends.store import Store
 from tests.conftest import ORCHESTRATOR, REPO, base_environ
 from tests.faults.net import Net, serve, why_not_available
 from tests.process.conftest import Daemon, records, wait_for

@@ -153,8 +153,8 @@ def serve(net: Net, data: Path, logs: Path) -> Servers:
     """MongoDB (nx-27017) on host "mongo" and SQS (moto) on host "sqs", ready."""
     mongo, sqs = net.add("mongo"), net.add("sqs")
     data.mkdir(parents=True, exist_ok=True)
-    nx = net.popen("mongo", [sys.executable, "-m", "orchestrator.nxserver", str(data / "db"),
-                             "--host", mongo.address, "--port", str(MONGODB_PORT),
+    nx = net.popen("mongo", [sys.executable, "-m", "orchestrator.embedded.nxserver",
+                             str(data / "db"), "--host", mongo.address, "--port", str(MONGODB_PORT),
                              "--pid-file", str(data / "nx.pid"), "--log-file",
                              str(data / "nx.log")], {}, logs / "mongo.log")  # fmt: skip
     moto = net.popen("sqs", [sys.executable, "-m", "moto.server", "-H", sqs.address,

@@ -13,12 +13,13 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from orchestrator import apiserver, config
-from orchestrator.api import Api
-from orchestrator.apiserver import ApiServer
-from orchestrator.fleet import Fleet
-from orchestrator.sqs import Sqs
-from orchestrator.store import Store
+from orchestrator import config
+from orchestrator.backends.sqs import Sqs
+from orchestrator.backends.store import Store
+from orchestrator.http import server as apiserver
+from orchestrator.http.api import Api
+from orchestrator.http.fleet import Fleet
+from orchestrator.http.server import ApiServer
 from tests.http import call
 from tests.process.conftest import wait_for
 

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 from click.testing import Result
 
+from orchestrator.backends.store import Store
 from orchestrator.models import ConsumerStats, QueueRecord, WorkerRecord, utcnow
-from orchestrator.store import Store
 
 Run = Callable[..., Result]
 

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from click.testing import Result
 
+from orchestrator.backends.queues import QueueAdmin
+from orchestrator.backends.sqs import Sqs
+from orchestrator.backends.store import Store
 from orchestrator.config import Settings
-from orchestrator.queues import QueueAdmin
-from orchestrator.sqs import Sqs
-from orchestrator.store import Store
 
 Run = Callable[..., Result]
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator import config, embedded
+from orchestrator import config
+from orchestrator.embedded import servers as embedded
 from orchestrator.errors import ConfigError, EmbeddedServerError
 from tests.conftest import ORCHESTRATOR, base_environ
 
@@ -74,7 +75,7 @@ def test_concurrent_starts_share_one_server_each(tmp_path: Path) -> None:
         nx = [
             p
             for p in psutil.process_iter(["cmdline"])
-            if "orchestrator.nxserver" in (p.info["cmdline"] or [])
+            if "orchestrator.embedded.nxserver" in (p.info["cmdline"] or [])
             and str(tmp_path / "mongodb") in p.info["cmdline"]
         ]
         assert len(nx) == 1
@@ -89,7 +90,7 @@ def test_second_mongodb_server_on_the_same_files_refuses(tmp_path: Path) -> None
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        argv = [sys.executable, "-m", "orchestrator.nxserver", str(tmp_path / "mongodb")]
+        argv = [sys.executable, "-m", "orchestrator.embedded.nxserver", str(tmp_path / "mongodb")]
         argv += ["--port", str(port), "--pid-file", str(tmp_path / "x.pid")]
         argv += ["--log-file", str(tmp_path / "x.log")]
         result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)

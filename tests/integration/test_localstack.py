@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import config, embedded, localstack
-from orchestrator.sqs import Sqs
+from orchestrator import config
+from orchestrator.backends.sqs import Sqs
+from orchestrator.embedded import localstack
+from orchestrator.embedded import servers as embedded
 from tests.conftest import REPO, base_environ
 
 INSTALLED = REPO / ".orchestrator" / "localstack"

@@ -8,13 +8,13 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from orchestrator.backends.queues import QueueAdmin
+from orchestrator.backends.sqs import Sqs
+from orchestrator.backends.store import Store
 from orchestrator.config import Settings
 from orchestrator.errors import ServiceUnavailable
-from orchestrator.master import Master
 from orchestrator.models import WorkerRecord, utcnow
-from orchestrator.queues import QueueAdmin
-from orchestrator.sqs import Sqs
-from orchestrator.store import Store
+from orchestrator.roles.master import Master
 
 
 def admin_for(settings: Settings, store: Store, sqs: Sqs) -> QueueAdmin:

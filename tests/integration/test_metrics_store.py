@@ -6,10 +6,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from orchestrator.backends.store import Store
 from orchestrator.errors import MetricsPartlyWritten
 from orchestrator.metrics import BUCKETS, Meter
 from orchestrator.models import utcnow
-from orchestrator.store import Store
 
 
 def test_meters_flushed_from_many_threads_add_up(store: Store) -> None:

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 from click.testing import Result
 
-from orchestrator import config, embedded
-from orchestrator.embedded import Endpoints
+from orchestrator import config
+from orchestrator.backends.sqs import Sqs
+from orchestrator.backends.store import Store
+from orchestrator.config import Endpoints
+from orchestrator.embedded import servers as embedded
 from orchestrator.errors import ConfigError, ServiceUnavailable
-from orchestrator.master import Master
-from orchestrator.sqs import Sqs
-from orchestrator.store import Store
+from orchestrator.roles.master import Master
 
 pytestmark = pytest.mark.timeout(60)
 Run = Callable[..., Result]

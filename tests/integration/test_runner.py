@@ -12,13 +12,18 @@ from typing import Any
 
 import pytest
 
-from orchestrator import invoke
-from orchestrator.executors import AsyncExecutor, Executor, MessageMaker, ThreadExecutor
-from orchestrator.flow import Flow
+from orchestrator.backends.sqs import Sqs
 from orchestrator.message import Message
 from orchestrator.metrics import BUCKETS, Meter
-from orchestrator.runner import JobSpec, Outcome, Runner
-from orchestrator.sqs import Sqs
+from orchestrator.roles.engine import invoke
+from orchestrator.roles.engine.executors import (
+    AsyncExecutor,
+    Executor,
+    MessageMaker,
+    ThreadExecutor,
+)
+from orchestrator.roles.engine.flow import Flow
+from orchestrator.roles.engine.runner import JobSpec, Outcome, Runner
 
 
 def job(

@@ -7,11 +7,10 @@ import socket
 
 import pytest
 
-from orchestrator.config import Settings
-from orchestrator.embedded import Endpoints
+from orchestrator.backends.sqs import Sqs
+from orchestrator.config import Endpoints, Settings
 from orchestrator.errors import QueueNotFound, ServiceUnavailable
 from orchestrator.metrics import Meter
-from orchestrator.sqs import Sqs
 
 
 def test_create_with_dlq_sets_redrive_policy(sqs: Sqs) -> None:

@@ -7,9 +7,9 @@ from datetime import datetime
 
 import pytest
 
+from orchestrator.backends.store import Store
 from orchestrator.errors import QueueExists, QueueNotFound, ServiceUnavailable
 from orchestrator.models import QueueRecord
-from orchestrator.store import Store
 
 
 def record(name: str = "q1", url: str | None = None) -> QueueRecord:

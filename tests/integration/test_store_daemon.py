@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from orchestrator.backends.store import Store
 from orchestrator.models import ConsumerStats, QueueRecord, WorkerRecord, utcnow
-from orchestrator.store import Store
 
 
 def queue(store: Store, name: str = "q") -> QueueRecord:

@@ -15,10 +15,10 @@ from typing import Any, TypeVar
 
 import pytest
 
+from orchestrator.backends.queues import QueueAdmin
+from orchestrator.backends.sqs import Sqs
+from orchestrator.backends.store import Store
 from orchestrator.config import Settings
-from orchestrator.queues import QueueAdmin
-from orchestrator.sqs import Sqs
-from orchestrator.store import Store
 from tests.conftest import ORCHESTRATOR, REPO
 
 T = TypeVar("T")

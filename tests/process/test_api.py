@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestrator.api import is_loopback
-from orchestrator.queues import QueueAdmin
-from orchestrator.sqs import Sqs
-from orchestrator.store import Store
+from orchestrator.backends.queues import QueueAdmin
+from orchestrator.backends.sqs import Sqs
+from orchestrator.backends.store import Store
+from orchestrator.http.api import is_loopback
 from tests.http import call, get
 from tests.process.conftest import Daemon, api_url, wait_for
 

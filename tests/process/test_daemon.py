@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from click.testing import Result
 
+from orchestrator.backends.queues import QueueAdmin
+from orchestrator.backends.sqs import Sqs
+from orchestrator.backends.store import Store
 from orchestrator.models import utcnow
-from orchestrator.queues import QueueAdmin
-from orchestrator.sqs import Sqs
-from orchestrator.store import Store
 from tests.process.conftest import Daemon, holds_for, records, wait_for
 
 RECORD = "tests.handlers:record"

@@ -21,11 +21,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator import config, embedded
+from orchestrator import config
+from orchestrator.backends.queues import QueueAdmin
+from orchestrator.backends.sqs import Sqs
+from orchestrator.backends.store import Store
 from orchestrator.config import Settings
-from orchestrator.queues import QueueAdmin
-from orchestrator.sqs import Sqs
-from orchestrator.store import Store
+from orchestrator.embedded import servers as embedded
 from tests.conftest import base_environ
 from tests.http import call
 from tests.process.conftest import Daemon, api_url, holds_for, records, wait_for

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.queues import QueueAdmin
-from orchestrator.store import Store
+from orchestrator.backends.queues import QueueAdmin
+from orchestrator.backends.store import Store
 from tests.conftest import ORCHESTRATOR
 from tests.process.conftest import _session_members, records, wait_for
 

@@ -9,15 +9,14 @@ from typing import Any
 
 import pytest
 
-from orchestrator import processes
-from orchestrator.config import Settings
-from orchestrator.embedded import Endpoints
+from orchestrator.backends.queues import QueueAdmin
+from orchestrator.backends.store import Store
+from orchestrator.config import Endpoints, Settings
 from orchestrator.models import utcnow
-from orchestrator.outbox import JobEnd
-from orchestrator.processes import Child
-from orchestrator.queues import QueueAdmin
-from orchestrator.store import Store
-from orchestrator.worker import Worker
+from orchestrator.roles import processes
+from orchestrator.roles.outbox import JobEnd
+from orchestrator.roles.processes import Child
+from orchestrator.roles.worker import Worker
 from tests.process.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(120)

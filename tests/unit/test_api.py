@@ -9,11 +9,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from orchestrator import config
-from orchestrator.api import Api, HttpError, Request, is_loopback, patch_changes
-from orchestrator.fleet import Fleet
-from orchestrator.openapi import spec
-from orchestrator.sqs import Sqs
-from orchestrator.store import Store
+from orchestrator.backends.sqs import Sqs
+from orchestrator.backends.store import Store
+from orchestrator.http.api import Api, HttpError, Request, is_loopback, patch_changes
+from orchestrator.http.fleet import Fleet
+from orchestrator.http.openapi import spec
 
 UNREACHABLE = "mongodb://127.0.0.1:9"  # nothing listens: a request that gets there is a 503
 PASSED = 503  # every check passed and the request reached the (absent) store

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.flow import DELETE_MAX_WAIT, Ask, Flow, Work
-from orchestrator.invoke import Result
+from orchestrator.roles.engine.flow import DELETE_MAX_WAIT, Ask, Flow, Work
+from orchestrator.roles.engine.invoke import Result
 
 
 class Clock:

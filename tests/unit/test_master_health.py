@@ -8,11 +8,11 @@ from datetime import timedelta
 import pytest
 
 from orchestrator import config
+from orchestrator.backends.sqs import Sqs
+from orchestrator.backends.store import Store
 from orchestrator.errors import ServiceUnavailable
-from orchestrator.master import STALLED_SECONDS, Master
 from orchestrator.models import utcnow
-from orchestrator.sqs import Sqs
-from orchestrator.store import Store
+from orchestrator.roles.master import STALLED_SECONDS, Master
 
 
 def make_master() -> tuple[Master, Store]:

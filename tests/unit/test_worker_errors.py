@@ -12,8 +12,8 @@ from orchestrator import config
 from orchestrator.errors import ServiceUnavailable
 from orchestrator.metrics import Meter
 from orchestrator.models import Assignment
-from orchestrator.outbox import JobEnd, Outbox
-from orchestrator.worker import Worker
+from orchestrator.roles.outbox import JobEnd, Outbox
+from orchestrator.roles.worker import Worker
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -16,20 +16,24 @@ from typing import Any
 
 import structlog
 
-from orchestrator import invoke
-from orchestrator import processes as processes_
-from orchestrator.calls import RECEIVE_WAIT_SECONDS
-from orchestrator.channel import Channel, ChannelClosed
-from orchestrator.config import Settings
-from orchestrator.embedded import Endpoints
-from orchestrator.executors import AsyncExecutor, Executor, MessageMaker, ThreadExecutor
-from orchestrator.flow import Flow
-from orchestrator.handlerpool import HandlerPool
+from orchestrator.backends.sqs import Sqs
+from orchestrator.config import Endpoints, Settings
 from orchestrator.handlers import import_handler
 from orchestrator.metrics import Meter
-from orchestrator.runner import ExecutorFactory, JobSpec, Runner
-from orchestrator.signals import SignalQueue
-from orchestrator.sqs import Sqs
+from orchestrator.roles import processes as processes_
+from orchestrator.roles.channel import Channel, ChannelClosed
+from orchestrator.roles.engine import invoke
+from orchestrator.roles.engine.calls import RECEIVE_WAIT_SECONDS
+from orchestrator.roles.engine.executors import (
+    AsyncExecutor,
+    Executor,
+    MessageMaker,
+    ThreadExecutor,
+)
+from orchestrator.roles.engine.flow import Flow
+from orchestrator.roles.engine.handlerpool import HandlerPool
+from orchestrator.roles.engine.runner import ExecutorFactory, JobSpec, Runner
+from orchestrator.roles.signals import SignalQueue
 
 # An SQS call that hangs must fail well inside the worker's 30 s stall watchdog, as an
 # outage the consumer reports and rides out: 2 attempts of (2 s connect + a 1 s long

@@ -22,18 +22,18 @@ from typing import Any
 
 import structlog
 
-from orchestrator import policy, processes
-from orchestrator.channel import ChannelClosed
-from orchestrator.config import Settings
-from orchestrator.embedded import Endpoints
+from orchestrator import policy
+from orchestrator.backends.store import DAEMON_TIMEOUT_MS, Store
+from orchestrator.config import Endpoints, Settings
 from orchestrator.errors import OrchestratorError, ServiceUnavailable
-from orchestrator.loop import Outage, retry
 from orchestrator.metrics import Meter
 from orchestrator.models import Assignment, ConsumerStats, QueueRecord, WorkerRecord, utcnow
-from orchestrator.outbox import JobEnd, Outbox
-from orchestrator.processes import Child
-from orchestrator.signals import HANDLED, STOP, SignalQueue
-from orchestrator.store import DAEMON_TIMEOUT_MS, Store
+from orchestrator.roles import processes
+from orchestrator.roles.channel import ChannelClosed
+from orchestrator.roles.loop import Outage, retry
+from orchestrator.roles.outbox import JobEnd, Outbox
+from orchestrator.roles.processes import Child
+from orchestrator.roles.signals import HANDLED, STOP, SignalQueue
 
 log = structlog.get_logger()
 

@@ -20,7 +20,6 @@ from urllib.parse import unquote, urlsplit
 import structlog
 from prometheus_client import CollectorRegistry
 
-from orchestrator import exposition
 from orchestrator.config import Settings
 from orchestrator.errors import (
     AlreadyRunning,
@@ -32,9 +31,10 @@ from orchestrator.errors import (
     QueueNotFound,
     ServiceUnavailable,
 )
-from orchestrator.fleet import Fleet
+from orchestrator.http import exposition
+from orchestrator.http.fleet import Fleet
+from orchestrator.http.openapi import spec
 from orchestrator.models import JOB_STATES
-from orchestrator.openapi import spec
 
 log = structlog.get_logger()
 
@@ -247,7 +247,7 @@ class Api:
     # --- resources ---------------------------------------------------------------
 
     def dashboard(self, request: Request) -> Response:
-        page = resources.files("orchestrator").joinpath("static/dashboard.html").read_bytes()
+        page = resources.files("orchestrator.http").joinpath("static/dashboard.html").read_bytes()
         return Response(200, page, "text/html; charset=utf-8", {"Content-Security-Policy":
                                                                  DASHBOARD_CSP})  # fmt: skip
 

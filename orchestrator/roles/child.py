@@ -1,4 +1,4 @@
-"""Entry point of every child process: `python -m orchestrator.child ROLE`.
+"""Entry point of every child process: `python -m orchestrator.roles.child ROLE`.
 
 The boot document (settings, endpoints, role arguments) arrives on stdin.
 """
@@ -10,7 +10,8 @@ import sys
 
 import structlog
 
-from orchestrator import log, processes, signals
+from orchestrator import log
+from orchestrator.roles import processes, signals
 
 CRASH_EXIT = 70  # an unexpected error ended the process (EX_SOFTWARE)
 
@@ -22,19 +23,19 @@ def main() -> None:
     log.configure(settings, role=role, pid=os.getpid())
     try:
         if role == "master":
-            from orchestrator import master
+            from orchestrator.roles import master
 
             master.run(settings, endpoints)
         elif role == "worker":
-            from orchestrator import worker
+            from orchestrator.roles import worker
 
             worker.run(settings, endpoints)
         elif role == "consumer":
-            from orchestrator import consumer
+            from orchestrator.roles import consumer
 
             consumer.run(settings, endpoints, int(extra["channel_fd"]))
         elif role == "handler":
-            from orchestrator import handlerproc
+            from orchestrator.roles.engine import handlerproc
 
             handlerproc.run(settings, extra)
         else:

@@ -16,8 +16,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import structlog
 
-from orchestrator.api import DIGITS, Api, Request, Response, error_response
 from orchestrator.config import Settings
+from orchestrator.http.api import DIGITS, Api, Request, Response, error_response
 
 log = structlog.get_logger()
 

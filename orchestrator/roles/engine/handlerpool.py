@@ -21,12 +21,13 @@ from typing import Any
 
 import structlog
 
-from orchestrator import handlerproc, processes
-from orchestrator.channel import ChannelClosed
-from orchestrator.flow import Flow, Work
-from orchestrator.handlerproc import Done, ImportFailed, Ready, Run
-from orchestrator.invoke import Result
-from orchestrator.processes import Child
+from orchestrator.roles import processes
+from orchestrator.roles.channel import ChannelClosed
+from orchestrator.roles.engine import handlerproc
+from orchestrator.roles.engine.flow import Flow, Work
+from orchestrator.roles.engine.handlerproc import Done, ImportFailed, Ready, Run
+from orchestrator.roles.engine.invoke import Result
+from orchestrator.roles.processes import Child
 
 log = structlog.get_logger()
 

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator import policy
-from orchestrator.held import Held, Received
-from orchestrator.invoke import Result
 from orchestrator.metrics import Meter
 from orchestrator.policy import RECEIVE_BATCH as BATCH
+from orchestrator.roles.engine.held import Held, Received
+from orchestrator.roles.engine.invoke import Result
 
 EXTEND_FRACTION = 0.5  # extend a message's visibility once half of it has passed
 DELETE_MAX_WAIT = 1.0  # a partial delete batch waits at most this long (s) for more

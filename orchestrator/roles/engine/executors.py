@@ -18,9 +18,9 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from orchestrator import invoke
-from orchestrator.flow import Flow, Work
 from orchestrator.message import Message
+from orchestrator.roles.engine import invoke
+from orchestrator.roles.engine.flow import Flow, Work
 
 
 class Executor(Protocol):

@@ -1,6 +1,6 @@
 """Entry point that runs the nx-27017 MongoDB-protocol server the way we need it.
 
-Run as `python -m orchestrator.nxserver DATA_DIR [nx-27017 options]`. Two things
+Run as `python -m orchestrator.embedded.nxserver DATA_DIR [nx-27017 options]`. Two things
 happen before the server's own main():
 - an exclusive lock on DATA_DIR/.lock, held for the process's life, so that
   two servers never share one set of database files (claims would be granted

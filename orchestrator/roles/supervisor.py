@@ -14,11 +14,10 @@ from dataclasses import dataclass
 
 import structlog
 
-from orchestrator import processes
-from orchestrator.config import Settings
-from orchestrator.embedded import Endpoints
-from orchestrator.processes import Child
-from orchestrator.signals import STOP, SignalQueue
+from orchestrator.config import Endpoints, Settings
+from orchestrator.roles import processes
+from orchestrator.roles.processes import Child
+from orchestrator.roles.signals import STOP, SignalQueue
 
 log = structlog.get_logger()
 

@@ -21,12 +21,12 @@ from typing import Any
 
 import structlog
 
-from orchestrator.calls import Calls
+from orchestrator.backends.sqs import Sqs
 from orchestrator.errors import HandlerImportError
-from orchestrator.executors import Executor
-from orchestrator.flow import Flow
 from orchestrator.metrics import Meter
-from orchestrator.sqs import Sqs
+from orchestrator.roles.engine.calls import Calls
+from orchestrator.roles.engine.executors import Executor
+from orchestrator.roles.engine.flow import Flow
 
 PROGRESS_SECONDS = 1.0
 LOOP_SECONDS = 0.1  # the longest the runner sleeps between looks

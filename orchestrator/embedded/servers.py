@@ -25,18 +25,10 @@ from typing import Any
 
 import psutil
 
-from orchestrator.config import Settings, redact_uri
+from orchestrator.config import Endpoints, Settings, redact_uri
+from orchestrator.embedded.localstack import localstack_python
+from orchestrator.embedded.nxserver import LOCKED_EXIT
 from orchestrator.errors import ConfigError, EmbeddedServerError
-from orchestrator.localstack import localstack_python
-from orchestrator.nxserver import LOCKED_EXIT
-
-
-@dataclass(frozen=True)
-class Endpoints:
-    """Where the servers are: a MongoDB URI and an SQS endpoint URL (None means AWS)."""
-
-    mongodb_uri: str
-    sqs_endpoint: str | None
 
 
 @dataclass(frozen=True)
@@ -178,7 +170,7 @@ def _server(settings: Settings, role: str, port: int) -> _Server:
     data = settings.data_path
     if role == "mongodb":
         argv = [
-            sys.executable, "-m", "orchestrator.nxserver", str(data / "mongodb"),
+            sys.executable, "-m", "orchestrator.embedded.nxserver", str(data / "mongodb"),
             "--host", "127.0.0.1", "--port", str(port),
             "--pid-file", str(data / "mongodb.pid"), "--log-file", str(data / "mongodb.log"),
         ]  # fmt: skip

@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from orchestrator import policy
+from orchestrator.backends.sqs import BATCH, Sqs
 from orchestrator.errors import OrchestratorError
-from orchestrator.flow import Ask, Flow, Io
-from orchestrator.held import Received
-from orchestrator.loop import Outage
-from orchestrator.sqs import BATCH, Sqs
+from orchestrator.roles.engine.flow import Ask, Flow, Io
+from orchestrator.roles.engine.held import Received
+from orchestrator.roles.loop import Outage
 
 if TYPE_CHECKING:
-    from orchestrator.runner import JobSpec
+    from orchestrator.roles.engine.runner import JobSpec
 
 RECEIVE_WAIT_SECONDS = 1  # short enough to notice pause/stop and drain quickly
 IO_THREADS = 16  # receives, deletes and visibility changes under way at once

@@ -11,13 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
+from orchestrator.backends.queues import QueueAdmin, QueueView
+from orchestrator.backends.sqs import Sqs
+from orchestrator.backends.store import Store
 from orchestrator.config import Settings
 from orchestrator.errors import AlreadyRunning, QueueNotFound
 from orchestrator.metrics import QueueCounts, Totals
 from orchestrator.models import QueueDepth, QueueRecord, WorkerRecord, utcnow
-from orchestrator.queues import QueueAdmin, QueueView
-from orchestrator.sqs import Sqs
-from orchestrator.store import Store
 
 DEPTH_TTL_SECONDS = 2.0  # depths are reused this long: viewers and scrapers share them
 DEPTH_THREADS = 8  # one GetQueueAttributes per queue and DLQ, in parallel

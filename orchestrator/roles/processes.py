@@ -1,6 +1,6 @@
 """Spawn, reap, measure and stop child processes.
 
-Children are fresh interpreters (`python -m orchestrator.child ROLE`), never
+Children are fresh interpreters (`python -m orchestrator.roles.child ROLE`), never
 forks, so no client or lock is carried across. Their boot document (settings,
 endpoints, role arguments) arrives on stdin: unlike argv or the environment,
 a pipe is not visible to other users through `ps` or /proc, and it carries
@@ -23,9 +23,8 @@ from typing import Any
 
 import psutil
 
-from orchestrator.channel import Channel
-from orchestrator.config import Settings
-from orchestrator.embedded import Endpoints
+from orchestrator.config import Endpoints, Settings
+from orchestrator.roles.channel import Channel
 
 
 @dataclass
@@ -124,7 +123,7 @@ def read_boot_document() -> tuple[Settings, Endpoints, dict[str, Any]]:
 def spawn(
     role: str, boot: dict[str, Any], *, channel: bool = False, own_group: bool = False
 ) -> Child:
-    """Start `python -m orchestrator.child ROLE`, hand it `boot`, optionally with a channel.
+    """Start `python -m orchestrator.roles.child ROLE`, hand it `boot`, optionally with a channel.
 
     `own_group` puts it in a process group of its own, so that a Ctrl-C on the
     terminal reaches only the supervisor, which then stops children in order.
@@ -134,7 +133,7 @@ def spawn(
         ours, theirs = socket.socketpair()
         boot = {**boot, "channel_fd": theirs.fileno()}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.child", role],
+        [sys.executable, "-m", "orchestrator.roles.child", role],
         stdin=subprocess.PIPE,
         pass_fds=(theirs.fileno(),) if theirs else (),
         process_group=0 if own_group else None,

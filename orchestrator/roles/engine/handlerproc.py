@@ -24,12 +24,12 @@ from typing import Any
 
 import structlog
 
-from orchestrator import invoke
-from orchestrator.channel import Channel, ChannelClosed
 from orchestrator.config import Settings
 from orchestrator.errors import HandlerImportError
 from orchestrator.handlers import import_handler
 from orchestrator.message import Message
+from orchestrator.roles.channel import Channel, ChannelClosed
+from orchestrator.roles.engine import invoke
 
 log = structlog.get_logger()
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from orchestrator import validate
+from orchestrator.backends.sqs import BATCH, Sqs
+from orchestrator.backends.store import Store
 from orchestrator.config import Settings
 from orchestrator.errors import (
     InvalidValue,
@@ -22,8 +24,6 @@ from orchestrator.errors import (
     QueueNotFound,
 )
 from orchestrator.models import QueueDepth, QueueRecord
-from orchestrator.sqs import BATCH, Sqs
-from orchestrator.store import Store
 
 
 @dataclass(frozen=True)

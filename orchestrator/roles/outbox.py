@@ -13,10 +13,10 @@ from typing import Any
 
 import structlog
 
+from orchestrator.backends.store import Store
 from orchestrator.errors import ServiceUnavailable
 from orchestrator.metrics import Meter
 from orchestrator.models import Assignment, utcnow
-from orchestrator.store import Store
 
 log = structlog.get_logger()
 

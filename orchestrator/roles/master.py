@@ -21,21 +21,22 @@ from typing import Any
 
 import structlog
 
-from orchestrator import exposition, policy, processes
-from orchestrator.api import Api
-from orchestrator.apiserver import ApiServer
-from orchestrator.config import Settings
-from orchestrator.embedded import Endpoints
+from orchestrator import policy
+from orchestrator.backends.queues import QueueAdmin
+from orchestrator.backends.sqs import Sqs
+from orchestrator.backends.store import DAEMON_TIMEOUT_MS, Store
+from orchestrator.config import Endpoints, Settings
 from orchestrator.errors import OrchestratorError, QueueNotFound
-from orchestrator.fleet import Fleet
-from orchestrator.liveness import Watch
-from orchestrator.loop import Outage, retry, wait
+from orchestrator.http import exposition
+from orchestrator.http.api import Api
+from orchestrator.http.fleet import Fleet
+from orchestrator.http.server import ApiServer
 from orchestrator.metrics import Meter
 from orchestrator.models import QueueRecord, WorkerRecord, utcnow
-from orchestrator.queues import QueueAdmin
-from orchestrator.signals import STOP, SignalQueue
-from orchestrator.sqs import Sqs
-from orchestrator.store import DAEMON_TIMEOUT_MS, Store
+from orchestrator.roles import processes
+from orchestrator.roles.liveness import Watch
+from orchestrator.roles.loop import Outage, retry, wait
+from orchestrator.roles.signals import STOP, SignalQueue
 
 log = structlog.get_logger()
 

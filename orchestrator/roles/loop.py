@@ -9,7 +9,7 @@ from collections.abc import Callable
 import structlog
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.signals import STOP, SignalQueue
+from orchestrator.roles.signals import STOP, SignalQueue
 
 log = structlog.get_logger()
 
