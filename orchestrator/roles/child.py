@@ -23,9 +23,12 @@ def main() -> None:
     log.configure(settings, role=role, pid=os.getpid())
     try:
         if role == "master":
+            from orchestrator.http.service import ApiService
             from orchestrator.roles import master
 
-            master.run(settings, endpoints)
+            # The process that runs a master serves the HTTP API beside it.
+            master.run(settings, endpoints,
+                       lambda m: ApiService(settings, endpoints, m))  # fmt: skip
         elif role == "worker":
             from orchestrator.roles import worker
 

@@ -14,10 +14,11 @@ import secrets
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -27,10 +28,6 @@ from orchestrator.backends.sqs import Sqs
 from orchestrator.backends.store import DAEMON_TIMEOUT_MS, Store
 from orchestrator.config import Endpoints, Settings
 from orchestrator.errors import OrchestratorError, QueueNotFound
-from orchestrator.http import exposition
-from orchestrator.http.api import Api
-from orchestrator.http.fleet import Fleet
-from orchestrator.http.server import ApiServer
 from orchestrator.metrics import Meter
 from orchestrator.models import QueueRecord, WorkerRecord, utcnow
 from orchestrator.roles import processes
@@ -315,31 +312,37 @@ class Master:
         return False
 
 
-def run(settings: Settings, endpoints: Endpoints) -> None:
+class Beside(Protocol):
+    """What a master process runs beside its loop (the HTTP API: orchestrator/http)."""
+
+    def start(self) -> None: ...
+
+    def cycle(self, seconds: float, leading: bool) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def run(
+    settings: Settings, endpoints: Endpoints, beside: Callable[[Master], Beside] | None = None
+) -> None:
     """The master process: tick every MASTER_INTERVAL until SIGTERM/SIGINT or orphaned,
-    serving the HTTP API from its own threads meanwhile."""
+    with `beside` (the HTTP API, started by the process entry) served meanwhile."""
     signals = SignalQueue(STOP)
     original_parent = os.getppid()
     meter = Meter()
     store = Store.connect(settings, endpoints.mongodb_uri, timeout_ms=DAEMON_TIMEOUT_MS)
     sqs = Sqs.connect(settings, endpoints.sqs_endpoint, meter)
     master = Master(settings, store, sqs, meter)
-    # The API has its own clients: its requests never wait behind the master's, nor
-    # the master's lease renewals behind its requests; its SQS calls give up sooner.
-    api_store = Store.connect(settings, endpoints.mongodb_uri, timeout_ms=DAEMON_TIMEOUT_MS)
-    api_sqs = Sqs.connect(settings, endpoints.sqs_endpoint, meter, read_timeout=5, attempts=2)
-    fleet = Fleet(settings, api_store, api_sqs)
-    registry = exposition.fleet_registry(fleet)
-    own = exposition.MasterMetrics(master.id, registry)
-    server = ApiServer(settings, Api(settings, fleet, registry, lambda: master.health(api_store)))
-    server.start()  # before MongoDB answers: /health must tell that it does not
+    extra = beside(master) if beside else None
+    if extra:
+        extra.start()  # before MongoDB answers: /health must tell that it does not
     if retry(store.ensure_indexes, signals, "MongoDB"):
         log.info("master.started")
-        _loop(master, own, signals, original_parent)
+        _loop(master, extra, signals, original_parent)
     # Shutdown: stop serving, then give the lease up so that a standby takes over
     # without waiting for it to expire; last, write what was counted.
-    server.stop()
-    fleet.close()
+    if extra:
+        extra.stop()
     with contextlib.suppress(OrchestratorError):
         master.resign()
     with contextlib.suppress(OrchestratorError):
@@ -347,9 +350,7 @@ def run(settings: Settings, endpoints: Endpoints) -> None:
     log.info("master.stopped")
 
 
-def _loop(
-    master: Master, own: exposition.MasterMetrics, signals: SignalQueue, parent: int
-) -> None:
+def _loop(master: Master, beside: Beside | None, signals: SignalQueue, parent: int) -> None:
     outage = Outage()
     next_flush = 0.0
     while processes.parent_alive(parent):
@@ -362,8 +363,8 @@ def _loop(
             master.outage()
             delay = outage.failed(exc)
         master.last_cycle = time.monotonic()
-        own.cycle_seconds.observe(master.last_cycle - started)
-        own.leader.set(1 if master.leading else 0)
+        if beside:
+            beside.cycle(master.last_cycle - started, master.leading)
         if started >= next_flush:
             next_flush = started + METRICS_FLUSH_SECONDS
             with contextlib.suppress(OrchestratorError):  # kept for the next flush

@@ -1,0 +1,93 @@
+"""The package's layout is its architecture: imports point one way, down.
+
+    roles/  (the processes; roles/child.py, the process entry, also starts the API)
+      ↓
+    http/   (API, dashboard, /metrics)
+      ↓
+    backends/ (MongoDB, SQS, queue admin)   embedded/ (the local servers)
+      ↓
+    orchestrator/*.py (what everything shares)
+
+Nothing imports `cli`; pymongo is imported by the store alone and boto3 by sqs.py alone.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "orchestrator"
+# Each layer, and the layers it may import from (besides itself).
+MAY_IMPORT = {
+    "core": set(),
+    "backends": {"core"},
+    "embedded": {"core"},
+    "http": {"core", "backends"},
+    "roles": {"core", "backends", "embedded", "http"},
+}
+ENTRY = "orchestrator.roles.child"  # the process entry: the one role module that uses http
+
+
+def layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 and parts[1] in MAY_IMPORT else "core"
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports(path: Path) -> set[str]:
+    """Every module `path` imports (absolute names), at any depth of its code."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: module_name(p))
+def test_imports_point_down(path: Path) -> None:
+    name = module_name(path)
+    own = layer(name)
+    wrong = []
+    for target in imports(path):
+        if target == "cli" or target.startswith("cli."):
+            wrong.append(target)
+        if not target.startswith("orchestrator.") or _is_package_module(target) is False:
+            continue
+        other = layer(target)
+        allowed = {own} | MAY_IMPORT[own]
+        if other == "http" and own == "roles" and name != ENTRY:
+            wrong.append(target)  # only the process entry starts the API
+        elif other not in allowed:
+            wrong.append(target)
+    assert not wrong, f"{name} ({own}) imports against the layering: {sorted(wrong)}"
+
+
+def _is_package_module(target: str) -> bool:
+    """Whether `target` names a module or package of ours (not a name inside one)."""
+    path = PACKAGE.parent.joinpath(*target.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+@pytest.mark.parametrize(("library", "owner"), [("pymongo", "orchestrator.backends.store"),
+                                                ("bson", "orchestrator.backends.store"),
+                                                ("boto3", "orchestrator.backends.sqs"),
+                                                ("botocore", "orchestrator.backends.sqs")])
+def test_one_module_owns_each_client_library(library: str, owner: str) -> None:
+    users = {module_name(p) for p in MODULES
+             if any(i == library or i.startswith(library + ".") for i in imports(p))}
+    assert users <= {owner} | {m for m in users if m.startswith(owner + ".")}, users
