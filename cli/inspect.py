@@ -103,7 +103,7 @@ def status(app: App, as_json: bool) -> None:
     found = _workers(app)
     counts = {s: 0 for s in JOB_STATES} | app.store.job_counts()
     lease = app.store.lease()
-    leader = lease["holder"] if lease and lease["expiresAt"] > utcnow() else None
+    leader = lease.holder if lease and lease.expires_at and lease.expires_at > utcnow() else None
     if as_json:
         render.emit_json({"queues": queues, "workers": found, "jobs": counts, "leader": leader})
         return

@@ -172,6 +172,21 @@ class WorkerRecord:
         )
 
 
+@dataclass(frozen=True)
+class Lease:
+    """The master lease: who holds it, and the version each renewal bumps (other masters
+    judge the holder alive by seeing it change, never by `expires_at`)."""
+
+    holder: str
+    version: int | None  # None in a lease written before versions existed
+    expires_at: datetime | None = None
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> Lease:
+        version = doc.get("version")
+        return cls(doc["holder"], None if version is None else int(version), doc.get("expiresAt"))
+
+
 OPEN_JOB_STATES = ("queued", "running")
 JOB_STATES = ("queued", "running", "completed", "failed", "interrupted")
 

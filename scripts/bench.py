@@ -256,7 +256,7 @@ def _master_failover(bench: Bench) -> float:
             bench.daemon("--mode", "W"):  # fmt: skip
         lease = wait_for(lambda: bench.store.lease(), 30, "a leader")
         wait_for(lambda: bench.store.workers(), 30, "a worker")
-        leader_pid = int(lease["holder"].split(":")[1])
+        leader_pid = int(lease.holder.split(":")[1])
         daemon = m1 if os.getsid(leader_pid) == m1.pid else m2
         kill_session(daemon.pid)
         killed_at = utcnow()

@@ -145,10 +145,10 @@ class Master:
         lease = self.store.lease()
         if lease is None:
             return self.store.create_lease(self.id, expires)
-        self.lease_watch.observe("master", (lease["holder"], lease.get("version")), now)
+        self.lease_watch.observe("master", (lease.holder, lease.version), now)
         if self.lease_watch.silent("master", now) < ttl:
             return False  # renewed within a TTL: its holder lives
-        return self.store.take_lease(self.id, lease["holder"], lease.get("version"), expires)
+        return self.store.take_lease(self.id, lease.holder, lease.version, expires)
 
     def health(self, store: Store) -> dict[str, Any]:
         """For GET /health (from an API thread): is the loop turning, does this master

@@ -81,14 +81,14 @@ def test_lease_has_one_holder_and_changes_with_every_renewal(store: Store) -> No
     assert store.create_lease("m2", expires) is False  # one holder
     assert store.renew_lease("m2", expires) is False
     assert store.renew_lease("m1", expires) is True
-    lease = store.lease() or {}
-    assert (lease["holder"], lease["version"]) == ("m1", 2)  # what standbys watch change
+    lease = store.lease()
+    assert lease and (lease.holder, lease.version) == ("m1", 2)  # what standbys watch change
     assert store.take_lease("m2", "m1", 1, expires) is False  # not as m2 last saw it
     assert store.take_lease("m2", "m1", 2, expires) is True
     assert store.take_lease("m3", "m1", 2, expires) is False  # of two takers, one wins
     assert store.renew_lease("m1", expires) is False
     store.drop_lease("m1")  # not the holder: no effect
-    assert (store.lease() or {})["holder"] == "m2"
+    assert (lease := store.lease()) and lease.holder == "m2"
     store.drop_lease("m2")
     assert store.lease() is None
 
@@ -96,4 +96,4 @@ def test_lease_has_one_holder_and_changes_with_every_renewal(store: Store) -> No
 def test_a_lease_written_before_versions_can_be_taken_over(store: Store) -> None:
     store._db["leases"].insert_one({"_id": "master", "holder": "old", "expiresAt": utcnow()})
     assert store.take_lease("new", "old", None, utcnow()) is True
-    assert (store.lease() or {})["holder"] == "new"
+    assert (lease := store.lease()) and lease.holder == "new"

@@ -127,7 +127,7 @@ def test_two_masters_one_leader_no_double_assignment(
     leaders = [m for m in masters if m.events("master.leading")]
     assert len(leaders) == 1
     lease = store.lease()
-    assert lease and lease["holder"] == leaders[0].events("master.leading")[0]["master_id"]
+    assert lease and lease.holder == leaders[0].events("master.leading")[0]["master_id"]
     assignments = [e for m in masters for e in m.events("queue.assigned")]
     jobs = store.jobs(limit=1000)
     assert len(assignments) == len(jobs)

@@ -1,0 +1,122 @@
+"""Store: every MongoDB query of the project, one facade over a part per collection.
+
+The package is the only importer of pymongo. Each part (queues.py, jobs.py, …)
+owns the queries of its collection; the facade adds the indexes and the operations
+that write to several collections in a safe order.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from bson import ObjectId
+from pymongo.errors import DuplicateKeyError
+
+from orchestrator.backends.store.assignments import AssignmentDocs
+from orchestrator.backends.store.base import (
+    ASSIGNMENTS,
+    DAEMON_TIMEOUT_MS,
+    INDEX_OPTIONS_CONFLICT,
+    JOBS,
+    METRICS,
+    QUEUES,
+    WORKERS,
+    translated,
+)
+from orchestrator.backends.store.jobs import JobDocs
+from orchestrator.backends.store.leases import LeaseDocs
+from orchestrator.backends.store.metrics import MetricDocs
+from orchestrator.backends.store.queues import QueueDocs
+from orchestrator.backends.store.workers import WorkerDocs
+from orchestrator.models import (
+    OPEN_JOB_STATES,
+    Assignment,
+    QueueRecord,
+)
+
+__all__ = ["DAEMON_TIMEOUT_MS", "INDEX_OPTIONS_CONFLICT", "Store"]
+
+
+class Store(QueueDocs, AssignmentDocs, WorkerDocs, JobDocs, LeaseDocs, MetricDocs):
+    """Owns the MongoDB connection and every query against the §4 collections."""
+
+    @translated
+    def ensure_indexes(self) -> None:
+        """Create every index of §4; safe to run from every process at every start."""
+        db = self._db
+        db[QUEUES].create_index("name", unique=True)
+        db[QUEUES].create_index("queueUrl", unique=True)
+        db[ASSIGNMENTS].create_index("queueUrl", unique=True)
+        db[ASSIGNMENTS].create_index("worker")
+        db[WORKERS].create_index("heartbeatAt")
+        db[JOBS].create_index([("status", 1), ("createdAt", 1)])
+        db[JOBS].create_index([("queueUrl", 1), ("status", 1)])
+        db[JOBS].create_index([("queueName", 1), ("createdAt", 1)])  # jobs of one queue, newest
+        self._ensure_ttl(JOBS, "lastModified", self.job_ttl_seconds)
+
+    @translated
+    def delete_queue(self, name: str) -> bool:
+        """Forget the queue, and its counters: /metrics must not report it for ever."""
+        deleted = self._db[QUEUES].delete_one({"name": name}).deleted_count == 1
+        self._db[METRICS].delete_one({"_id": f"queue:{name}"})
+        return deleted
+
+    @translated
+    def assign(self, queue: QueueRecord, worker: str, now: datetime) -> str | None:
+        """Assign the queue and record its job; None if another master assigned it first."""
+        assert queue.id is not None
+        job_id = ObjectId()
+        doc = {
+            "queueUrl": queue.queue_url,
+            "queueId": ObjectId(queue.id),
+            "queueName": queue.name,
+            "worker": worker,
+            "jobId": job_id,
+            "assignedAt": now,
+        }
+        try:
+            self._db[ASSIGNMENTS].insert_one(doc)
+        except DuplicateKeyError:
+            return None  # the unique queueUrl index: somebody else won this queue
+        self._db[JOBS].insert_one(
+            {
+                "_id": job_id,
+                "queueName": queue.name,
+                "queueUrl": queue.queue_url,
+                "queueId": ObjectId(queue.id),
+                "status": "queued",
+                "messageCount": 0,
+                "failedCount": 0,
+                "processor": {"workerId": worker, "workerPid": None, "consumerPid": None},
+                "createdAt": now,
+                "startedAt": None,
+                "endedAt": None,
+                "lastModified": now,
+                "endReason": None,
+                "error": None,
+            }
+        )
+        return str(job_id)
+
+    @translated
+    def release_worker(self, worker: str, now: datetime, reason: str) -> list[Assignment]:
+        """Interrupt a worker's open jobs, then delete its assignments; return them.
+
+        Jobs first: a crash in between leaves assignments the next attempt finds,
+        never open jobs that no assignment refers to.
+        """
+        held = self.assignments(worker)
+        self.interrupt_jobs([a.job_id for a in held], now, reason)
+        self._db[ASSIGNMENTS].delete_many({"worker": worker})
+        return held
+
+    @translated
+    def orphaned_jobs(self, stale_before: datetime) -> list[str]:
+        """Open jobs untouched since `stale_before` that no assignment refers to."""
+        query = {"status": {"$in": list(OPEN_JOB_STATES)}, "lastModified": {"$lt": stale_before}}
+        candidates = {str(d["_id"]) for d in self._db[JOBS].find(query, {"_id": 1})}
+        if not candidates:
+            return []
+        assigned = {str(d["jobId"]) for d in self._db[ASSIGNMENTS].find({}, {"jobId": 1})}
+        return sorted(candidates - assigned)
+

@@ -1,0 +1,141 @@
+"""The connection every part of the store shares, and the translation of pymongo's errors.
+
+Queries stay within what both real MongoDB (>= 5.0) and the embedded nx-27017
+server support (shared/emulators.md): no transactions, no partial indexes,
+no `$push` of sub-documents, no reliance on TTL purging on time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any, ParamSpec, Self, TypeVar
+
+import pymongo
+from bson import ObjectId
+from pymongo.errors import OperationFailure, PyMongoError
+
+from orchestrator.config import Settings, redact_uri, scrub
+from orchestrator.errors import (
+    ConfigError,
+    ServiceUnavailable,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+QUEUES, ASSIGNMENTS, WORKERS, JOBS, LEASES = "queues", "assignments", "workers", "jobs", "leases"
+METRICS = "metrics"  # counters summed over every process (orchestrator/metrics.py)
+INDEX_OPTIONS_CONFLICT = (85, 86)
+# Daemons give up on an unreachable server sooner than the CLI: their loops retry
+# anyway, and a long wait stalls everything else they do.
+DAEMON_TIMEOUT_MS = 2000
+
+
+def _oid(value: str) -> dict[str, list[ObjectId]]:
+    """Filter for an ObjectId in a field other than `_id`.
+
+    nx-27017 0.8.1 matches `{field: ObjectId}` in finds but not in updates or
+    deletes (they silently match nothing); `$in` works in both, on real MongoDB too.
+    """
+    return {"$in": [ObjectId(value)]}
+
+
+def _short(exc: PyMongoError) -> str:
+    """The first clause of a pymongo error; its topology descriptions run to pages."""
+    text = str(exc)
+    for cut in (" (configured timeouts", ", Timeout:", ", full error:"):
+        text = text.split(cut)[0]
+    return text
+
+
+def _raised_in_pymongo(exc: BaseException) -> bool:
+    """Whether pymongo itself raised `exc`: it lets a few errors of its own escape its
+    tree, such as KeyError('payload') when a server without authentication answers a
+    login. A KeyError of this module is a bug, and is not translated."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith("pymongo")
+
+
+def translated(method: Callable[P, R]) -> Callable[P, R]:
+    """Turn pymongo errors into ServiceUnavailable naming the (redacted) server."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        store = args[0]
+        assert isinstance(store, Connection)
+        try:
+            return method(*args, **kwargs)
+        except PyMongoError as exc:
+            raise ServiceUnavailable(f"MongoDB at {store.address} failed: {_short(exc)}") from exc
+        except (KeyError, TypeError, ValueError) as exc:
+            if not _raised_in_pymongo(exc):
+                raise
+            raise ServiceUnavailable(
+                f"MongoDB at {store.address} failed: its answer made no sense to the client "
+                f"({type(exc).__name__} {exc}); if MONGODB_URI has credentials, does the "
+                "server support authentication?"
+            ) from exc
+
+    return wrapper
+
+
+class Connection:
+    """Owns the MongoDB client and database; every collection's part builds on it."""
+
+    def __init__(self, uri: str, db_name: str, *, job_ttl_days: float, timeout_ms: int = 5000):
+        self.address = redact_uri(uri)
+        self.job_ttl_seconds = int(job_ttl_days * 86400)
+        try:
+            self._client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+                uri,
+                tz_aware=True,
+                serverSelectionTimeoutMS=timeout_ms,
+                connectTimeoutMS=timeout_ms,
+                # One budget per operation, retries and handshakes included: a server that
+                # accepts connections but never answers fails the call instead of hanging
+                # it (a worker stuck in a heartbeat could not fence itself in time).
+                timeoutMS=timeout_ms * 3 // 2,
+                appname="orchestrator",
+            )
+        except (PyMongoError, ValueError, OSError) as exc:  # a malformed URI, a missing
+            # tlsCAFile: the setting is wrong
+            raise ConfigError(f"setting MONGODB_URI is not usable: {scrub(str(exc), uri)}") from exc
+        self._db = self._client[db_name]
+
+    @classmethod
+    def connect(cls, settings: Settings, uri: str, *, timeout_ms: int = 5000) -> Self:
+        """A Store for these settings at `uri` (the embedded server's, or the setting)."""
+        return cls(uri, settings.mongodb_name, job_ttl_days=settings.job_ttl_days,
+                   timeout_ms=timeout_ms)  # fmt: skip
+
+    def close(self) -> None:
+        self._client.close()
+
+    @contextlib.contextmanager
+    def deadline(self, seconds: float) -> Iterator[None]:
+        """Every call made inside ends within `seconds` from now (failing as an outage
+        if it must), whatever its own timeout: a worker must fence itself on time."""
+        with pymongo.timeout(max(seconds, 0.001)):
+            yield
+
+    @translated
+    def ping(self) -> None:
+        self._client.admin.command("ping")
+
+    def _ensure_ttl(self, collection: str, key: str, seconds: int) -> None:
+        coll = self._db[collection]
+        try:
+            coll.create_index(key, expireAfterSeconds=seconds)
+        except OperationFailure as exc:
+            if exc.code not in INDEX_OPTIONS_CONFLICT:
+                raise
+            # JOB_TTL_DAYS changed since the index was made: replace the index.
+            for name, info in coll.index_information().items():
+                if [k for k, _ in info["key"]] == [key]:
+                    coll.drop_index(name)
+            coll.create_index(key, expireAfterSeconds=seconds)
+

@@ -1,0 +1,114 @@
+"""The `jobs` collection: one per assignment, the audit trail."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from bson import ObjectId
+
+from orchestrator.backends.store.base import (
+    JOBS,
+    Connection,
+    translated,
+)
+from orchestrator.errors import (
+    InvalidValue,
+)
+from orchestrator.models import (
+    OPEN_JOB_STATES,
+    JobRecord,
+)
+
+
+class JobDocs(Connection):
+    """The `jobs` collection: one per assignment, the audit trail."""
+
+    @translated
+    def job_started(self, job_id: str, worker_pid: int, consumer_pid: int, now: datetime) -> None:
+        self._db[JOBS].update_one(
+            {"_id": ObjectId(job_id)},
+            {
+                "$set": {
+                    "status": "running",
+                    "startedAt": now,
+                    "processor.workerPid": worker_pid,
+                    "processor.consumerPid": consumer_pid,
+                    "lastModified": now,
+                }
+            },
+        )
+
+    @translated
+    def job_progress(self, job_id: str, handled: int, failed: int, now: datetime) -> None:
+        self._db[JOBS].update_one(
+            {"_id": ObjectId(job_id), "status": {"$in": list(OPEN_JOB_STATES)}},
+            {"$set": {"messageCount": handled, "failedCount": failed, "lastModified": now}},
+        )
+
+    @translated
+    def job_ended(
+        self,
+        job_id: str,
+        status: str,
+        now: datetime,
+        *,
+        handled: int,
+        failed: int,
+        reason: str,
+        error: str | None = None,
+        processes: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """Close an open job (a closed one is left as it is: the first ending wins).
+        `processes`: the counts of its handler processes, when it had any."""
+        fields: dict[str, Any] = {
+            "status": status,
+            "messageCount": handled,
+            "failedCount": failed,
+            "endedAt": now,
+            "lastModified": now,
+            "endReason": reason,
+            "error": error,
+        }
+        if processes:
+            fields["processes"] = processes
+        self._db[JOBS].update_one(
+            {"_id": ObjectId(job_id), "status": {"$in": list(OPEN_JOB_STATES)}},
+            {"$set": fields},
+        )
+
+    @translated
+    def interrupt_jobs(self, job_ids: Iterable[str], now: datetime, reason: str) -> int:
+        ids = [ObjectId(j) for j in job_ids]
+        result = self._db[JOBS].update_many(
+            {"_id": {"$in": ids}, "status": {"$in": list(OPEN_JOB_STATES)}},
+            {"$set": {"status": "interrupted", "endedAt": now, "lastModified": now,
+                      "endReason": reason}},
+        )  # fmt: skip
+        return result.modified_count
+
+    @translated
+    def jobs(
+        self, status: str | None = None, queue: str | None = None, limit: int = 20
+    ) -> list[JobRecord]:
+        query: dict[str, Any] = {}
+        if status:
+            query["status"] = status
+        if queue:
+            query["queueName"] = queue
+        cursor = self._db[JOBS].find(query).sort("createdAt", -1).limit(limit)
+        return [JobRecord.from_doc(d) for d in cursor]
+
+    @translated
+    def job(self, job_id: str) -> JobRecord | None:
+        if not ObjectId.is_valid(job_id):
+            raise InvalidValue(f"job id {job_id!r} is not a 24-digit hex ObjectId")
+        doc = self._db[JOBS].find_one({"_id": ObjectId(job_id)})
+        return JobRecord.from_doc(doc) if doc else None
+
+    @translated
+    def job_counts(self) -> dict[str, int]:
+        pipeline = [{"$group": {"_id": "$status", "n": {"$sum": 1}}}]
+        return {d["_id"]: d["n"] for d in self._db[JOBS].aggregate(pipeline)}
+

@@ -1,0 +1,51 @@
+"""The `metrics` collection: counters summed over every process."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pymongo import UpdateOne
+from pymongo.errors import BulkWriteError
+
+from orchestrator import metrics
+from orchestrator.backends.store.base import (
+    METRICS,
+    Connection,
+    _short,
+    translated,
+)
+from orchestrator.errors import (
+    MetricsPartlyWritten,
+)
+from orchestrator.metrics import Deltas, Meter, Totals
+from orchestrator.models import (
+    utcnow,
+)
+
+
+class MetricDocs(Connection):
+    """The `metrics` collection: counters summed over every process."""
+
+    @translated
+    def add_metrics(self, deltas: Deltas, now: datetime) -> None:
+        """Add a Meter's counts to the fleet's sums: one `$inc` per document, one round trip."""
+        writes = metrics.to_writes(deltas, now)
+        if not writes:
+            return
+        try:
+            self._db[METRICS].bulk_write(
+                [UpdateOne(w.filter, w.update, upsert=True) for w in writes], ordered=False
+            )
+        except BulkWriteError as exc:  # some documents were written: only the rest are kept
+            failed = [writes[e["index"]] for e in exc.details.get("writeErrors", [])]
+            message = f"MongoDB at {self.address} refused some metrics: {_short(exc)}"
+            raise MetricsPartlyWritten(message, metrics.unwritten(failed)) from exc
+
+    def flush_meter(self, meter: Meter) -> None:
+        """Write what `meter` counted; on failure it keeps the counts for the next flush."""
+        meter.flush(lambda deltas: self.add_metrics(deltas, utcnow()))
+
+    @translated
+    def metric_totals(self) -> Totals:
+        return metrics.totals(self._db[METRICS].find())
+

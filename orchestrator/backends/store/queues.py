@@ -1,0 +1,87 @@
+"""The `queues` collection: the source of truth for queue settings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import pymongo
+from bson import ObjectId
+from pymongo.errors import DuplicateKeyError
+
+from orchestrator.backends.store.base import (
+    QUEUES,
+    Connection,
+    translated,
+)
+from orchestrator.errors import (
+    QueueExists,
+    QueueNotFound,
+)
+from orchestrator.models import (
+    QueueRecord,
+    utcnow,
+)
+
+
+class QueueDocs(Connection):
+    """The `queues` collection: the source of truth for queue settings."""
+
+    @translated
+    def insert_queue(self, queue: QueueRecord) -> QueueRecord:
+        now = utcnow()
+        doc = {**queue.to_doc(), "createdAt": now, "updatedAt": now, "syncedAt": now}
+        try:
+            result = self._db[QUEUES].insert_one(doc)
+        except DuplicateKeyError as exc:
+            raise QueueExists(queue.name) from exc
+        return QueueRecord.from_doc({**doc, "_id": result.inserted_id})
+
+    @translated
+    def find_queue(self, name: str) -> QueueRecord | None:
+        doc = self._db[QUEUES].find_one({"name": name})
+        return QueueRecord.from_doc(doc) if doc else None
+
+    def get_queue(self, name: str) -> QueueRecord:
+        queue = self.find_queue(name)
+        if queue is None:
+            raise QueueNotFound(name)
+        return queue
+
+    @translated
+    def queues_by_id(self, ids: Iterable[str]) -> dict[str, QueueRecord]:
+        wanted = [ObjectId(i) for i in set(ids)]
+        cursor = self._db[QUEUES].find({"_id": {"$in": wanted}})
+        return {str(d["_id"]): QueueRecord.from_doc(d) for d in cursor}
+
+    @translated
+    def find_queue_by_dlq(self, dlq_name: str) -> QueueRecord | None:
+        doc = self._db[QUEUES].find_one({"dlqName": dlq_name})
+        return QueueRecord.from_doc(doc) if doc else None
+
+    @translated
+    def list_queues(self) -> list[QueueRecord]:
+        # Large batches: the master reads every queue each cycle (one round trip per batch).
+        cursor = self._db[QUEUES].find().sort("name", 1).batch_size(5000)
+        return [QueueRecord.from_doc(d) for d in cursor]
+
+    @translated
+    def update_queue(self, name: str, changes: dict[str, Any]) -> QueueRecord:
+        """Set document fields (camelCase names) on the named queue and return it."""
+        doc = self._db[QUEUES].find_one_and_update(
+            {"name": name},
+            {"$set": {**changes, "updatedAt": utcnow()}},
+            return_document=pymongo.ReturnDocument.AFTER,
+        )
+        if doc is None:
+            raise QueueNotFound(name)
+        return QueueRecord.from_doc(doc)
+
+    @translated
+    def mark_synced(self, queue_id: str, queue_url: str, dlq_url: str | None) -> None:
+        now = utcnow()
+        self._db[QUEUES].update_one(
+            {"_id": ObjectId(queue_id)},
+            {"$set": {"queueUrl": queue_url, "dlqUrl": dlq_url, "syncedAt": now, "updatedAt": now}},
+        )
+
