@@ -22,16 +22,3 @@ class Message:
     def json(self) -> Any:
         """The body parsed as JSON."""
         return json.loads(self.body)
-
-    @classmethod
-    def from_sqs(cls, raw: dict[str, Any], queue_name: str, queue_url: str) -> Message:
-        attributes = raw.get("Attributes", {})
-        return cls(
-            message_id=raw["MessageId"],
-            body=raw.get("Body", ""),
-            queue_name=queue_name,
-            queue_url=queue_url,
-            receive_count=int(attributes.get("ApproximateReceiveCount", 1)),
-            attributes=attributes,
-            message_attributes=raw.get("MessageAttributes", {}),
-        )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from orchestrator.message import Message
 
 
 def utcnow() -> datetime:
@@ -80,6 +83,38 @@ class QueueRecord:
             updated_at=doc.get("updatedAt"),
             synced_at=doc.get("syncedAt"),
         )
+
+
+@dataclass(frozen=True)
+class SqsMessage:
+    """A message as a receive got it from SQS: what the consumer keeps until it deletes
+    it, retries it or hands it back."""
+
+    message_id: str
+    receipt: str
+    body: str
+    attributes: dict[str, str] = field(default_factory=dict)  # ApproximateReceiveCount, ...
+    message_attributes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def receive_count(self) -> int:
+        return int(self.attributes.get("ApproximateReceiveCount", 1))
+
+    @property
+    def group(self) -> str:
+        """Its MessageGroupId (FIFO queues; empty on a standard queue)."""
+        return self.attributes.get("MessageGroupId", "")
+
+    @classmethod
+    def from_sqs(cls, raw: Mapping[str, Any]) -> SqsMessage:
+        """From a ReceiveMessage answer's entry."""
+        return cls(str(raw["MessageId"]), str(raw["ReceiptHandle"]), raw.get("Body", ""),
+                   dict(raw.get("Attributes") or {}),
+                   dict(raw.get("MessageAttributes") or {}))  # fmt: skip
+
+    def for_handler(self, queue_name: str, queue_url: str) -> Message:
+        return Message(self.message_id, self.body, queue_name, queue_url, self.receive_count,
+                       self.attributes, self.message_attributes)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from orchestrator.config import Settings
 from orchestrator.errors import ConfigError, QueueNotFound, ServiceUnavailable
 from orchestrator.metrics import Meter
-from orchestrator.models import QueueDepth
+from orchestrator.models import QueueDepth, SqsMessage
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -248,7 +248,7 @@ class Sqs:
     @translated
     def receive(
         self, url: str, max_messages: int, wait_seconds: int, visibility_timeout: int | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[SqsMessage]:
         """Long-poll up to `max_messages` (1..10), with receive counts and all attributes;
         hidden for `visibility_timeout` seconds (the queue's own when None)."""
         options: dict[str, Any] = {}
@@ -262,7 +262,7 @@ class Sqs:
             MessageAttributeNames=["All"],
             **options,
         )
-        return [dict(m) for m in response.get("Messages", [])]
+        return [SqsMessage.from_sqs(m) for m in response.get("Messages", [])]
 
     @translated
     def delete_batch(self, url: str, receipts: list[str]) -> int:

@@ -112,8 +112,8 @@ def test_send_spreads_fifo_messages_over_groups(run_cli: Run, store: Store, sqs:
     while messages := sqs.receive(url, 10, 0):
         for m in messages:
             groups.setdefault(m["Attributes"]["MessageGroupId"], []).append(
-                json.loads(m["Body"])["seq"])  # fmt: skip
-        sqs.delete_batch(url, [m["ReceiptHandle"] for m in messages])
+                json.loads(m.body)["seq"])  # fmt: skip
+        sqs.delete_batch(url, [m.receipt for m in messages])
     assert groups == {"g0": [0, 3], "g1": [1, 4], "g2": [2, 5], "vip": [0, 1]}
     bad = run_cli("queue", "send", "o.fifo", "2", "--group-id", "a b")
     assert bad.exit_code == 2 and "group id 'a b' must be" in bad.stderr

@@ -161,7 +161,7 @@ def test_graceful_stop_releases_everything(
     handled = {json.loads(r["body"])["seq"] for r in records(record_dir)}
     back = set()
     while got := sqs.receive(url, 10, 1):
-        back |= {json.loads(m["Body"])["seq"] for m in got}
+        back |= {json.loads(m.body)["seq"] for m in got}
     # Every message was either handled (and so deleted) or is back in the queue at once.
     assert handled | back == set(range(60))
     assert not handled & back

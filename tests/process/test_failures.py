@@ -112,7 +112,7 @@ def test_a_poison_message_goes_to_the_dlq_and_the_rest_is_handled(
     wait_for(lambda: sqs.depth(queue.dlq_url or "").visible == 1, 90, "the poison in the DLQ")
     wait_for(lambda: seqs(record_dir, "pq") == set(range(20)), 30, "every good message handled")
     [dead] = sqs.receive(queue.dlq_url, 10, 1)
-    assert "poison" in dead["Body"]
+    assert "poison" in dead.body
     assert sum(j.failed_count for j in store.jobs(queue="pq")) >= 2  # tried twice first
 
 
@@ -170,7 +170,7 @@ def test_sigterm_exits_within_the_grace_and_releases_everything(
     handled = seqs(record_dir, "g")
     back: set[int] = set()
     while got := sqs.receive(url, 10, 1):
-        back |= {json.loads(m["Body"])["seq"] for m in got}
+        back |= {json.loads(m.body)["seq"] for m in got}
     assert handled | back == set(range(60))  # handled, or visible again at once
 
 

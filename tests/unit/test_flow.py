@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.models import SqsMessage
 from orchestrator.roles.engine.flow import DELETE_MAX_WAIT, Ask, Flow, Work
 from orchestrator.roles.engine.invoke import Result
 
@@ -18,11 +19,11 @@ class Clock:
         return self.now
 
 
-def raw(mid: str, group: str | None = None, count: int = 1) -> dict[str, Any]:
+def raw(mid: str, group: str | None = None, count: int = 1) -> SqsMessage:
     attributes = {"ApproximateReceiveCount": str(count)}
     if group is not None:
         attributes["MessageGroupId"] = group
-    return {"MessageId": mid, "ReceiptHandle": f"r-{mid}", "Body": mid, "Attributes": attributes}
+    return SqsMessage(mid, f"r-{mid}", mid, attributes)
 
 
 def flow(clock: Clock | None = None, **options: Any) -> Flow:
@@ -30,7 +31,7 @@ def flow(clock: Clock | None = None, **options: Any) -> Flow:
     return Flow(clock=clock or Clock(), **settings)
 
 
-def receive(f: Flow, *raws: dict[str, Any], asked: int | None = None) -> None:
+def receive(f: Flow, *raws: SqsMessage, asked: int | None = None) -> None:
     """A receive of the messages, as the runner makes one."""
     ask = f.plan_receive() or Ask(asked or max(len(raws), 1), f.clock(), False)
     f.add(ask, list(raws))

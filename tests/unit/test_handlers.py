@@ -10,6 +10,7 @@ import pytest
 from orchestrator import Message, config
 from orchestrator.errors import HandlerImportError
 from orchestrator.handlers import import_handler, log, noop, sleep
+from orchestrator.models import SqsMessage
 
 
 def msg(body: str) -> Message:
@@ -47,7 +48,7 @@ def test_message_from_sqs_and_json() -> None:
         "Attributes": {"ApproximateReceiveCount": "3"},
         "MessageAttributes": {"k": {"DataType": "String", "StringValue": "v"}},
     }
-    m = Message.from_sqs(raw, "q", "http://x/q")
+    m = SqsMessage.from_sqs(raw).for_handler("q", "http://x/q")
     assert (m.message_id, m.receive_count, m.json()) == ("id-1", 3, {"ms": 5})
     assert m.message_attributes["k"]["StringValue"] == "v"
 

@@ -54,7 +54,7 @@ class MessageMaker:
         self.queue_name, self.queue_url = queue_name, queue_url
 
     def __call__(self, work: Work) -> list[Message]:
-        return [Message.from_sqs(h.raw, self.queue_name, self.queue_url) for h in work.messages]
+        return [h.message.for_handler(self.queue_name, self.queue_url) for h in work.messages]
 
 
 class ThreadExecutor:

@@ -23,10 +23,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from orchestrator import policy
 from orchestrator.metrics import Meter
+from orchestrator.models import SqsMessage
 from orchestrator.policy import RECEIVE_BATCH as BATCH
 from orchestrator.roles.engine.held import Held, Received
 from orchestrator.roles.engine.invoke import Result
@@ -141,8 +141,8 @@ class Flow:
             handler_s=self.handler_s, rtt_s=self.rtt_s,
         )  # fmt: skip
 
-    def add(self, ask: Ask, raws: list[dict[str, Any]]) -> None:
-        """The receive `ask` came back with `raws`."""
+    def add(self, ask: Ask, raws: list[SqsMessage]) -> None:
+        """The receive `ask` came back with these messages."""
         now = self.clock()
         with self.lock:
             self.receiving -= ask.count
@@ -172,9 +172,9 @@ class Flow:
             self.receiving -= ask.count
             self.receives -= 1
 
-    def _received(self, raw: dict[str, Any], now: float) -> Received:
+    def _received(self, raw: SqsMessage, now: float) -> Received:
         self.seq += 1
-        group = raw.get("Attributes", {}).get("MessageGroupId", "") if self.fifo else None
+        group = raw.group if self.fifo else None
         return Received(raw, self.seq, group, now, now + self.visibility * EXTEND_FRACTION)
 
     # --- starting --------------------------------------------------------------------

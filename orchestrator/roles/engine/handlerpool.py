@@ -169,7 +169,7 @@ class HandlerPool:
                 self.next_id += 1
                 proc.running[self.next_id] = work
                 run = Run(self.next_id, work.batch,
-                          [handlerproc.wire_raw(h.raw) for h in work.messages])  # fmt: skip
+                          [handlerproc.wire(h.message) for h in work.messages])  # fmt: skip
         if gone is not None:
             self.flow.finished(work, Result(frozenset(h.message_id for h in work.messages),
                                             gone, 0.0))  # fmt: skip

@@ -28,6 +28,7 @@ from orchestrator.config import Settings
 from orchestrator.errors import HandlerImportError
 from orchestrator.handlers import import_handler
 from orchestrator.message import Message
+from orchestrator.models import SqsMessage
 from orchestrator.roles.channel import Channel, ChannelClosed
 from orchestrator.roles.engine import invoke
 
@@ -89,31 +90,25 @@ def decode(doc: dict[str, Any]) -> Wire:
     return cls(**fields)  # type: ignore[no-any-return]
 
 
-def wire_raw(raw: dict[str, Any]) -> dict[str, Any]:
+def wire(message: SqsMessage) -> dict[str, Any]:
     """An SQS message as JSON can carry it: binary attribute values as base64."""
-    attrs = raw.get("MessageAttributes")
-    if not attrs:
-        return raw
     wrapped = {}
-    for name, attr in attrs.items():
+    for name, attr in message.message_attributes.items():
         attr = dict(attr)
         if isinstance(attr.get("BinaryValue"), bytes | bytearray):
             attr["BinaryValue"] = {"b64": base64.b64encode(attr["BinaryValue"]).decode()}
         wrapped[name] = attr
-    return {**raw, "MessageAttributes": wrapped}
+    return {**asdict(message), "message_attributes": wrapped}
 
 
-def unwire_raw(raw: dict[str, Any]) -> dict[str, Any]:
-    attrs = raw.get("MessageAttributes")
-    if not attrs:
-        return raw
+def unwire(doc: dict[str, Any]) -> SqsMessage:
     unwrapped = {}
-    for name, attr in attrs.items():
+    for name, attr in (doc.get("message_attributes") or {}).items():
         value = attr.get("BinaryValue")
         if isinstance(value, dict) and "b64" in value:
             attr = {**attr, "BinaryValue": base64.b64decode(value["b64"])}
         unwrapped[name] = attr
-    return {**raw, "MessageAttributes": unwrapped}
+    return SqsMessage(**{**doc, "message_attributes": unwrapped})
 
 
 # --- the process ------------------------------------------------------------------------
@@ -145,7 +140,7 @@ class HandlerProcess:
             os._exit(0)  # the consumer is gone: its messages come back to SQS by themselves
 
     def _messages(self, run: Run) -> list[Message]:
-        return [Message.from_sqs(unwire_raw(r), self.queue_name, self.queue_url)
+        return [unwire(r).for_handler(self.queue_name, self.queue_url)
                 for r in run.messages]  # fmt: skip
 
     def _answer(self, run: Run, result: invoke.Result) -> None:

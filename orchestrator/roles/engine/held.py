@@ -11,14 +11,15 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+
+from orchestrator.models import SqsMessage
 
 
 @dataclass(eq=False)
 class Received:
     """A received message, from its receive until it is deleted, retried or handed back."""
 
-    raw: dict[str, Any]
+    message: SqsMessage
     seq: int  # arrival order: hand-backs take the newest first (a FIFO group's tail)
     group: str | None  # MessageGroupId on a FIFO queue
     received: float
@@ -26,15 +27,15 @@ class Received:
 
     @property
     def receipt(self) -> str:
-        return str(self.raw["ReceiptHandle"])
+        return self.message.receipt
 
     @property
     def message_id(self) -> str:
-        return str(self.raw["MessageId"])
+        return self.message.message_id
 
     @property
     def receive_count(self) -> int:
-        return int(self.raw.get("Attributes", {}).get("ApproximateReceiveCount", 1))
+        return self.message.receive_count
 
 
 class Held:
