@@ -52,17 +52,22 @@ def next_idle_delay(previous: float | None, maximum: float, idle_for: float | No
     return min(previous * 2, maximum)
 
 
+def backoff(failures: int, base: float, cap: float) -> float:
+    """The wait after `failures` failures in a row: `base` doubling, at most `cap`
+    (1 failure: `base`). Every retry schedule of the project is this one."""
+    exponent = min(max(failures, 1) - 1, 60)  # 2**60 x any base is past every cap
+    return float(min(base * 2**exponent, cap))
+
+
 def failed_job_delay(consecutive_failures: int) -> float:
     """Wait before re-assigning a queue whose last jobs failed (2 s doubling, at most 60 s):
     a handler that cannot be imported must not be retried in a tight loop."""
-    exponent = min(max(consecutive_failures, 1) - 1, 10)
-    return float(min(FAILED_JOB_BASE * 2**exponent, FAILED_JOB_CAP))
+    return backoff(consecutive_failures, FAILED_JOB_BASE, FAILED_JOB_CAP)
 
 
 def retry_visibility(receive_count: int, cap: float = RETRY_CAP) -> int:
     """Seconds to hide a message whose handler failed, from its receive count (1, 2, 4, …)."""
-    exponent = max(receive_count, 1) - 1
-    return int(min(RETRY_BASE * 2 ** min(exponent, 30), cap))
+    return int(backoff(receive_count, RETRY_BASE, cap))
 
 
 def is_drained(empty_polls: int, in_flight: int, threshold: int) -> bool:

@@ -21,6 +21,7 @@ from orchestrator.config import Endpoints, Settings
 from orchestrator.handlers import import_handler
 from orchestrator.metrics import Meter
 from orchestrator.roles import processes as processes_
+from orchestrator.roles import protocol
 from orchestrator.roles.channel import Channel, ChannelClosed
 from orchestrator.roles.engine import invoke
 from orchestrator.roles.engine.calls import RECEIVE_WAIT_SECONDS
@@ -32,7 +33,8 @@ from orchestrator.roles.engine.executors import (
 )
 from orchestrator.roles.engine.flow import Flow
 from orchestrator.roles.engine.handlerpool import HandlerPool
-from orchestrator.roles.engine.runner import ExecutorFactory, JobSpec, Runner
+from orchestrator.roles.engine.runner import Control, ExecutorFactory, JobSpec, Runner
+from orchestrator.roles.protocol import ProtocolError, Reason
 from orchestrator.roles.signals import SignalQueue
 
 # An SQS call that hangs must fail well inside the worker's 30 s stall watchdog, as an
@@ -44,10 +46,10 @@ log = structlog.get_logger()
 
 
 class Consumer:
-    """Runs one assignment at a time, as its worker asks.
+    """Runs one assignment at a time, as its worker asks (orchestrator/roles/protocol.py).
 
-    Control messages: `assign` (a job), `settings` and `stop` (for the current job:
-    a stop naming another job is stale and ignored), `exit` (end the process).
+    `Settings` and `Stop` are for the current job (one naming another job is stale and
+    ignored); an `Assign` or `Exit` that comes while a job runs waits for its end.
     """
 
     def __init__(
@@ -63,7 +65,7 @@ class Consumer:
         self.exiting = False
         self.signalled = False
         self.current: str | None = None  # job id
-        self.pending: list[dict[str, Any]] = []
+        self.pending: list[protocol.ToConsumer] = []
         self.closed = False  # the worker's end of the channel closed
 
     def run(self) -> None:
@@ -73,44 +75,55 @@ class Consumer:
         while not self.exiting:
             selector.select(timeout=1.0)
             for op in self._control():
-                if op["op"] == "assign" and not self.exiting:
+                if isinstance(op, protocol.Assign) and not self.exiting:
                     self._run_job(op)
-                elif op["op"] == "exit":
+                elif isinstance(op, protocol.Exit):
                     self.exiting = True
 
-    def _control(self) -> list[dict[str, Any]]:
-        """Pending control messages, with signals and a closed channel turned into ops."""
+    def _control(self) -> list[protocol.ToConsumer]:
+        """Pending control messages, with signals and a closed channel turned into ones."""
         ops, self.pending = self.pending, []
         for sig in self.signals.drain():
             ops.append(self._on_signal(sig))
         if self.closed:
             return ops
         try:
-            ops.extend(self.channel.receive())
+            docs = self.channel.receive()
         except ChannelClosed:
             log.warning("consumer.orphaned", reason="worker channel closed")
             self.closed = self.exiting = True  # never go on unsupervised
-            ops.append({"op": "stop", "jobId": self.current, "reason": "worker_gone"})
+            ops.append(protocol.Stop(self.current, Reason.WORKER_GONE))
+            return ops
+        for doc in docs:
+            try:
+                op = protocol.decode(doc)
+            except ProtocolError as exc:
+                log.error("consumer.bad_message", error=str(exc))
+                continue
+            if isinstance(op, protocol.Started | protocol.Progress | protocol.Done):
+                log.error("consumer.bad_message", error=f"a worker sent {op.type!r}")
+                continue
+            ops.append(op)
         return ops
 
     def _watch(self) -> list[int]:
         """What the runner waits on besides its own wake-ups: signals and the channel."""
         return [self.signals.read_fd] + ([] if self.closed else [self.channel.fileno()])
 
-    def _on_signal(self, sig: signal.Signals) -> dict[str, Any]:
+    def _on_signal(self, sig: signal.Signals) -> protocol.ToConsumer:
         """First SIGTERM: finish the current job gracefully, then exit. Second: abort."""
         self.exiting = True
         if self.signalled:
             log.warning("consumer.aborting", signal=sig.name)
-            return {"op": "abort", "jobId": self.current}
+            return protocol.Abort(self.current)
         self.signalled = True
-        return {"op": "stop", "jobId": self.current, "reason": "shutdown"}
+        return protocol.Stop(self.current, Reason.SHUTDOWN)
 
-    def _run_job(self, op: dict[str, Any]) -> None:
-        spec = JobSpec.from_op(op)
+    def _run_job(self, assign: protocol.Assign) -> None:
+        spec = JobSpec.of(assign)
         self.current = spec.job_id
         structlog.contextvars.bind_contextvars(queue=spec.queue_name, job_id=spec.job_id)
-        self._report({"event": "started", "pid": os.getpid()})
+        self._report(protocol.Started(self.current, os.getpid(), self.meter.take()))
         log.info("consumer.job_started", concurrency=spec.concurrency, processes=spec.processes,
                  batch_size=spec.batch_size)  # fmt: skip
         runner = Runner(
@@ -122,19 +135,19 @@ class Consumer:
             grace=self.settings.shutdown_grace,
             control=self._runner_control,
             progress=lambda handled, failed: self._report(
-                {"event": "progress", "handled": handled, "failed": failed}
+                protocol.Progress(self.current, handled, failed, self.meter.take())
             ),
             meter=self.meter,
             watch=self._watch,
         )
         outcome = runner.run()
-        if outcome.reason == "handler_import":
+        if outcome.reason is Reason.HANDLER_IMPORT:
             log.error("consumer.handler_import_failed", handler=spec.handler, error=outcome.error)
         log.info("consumer.job_done", handled=outcome.handled, failed=outcome.failed,
                  reason=outcome.reason, abandoned=outcome.abandoned)  # fmt: skip
-        self._report({"event": "done", "handled": outcome.handled, "failed": outcome.failed,
-                      "reason": outcome.reason, "abandoned": outcome.abandoned,
-                      "error": outcome.error, "processes": outcome.processes})  # fmt: skip
+        self._report(protocol.Done(self.current, outcome.handled, outcome.failed, outcome.reason,
+                                   outcome.abandoned, outcome.error, tuple(outcome.processes),
+                                   self.meter.take()))  # fmt: skip
         structlog.contextvars.unbind_contextvars("queue", "job_id")
         self.current = None
         if outcome.abandoned:
@@ -162,19 +175,19 @@ class Consumer:
 
         return make
 
-    def _runner_control(self) -> list[dict[str, Any]]:
+    def _runner_control(self) -> list[Control]:
         """Control messages for the current job; an assign or exit waits for after it."""
-        ops = []
+        ops: list[Control] = []
         for op in self._control():
-            if op["op"] in ("assign", "exit"):
+            if isinstance(op, protocol.Assign | protocol.Exit):
                 self.pending.append(op)
-            elif op.get("jobId") in (None, self.current):
+            elif op.job_id in (None, self.current):
                 ops.append(op)
         return ops
 
-    def _report(self, event: dict[str, Any]) -> None:
+    def _report(self, event: protocol.ToWorker) -> None:
         try:
-            self.channel.send({**event, "jobId": self.current, "metrics": self.meter.take()})
+            self.channel.send(protocol.encode(event))
         except ChannelClosed:
             self.exiting = True  # nobody to report to; the master will clean up after us
 

@@ -8,11 +8,13 @@ from collections.abc import Callable
 
 import structlog
 
+from orchestrator import policy
 from orchestrator.errors import OrchestratorError
 from orchestrator.roles.signals import STOP, SignalQueue
 
 log = structlog.get_logger()
 
+OUTAGE_BACKOFF_BASE = 0.5
 OUTAGE_BACKOFF_CAP = 30.0
 
 
@@ -33,7 +35,7 @@ class Outage:
                 log.error("service.unavailable", error=problem, retrying=True)
             else:  # a bug, not an outage: keep the traceback
                 log.exception("loop.error", error=problem)
-        return float(min(0.5 * 2 ** (self.failures - 1), OUTAGE_BACKOFF_CAP))
+        return policy.backoff(self.failures, OUTAGE_BACKOFF_BASE, OUTAGE_BACKOFF_CAP)
 
     def recovered(self) -> None:
         if self.failures:

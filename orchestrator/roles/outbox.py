@@ -17,50 +17,37 @@ from orchestrator.backends.store import Store
 from orchestrator.errors import ServiceUnavailable
 from orchestrator.metrics import Meter
 from orchestrator.models import Assignment, utcnow
+from orchestrator.roles.protocol import Done, Reason
 
 log = structlog.get_logger()
-
-STATUS_BY_REASON = {  # why a consumer ended a job → the job's status
-    "drained": "completed",
-    "max_time": "completed",
-    "paused": "completed",
-    "shutdown": "interrupted",
-    "released": "interrupted",
-    "fenced": "interrupted",
-    "aborted": "interrupted",
-    "worker_gone": "interrupted",
-    "memory": "interrupted",  # stopped for its consumer's memory: nothing lost, it goes on
-    "handler_import": "failed",
-}
-
 
 @dataclass(frozen=True)
 class JobEnd:
     """A job outcome waiting to be written: the job first, then its assignment released."""
 
     job: Assignment
-    status: str
+    reason: Reason
     handled: int
     failed: int
-    reason: str
     error: str | None = None
     processes: tuple[dict[str, Any], ...] = ()  # its handler processes' counts
 
+    @property
+    def status(self) -> str:
+        return self.reason.status
+
     @classmethod
-    def reported(cls, job: Assignment, event: dict[str, Any]) -> JobEnd:
-        """The outcome a consumer's `done` report gives. A job that gave up on handlers
+    def reported(cls, job: Assignment, done: Done) -> JobEnd:
+        """The outcome a consumer's `Done` report gives. A job that gave up on handlers
         that never returned failed, whatever ended it: their messages were not handled."""
-        status = STATUS_BY_REASON.get(event["reason"], "failed")
-        reason, error = event["reason"], event.get("error")
-        if event.get("abandoned"):
-            status, reason = "failed", "abandoned"
+        if done.abandoned:
             error = (
-                f"{event['abandoned']} handler(s) had not returned within SHUTDOWN_GRACE when "
-                f"the job ended ({event['reason']}); the consumer abandoned them and exited, "
+                f"{done.abandoned} handler(s) had not returned within SHUTDOWN_GRACE when "
+                f"the job ended ({done.reason}); the consumer abandoned them and exited, "
                 "and their messages come back after the visibility timeout"
             )
-        return cls(job, status, event["handled"], event["failed"], reason, error,
-                   tuple(event.get("processes") or ()))  # fmt: skip
+            return cls(job, Reason.ABANDONED, done.handled, done.failed, error, done.processes)
+        return cls(job, done.reason, done.handled, done.failed, done.error, done.processes)
 
 
 class Outbox:
@@ -96,11 +83,11 @@ class Outbox:
         while self.pending:
             end = self.pending[0]
             store.job_ended(end.job.job_id, end.status, utcnow(), handled=end.handled,
-                            failed=end.failed, reason=end.reason, error=end.error,
+                            failed=end.failed, reason=end.reason.value, error=end.error,
                             processes=list(end.processes))  # fmt: skip
             store.release(end.job.job_id)
             self.pending.pop(0)
             log_event = log.info if end.status == "completed" else log.warning
             log_event(f"job.{end.status}", queue=end.job.queue_name, job_id=end.job.job_id,
-                      handled=end.handled, failed=end.failed, reason=end.reason,
+                      handled=end.handled, failed=end.failed, reason=end.reason.value,
                       error=end.error)  # fmt: skip

@@ -18,8 +18,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
@@ -49,6 +50,13 @@ class Child:
     def signal(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError):
             self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int | None:
+        """Its exit status once it ended within `timeout` seconds, else None."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def kill_group(self) -> None:
         """SIGKILL the child and everything in its process group (its own consumers)."""
@@ -158,7 +166,17 @@ def describe_exit(status: int) -> str:
     return f"exit code {status}"
 
 
-def stop_all(children: list[Child], grace: float) -> None:
+class Stoppable(Protocol):
+    """A child process as stop_all sees it (Child, or a consumer pool's process)."""
+
+    def signal(self, sig: signal.Signals) -> None: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float) -> int | None: ...
+
+
+def stop_all(children: Sequence[Stoppable], grace: float) -> None:
     """TERM every child, reap until `grace` has passed, KILL the rest, reap once more."""
     for child in children:
         child.signal(signal.SIGTERM)
@@ -169,8 +187,7 @@ def stop_all(children: list[Child], grace: float) -> None:
         if child.poll() is None:
             child.signal(signal.SIGKILL)
     for child in children:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            child.proc.wait(timeout=5)
+        child.wait(timeout=5)
 
 
 def parent_alive(original_ppid: int) -> bool:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from orchestrator import policy
 from orchestrator.config import Endpoints, Settings
 from orchestrator.roles import processes
 from orchestrator.roles.processes import Child
@@ -23,6 +24,7 @@ log = structlog.get_logger()
 
 STOP_MARGIN = 5.0  # beyond SHUTDOWN_GRACE, for workers to release and deregister
 STABLE_SECONDS = 30.0  # a child that ran this long resets its restart backoff
+RESTART_CAP = 30.0  # seconds between restarts of a role that keeps dying
 BOOT_SECONDS = 10.0  # a child that exits with an error sooner failed to boot
 BOOT_FAILURES = 3  # boot failures in a row after which the supervisor gives up (exit 1)
 MODES = ("M", "W", "MW")
@@ -99,7 +101,7 @@ class Supervisor:
                 continue
             else:
                 slot.failures = 1 if ran >= STABLE_SECONDS else slot.failures + 1
-                delay = min(2 ** (slot.failures - 1), 30)
+                delay = policy.backoff(slot.failures, 1.0, RESTART_CAP)
                 slot.restart_at = now + delay
                 log.error("child.died", child=slot.role, child_pid=slot.child.pid, exit=how,
                           restart_in=delay)  # fmt: skip

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import pytest
 
@@ -13,13 +13,20 @@ from orchestrator.backends.queues import QueueAdmin
 from orchestrator.backends.store import Store
 from orchestrator.config import Endpoints, Settings
 from orchestrator.models import utcnow
-from orchestrator.roles import processes
+from orchestrator.roles import processes, protocol
 from orchestrator.roles.outbox import JobEnd
 from orchestrator.roles.processes import Child
+from orchestrator.roles.protocol import Reason
 from orchestrator.roles.worker import Worker
 from tests.process.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(120)
+T = TypeVar("T", bound=protocol.Message)
+
+
+def spawner(settings: Settings, endpoints: Endpoints) -> Callable[[], Child]:
+    boot = processes.boot_document(settings, endpoints)
+    return lambda: processes.spawn("consumer", boot, channel=True)
 
 
 @pytest.fixture
@@ -29,27 +36,27 @@ def consumer(settings: Settings, endpoints: Endpoints) -> Iterator[Child]:
     processes.stop_all([child], 5)
 
 
-def next_event(child: Child, kind: str, timeout: float = 30) -> dict[str, Any]:
+def next_event(child: Child, kind: type[T], timeout: float = 30) -> T:
     assert child.channel
-    seen: list[dict[str, Any]] = []
+    seen: list[protocol.Message] = []
 
-    def find() -> dict[str, Any] | None:
+    def find() -> T | None:
         assert child.channel
-        seen.extend(child.channel.receive())
+        seen.extend(protocol.decode(doc) for doc in child.channel.receive())
         while seen:
             event = seen.pop(0)
-            if event["event"] == kind:
+            if isinstance(event, kind):
                 return event
         return None
 
-    return wait_for(find, timeout, f"consumer event {kind}", interval=0.05)
+    return wait_for(find, timeout, f"consumer event {kind.type}", interval=0.05)
 
 
 def assign(admin: QueueAdmin, name: str, job_id: str) -> dict[str, Any]:
     q = admin.store.get_queue(name)
-    return {"op": "assign", "jobId": job_id, "queueName": q.name, "queueUrl": q.queue_url,
-            "handler": "orchestrator.handlers:noop", "concurrency": 2, "paused": False,
-            "visibilityTimeout": 30}  # fmt: skip
+    return protocol.encode(protocol.Assign(job_id, q.name, q.queue_url,
+                                           "orchestrator.handlers:noop", 30,
+                                           protocol.Live(concurrency=2, paused=False)))
 
 
 def test_a_stale_stop_does_not_end_the_next_job(admin: QueueAdmin, consumer: Child) -> None:
@@ -58,11 +65,11 @@ def test_a_stale_stop_does_not_end_the_next_job(admin: QueueAdmin, consumer: Chi
         admin.send(name, count)
     assert consumer.channel
     consumer.channel.send(assign(admin, "first", "job-a"))
-    assert next_event(consumer, "done")["handled"] == 3
-    consumer.channel.send({"op": "stop", "jobId": "job-a", "reason": "released"})  # late
+    assert next_event(consumer, protocol.Done).handled == 3
+    consumer.channel.send(protocol.encode(protocol.Stop("job-a", Reason.RELEASED)))  # late
     consumer.channel.send(assign(admin, "second", "job-b"))
-    done = next_event(consumer, "done")
-    assert (done["jobId"], done["handled"], done["reason"]) == ("job-b", 2, "drained")
+    done = next_event(consumer, protocol.Done)
+    assert (done.job_id, done.handled, done.reason) == ("job-b", 2, "drained")
     assert consumer.poll() is None  # still alive, ready for more
 
 
@@ -78,19 +85,19 @@ def dead_store(settings: Settings) -> Store:
 def test_outcomes_wait_in_the_outbox_through_a_mongodb_outage(
     settings: Settings, endpoints: Endpoints, store: Store, admin: QueueAdmin
 ) -> None:
-    worker = Worker(settings, store, processes.boot_document(settings, endpoints))
-    worker.register()
+    worker = Worker(settings, store, spawner(settings, endpoints))
+    worker.register(time.monotonic())
     queue = admin.create("q")
     job_id = store.assign(queue, worker.id, utcnow())
     assert job_id
     [assignment] = store.assignments(worker.id)
 
     worker.store = dead_store(settings)
-    worker._close(JobEnd(assignment, "completed", 7, 0, "drained"))
+    worker._close(JobEnd(assignment, Reason.DRAINED, 7, 0))
     for _ in range(3):
         worker.tick(time.monotonic())
     assert len(worker.outbox.pending) == 1  # kept, not lost
-    assert worker.slots == {}  # and its still-assigned queue was not started again
+    assert worker.pool.slots == {}  # and its still-assigned queue was not started again
 
     worker.store = store
     worker.due.clear()
@@ -104,8 +111,8 @@ def test_outcomes_wait_in_the_outbox_through_a_mongodb_outage(
 def test_a_worker_that_cannot_heartbeat_fences_itself(
     settings: Settings, endpoints: Endpoints, store: Store
 ) -> None:
-    worker = Worker(settings, store, processes.boot_document(settings, endpoints))
-    worker.register()
+    worker = Worker(settings, store, spawner(settings, endpoints))
+    worker.register(time.monotonic())
     worker.store = dead_store(settings)
     start = time.monotonic()
     wait_for(lambda: worker.tick(time.monotonic()) or worker.fenced, 30, "the worker to fence")

@@ -13,6 +13,7 @@ from orchestrator.errors import ServiceUnavailable
 from orchestrator.metrics import Meter
 from orchestrator.models import Assignment
 from orchestrator.roles.outbox import JobEnd, Outbox
+from orchestrator.roles.protocol import Reason
 from orchestrator.roles.worker import Worker
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -31,8 +32,12 @@ class BrokenStore:
         return call
 
 
+def no_spawn() -> Any:
+    raise AssertionError("these tests start no consumer")
+
+
 def worker(error: Exception) -> Worker:
-    return Worker(config.load("development", {}), BrokenStore(error), {})  # type: ignore[arg-type]
+    return Worker(config.load("development", {}), BrokenStore(error), no_spawn)  # type: ignore[arg-type]
 
 
 def boom() -> None:
@@ -70,10 +75,10 @@ def test_an_outbox_write_that_breaks_is_logged_and_kept() -> None:
     outbox = Outbox(Meter())
     job = Assignment("url", "qid", "q", "w", "0123456789abcdef01234567", T0)
     with capture_logs() as logs:
-        outbox.add(JobEnd(job, "completed", 1, 0, "drained"), BrokenStore(KeyError("a bug")))  # type: ignore[arg-type]
+        outbox.add(JobEnd(job, Reason.DRAINED, 1, 0), BrokenStore(KeyError("a bug")))  # type: ignore[arg-type]
     assert logs[0]["event"] == "outbox.flush_failed" and logs[0]["exc_info"]
     assert outbox.job_ids() == {job.job_id}  # retried by the worker's outbox step
     with capture_logs() as logs:
-        outbox.add(JobEnd(job, "completed", 1, 0, "drained"),
+        outbox.add(JobEnd(job, Reason.DRAINED, 1, 0),
                    BrokenStore(ServiceUnavailable("down")))  # type: ignore[arg-type]  # fmt: skip
     assert logs == []  # an outage: the outbox step logs it, once

@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from orchestrator import policy
 from orchestrator.roles import processes
 from orchestrator.roles.channel import ChannelClosed
 from orchestrator.roles.engine import handlerproc
@@ -103,7 +104,7 @@ class HandlerPool:
                 for _ in range(missing):
                     self._start_one()
                 if self.deaths_in_a_row:
-                    self.respawn_at = now + min(2.0**self.deaths_in_a_row, RESPAWN_CAP)
+                    self.respawn_at = now + policy.backoff(self.deaths_in_a_row, 2.0, RESPAWN_CAP)
             return self.fatal
 
     def retire(self) -> None:

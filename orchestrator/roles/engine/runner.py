@@ -24,9 +24,11 @@ import structlog
 from orchestrator.backends.sqs import Sqs
 from orchestrator.errors import HandlerImportError
 from orchestrator.metrics import Meter
+from orchestrator.roles import protocol
 from orchestrator.roles.engine.calls import Calls
 from orchestrator.roles.engine.executors import Executor
 from orchestrator.roles.engine.flow import Flow
+from orchestrator.roles.protocol import Reason
 
 PROGRESS_SECONDS = 1.0
 LOOP_SECONDS = 0.1  # the longest the runner sleeps between looks
@@ -56,14 +58,13 @@ class JobSpec:
         return self.queue_name.endswith(".fifo")
 
     @classmethod
-    def from_op(cls, op: dict[str, Any]) -> JobSpec:
+    def of(cls, assign: protocol.Assign) -> JobSpec:
+        live = assign.live
         return cls(
-            job_id=op["jobId"], queue_name=op["queueName"], queue_url=op["queueUrl"],
-            handler=op["handler"], concurrency=int(op["concurrency"]),
-            paused=bool(op.get("paused")),
-            visibility_timeout=int(op.get("visibilityTimeout") or 30),
-            processes=int(op.get("processes") or 1), batch_size=int(op.get("batchSize") or 1),
-            batch_window=float(op.get("batchWindow") or 0.0),
+            job_id=assign.job_id, queue_name=assign.queue_name, queue_url=assign.queue_url,
+            handler=assign.handler, concurrency=live.concurrency, paused=live.paused,
+            visibility_timeout=assign.visibility_timeout, processes=live.processes,
+            batch_size=live.batch_size, batch_window=live.batch_window,
         )  # fmt: skip
 
 
@@ -71,7 +72,7 @@ class JobSpec:
 class Outcome:
     handled: int
     failed: int
-    reason: str  # drained | max_time | paused | shutdown | released | aborted | handler_import
+    reason: Reason
     abandoned: int = 0  # handlers still running when the run gave up waiting for them
     error: str | None = None
     processes: list[dict[str, Any]] = field(default_factory=list)  # handler processes' counts
@@ -79,6 +80,8 @@ class Outcome:
 
 # Builds the executor for `processes` handler processes (1: in this process).
 ExecutorFactory = Callable[[Flow, int], Executor]
+# Control messages for the running job (new settings, stop, abort).
+Control = protocol.Settings | protocol.Stop | protocol.Abort
 
 
 class Waker:
@@ -128,7 +131,7 @@ class Runner:
         drain_empty_polls: int,
         max_seconds: float,
         grace: float,
-        control: Callable[[], list[dict[str, Any]]],
+        control: Callable[[], list[Control]],
         progress: Callable[[int, int], None],
         meter: Meter,
         watch: Callable[[], list[int]] = list,
@@ -151,7 +154,7 @@ class Runner:
         )  # fmt: skip
         self.flow.wake = self._due
         self.flow.max_receives = MAX_RECEIVES
-        self.reason: str | None = None
+        self.reason: Reason | None = None
         self.error: str | None = None
         self.stopped_at: float | None = None
         self.calls = Calls(sqs, spec, self.flow, self.waker.wake)
@@ -161,7 +164,7 @@ class Runner:
 
     def run(self) -> Outcome:
         if self.spec.paused:
-            return Outcome(0, 0, "paused")
+            return Outcome(0, 0, Reason.PAUSED)
         try:
             self.executor = self.executors(self.flow, self.processes)
             self.executor.start()
@@ -170,7 +173,7 @@ class Runner:
             fatal = str(exc)
         if fatal:
             self._close_executors(kill=True)
-            return self._end(Outcome(0, 0, "handler_import", error=fatal))
+            return self._end(Outcome(0, 0, Reason.HANDLER_IMPORT, error=fatal))
         return self._end(self._loop())
 
     def _loop(self) -> Outcome:
@@ -178,14 +181,14 @@ class Runner:
         control_ready = True
         while True:
             if control_ready and self._apply_control(self.control()):
-                return self._give_up("aborted")
+                return self._give_up(Reason.ABORTED)
             now = time.monotonic()
             if now >= self.deadline:
-                self._finish("max_time")  # yield to queues waiting for capacity
+                self._finish(Reason.MAX_TIME)  # yield to queues waiting for capacity
             fatal = self.executor.maintain()
             if fatal and self.reason is None:
                 self.error = fatal
-                self._finish("handler_import")
+                self._finish(Reason.HANDLER_IMPORT)
             self._pump()
             if now >= next_extend:
                 self.calls.extend(self.flow.due_extensions(now))
@@ -194,7 +197,7 @@ class Runner:
                 self.progress(*self.flow.counts())
                 next_progress = now + PROGRESS_SECONDS
             if self.reason is None and self.flow.drained():
-                self._finish("drained")
+                self._finish(Reason.DRAINED)
             if self.reason is not None:
                 if self.flow.idle():
                     break
@@ -206,7 +209,7 @@ class Runner:
         self.calls.wait()
         self._close_executors(kill=False)
         handled, failed = self.flow.counts()
-        return Outcome(handled, failed, self.reason or "drained", error=self.error,
+        return Outcome(handled, failed, self.reason or Reason.DRAINED, error=self.error,
                        processes=self._report())  # fmt: skip
 
     def _end(self, outcome: Outcome) -> Outcome:
@@ -214,7 +217,7 @@ class Runner:
         self.waker.close()
         return outcome
 
-    def _give_up(self, reason: str) -> Outcome:
+    def _give_up(self, reason: Reason) -> Outcome:
         """Stop waiting for running handlers: hand their messages back to SQS at once.
 
         Handler threads cannot be stopped, so the consumer process must exit after this;
@@ -232,7 +235,7 @@ class Runner:
         return Outcome(handled, failed, reason, abandoned=len(stuck), error=self.error,
                        processes=self._report())  # fmt: skip
 
-    def _finish(self, reason: str) -> None:
+    def _finish(self, reason: Reason) -> None:
         """Stop receiving and hand held messages back; running handlers finish, and the
         first reason given sticks."""
         if self.reason is None:
@@ -240,29 +243,27 @@ class Runner:
             self.stopped_at = time.monotonic()
         self.flow.close()
 
-    def _apply_control(self, ops: list[dict[str, Any]]) -> bool:
+    def _apply_control(self, ops: list[Control]) -> bool:
         """Apply control messages; True when told to abort at once."""
         for op in ops:
-            kind = op.get("op")
-            if kind == "settings":
-                self._apply_settings(op)
-            elif kind == "stop":
-                self._finish(op.get("reason", "shutdown"))
-            elif kind == "abort":
+            if isinstance(op, protocol.Settings):
+                self._apply_settings(op.live)
+            elif isinstance(op, protocol.Stop):
+                self._finish(op.reason)
+            else:
                 return True
         return False
 
-    def _apply_settings(self, op: dict[str, Any]) -> None:
-        limit = int(op["concurrency"])
-        processes = int(op.get("processes") or self.processes)
+    def _apply_settings(self, live: protocol.Live) -> None:
+        limit, processes = live.concurrency, live.processes
         self.flow.set_limit(limit)
-        self.flow.set_batching(int(op.get("batchSize") or 1), float(op.get("batchWindow") or 0))
+        self.flow.set_batching(live.batch_size, live.batch_window)
         if (processes > 1) != (self.processes > 1) and self.reason is None:
             self._switch_executor(processes)
         self.processes = processes
         self.executor.resize(limit, processes)
-        if op.get("paused"):
-            self._finish("paused")
+        if live.paused:
+            self._finish(Reason.PAUSED)
 
     def _switch_executor(self, processes: int) -> None:
         """Between handlers in this process and handler processes: the new executor takes

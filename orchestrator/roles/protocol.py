@@ -1,0 +1,180 @@
+"""The worker ↔ consumer protocol: frozen messages, one JSON line each on their channel.
+
+Worker → consumer: `Assign` a job, relay its live `Settings`, `Stop` it (for a
+reason), `Exit` the process. A consumer turns its own signals into `Stop` and
+`Abort`. Consumer → worker: `Started`, `Progress` (about every second) and `Done`
+with the job's outcome; each carries the consumer's metric counts since the last.
+
+`Reason` is why a job ended; its `status` is the job's status. A message of an
+unknown type, or with fields that do not fit, is a ProtocolError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from orchestrator.errors import OrchestratorError
+from orchestrator.metrics import Deltas
+from orchestrator.models import QueueRecord
+
+
+class ProtocolError(OrchestratorError):
+    """A channel message this side does not understand."""
+
+
+class Reason(enum.StrEnum):
+    """Why a job ended (the job document's `endReason`)."""
+
+    DRAINED = "drained"  # the queue was empty
+    MAX_TIME = "max_time"  # ASSIGNMENT_MAX_SECONDS: other queues get a turn
+    PAUSED = "paused"
+    SHUTDOWN = "shutdown"  # the worker (or the consumer) was told to stop
+    RELEASED = "released"  # the assignment was taken away (a master judged us dead)
+    FENCED = "fenced"  # the worker could not heartbeat: stopped before others take over
+    ABORTED = "aborted"  # a second signal: stop at once
+    WORKER_GONE = "worker_gone"  # the consumer's worker went away
+    MEMORY = "memory"  # the consumer passed CONSUMER_MAX_RSS_MB: it is replaced
+    HANDLER_IMPORT = "handler_import"  # the handler could not be imported
+    ABANDONED = "abandoned"  # handlers never returned: their messages go back
+    CONSUMER_DIED = "consumer_died"
+    QUEUE_DELETED = "queue_deleted"
+
+    @property
+    def status(self) -> str:
+        """The job's status when it ends for this reason."""
+        if self in _COMPLETED:
+            return "completed"
+        if self in _FAILED:
+            return "failed"
+        return "interrupted"  # cut short: nothing lost, the queue goes on elsewhere
+
+
+_COMPLETED = frozenset({Reason.DRAINED, Reason.MAX_TIME, Reason.PAUSED})
+_FAILED = frozenset(
+    {Reason.HANDLER_IMPORT, Reason.ABANDONED, Reason.CONSUMER_DIED, Reason.QUEUE_DELETED}
+)
+
+
+@dataclass(frozen=True)
+class Live:
+    """The queue settings a running consumer follows (relayed whenever they change)."""
+
+    concurrency: int
+    paused: bool = False
+    processes: int = 1
+    batch_size: int = 1
+    batch_window: float = 0.0
+
+    @classmethod
+    def of(cls, queue: QueueRecord) -> Live:
+        return cls(queue.concurrency, queue.paused, queue.processes, queue.batch_size,
+                   queue.batch_window)  # fmt: skip
+
+
+# --- worker → consumer ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Assign:
+    type: ClassVar[str] = "assign"
+    job_id: str
+    queue_name: str
+    queue_url: str
+    handler: str
+    visibility_timeout: int
+    live: Live
+
+
+@dataclass(frozen=True)
+class Settings:
+    type: ClassVar[str] = "settings"
+    job_id: str
+    live: Live
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Stop receiving, hand back what is held, let running handlers finish."""
+
+    type: ClassVar[str] = "stop"
+    job_id: str | None
+    reason: Reason
+
+
+@dataclass(frozen=True)
+class Abort:
+    """Stop at once: hand back everything, running handlers too."""
+
+    type: ClassVar[str] = "abort"
+    job_id: str | None
+
+
+@dataclass(frozen=True)
+class Exit:
+    type: ClassVar[str] = "exit"
+
+
+# --- consumer → worker ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Started:
+    type: ClassVar[str] = "started"
+    job_id: str | None
+    pid: int
+    metrics: Deltas | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    type: ClassVar[str] = "progress"
+    job_id: str | None
+    handled: int
+    failed: int
+    metrics: Deltas | None = None
+
+
+@dataclass(frozen=True)
+class Done:
+    type: ClassVar[str] = "done"
+    job_id: str | None
+    handled: int
+    failed: int
+    reason: Reason
+    abandoned: int = 0  # handlers that never returned: the consumer exits after this
+    error: str | None = None
+    processes: tuple[dict[str, Any], ...] = ()  # its handler processes' counts
+    metrics: Deltas | None = None
+
+
+Message = Assign | Settings | Stop | Abort | Exit | Started | Progress | Done
+ToConsumer = Assign | Settings | Stop | Abort | Exit
+ToWorker = Started | Progress | Done
+TYPES: dict[str, type[Message]] = {
+    cls.type: cls for cls in (Assign, Settings, Stop, Abort, Exit, Started, Progress, Done)
+}
+
+
+def encode(message: Message) -> dict[str, Any]:
+    return {"type": message.type, **dataclasses.asdict(message)}
+
+
+def decode(doc: dict[str, Any]) -> Message:
+    """The message a JSON document carries; ProtocolError if it is none of ours."""
+    fields = dict(doc)
+    cls = TYPES.get(str(fields.pop("type", None)))
+    if cls is None:
+        raise ProtocolError(f"unknown message type {doc.get('type')!r}")
+    try:
+        if "reason" in fields:
+            fields["reason"] = Reason(fields["reason"])
+        if "live" in fields:
+            fields["live"] = Live(**fields["live"])
+        if "processes" in fields and cls is Done:
+            fields["processes"] = tuple(fields["processes"])
+        return cls(**fields)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"malformed {cls.type!r} message: {exc}") from exc

@@ -1,0 +1,57 @@
+"""The worker ↔ consumer protocol: every message survives a round trip as JSON, and one
+that is not ours is refused; each end reason has one job status."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from orchestrator.roles import protocol
+from orchestrator.roles.protocol import Live, ProtocolError, Reason
+
+LIVE = Live(concurrency=3, paused=False, processes=2, batch_size=5, batch_window=0.5)
+MESSAGES: list[protocol.Message] = [
+    protocol.Assign("j1", "q", "http://sqs/q", "app.jobs:handle", 30, LIVE),
+    protocol.Settings("j1", LIVE),
+    protocol.Stop("j1", Reason.RELEASED),
+    protocol.Stop(None, Reason.SHUTDOWN),
+    protocol.Abort("j1"),
+    protocol.Exit(),
+    protocol.Started("j1", 123, {"sqs": {"ReceiveMessage": 2}}),
+    protocol.Progress("j1", 10, 1),
+    protocol.Done("j1", 10, 1, Reason.DRAINED, 0, None, ({"pid": 5, "handled": 10},), None),
+]
+
+
+@pytest.mark.parametrize("message", MESSAGES, ids=lambda m: m.type)
+def test_a_message_survives_a_round_trip_as_json(message: protocol.Message) -> None:
+    assert protocol.decode(json.loads(json.dumps(protocol.encode(message)))) == message
+
+
+@pytest.mark.parametrize(("doc", "problem"), [
+    ({"type": "launch"}, "unknown message type 'launch'"),
+    ({"op": "stop", "jobId": "j"}, "unknown message type None"),
+    ({"type": "stop", "job_id": "j", "reason": "bored"}, "malformed 'stop'"),
+    ({"type": "progress", "job_id": "j"}, "malformed 'progress'"),
+    ({"type": "settings", "job_id": "j", "live": {"speed": 1}}, "malformed 'settings'"),
+])  # fmt: skip
+def test_a_message_that_is_not_ours_is_refused(doc: dict[str, object], problem: str) -> None:
+    with pytest.raises(ProtocolError, match=problem):
+        protocol.decode(doc)
+
+
+@pytest.mark.parametrize(("reason", "status"), [
+    (Reason.DRAINED, "completed"), (Reason.MAX_TIME, "completed"), (Reason.PAUSED, "completed"),
+    (Reason.SHUTDOWN, "interrupted"), (Reason.RELEASED, "interrupted"),
+    (Reason.FENCED, "interrupted"), (Reason.ABORTED, "interrupted"),
+    (Reason.WORKER_GONE, "interrupted"), (Reason.MEMORY, "interrupted"),
+    (Reason.HANDLER_IMPORT, "failed"), (Reason.ABANDONED, "failed"),
+    (Reason.CONSUMER_DIED, "failed"), (Reason.QUEUE_DELETED, "failed"),
+])  # fmt: skip
+def test_each_reason_has_its_job_status(reason: Reason, status: str) -> None:
+    assert reason.status == status
+
+
+def test_every_reason_is_in_the_table_above() -> None:
+    assert len(Reason) == 13
