@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
 IDLE_FIRST_CHECK = 1.0  # seconds between checks of a queue that was busy just now
@@ -151,3 +151,61 @@ def receive_size(s: FlowState, max_receives: int) -> int:
 def capacity(s: FlowState) -> int:
     """How many more messages may be asked for: running + held + asked ≤ limit + prefetch."""
     return s.limit - s.running + prefetch(s.limit) - s.held - s.receiving
+
+
+# --- the master's view of each queue (pure transitions) -------------------------------
+
+NEVER = datetime.min.replace(tzinfo=UTC)  # sorts first: never checked, never assigned
+
+
+@dataclass(frozen=True)
+class QueueSchedule:
+    """What a master knows of one queue between cycles: when to look at its depth next,
+    when it was last assigned (fairness), its running job, and its failures in a row."""
+
+    check_at: datetime | None = None  # its next depth check (None: as soon as it may)
+    idle_delay: float | None = None  # the last wait between checks that found it empty
+    assigned_at: datetime | None = None
+    job_id: str | None = None  # its latest job, until the master sees it released
+    released_at: datetime | None = None  # when its last job ended
+    failures: int = 0  # jobs failed in a row
+
+    def due(self, now: datetime) -> bool:
+        return self.check_at is None or now >= self.check_at
+
+    def overdue_key(self) -> datetime:
+        """Most overdue first (never checked before all)."""
+        return self.check_at or NEVER
+
+    def fairness_key(self) -> datetime:
+        """Longest unserved first."""
+        return self.assigned_at or NEVER
+
+
+def seen_assigned(s: QueueSchedule) -> QueueSchedule:
+    """It runs: look again as soon as the assignment ends (it may still have work)."""
+    return replace(s, check_at=None, idle_delay=None)
+
+
+def assigned(s: QueueSchedule, now: datetime, job_id: str) -> QueueSchedule:
+    return replace(s, assigned_at=now, job_id=job_id)
+
+
+def released(s: QueueSchedule, now: datetime, failed: bool) -> QueueSchedule:
+    """Its job ended; after a failure the next assignment waits longer each time."""
+    if not failed:
+        return replace(s, job_id=None, released_at=now, failures=0)
+    failures = s.failures + 1
+    delay = failed_job_delay(failures)
+    return replace(s, job_id=None, released_at=now, failures=failures,
+                   check_at=now + timedelta(seconds=delay), idle_delay=delay)  # fmt: skip
+
+
+def checked(s: QueueSchedule, now: datetime, has_messages: bool, idle_max: float) -> QueueSchedule:
+    """Its depth was looked at: a queue with messages may be assigned at once; an empty
+    one is looked at again after next_idle_delay."""
+    if has_messages:
+        return replace(s, check_at=None, idle_delay=None)
+    idle_for = (now - s.released_at).total_seconds() if s.released_at else None
+    delay = next_idle_delay(s.idle_delay, idle_max, idle_for)
+    return replace(s, check_at=now + timedelta(seconds=delay), idle_delay=delay)

@@ -16,8 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
@@ -40,19 +39,10 @@ log = structlog.get_logger()
 CHECKS_PER_CYCLE = 250  # depth checks per cycle at most, most overdue first: a cycle
 # stays under a second at 10,000 queues (measured: ~1.6 ms a check with 16 threads)
 CHECK_THREADS = 16  # depth checks run in parallel: each is one SQS round trip
-NEVER = datetime.min.replace(tzinfo=UTC)  # sorts first: never checked, never assigned
 LEASE_SAFETY = 0.8  # stop assigning when 80 % of the lease has passed without a renewal
 SWEEP_SECONDS = 10.0  # how often to look for open jobs nobody will close
 STALLED_SECONDS = 60.0  # /health says "stalled" when no cycle finished for this long
 METRICS_FLUSH_SECONDS = 2.0  # how often this process's counts are added to MongoDB's
-
-
-@dataclass
-class _Check:
-    """When an idle queue is next looked at, and how long the last wait was."""
-
-    due: datetime
-    delay: float
 
 
 class Master:
@@ -71,12 +61,8 @@ class Master:
         self.lease_valid_until: datetime | None = None
         self.next_renewal: datetime | None = None
         self.synced = False
-        self.checks: dict[str, _Check] = {}
-        self.last_assigned: dict[str, datetime] = {}
-        self.last_job: dict[str, str] = {}  # queue URL → job id of its latest assignment
-        self.released_at: dict[str, datetime] = {}  # queue URL → when its last job ended
+        self.schedules: dict[str, policy.QueueSchedule] = {}  # by queue URL
         self.pool = ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="depth")
-        self.failures: dict[str, int] = {}  # queue URL → jobs failed in a row
         self.next_sweep: datetime | None = None
         # Since when this master has seen MongoDB without errors: workers are judged only
         # on a window it could watch (after an outage their heartbeats failed too).
@@ -241,10 +227,14 @@ class Master:
         if capacity <= 0:
             return  # nobody could take a queue: do not even look (the checks stay due)
         due = self._candidates(now, {a.queue_url for a in assignments})
-        overdue = sorted(due, key=lambda q: self.checks[q.queue_url].due
-                         if q.queue_url in self.checks else NEVER)[:CHECKS_PER_CYCLE]  # fmt: skip
-        busy = {q.queue_url for q, has in zip(overdue, self.pool.map(
-            self._has_messages, overdue, [now] * len(overdue)), strict=True) if has}  # fmt: skip
+        overdue = sorted(due, key=lambda q: self._schedule(q).overdue_key())[:CHECKS_PER_CYCLE]
+        found = self.pool.map(self._has_messages, overdue)
+        busy = set()
+        for queue, has in zip(overdue, found, strict=True):
+            self.schedules[queue.queue_url] = policy.checked(
+                self._schedule(queue), now, has, self.settings.idle_check_max)  # fmt: skip
+            if has:
+                busy.add(queue.queue_url)
         for queue in (q for q in due if q.queue_url in busy):  # fairness order
             choice = policy.pick_worker(
                 [
@@ -259,57 +249,49 @@ class Master:
                 continue  # another master got there first
             loads[choice] += 1
             self.meter.count("assignments")
-            self.last_assigned[queue.queue_url] = now
-            self.last_job[queue.queue_url] = job_id
+            self.schedules[queue.queue_url] = policy.assigned(self._schedule(queue), now, job_id)
             log.info("queue.assigned", queue=queue.name, worker=choice, job_id=job_id)
+
+    def _schedule(self, queue: QueueRecord) -> policy.QueueSchedule:
+        return self.schedules.get(queue.queue_url) or policy.QueueSchedule()
 
     def _candidates(self, now: datetime, assigned: set[str]) -> list[QueueRecord]:
         """Unpaused, unassigned queues whose check is due; longest unserved first (fairness)."""
         due = []
         for queue in self.store.list_queues():
+            schedule = self._schedule(queue)
             if queue.queue_url in assigned:
-                # Look again as soon as the assignment ends: the queue may still have work.
-                self.checks.pop(queue.queue_url, None)
+                self.schedules[queue.queue_url] = policy.seen_assigned(schedule)
                 continue
-            if queue.queue_url in self.last_job:
-                self._learn_outcome(queue, now)
-            check = self.checks.get(queue.queue_url)
-            if queue.paused or (check and now < check.due):
+            if schedule.job_id is not None:
+                schedule = self._learn_outcome(queue, schedule, now)
+            if queue.paused or not schedule.due(now):
                 continue
             due.append(queue)
-        return sorted(due, key=lambda q: (self.last_assigned.get(q.queue_url, NEVER), q.name))
+        return sorted(due, key=lambda q: (self._schedule(q).fairness_key(), q.name))
 
-    def _learn_outcome(self, queue: QueueRecord, now: datetime) -> None:
+    def _learn_outcome(
+        self, queue: QueueRecord, schedule: policy.QueueSchedule, now: datetime
+    ) -> policy.QueueSchedule:
         """Once a queue's job has ended: after a failure, wait longer before the next try."""
-        self.released_at[queue.queue_url] = now
-        job = self.store.job(self.last_job.pop(queue.queue_url))
-        if job is None or job.status != "failed":
-            self.failures.pop(queue.queue_url, None)
-            return
-        failures = self.failures.get(queue.queue_url, 0) + 1
-        self.failures[queue.queue_url] = failures
-        delay = policy.failed_job_delay(failures)
-        self.checks[queue.queue_url] = _Check(now + timedelta(seconds=delay), delay)
-        log.warning("queue.backing_off", queue=queue.name, failed_jobs=failures, retry_in=delay,
-                    error=job.error)  # fmt: skip
+        assert schedule.job_id is not None
+        job = self.store.job(schedule.job_id)
+        failed = job is not None and job.status == "failed"
+        schedule = policy.released(schedule, now, failed)
+        self.schedules[queue.queue_url] = schedule
+        if failed:
+            assert job is not None
+            log.warning("queue.backing_off", queue=queue.name, failed_jobs=schedule.failures,
+                        retry_in=schedule.idle_delay, error=job.error)  # fmt: skip
+        return schedule
 
-    def _has_messages(self, queue: QueueRecord, now: datetime) -> bool:
-        """Check the queue's depth; an empty (or missing) queue is checked less and less often."""
+    def _has_messages(self, queue: QueueRecord) -> bool:
+        """Whether the queue has visible messages (a missing queue has none)."""
         try:
-            visible = self.sqs.depth(queue.queue_url).visible
+            return self.sqs.depth(queue.queue_url).visible > 0
         except QueueNotFound:
             log.warning("queue.missing_in_sqs", queue=queue.name)
-            visible = 0
-        if visible > 0:
-            self.checks.pop(queue.queue_url, None)
-            return True
-        previous = self.checks.get(queue.queue_url)
-        released = self.released_at.get(queue.queue_url)
-        idle_for = (now - released).total_seconds() if released else None
-        delay = policy.next_idle_delay(previous.delay if previous else None,
-                                       self.settings.idle_check_max, idle_for)  # fmt: skip
-        self.checks[queue.queue_url] = _Check(now + timedelta(seconds=delay), delay)
-        return False
+            return False
 
 
 class Beside(Protocol):

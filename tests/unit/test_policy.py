@@ -137,3 +137,41 @@ def state(**fields: Any) -> policy.FlowState:
 )
 def test_receive_size(fields: dict[str, Any], max_receives: int, expected: int) -> None:
     assert policy.receive_size(state(**fields), max_receives) == expected
+
+
+@pytest.mark.parametrize(("failures", "base", "cap", "wait"), [
+    (1, 1, 30, 1), (2, 1, 30, 2), (5, 1, 30, 16), (6, 1, 30, 30), (0, 1, 30, 1),
+    (1, 0.5, 30, 0.5), (4, 0.5, 30, 4), (1, 2, 60, 2), (10_000, 2, 60, 60),
+])  # fmt: skip
+def test_backoff_doubles_from_base_to_cap(failures: int, base: float, cap: float,
+                                          wait: float) -> None:  # fmt: skip
+    assert policy.backoff(failures, base, cap) == wait
+
+
+T = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def at(seconds: float) -> datetime:
+    return T + timedelta(seconds=seconds)
+
+
+def test_a_queue_schedule_from_first_check_to_a_failed_job_and_back() -> None:
+    s = policy.QueueSchedule()
+    assert s.due(T) and s.overdue_key() == policy.NEVER  # never looked at: first
+    s = policy.checked(s, T, has_messages=False, idle_max=30)
+    assert (s.check_at, s.idle_delay, s.due(at(1.9)), s.due(at(2))) == (at(2), 2, False, True)
+    s = policy.checked(s, at(2), has_messages=False, idle_max=30)
+    assert s.idle_delay == 4
+    s = policy.checked(s, at(6), has_messages=True, idle_max=30)
+    assert (s.check_at, s.idle_delay) == (None, None)  # work: may be assigned at once
+    s = policy.assigned(s, at(6), "job1")
+    assert (s.job_id, s.fairness_key()) == ("job1", at(6))
+    s = policy.seen_assigned(s)
+    s = policy.released(s, at(10), failed=True)
+    assert (s.job_id, s.failures, s.check_at) == (None, 1, at(12))  # 2 s after a failure
+    s = policy.released(policy.assigned(s, at(12), "job2"), at(13), failed=True)
+    assert (s.failures, s.check_at) == (2, at(17))  # then 4 s
+    s = policy.released(policy.assigned(s, at(17), "job3"), at(18), failed=False)
+    assert s.failures == 0
+    s = policy.checked(s, at(18), has_messages=False, idle_max=30)
+    assert s.idle_delay == 1  # busy a moment ago: looked at every second for a minute
