@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from orchestrator import validate
+from orchestrator.backends.protocols import SyncSqs, SyncStore
 from orchestrator.backends.sqs import BATCH, Sqs
 from orchestrator.backends.store import Store
 from orchestrator.config import Settings
@@ -107,7 +108,7 @@ class QueueAdmin:
         if self.store.find_queue(name) is not None:
             raise QueueExists(name)
         self._check_dlq_names(record)
-        return self.store.insert_queue(self._create_in_sqs(record))
+        return self.store.insert_queue(create_in_sqs(self.sqs, record))
 
     def _check_dlq_names(self, record: QueueRecord) -> None:
         """No queue may be another's DLQ: deleting one would delete the other in SQS."""
@@ -117,14 +118,6 @@ class QueueAdmin:
         if record.dlq_name and self.store.find_queue(record.dlq_name):
             raise NameTaken(f"DLQ name '{record.dlq_name}' is taken by a managed queue")
 
-    def _create_in_sqs(self, record: QueueRecord) -> QueueRecord:
-        url, dlq_url = self.sqs.create_queue(
-            record.name,
-            visibility_timeout=record.visibility_timeout,
-            dlq_name=record.dlq_name,
-            max_receive_count=record.max_receive_count,
-        )
-        return replace(record, queue_url=url, dlq_url=dlq_url)
 
     def delete(self, name: str) -> QueueRecord:
         """Delete the queue (and its DLQ) from SQS, then forget it.
@@ -249,17 +242,33 @@ class QueueAdmin:
 
     def sync(self) -> list[QueueRecord]:
         """DB → SQS: create every queue whose SQS queue is missing, keeping its `_id`."""
-        existing = set(self.sqs.list_queue_urls())
-        created = []
-        for queue in self.store.list_queues():
-            missing_dlq = queue.dlq_name is not None and queue.dlq_url not in existing
-            if queue.queue_url in existing and not missing_dlq:
-                continue
-            fresh = self._create_in_sqs(queue)
-            assert queue.id is not None
-            self.store.mark_synced(queue.id, fresh.queue_url, fresh.dlq_url)
-            created.append(fresh)
-        return created
+        return sync_queues(self.store, self.sqs)
+
+
+def create_in_sqs(sqs: SyncSqs, record: QueueRecord) -> QueueRecord:
+    """Create the queue (and its DLQ) in SQS; the record with their URLs."""
+    url, dlq_url = sqs.create_queue(
+        record.name,
+        visibility_timeout=record.visibility_timeout,
+        dlq_name=record.dlq_name,
+        max_receive_count=record.max_receive_count,
+    )
+    return replace(record, queue_url=url, dlq_url=dlq_url)
+
+
+def sync_queues(store: SyncStore, sqs: SyncSqs) -> list[QueueRecord]:
+    """DB → SQS: create every queue whose SQS queue is missing, keeping its `_id`."""
+    existing = set(sqs.list_queue_urls())
+    created = []
+    for queue in store.list_queues():
+        missing_dlq = queue.dlq_name is not None and queue.dlq_url not in existing
+        if queue.queue_url in existing and not missing_dlq:
+            continue
+        fresh = create_in_sqs(sqs, queue)
+        assert queue.id is not None
+        store.mark_synced(queue.id, fresh.queue_url, fresh.dlq_url)
+        created.append(fresh)
+    return created
 
 
 def _seq_body(i: int) -> str:

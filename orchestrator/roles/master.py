@@ -22,7 +22,8 @@ from typing import Any, Protocol
 import structlog
 
 from orchestrator import policy
-from orchestrator.backends.queues import QueueAdmin
+from orchestrator.backends.protocols import MasterSqs, MasterStore
+from orchestrator.backends.queues import sync_queues
 from orchestrator.backends.sqs import Sqs
 from orchestrator.backends.store import DAEMON_TIMEOUT_MS, Store
 from orchestrator.config import Endpoints, Settings
@@ -49,7 +50,7 @@ class Master:
     """Assigns queues to workers while it holds the lease."""
 
     def __init__(
-        self, settings: Settings, store: Store, sqs: Sqs, meter: Meter | None = None
+        self, settings: Settings, store: MasterStore, sqs: MasterSqs, meter: Meter | None = None
     ) -> None:
         self.settings = settings
         self.store = store
@@ -81,7 +82,7 @@ class Master:
         if not leading:
             return
         if not self.synced:
-            created = QueueAdmin(self.settings, lambda: self.store, lambda: self.sqs).sync()
+            created = sync_queues(self.store, self.sqs)
             for queue in created:
                 log.info("queue.synced_to_sqs", queue=queue.name)
             self.synced = True
@@ -136,7 +137,7 @@ class Master:
             return False  # renewed within a TTL: its holder lives
         return self.store.take_lease(self.id, lease.holder, lease.version, expires)
 
-    def health(self, store: Store) -> dict[str, Any]:
+    def health(self, store: MasterStore) -> dict[str, Any]:
         """For GET /health (from an API thread): is the loop turning, does this master
         lead (only while its lease is valid), can MongoDB be reached."""
         try:

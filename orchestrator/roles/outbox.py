@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from orchestrator.backends.store import Store
+from orchestrator.backends.protocols import OutboxStore
 from orchestrator.errors import ServiceUnavailable
 from orchestrator.metrics import Meter
 from orchestrator.models import Assignment, utcnow
@@ -60,7 +60,7 @@ class Outbox:
     def job_ids(self) -> set[str]:
         return {end.job.job_id for end in self.pending}
 
-    def add(self, end: JobEnd, store: Store | None) -> None:
+    def add(self, end: JobEnd, store: OutboxStore | None) -> None:
         """Queue an outcome, and write it at once through `store` when one is given."""
         self.pending.append(end)
         if store is None:
@@ -72,10 +72,10 @@ class Outbox:
         except Exception:  # a bug: keep the traceback; the "outbox" step retries too
             log.exception("outbox.flush_failed", job_id=end.job.job_id)
 
-    def flush_metrics(self, store: Store) -> None:
+    def flush_metrics(self, store: OutboxStore) -> None:
         store.flush_meter(self.meter)
 
-    def flush(self, store: Store) -> None:
+    def flush(self, store: OutboxStore) -> None:
         """Write waiting outcomes: metrics, then the job, then the assignment (the queue
         becomes assignable again only once its job is closed)."""
         if self.pending:

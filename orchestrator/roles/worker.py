@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from orchestrator.backends.protocols import WorkerStore
 from orchestrator.backends.store import DAEMON_TIMEOUT_MS, Store
 from orchestrator.config import Endpoints, Settings
 from orchestrator.errors import OrchestratorError, ServiceUnavailable
@@ -44,7 +45,9 @@ MEMORY_CHECK_SECONDS = 0.5  # how often busy consumers' RSS is checked against t
 class Worker:
     """Runs the consumers of the queues assigned to it."""
 
-    def __init__(self, settings: Settings, store: Store, spawn: Callable[[], Process]) -> None:
+    def __init__(
+        self, settings: Settings, store: WorkerStore, spawn: Callable[[], Process]
+    ) -> None:
         self.settings = settings
         self.store = store
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"

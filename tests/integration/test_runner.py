@@ -7,7 +7,7 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -15,6 +15,7 @@ import pytest
 from orchestrator.backends.sqs import Sqs
 from orchestrator.message import Message
 from orchestrator.metrics import BUCKETS, Meter
+from orchestrator.roles import protocol
 from orchestrator.roles.engine import invoke
 from orchestrator.roles.engine.executors import (
     AsyncExecutor,
@@ -23,7 +24,8 @@ from orchestrator.roles.engine.executors import (
     ThreadExecutor,
 )
 from orchestrator.roles.engine.flow import Flow
-from orchestrator.roles.engine.runner import JobSpec, Outcome, Runner
+from orchestrator.roles.engine.runner import Control, JobSpec, Outcome, Runner
+from orchestrator.roles.protocol import Reason
 
 
 def job(
@@ -34,6 +36,19 @@ def job(
         sqs.send_batch(url, [json.dumps({"seq": i}) for i in range(start, min(start + 10, count))])
     return {"queueUrl": url, "queueName": name, "concurrency": concurrency, "jobId": "j",
             "visibilityTimeout": visibility, "handler": "tests.handlers:record"}  # fmt: skip
+
+
+def spec_of(job: dict[str, Any]) -> JobSpec:
+    """The job as its consumer gets it from the worker."""
+    live = protocol.Live(concurrency=job["concurrency"], processes=job.get("processes", 1),
+                         batch_size=job.get("batchSize", 1),
+                         batch_window=job.get("batchWindow", 0.0))  # fmt: skip
+    return JobSpec.of(protocol.Assign(job["jobId"], job["queueName"], job["queueUrl"],
+                                      job["handler"], job["visibilityTimeout"], live))
+
+
+def settings(concurrency: int, paused: bool = False) -> Control:
+    return protocol.Settings("j", protocol.Live(concurrency=concurrency, paused=paused))
 
 
 def in_process(spec: JobSpec, handler: Callable[..., object]) -> Callable[[Flow, int], Executor]:
@@ -52,12 +67,12 @@ def run(
     sqs: Sqs,
     spec: dict[str, Any],
     handler: Callable[[Message], object],
-    control: Callable[[], list[dict[str, Any]]] = list,
+    control: Callable[[], list[Control]] = list,
     max_seconds: float = 60,
     grace: float = 30,
     meter: Meter | None = None,
 ) -> Outcome:
-    job_spec = JobSpec.from_op(spec)
+    job_spec = spec_of(spec)
     runner = Runner(sqs, job_spec, in_process(job_spec, handler), drain_empty_polls=2,
                     max_seconds=max_seconds, grace=grace, control=control,
                     progress=lambda h, f: None, meter=meter or Meter())  # fmt: skip
@@ -117,7 +132,7 @@ def test_a_failed_message_is_hidden_for_its_backoff_then_retried(sqs: Sqs) -> No
 @pytest.mark.timeout(60)
 def test_pause_stops_receiving(sqs: Sqs) -> None:
     spec = job(sqs, "pause", 30, concurrency=1)
-    calls = iter([[], [], [{"op": "settings", "concurrency": 1, "paused": True}]])
+    calls: Iterator[list[Control]] = iter([[], [], [settings(1, paused=True)]])
     outcome = run(sqs, spec, lambda m: time.sleep(0.05), control=lambda: next(calls, []))
     assert outcome.reason == "paused" and outcome.handled < 30
     depth = sqs.depth(spec["queueUrl"])
@@ -148,12 +163,12 @@ def test_concurrency_limit_and_raise_while_running(sqs: Sqs) -> None:
 
     changed_at: list[int] = []
 
-    def control() -> list[dict[str, Any]]:
+    def control() -> list[Control]:
         with lock:
             if changed_at or len(peaks) < 10:
                 return []
             changed_at.append(len(peaks))
-        return [{"op": "settings", "concurrency": 6, "paused": False}]
+        return [settings(6)]
 
     outcome = run(sqs, spec, handler, control=control)
     assert outcome.handled == 40
@@ -202,7 +217,8 @@ def test_abort_hands_back_what_runs(sqs: Sqs) -> None:
         started.set()
         time.sleep(5)
 
-    outcome = run(sqs, spec, handler, control=lambda: [{"op": "abort"}] if started.is_set() else [])
+    outcome = run(sqs, spec, handler,
+                  control=lambda: [protocol.Abort("j")] if started.is_set() else [])
     assert outcome.reason == "aborted" and outcome.abandoned >= 1 and outcome.handled == 0
     depth = sqs.depth(spec["queueUrl"])
     assert depth.visible + depth.in_flight == 4 and depth.visible >= outcome.abandoned
@@ -355,10 +371,10 @@ def test_held_messages_go_back_at_once_when_the_run_is_stopped(sqs: Sqs) -> None
         started.set()
         time.sleep(1.5)
 
-    def control() -> list[dict[str, Any]]:
+    def control() -> list[Control]:
         if started.is_set() and not stop_at:
             stop_at.append(time.monotonic())
-            return [{"op": "stop", "reason": "shutdown"}]
+            return [protocol.Stop("j", Reason.SHUTDOWN)]
         return []
 
     visible_at: list[float] = []
@@ -384,7 +400,7 @@ def test_held_messages_go_back_at_once_when_the_run_is_stopped(sqs: Sqs) -> None
 
 @pytest.mark.timeout(60)
 def test_receives_never_hold_more_than_the_slots_and_one_prefetch(sqs: Sqs) -> None:
-    spec = JobSpec.from_op(job(sqs, "bound", 60, concurrency=3))
+    spec = spec_of(job(sqs, "bound", 60, concurrency=3))
     ledger = Ledger()
 
     def handler(m: Message) -> None:

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from orchestrator import policy
-from orchestrator.backends.sqs import BATCH, Sqs
+from orchestrator.backends.protocols import ConsumerSqs
+from orchestrator.backends.sqs import BATCH
 from orchestrator.errors import OrchestratorError
 from orchestrator.roles.engine.flow import Ask, Flow, Io
 from orchestrator.roles.engine.held import Received
@@ -35,7 +36,9 @@ log = structlog.get_logger()
 class Calls:
     """The SQS side of one assignment's run. Thread-safe: any thread may call it."""
 
-    def __init__(self, sqs: Sqs, spec: JobSpec, flow: Flow, wake: Callable[[], None]) -> None:
+    def __init__(
+        self, sqs: ConsumerSqs, spec: JobSpec, flow: Flow, wake: Callable[[], None]
+    ) -> None:
         self.sqs = sqs
         self.url = spec.queue_url
         self.fifo = spec.fifo

@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from orchestrator.backends.sqs import Sqs
+from orchestrator.backends.protocols import ConsumerSqs
 from orchestrator.errors import HandlerImportError
 from orchestrator.metrics import Meter
 from orchestrator.roles import protocol
@@ -124,7 +124,7 @@ class Runner:
 
     def __init__(
         self,
-        sqs: Sqs,
+        sqs: ConsumerSqs,
         spec: JobSpec,
         executors: ExecutorFactory,
         *,

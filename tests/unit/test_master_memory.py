@@ -1,0 +1,140 @@
+"""Master.tick on the in-memory backends, with chosen times: leadership, liveness and
+assignment without servers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from orchestrator import config
+from orchestrator.backends.memory import MemorySqs, MemoryStore
+from orchestrator.errors import ServiceUnavailable
+from orchestrator.models import QueueRecord, WorkerRecord
+from orchestrator.roles.master import Master
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+SETTINGS = config.load("development", {"WORKER_TIMEOUT": "10", "LEASE_TTL": "9",
+                                       "MASTER_INTERVAL": "1"})  # fmt: skip
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+class Fleet:
+    """Two in-memory backends, queues and workers on them, and masters over them."""
+
+    def __init__(self) -> None:
+        self.store, self.sqs = MemoryStore(), MemorySqs()
+
+    def master(self) -> Master:
+        return Master(SETTINGS, self.store, self.sqs)
+
+    def queue(self, name: str, messages: int = 0, paused: bool = False) -> QueueRecord:
+        url, _ = self.sqs.create_queue(name, visibility_timeout=30)
+        if messages:
+            self.sqs.send_batch(url, ["x"] * messages)
+        return self.store.insert_queue(QueueRecord(name, url, 5, "app:handle", paused=paused))
+
+    def beat(self, worker: str, now: datetime, max_load: int = 5) -> None:
+        """The worker heartbeats (its document changes) at `now`."""
+        self.store.register_worker(WorkerRecord(worker, "h", 1, T0, now, max_load))
+
+    def placed(self) -> dict[str, str]:
+        return {a.queue_name: a.worker for a in self.store.assignments()}
+
+
+def test_one_master_leads_and_a_standby_takes_over_only_after_the_lease_went_unrenewed() -> None:
+    fleet = Fleet()
+    m1, m2 = fleet.master(), fleet.master()
+    m1.tick(at(0))
+    m2.tick(at(0))
+    assert (m1.leading, m2.leading) == (True, False)
+    for t in range(1, 9):  # m1 renews every LEASE_TTL/3: m2 sees the lease change
+        m1.tick(at(t))
+        m2.tick(at(t))
+    assert not m2.leading
+    for t in range(9, 30):  # m1 stopped: m2 waits a whole LEASE_TTL of silence
+        m2.tick(at(t))
+        if m2.leading:
+            break
+    lease = fleet.store.lease()
+    assert m2.leading and lease is not None and lease.holder == m2.id
+    # m1 renewed every LEASE_TTL/3 (0, 3, 6): m2 saw the last change at 6, then waited
+    # LEASE_TTL of silence on its own clock, taking over within a cycle of it.
+    assert 6 + 9 <= t <= 6 + 9 + 1
+
+
+def test_queues_with_messages_go_to_the_least_loaded_worker_it_saw_beat() -> None:
+    fleet = Fleet()
+    for name, count in (("a", 3), ("b", 3), ("empty", 0), ("p", 3)):
+        fleet.queue(name, count, paused=name == "p")
+    master = fleet.master()
+    fleet.beat("w1", at(0), max_load=1)
+    fleet.beat("stale", at(0))
+    master.tick(at(0))  # first sight: nobody known to be alive yet
+    assert fleet.placed() == {}
+    fleet.beat("w1", at(1), max_load=1)
+    master.tick(at(1))
+    assert fleet.placed() == {"a": "w1"}  # w1 is full; w2 not seen yet: b waits
+    fleet.beat("w2", at(1.5))
+    master.tick(at(1.5))
+    fleet.beat("w2", at(2))
+    master.tick(at(2))
+    # b went to w2 once w2 was seen to beat; never to `stale` (never seen beating),
+    # and never the empty or the paused queue
+    assert fleet.placed() == {"a": "w1", "b": "w2"}
+    assert {j.status for j in fleet.store.job_docs.values()} == {"queued"}
+
+
+def test_a_worker_silent_for_worker_timeout_is_reaped_and_its_queues_freed() -> None:
+    fleet = Fleet()
+    fleet.queue("a", 3)
+    master = fleet.master()
+    for t in range(0, 3):
+        fleet.beat("w1", at(t))
+        master.tick(at(t))
+    [assignment] = fleet.store.assignments()
+    for t in range(3, 13):  # w1 stops beating at 2
+        master.tick(at(t))
+        assert fleet.store.assignments(), f"reaped at {t}, before WORKER_TIMEOUT"
+    master.tick(at(13))
+    assert "w1" not in fleet.store.worker_docs and fleet.store.assignments() == []
+    job = fleet.store.job(assignment.job_id)
+    assert job is not None and job.status == "interrupted"
+    assert job.end_reason == "worker w1 stopped heartbeating"
+
+
+def test_a_failed_job_makes_the_next_assignment_wait() -> None:
+    fleet = Fleet()
+    fleet.queue("bad", 1)
+    master = fleet.master()
+    fleet.beat("w", at(0))
+    master.tick(at(0))
+    fleet.beat("w", at(1))
+    master.tick(at(1))
+    [a] = fleet.store.assignments()
+    fleet.store.job_ended(a.job_id, "failed", at(1), handled=0, failed=0, reason="handler_import")
+    fleet.store.release(a.job_id)
+    fleet.beat("w", at(2))
+    master.tick(at(2))  # learns the outcome: waits 2 s
+    fleet.beat("w", at(3.9))
+    master.tick(at(3.9))
+    assert fleet.store.assignments() == []
+    fleet.beat("w", at(4))
+    master.tick(at(4))
+    assert len(fleet.store.assignments()) == 1
+
+
+def test_mongodb_unreachable_fails_the_cycle_and_the_master_carries_on() -> None:
+    fleet = Fleet()
+    master = fleet.master()
+    master.tick(at(0))
+    fleet.store.fail_with = ServiceUnavailable("MongoDB at memory failed: down")
+    with pytest.raises(ServiceUnavailable):
+        master.tick(at(3))
+    assert master.leading  # until its lease may have run out
+    fleet.store.fail_with = None
+    master.tick(at(4))
+    assert master.leading

@@ -1,0 +1,109 @@
+"""Runner (one assignment) against the in-memory SQS: the delivery rules without servers."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from orchestrator.backends.memory import MemorySqs
+from orchestrator.message import Message
+from orchestrator.metrics import Meter
+from orchestrator.roles import protocol
+from orchestrator.roles.engine.executors import Executor, MessageMaker, ThreadExecutor
+from orchestrator.roles.engine.flow import Flow
+from orchestrator.roles.engine.runner import Control, JobSpec, Outcome, Runner
+from orchestrator.roles.protocol import Reason
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def queue(sqs: MemorySqs, name: str, count: int) -> str:
+    url, _ = sqs.create_queue(name, visibility_timeout=30)
+    sqs.send_batch(url, [json.dumps({"seq": i}) for i in range(count)])
+    return url
+
+
+def run(sqs: MemorySqs, url: str, handler: Callable[[Message], object], concurrency: int = 3,
+        control: Callable[[], list[Control]] = list) -> Outcome:  # fmt: skip
+    name = url.rsplit("/", 1)[-1]
+    spec = JobSpec.of(protocol.Assign("j", name, url, "unused:handler", 30,
+                                      protocol.Live(concurrency=concurrency)))
+
+    def executor(flow: Flow, processes: int) -> Executor:
+        return ThreadExecutor(flow, handler, MessageMaker(name, url))
+
+    runner = Runner(sqs, spec, executor, drain_empty_polls=2, max_seconds=20, grace=5,
+                    control=control, progress=lambda h, f: None, meter=Meter())  # fmt: skip
+    return runner.run()
+
+
+def test_every_message_is_handled_once_and_deleted_in_batches() -> None:
+    sqs = MemorySqs()
+    url = queue(sqs, "q", 45)
+    seen: list[int] = []
+    outcome = run(sqs, url, lambda m: seen.append(m.json()["seq"]))
+    assert outcome == Outcome(45, 0, Reason.DRAINED)
+    assert sorted(seen) == list(range(45)) and sqs.bodies(url) == []
+    assert sqs.requests["DeleteMessageBatch"] < 45 / 3  # batched, not one by one
+
+
+def test_a_failed_message_is_not_deleted_but_hidden_for_its_backoff() -> None:
+    sqs = MemorySqs()
+    url = queue(sqs, "q", 5)
+
+    def handler(m: Message) -> None:
+        if m.json()["seq"] == 3:
+            raise ValueError("boom")
+
+    outcome = run(sqs, url, handler)
+    assert (outcome.handled, outcome.failed, outcome.reason) == (4, 1, Reason.DRAINED)
+    assert sqs.bodies(url) == [json.dumps({"seq": 3})]  # still there, for a retry
+    assert sqs.depth(url).in_flight == 1  # hidden: 1 s after a first failure
+
+
+def test_no_more_than_the_concurrency_run_at_once() -> None:
+    sqs = MemorySqs()
+    url = queue(sqs, "q", 40)
+    lock, running, peak = threading.Lock(), [0], [0]
+
+    def handler(m: Message) -> None:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.01)
+        with lock:
+            running[0] -= 1
+
+    outcome = run(sqs, url, handler, concurrency=4)
+    assert outcome.handled == 40 and peak[0] == 4
+
+
+def test_a_stop_hands_held_messages_back_and_lets_running_ones_finish() -> None:
+    sqs = MemorySqs()
+    url = queue(sqs, "q", 30)
+    started = threading.Event()
+
+    def handler(m: Message) -> None:
+        started.set()
+        time.sleep(0.2)
+
+    stop = [protocol.Stop("j", Reason.SHUTDOWN)]
+    outcome = run(sqs, url, handler, concurrency=2,
+                  control=lambda: stop if started.is_set() else [])  # fmt: skip
+    assert outcome.reason is Reason.SHUTDOWN and outcome.handled == 2
+    assert len(sqs.bodies(url)) == 28 and sqs.depth(url).visible == 28  # back at once
+
+
+def test_sqs_unreachable_is_ridden_out() -> None:
+    from orchestrator.errors import ServiceUnavailable
+
+    sqs = MemorySqs()
+    url = queue(sqs, "q", 10)
+    sqs.fail_with = ServiceUnavailable("SQS at memory failed: down")
+    threading.Timer(0.3, lambda: setattr(sqs, "fail_with", None)).start()
+    outcome = run(sqs, url, lambda m: None)
+    assert outcome.handled == 10 and sqs.bodies(url) == []
