@@ -50,3 +50,7 @@ class Cli(click.Group):
         except OrchestratorError as exc:
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+
+
+pass_app = click.make_pass_decorator(App)
+json_option = click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")

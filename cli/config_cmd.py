@@ -5,9 +5,7 @@ from __future__ import annotations
 import click
 
 from cli import render
-from cli.app import App
-
-pass_app = click.make_pass_decorator(App)
+from cli.app import App, json_option, pass_app
 
 
 @click.group("config")
@@ -16,7 +14,7 @@ def config_group() -> None:
 
 
 @config_group.command()
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@json_option
 @pass_app
 def show(app: App, as_json: bool) -> None:
     """Print the effective settings (env file + environment), secrets redacted."""

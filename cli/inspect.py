@@ -8,13 +8,10 @@ from typing import Any
 import click
 
 from cli import render
-from cli.app import App
+from cli.app import App, json_option, pass_app
 from cli.types import StrictInt
 from orchestrator.http.fleet import worker_json
 from orchestrator.models import JOB_STATES, utcnow
-
-pass_app = click.make_pass_decorator(App)
-JSON = click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 
 
 @click.group()
@@ -26,7 +23,7 @@ def jobs() -> None:
 @click.option("--status", type=click.Choice(JOB_STATES), help="Only jobs in this state.")
 @click.option("--queue", "queue_name", metavar="NAME", help="Only jobs of this queue.")
 @click.option("--limit", type=StrictInt(1, 10_000), default=20, show_default=True)
-@JSON
+@json_option
 @pass_app
 def list_jobs(
     app: App, status: str | None, queue_name: str | None, limit: int, as_json: bool
@@ -48,7 +45,7 @@ def list_jobs(
 
 @jobs.command("show")
 @click.argument("job_id", metavar="ID")
-@JSON
+@json_option
 @pass_app
 def show_job(app: App, job_id: str, as_json: bool) -> None:
     """Show one job."""
@@ -75,7 +72,7 @@ def _workers(app: App) -> list[dict[str, Any]]:
 
 
 @workers.command("list")
-@JSON
+@json_option
 @pass_app
 def list_workers(app: App, as_json: bool) -> None:
     """List live workers with their load and consumers."""
@@ -95,7 +92,7 @@ def list_workers(app: App, as_json: bool) -> None:
 
 
 @click.command()
-@JSON
+@json_option
 @pass_app
 def status(app: App, as_json: bool) -> None:
     """Queues with depth and worker, workers with load, and job counts."""

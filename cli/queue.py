@@ -8,10 +8,9 @@ from collections.abc import Callable
 import click
 
 from cli import render
-from cli.app import App
+from cli.app import App, json_option, pass_app
 from cli.types import INT, NUMBER, QueueName
 
-pass_app = click.make_pass_decorator(App)
 NAME = click.argument("name", type=QueueName())
 # So that `send q -5` reports a bad count rather than an unknown option "-5".
 NUMBER_ARGS = {"ignore_unknown_options": True}
@@ -87,7 +86,7 @@ def delete(app: App, name: str) -> None:
 
 
 @queue.command("list")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@json_option
 @pass_app
 def list_(app: App, as_json: bool) -> None:
     """List queues with depth, in flight, concurrency, paused and worker."""
@@ -130,7 +129,7 @@ def send(
 
 @queue.command()
 @NAME
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@json_option
 @pass_app
 def size(app: App, name: str, as_json: bool) -> None:
     """Show NAME's visible, in-flight and delayed message counts."""

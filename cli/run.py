@@ -7,11 +7,9 @@ import os
 import click
 import structlog
 
-from cli.app import App
+from cli.app import App, pass_app
 from cli.types import StrictInt
 from orchestrator.roles.supervisor import MODES, Supervisor
-
-pass_app = click.make_pass_decorator(App)
 
 
 @click.command()

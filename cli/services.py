@@ -7,12 +7,10 @@ from pathlib import Path
 import click
 
 from cli import render
-from cli.app import App
+from cli.app import App, json_option, pass_app
 from orchestrator.config import redact_uri
 from orchestrator.embedded import localstack
 from orchestrator.embedded import servers as embedded
-
-pass_app = click.make_pass_decorator(App)
 
 
 @click.group()
@@ -38,7 +36,7 @@ def stop(app: App) -> None:
 
 
 @services.command()
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@json_option
 @pass_app
 def status(app: App, as_json: bool) -> None:
     """Show each server's address, pid and whether it answers."""

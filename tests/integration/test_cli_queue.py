@@ -111,7 +111,7 @@ def test_send_spreads_fifo_messages_over_groups(run_cli: Run, store: Store, sqs:
     groups: dict[str, list[int]] = {}
     while messages := sqs.receive(url, 10, 0):
         for m in messages:
-            groups.setdefault(m["Attributes"]["MessageGroupId"], []).append(
+            groups.setdefault(m.group, []).append(
                 json.loads(m.body)["seq"])  # fmt: skip
         sqs.delete_batch(url, [m.receipt for m in messages])
     assert groups == {"g0": [0, 3], "g1": [1, 4], "g2": [2, 5], "vip": [0, 1]}
