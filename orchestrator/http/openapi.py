@@ -112,6 +112,15 @@ PATHS: dict[str, Any] = {
     "/": {"get": {"summary": "The dashboard",
                   "responses": {"200": {"description": "HTML page",
                                         "content": {"text/html": {"schema": _STR}}}}}},
+    "/static/dashboard.css": {"get": {
+        "summary": "The dashboard's styles",
+        "responses": {"200": {"description": "CSS", "content": {"text/css": {"schema": _STR}}}},
+    }},
+    "/static/dashboard.js": {"get": {
+        "summary": "The dashboard's script",
+        "responses": {"200": {"description": "JavaScript",
+                              "content": {"text/javascript": {"schema": _STR}}}},
+    }},
     "/api/queues": {"get": {
         "summary": "Every managed queue with its depth, assignment and message counts",
         "responses": {"200": _json({"type": "array", "items": _ref("Queue")}), **_errors(503)},

@@ -3,6 +3,7 @@ PATCH bodies, and the OpenAPI description matching the routes."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -38,7 +39,8 @@ def test_every_route_is_described_and_every_description_is_routed() -> None:
         for method in item
         if method != "parameters"
     }
-    as_patterns = {(m, p.replace("{name}", "(?P<name>[^/]+)").replace("{id}", "(?P<id>[^/]+)"))
+    as_patterns = {(m, re.escape(p).replace(re.escape("{name}"), "(?P<name>[^/]+)")
+                     .replace(re.escape("{id}"), "(?P<id>[^/]+)"))
                    for m, p in described}  # fmt: skip
     assert routes == as_patterns
 
@@ -166,3 +168,18 @@ def test_a_handler_outside_handler_modules_is_422_before_the_store() -> None:
     response = api.dispatch(patch)
     assert response.status == 422
     assert b"outside HANDLER_MODULES" in response.body
+
+
+def test_the_dashboard_runs_no_inline_code_and_its_files_are_served() -> None:
+    api = make_api()
+    page = api.dispatch(request("GET", "/", host="127.0.0.1:3000"))
+    csp = page.headers["Content-Security-Policy"]
+    assert "unsafe-inline" not in csp and "script-src 'self'" in csp
+    assert b"<script>" not in page.body and b"<style>" not in page.body
+    for path, kind in (("/static/dashboard.js", "text/javascript"),
+                       ("/static/dashboard.css", "text/css")):  # fmt: skip
+        served = api.dispatch(request("GET", path, host="127.0.0.1:3000"))
+        assert served.status == 200 and served.content_type.startswith(kind) and served.body
+        assert path.encode() in page.body
+    near_miss = request("GET", "/static/dashboardXcss", host="127.0.0.1:3000")
+    assert api.dispatch(near_miss).status == 404  # the dot is a dot
