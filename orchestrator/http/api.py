@@ -1,7 +1,7 @@
 """HTTP API, dashboard and /metrics, served by every master process on API_HOST:PORT.
 
 `Api.dispatch` turns a request into a response: routing, the Host and Origin
-checks, the token for writes, JSON errors. orchestrator/apiserver.py serves it.
+checks, the token for writes, JSON errors. orchestrator/http/server.py serves it.
 """
 
 from __future__ import annotations

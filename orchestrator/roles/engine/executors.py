@@ -5,7 +5,7 @@
   a pool, a future or a result queue per message.
 - AsyncExecutor: `async def` handlers as tasks on one event loop thread, however
   high the concurrency.
-- ProcessExecutor (orchestrator/handlerpool.py): either of these in handler
+- HandlerPool (orchestrator/roles/engine/handlerpool.py): either of these in handler
   processes, for handlers that need more than one core.
 """
 

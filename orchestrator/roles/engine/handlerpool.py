@@ -1,6 +1,6 @@
 """HandlerPool: the executor of a queue with `processes` > 1 (see executors.py).
 
-Its handler processes (orchestrator/handlerproc.py) each run part of the
+Its handler processes (handlerproc.py) each run part of the
 queue's concurrency: the Flow still decides what may start, a feeder thread
 sends each work to the live process with the least running, and one reader
 thread per process reports what comes back. A process that dies fails the

@@ -5,7 +5,7 @@ The runner's thread owns the assignment's life: it applies control messages
 ends. The Flow decides what may start; handlers run on an executor (threads, an
 event loop, or handler processes) that pulls its work from it; the SQS calls it
 asks for (receives, batched deletes, retries, hand-backs, visibility extensions)
-go through Calls (orchestrator/calls.py). A message is deleted only after its
+go through Calls (calls.py). A message is deleted only after its
 handler returned: at-least-once delivery.
 """
 
