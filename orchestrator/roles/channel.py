@@ -17,6 +17,7 @@ class Channel:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._buffer = b""
+        self._ended = False  # the other end closed; what came before is still returned
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -28,13 +29,16 @@ class Channel:
             raise ChannelClosed(str(exc)) from exc
 
     def receive(self) -> list[dict[str, Any]]:
-        """Every complete message available now (possibly none); ChannelClosed on EOF."""
+        """Every complete message available now (possibly none); ChannelClosed at the end
+        of the stream once every message before it was returned (the last report of a
+        process that exited right after sending it is not lost)."""
+        ended = self._ended
         self.sock.setblocking(False)
         try:
-            while True:
+            while not ended:
                 chunk = self.sock.recv(65536)
                 if not chunk:
-                    raise ChannelClosed("end of stream")
+                    ended = True
                 self._buffer += chunk
         except (BlockingIOError, InterruptedError):
             pass
@@ -43,7 +47,11 @@ class Channel:
         finally:
             self.sock.setblocking(True)
         *lines, self._buffer = self._buffer.split(b"\n")
-        return [json.loads(line) for line in lines if line.strip()]
+        messages = [json.loads(line) for line in lines if line.strip()]
+        if ended and not messages:
+            raise ChannelClosed("end of stream")
+        self._ended = ended
+        return messages
 
     def read_blocking(self) -> list[dict[str, Any]]:
         """Wait for data, then every complete message it finishes; ChannelClosed on EOF.

@@ -229,13 +229,18 @@ class Master:
             return  # nobody could take a queue: do not even look (the checks stay due)
         due = self._candidates(now, {a.queue_url for a in assignments})
         overdue = sorted(due, key=lambda q: self._schedule(q).overdue_key())[:CHECKS_PER_CYCLE]
-        found = self.pool.map(self._has_messages, overdue)
         busy = set()
-        for queue, has in zip(overdue, found, strict=True):
+        failure: Exception | None = None
+        for queue, found in zip(overdue, self.pool.map(self._has_messages, overdue), strict=True):
+            if isinstance(found, Exception):  # SQS failed on this one: it stays due
+                failure = failure or found
+                continue
             self.schedules[queue.queue_url] = policy.checked(
-                self._schedule(queue), now, has, self.settings.idle_check_max)  # fmt: skip
-            if has:
+                self._schedule(queue), now, found, self.settings.idle_check_max)  # fmt: skip
+            if found:
                 busy.add(queue.queue_url)
+        if failure is not None:
+            raise failure  # what was found stands; the cycle fails as an outage
         for queue in (q for q in due if q.queue_url in busy):  # fairness order
             choice = policy.pick_worker(
                 [
@@ -286,13 +291,16 @@ class Master:
                         retry_in=schedule.idle_delay, error=job.error)  # fmt: skip
         return schedule
 
-    def _has_messages(self, queue: QueueRecord) -> bool:
-        """Whether the queue has visible messages (a missing queue has none)."""
+    def _has_messages(self, queue: QueueRecord) -> bool | Exception:
+        """Whether the queue has visible messages (a missing queue has none), or the error
+        that kept us from knowing."""
         try:
             return self.sqs.depth(queue.queue_url).visible > 0
         except QueueNotFound:
             log.warning("queue.missing_in_sqs", queue=queue.name)
             return False
+        except Exception as exc:  # re-raised by the cycle once the others are applied
+            return exc
 
 
 class Beside(Protocol):

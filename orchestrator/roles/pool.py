@@ -67,6 +67,9 @@ TRANSITIONS: dict[tuple[SlotState, SlotEvent], SlotState] = {
     (_S.RETIRING, _E.RETIRE): _S.RETIRING,
     (_S.BUSY, _E.KILL): _S.KILLED,
     (_S.STOPPING, _E.KILL): _S.KILLED,
+    # Its "done" crossed our SIGKILL (or our Exit): the outcome stands, the exit is on its way.
+    (_S.KILLED, _E.DONE): _S.KILLED,
+    (_S.RETIRING, _E.DONE): _S.RETIRING,
 }
 
 
@@ -263,6 +266,8 @@ class ConsumerPool:
         job = slot.job
         slot.move(SlotEvent.DONE)
         slot.job = None
+        if slot.state is not SlotState.IDLE:
+            return job  # killed or retiring already: it exits, reaping forgets it
         if abandoned:
             # It exits by itself: handler threads that never returned cannot be stopped.
             slot.move(SlotEvent.RETIRE)

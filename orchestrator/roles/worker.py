@@ -29,7 +29,7 @@ from orchestrator.models import WorkerRecord, utcnow
 from orchestrator.roles import processes, protocol
 from orchestrator.roles.loop import Outage, retry
 from orchestrator.roles.outbox import JobEnd, Outbox
-from orchestrator.roles.pool import ConsumerPool, Death, Process, Slot
+from orchestrator.roles.pool import ConsumerPool, Death, Process, Slot, SlotState
 from orchestrator.roles.protocol import Live, Reason
 from orchestrator.roles.signals import HANDLED, STOP, SignalQueue
 
@@ -129,6 +129,8 @@ class Worker:
     # --- heartbeat and fencing -------------------------------------------------------
 
     def heartbeat(self, now: float) -> None:
+        # Stamped with the tick's time, before the write: fencing counts from no later
+        # than the heartbeat MongoDB holds, so it can only come early, never late.
         found = self.store.heartbeat(self.id, utcnow(), self.pool.stats(), self.status)
         self.last_heartbeat = now
         self.store_ok = True
@@ -183,7 +185,7 @@ class Worker:
             self.pool.assign(free, assignment, queue, now)
 
     def relay_settings(self) -> None:
-        busy = [s for s in self.pool.with_jobs() if s.job]
+        busy = [s for s in self.pool.with_jobs() if s.state is SlotState.BUSY]
         if not busy:
             return
         queues = self.store.queues_by_id([s.job.queue_id for s in busy if s.job])

@@ -138,3 +138,24 @@ def test_mongodb_unreachable_fails_the_cycle_and_the_master_carries_on() -> None
     fleet.store.fail_with = None
     master.tick(at(4))
     assert master.leading
+
+
+def test_a_depth_check_that_fails_leaves_the_others_recorded() -> None:
+    fleet = Fleet()
+    bad, good = fleet.queue("bad"), fleet.queue("good")
+    depth = fleet.sqs.depth
+
+    def failing(url: str) -> object:
+        if url == bad.queue_url:
+            raise ServiceUnavailable("SQS at memory failed: timeout")
+        return depth(url)
+
+    fleet.sqs.depth = failing  # type: ignore[method-assign,assignment]
+    master = fleet.master()
+    fleet.beat("w", at(0))
+    master.tick(at(0))
+    fleet.beat("w", at(1))
+    with pytest.raises(ServiceUnavailable):
+        master.tick(at(1))
+    assert master.schedules[good.queue_url].idle_delay == 2  # found empty: looked at later
+    assert master.schedules.get(bad.queue_url) is None or master.schedules[bad.queue_url].due(at(1))

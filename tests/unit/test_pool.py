@@ -39,6 +39,8 @@ ALLOWED = [
     (S.RETIRING, E.RETIRE, S.RETIRING),
     (S.BUSY, E.KILL, S.KILLED),
     (S.STOPPING, E.KILL, S.KILLED),
+    (S.KILLED, E.DONE, S.KILLED),
+    (S.RETIRING, E.DONE, S.RETIRING),
 ]
 
 
@@ -61,7 +63,8 @@ def test_every_other_move_is_refused(state: SlotState, event: SlotEvent) -> None
 def test_the_forbidden_moves_include_the_ones_that_would_lose_a_job() -> None:
     assert (S.BUSY, E.ASSIGN) in FORBIDDEN  # two jobs on one consumer
     assert (S.RETIRING, E.ASSIGN) in FORBIDDEN  # a job for a consumer on its way out
-    assert (S.KILLED, E.DONE) in FORBIDDEN  # a killed consumer's job fails when it is reaped
+    assert (S.KILLED, E.ASSIGN) in FORBIDDEN  # a job for a consumer being killed
+    assert (S.IDLE, E.KILL) in FORBIDDEN  # nothing to kill it for
 
 
 # --- the pool -----------------------------------------------------------------------------
@@ -197,3 +200,24 @@ def test_a_report_that_is_not_ours_is_logged_and_skipped() -> None:
     assert slot is not None
     spawner.made[0].channel.inbox += [{"type": "hello"}, protocol.encode(protocol.Exit())]
     assert pool.receive(slot, 1.0) == []
+
+
+@pytest.mark.parametrize("how", ["kill", "retire"])
+def test_a_done_that_crosses_a_kill_or_an_exit_keeps_its_outcome(how: str) -> None:
+    """The consumer reported its job done just before we killed it (stalled, memory) or
+    told it to exit (shutdown): the outcome is the one it reported; its exit follows."""
+    pool, spawner = make_pool(CONSUMER_MAX_RSS_MB="512")
+    slot = pool.acquire(0.0)
+    assert slot is not None
+    pool.assign(slot, job(1), queue(), 0.0)
+    if how == "kill":
+        spawner.made[0].rss_mb = 2000.0
+        pool.watch_memory()
+    else:
+        pool.retire(slot)
+    state = slot.state
+    assert pool.done(slot, abandoned=False) == job(1)
+    assert slot.state is state and slot.job is None
+    spawner.made[0].exit(-9 if how == "kill" else 0)
+    [(gone, status)] = pool.exited()
+    assert pool.remove(gone, status, 1.0, count_death=True).job is None  # closed once
