@@ -15,6 +15,7 @@ own addresses only, and deleting the namespaces removes everything.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -22,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,24 +151,44 @@ class Servers:
     sqs_pid: int
 
 
-def serve(net: Net, data: Path, logs: Path) -> Servers:
-    """MongoDB (nx-27017) on host "mongo" and SQS (moto) on host "sqs", ready."""
+def serve(net: Net, data: Path, logs: Path, localstack: Path | None = None) -> Servers:
+    """MongoDB (nx-27017) on host "mongo" and SQS on host "sqs", ready: moto, or
+    LocalStack when given its Python (deep queues: moto slows down past a few hundred
+    messages a queue)."""
     mongo, sqs = net.add("mongo"), net.add("sqs")
     data.mkdir(parents=True, exist_ok=True)
     nx = net.popen("mongo", [sys.executable, "-m", "orchestrator.embedded.nxserver",
                              str(data / "db"), "--host", mongo.address, "--port", str(MONGODB_PORT),
                              "--pid-file", str(data / "nx.pid"), "--log-file",
                              str(data / "nx.log")], {}, logs / "mongo.log")  # fmt: skip
-    moto = net.popen("sqs", [sys.executable, "-m", "moto.server", "-H", sqs.address,
-                             "-p", str(SQS_PORT)], {}, logs / "sqs.log")  # fmt: skip
+    if localstack is None:
+        server = net.popen("sqs", [sys.executable, "-m", "moto.server", "-H", sqs.address,
+                                   "-p", str(SQS_PORT)], {}, logs / "sqs.log")  # fmt: skip
+    else:
+        env = {**os.environ, "SERVICES": "sqs", "GATEWAY_LISTEN": f"{sqs.address}:{SQS_PORT}",
+               "SQS_ENDPOINT_STRATEGY": "path", "PERSISTENCE": "0",
+               "LOCALSTACK_VOLUME_DIR": str(data / "localstack")}  # fmt: skip
+        server = net.popen("sqs", [str(localstack), "-m", "localstack.runtime.main"], env,
+                           logs / "sqs.log")  # fmt: skip
+    ready = {MONGODB_PORT: _answers, SQS_PORT: _answers if localstack is None else _sqs_up}
     for address, port in ((mongo.address, MONGODB_PORT), (sqs.address, SQS_PORT)):
-        deadline = time.monotonic() + 20
-        while not _answers(address, port):
+        deadline = time.monotonic() + 120
+        while not ready[port](address, port):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"nothing listens on {address}:{port} after 20 s")
-            time.sleep(0.05)
+                raise RuntimeError(f"nothing answers on {address}:{port} after 120 s")
+            time.sleep(0.1)
     return Servers(f"mongodb://{mongo.address}:{MONGODB_PORT}",
-                   f"http://{sqs.address}:{SQS_PORT}", nx.pid, moto.pid)  # fmt: skip
+                   f"http://{sqs.address}:{SQS_PORT}", nx.pid, server.pid)  # fmt: skip
+
+
+def _sqs_up(address: str, port: int) -> bool:
+    """LocalStack's health check says SQS is up."""
+    try:
+        url = f"http://{address}:{port}/_localstack/health"
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return json.load(resp).get("services", {}).get("sqs") in ("available", "running")
+    except (OSError, ValueError):
+        return False
 
 
 def _answers(address: str, port: int) -> bool:
