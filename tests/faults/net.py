@@ -1,8 +1,9 @@
 """Hosts as network namespaces, for faults between hosts: partitions and isolation.
 
 Every host is a namespace with one veth into a bridge in a hub namespace, on an
-address of 10.213.0.0/24; the test process itself joins the bridge from the root
-namespace as 10.213.0.254, so that it can read MongoDB and SQS like any host. No
+address of a /24 of 10.213.0.0/16 (one per test process: see subnet()); the test
+process itself joins the bridge from the root namespace as .254 of it, so that it
+can read MongoDB and SQS like any host. No
 routing and no host setting is changed (no ip_forward): traffic goes to the test's
 own addresses only, and deleting the namespaces removes everything.
 
@@ -27,8 +28,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SUBNET = "10.213.0"
-ROOT_ADDRESS = f"{SUBNET}.254"
+SUBNETS = "10.213"  # each Net takes a /24 of 10.213.0.0/16 (see subnet())
 MONGODB_PORT, SQS_PORT = 27017, 4566
 
 
@@ -60,9 +60,18 @@ class Host:
     hub_side: str  # its veth's end in the hub's bridge
 
 
+def subnet() -> str:
+    """This process's /24: tests running side by side (pytest-xdist workers gw0, gw1, …)
+    each build hosts on a subnet of their own, so that their routes never meet."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    number = int(worker[2:]) + 1 if worker.startswith("gw") and worker[2:].isdigit() else 0
+    return f"{SUBNETS}.{number}"
+
+
 @dataclass
 class Net:
     tag: str = field(default_factory=lambda: secrets.token_hex(2))
+    subnet: str = field(default_factory=subnet)
     hosts: dict[str, Host] = field(default_factory=dict)
     cuts: set[frozenset[str]] = field(default_factory=set)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -80,12 +89,13 @@ class Net:
         ip("link", "add", root, "type", "veth", "peer", "name", peer)
         ip("link", "set", peer, "netns", self.hub)
         ip("-n", self.hub, "link", "set", peer, "master", "br0", "up")
-        ip("addr", "add", f"{ROOT_ADDRESS}/24", "dev", root)
+        ip("addr", "add", f"{self.subnet}.254/24", "dev", root)
         ip("link", "set", root, "up")
 
     def add(self, name: str) -> Host:
         number = len(self.hosts) + 1
-        host = Host(name, f"orc{self.tag}{name}", f"{SUBNET}.{number}", f"orc{self.tag}h{number}")
+        host = Host(name, f"orc{self.tag}{name}", f"{self.subnet}.{number}",
+                    f"orc{self.tag}h{number}")  # fmt: skip
         ip("netns", "add", host.ns)
         ip("link", "add", host.hub_side, "type", "veth", "peer", "name", "eth0", "netns", host.ns)
         ip("link", "set", host.hub_side, "netns", self.hub)

@@ -200,7 +200,7 @@ def test_the_standby_master_takes_over_within_the_lease(
     start_daemon("--mode", "W")
     lease = wait_for(store.lease, 30, "a leader")
     [leader] = [m for m in masters for e in m.events("master.leading")
-                if e["master_id"] == lease["holder"]]  # fmt: skip
+                if e["master_id"] == lease.holder]  # fmt: skip
     [standby] = [m for m in masters if m is not leader]
     wait_for(lambda: store.workers(), 30, "a worker")
 
