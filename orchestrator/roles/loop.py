@@ -25,7 +25,7 @@ class Outage:
         self.failures = 0
         self.problem: str | None = None
 
-    def failed(self, exc: Exception) -> float:
+    def failed(self, exc: BaseException) -> float:
         """Record a failure; return how long to wait before trying again."""
         self.failures += 1
         problem = str(exc)

@@ -15,7 +15,8 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -27,7 +28,7 @@ from orchestrator.backends.queues import sync_queues
 from orchestrator.backends.sqs import Sqs
 from orchestrator.backends.store import DAEMON_TIMEOUT_MS, Store
 from orchestrator.config import Endpoints, Settings
-from orchestrator.errors import OrchestratorError, QueueNotFound
+from orchestrator.errors import OrchestratorError, QueueNotFound, ServiceUnavailable
 from orchestrator.metrics import Meter
 from orchestrator.models import QueueRecord, WorkerRecord, utcnow
 from orchestrator.roles import processes
@@ -40,6 +41,9 @@ log = structlog.get_logger()
 CHECKS_PER_CYCLE = 250  # depth checks per cycle at most, most overdue first: a cycle
 # stays under a second at 10,000 queues (measured: ~1.6 ms a check with 16 threads)
 CHECK_THREADS = 16  # depth checks run in parallel: each is one SQS round trip
+CHECK_BUDGET = 0.5  # of MASTER_INTERVAL: how long a cycle waits for its depth checks
+# The master's SQS calls give up soon: a check that waits is only a check that is late.
+SQS_CALL = {"connect_timeout": 2, "read_timeout": 5, "attempts": 2}
 LEASE_SAFETY = 0.8  # stop assigning when 80 % of the lease has passed without a renewal
 SWEEP_SECONDS = 10.0  # how often to look for open jobs nobody will close
 STALLED_SECONDS = 60.0  # /health says "stalled" when no cycle finished for this long
@@ -64,6 +68,8 @@ class Master:
         self.synced = False
         self.schedules: dict[str, policy.QueueSchedule] = {}  # by queue URL
         self.pool = ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="depth")
+        self.checking: dict[str, Future[bool]] = {}  # depth checks under way, by queue URL
+        self.sqs_outage = Outage()  # depth checks and the sync: one log line per problem
         self.next_sweep: datetime | None = None
         # Since when this master has seen MongoDB without errors: workers are judged only
         # on a window it could watch (after an outage their heartbeats failed too).
@@ -82,7 +88,11 @@ class Master:
         if not leading:
             return
         if not self.synced:
-            created = sync_queues(self.store, self.sqs)
+            try:
+                created = sync_queues(self.store, self.sqs)
+            except ServiceUnavailable as exc:  # MongoDB or SQS: either way, next cycle
+                self.sqs_outage.failed(exc)
+                return  # nothing is assigned before the sync; the lease is kept meanwhile
             for queue in created:
                 log.info("queue.synced_to_sqs", queue=queue.name)
             self.synced = True
@@ -228,19 +238,7 @@ class Master:
         if capacity <= 0:
             return  # nobody could take a queue: do not even look (the checks stay due)
         due = self._candidates(now, {a.queue_url for a in assignments})
-        overdue = sorted(due, key=lambda q: self._schedule(q).overdue_key())[:CHECKS_PER_CYCLE]
-        busy = set()
-        failure: Exception | None = None
-        for queue, found in zip(overdue, self.pool.map(self._has_messages, overdue), strict=True):
-            if isinstance(found, Exception):  # SQS failed on this one: it stays due
-                failure = failure or found
-                continue
-            self.schedules[queue.queue_url] = policy.checked(
-                self._schedule(queue), now, found, self.settings.idle_check_max)  # fmt: skip
-            if found:
-                busy.add(queue.queue_url)
-        if failure is not None:
-            raise failure  # what was found stands; the cycle fails as an outage
+        busy = self._check_depths(now, due)
         for queue in (q for q in due if q.queue_url in busy):  # fairness order
             choice = policy.pick_worker(
                 [
@@ -257,6 +255,38 @@ class Master:
             self.meter.count("assignments")
             self.schedules[queue.queue_url] = policy.assigned(self._schedule(queue), now, job_id)
             log.info("queue.assigned", queue=queue.name, worker=choice, job_id=job_id)
+
+    def _check_depths(self, now: datetime, due: list[QueueRecord]) -> set[str]:
+        """Look at the depths of the most overdue queues on the check threads, for at most
+        CHECK_BUDGET of MASTER_INTERVAL: a slow or unreachable SQS must never hold the
+        cycle up, nor with it the lease's renewals (a standby would take the lease from
+        a master that only lost SQS). A check that has not answered by then is collected
+        by a later cycle; one that failed leaves its queue due, and the outage is logged
+        once. Returns the URLs of the queues found with messages."""
+        overdue = sorted(due, key=lambda q: self._schedule(q).overdue_key())[:CHECKS_PER_CYCLE]
+        for queue in overdue:
+            if queue.queue_url not in self.checking:
+                self.checking[queue.queue_url] = self.pool.submit(self._has_messages, queue)
+        wait_all(self.checking.values(), timeout=CHECK_BUDGET * self.settings.master_interval)
+        by_url = {q.queue_url: q for q in due}
+        busy, failed = set(), None
+        for url, check in list(self.checking.items()):
+            if not check.done():
+                continue
+            del self.checking[url]
+            if (exc := check.exception()) is not None:
+                failed = exc
+            elif url in by_url:  # still unassigned and unpaused: what it found stands
+                found = check.result()
+                self.schedules[url] = policy.checked(self._schedule(by_url[url]), now, found,
+                                                     self.settings.idle_check_max)  # fmt: skip
+                if found:
+                    busy.add(url)
+        if failed is not None:
+            self.sqs_outage.failed(failed)
+        elif overdue:
+            self.sqs_outage.recovered()
+        return busy
 
     def _schedule(self, queue: QueueRecord) -> policy.QueueSchedule:
         return self.schedules.get(queue.queue_url) or policy.QueueSchedule()
@@ -291,16 +321,13 @@ class Master:
                         retry_in=schedule.idle_delay, error=job.error)  # fmt: skip
         return schedule
 
-    def _has_messages(self, queue: QueueRecord) -> bool | Exception:
-        """Whether the queue has visible messages (a missing queue has none), or the error
-        that kept us from knowing."""
+    def _has_messages(self, queue: QueueRecord) -> bool:
+        """Whether the queue has visible messages (a missing queue has none)."""
         try:
             return self.sqs.depth(queue.queue_url).visible > 0
         except QueueNotFound:
             log.warning("queue.missing_in_sqs", queue=queue.name)
             return False
-        except Exception as exc:  # re-raised by the cycle once the others are applied
-            return exc
 
 
 class Beside(Protocol):
@@ -322,7 +349,7 @@ def run(
     original_parent = os.getppid()
     meter = Meter()
     store = Store.connect(settings, endpoints.mongodb_uri, timeout_ms=DAEMON_TIMEOUT_MS)
-    sqs = Sqs.connect(settings, endpoints.sqs_endpoint, meter)
+    sqs = Sqs.connect(settings, endpoints.sqs_endpoint, meter, **SQS_CALL)
     master = Master(settings, store, sqs, meter)
     extra = beside(master) if beside else None
     if extra:

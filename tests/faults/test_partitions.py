@@ -127,12 +127,14 @@ def test_the_leader_cut_from_sqs_keeps_the_lead_and_its_queues_run(cluster: Clus
 
     cut = time.time()
     cluster.net.cut("m1", "sqs")
+    busy_queue(cluster, "f", 30)  # a new queue: m1's depth checks of it fail while cut
+    wait_for(lambda: m1.events("service.unavailable"), 20, "m1 to find SQS unreachable")
     holds_for(lambda: running_on(cluster, "e", "w1", time.time() - 2), 10,
               "the assigned queue keeps running")  # fmt: skip
     assert not m2.events("master.leading") and not m1.events("master.lease_lost")
+    assert not [a for a in cluster.store.assignments() if a.queue_name == "f"]  # it waits
     cluster.net.heal("m1", "sqs")
     healed = time.time()
-    busy_queue(cluster, "f", 30)
     check_ledger(cluster, {"e": 300, "f": 30}, cut, healed)
 
 

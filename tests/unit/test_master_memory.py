@@ -3,9 +3,12 @@ assignment without servers."""
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from structlog.testing import capture_logs
 
 from orchestrator import config
 from orchestrator.backends.memory import MemorySqs, MemoryStore
@@ -140,7 +143,7 @@ def test_mongodb_unreachable_fails_the_cycle_and_the_master_carries_on() -> None
     assert master.leading
 
 
-def test_a_depth_check_that_fails_leaves_the_others_recorded() -> None:
+def test_a_depth_check_that_fails_leaves_the_others_recorded_and_the_cycle_goes_on() -> None:
     fleet = Fleet()
     bad, good = fleet.queue("bad"), fleet.queue("good")
     depth = fleet.sqs.depth
@@ -155,7 +158,36 @@ def test_a_depth_check_that_fails_leaves_the_others_recorded() -> None:
     fleet.beat("w", at(0))
     master.tick(at(0))
     fleet.beat("w", at(1))
-    with pytest.raises(ServiceUnavailable):
-        master.tick(at(1))
+    with capture_logs() as logs:
+        master.tick(at(1))  # the cycle goes on: SQS failing must not hold the lease up
+    assert [e["event"] for e in logs] == ["service.unavailable"]
     assert master.schedules[good.queue_url].idle_delay == 2  # found empty: looked at later
     assert master.schedules.get(bad.queue_url) is None or master.schedules[bad.queue_url].due(at(1))
+    assert master.leading
+
+
+def test_a_slow_sqs_never_holds_the_cycle_up_and_late_answers_count() -> None:
+    """A depth check that hangs (SQS cut off) must not stop the cycle from renewing the
+    lease; its answer, when it comes, is used by a later cycle."""
+    fleet = Fleet()
+    slow = fleet.queue("slow", 2)
+    depth, release = fleet.sqs.depth, threading.Event()
+
+    def hanging(url: str) -> object:
+        release.wait(10)
+        return depth(url)
+
+    fleet.sqs.depth = hanging  # type: ignore[method-assign,assignment]
+    master = fleet.master()
+    fleet.beat("w", at(0))
+    master.tick(at(0))
+    fleet.beat("w", at(1))
+    started = time.monotonic()
+    master.tick(at(1))
+    assert time.monotonic() - started < SETTINGS.master_interval  # waited its budget only
+    assert fleet.store.assignments() == [] and slow.queue_url in master.checking
+    release.set()
+    master.checking[slow.queue_url].result(timeout=5)
+    fleet.beat("w", at(2))
+    master.tick(at(2))
+    assert [a.queue_name for a in fleet.store.assignments()] == ["slow"]
