@@ -289,7 +289,8 @@ def test_fifo_groups_run_in_order_one_at_a_time_and_overlap_each_other(sqs: Sqs)
 
 @pytest.mark.timeout(60)
 def test_a_failed_fifo_message_holds_back_only_its_own_group(sqs: Sqs) -> None:
-    spec = fifo_job(sqs, "hold.fifo", {"A": 6, "B": 6}, concurrency=2)
+    # B has work for longer than A's backoff, however fast this machine runs it.
+    spec = fifo_job(sqs, "hold.fifo", {"A": 6, "B": 15}, concurrency=2)
     ledger = Ledger()
 
     def handler(m: Message) -> None:
@@ -301,10 +302,10 @@ def test_a_failed_fifo_message_holds_back_only_its_own_group(sqs: Sqs) -> None:
             raise ValueError("first try fails")
 
     outcome = run(sqs, spec, handler)
-    assert (outcome.handled, outcome.failed) == (12, 1)
+    assert (outcome.handled, outcome.failed) == (21, 1)
     groups = ledger.by_group()
     assert [seq for seq, _, _ in groups["A"]] == [0, 1, 2, 2, 3, 4, 5]  # the retry came first
-    assert [seq for seq, _, _ in groups["B"]] == list(range(6))
+    assert [seq for seq, _, _ in groups["B"]] == list(range(15))
     failed_at = groups["A"][2][2]
     retried_at = groups["A"][3][1]
     assert retried_at - failed_at >= 0.9  # A waited out the 1 s backoff ...
