@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import click
@@ -66,7 +65,7 @@ def workers() -> None:
 
 
 def _workers(app: App) -> list[dict[str, Any]]:
-    loads = Counter(app.store.assigned_workers().values())
+    loads = app.store.worker_loads()
     now = utcnow()
     return [worker_json(w, loads[w.id], now) for w in app.store.workers()]
 

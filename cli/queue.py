@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import click
 
 from cli import render
 from cli.app import App, json_option, pass_app
-from cli.types import INT, NUMBER, QueueName
+from cli.types import INT, NO_LIMIT, NUMBER, RATE, QueueName
+from orchestrator.models import QueueRecord
 
 NAME = click.argument("name", type=QueueName())
 # So that `send q -5` reports a bad count rather than an unknown option "-5".
@@ -21,53 +23,88 @@ def queue() -> None:
     """Create, change and inspect queues."""
 
 
+# The settings `create` and `set` share: all optional (None: not given).
+TUNING = [
+    click.option("--concurrency", type=INT, metavar="N",
+                 help="Handlers run at once (default DEFAULT_CONCURRENCY)."),
+    click.option("--handler", metavar="MOD:FUNC",
+                 help="Import path of the handler (default DEFAULT_HANDLER)."),
+    click.option("--processes", type=INT, metavar="P",
+                 help="Handler processes on the assigned worker; the concurrency is split "
+                      "across them (default 1)."),
+    click.option("--batch-size", type=INT, metavar="N",
+                 help="Above 1 the handler gets a list of up to N messages (default 1)."),
+    click.option("--batch-window", type=NUMBER, metavar="S",
+                 help="Seconds a batch may wait to fill (default 0)."),
+    click.option("--rate-limit", type=RATE, metavar="R|none",
+                 help="Handler starts per second for the whole queue, fleet-wide (default "
+                      "none)."),
+    click.option("--priority", type=INT, metavar="P",
+                 help="0..9: higher is served first when workers are short, and may preempt "
+                      "lower ones (default 0)."),
+    click.option("--adaptive/--no-adaptive", default=None,
+                 help="Halve the running concurrency on failures or Backoff, grow it back "
+                      "by one a second (default off)."),
+    click.option("--max-shards", type=INT, metavar="N",
+                 help="Workers that may serve a backlog at once (default 1)."),
+]  # fmt: skip
+
+
+def tuning_options(command: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed(TUNING):
+        command = option(command)
+    return command
+
+
+def given(options: dict[str, Any]) -> dict[str, Any]:
+    """The tuning options given, `--rate-limit none` as no limit (None)."""
+    out = {key: value for key, value in options.items() if value is not None}
+    if out.get("rate_limit") == NO_LIMIT:
+        out["rate_limit"] = None
+    return out
+
+
 @queue.command()
 @NAME
-@click.option("--concurrency", type=INT, help="Handlers run at once (default DEFAULT_CONCURRENCY).")
-@click.option("--handler", metavar="MOD:FUNC", help="Import path (default DEFAULT_HANDLER).")
 @click.option("--dlq/--no-dlq", default=None, help="Create a dead-letter queue NAME-dlq.")
 @click.option(
     "--max-receive-count", type=INT, help="Receives before SQS moves a message to the DLQ (5)."
 )
 @click.option("--visibility-timeout", type=INT, default=30, show_default=True, metavar="S")
-@click.option("--processes", type=INT, default=1, show_default=True, metavar="P",
-              help="Handler processes on the assigned worker (concurrency is split across them).")
-@click.option("--batch-size", type=INT, default=1, show_default=True, metavar="N",
-              help="Above 1 the handler gets a list of up to N messages.")
-@click.option("--batch-window", type=NUMBER, default=0.0, show_default=True, metavar="S",
-              help="Seconds a batch may wait to fill.")
+@tuning_options
 @pass_app
 def create(
     app: App,
+    /,
     name: str,
-    concurrency: int | None,
-    handler: str | None,
     dlq: bool | None,
     max_receive_count: int | None,
     visibility_timeout: int,
-    processes: int,
-    batch_size: int,
-    batch_window: float,
+    **options: Any,
 ) -> None:
     """Create queue NAME in SQS and MongoDB."""
     if dlq is False and max_receive_count is not None:
         raise click.UsageError("--max-receive-count needs a DLQ; drop --no-dlq")
     record = app.queues.create(
         name,
-        concurrency=concurrency,
-        handler=handler,
         dlq=bool(dlq) or max_receive_count is not None,
         max_receive_count=max_receive_count,
         visibility_timeout=visibility_timeout,
-        processes=processes,
-        batch_size=batch_size,
-        batch_window=batch_window,
+        **given(options),
     )
     notes = ""
     if record.processes > 1:
         notes += f", {record.processes} processes"
     if record.batch_size > 1:
         notes += f", batches of {record.batch_size} within {record.batch_window:g} s"
+    if record.rate_limit is not None:
+        notes += f", at most {record.rate_limit:g} starts/s"
+    if record.priority:
+        notes += f", priority {record.priority}"
+    if record.adaptive:
+        notes += ", adaptive"
+    if record.max_shards > 1:
+        notes += f", up to {record.max_shards} shards"
     if record.dlq_name:
         notes += f", DLQ {record.dlq_name} after {record.max_receive_count} receives"
     click.echo(
@@ -148,38 +185,32 @@ def size(app: App, name: str, as_json: bool) -> None:
 
 @queue.command("set", context_settings=NUMBER_ARGS)
 @NAME
-@click.option("--concurrency", type=INT, metavar="N", help="Handlers run at once.")
-@click.option("--processes", type=INT, metavar="P", help="Handler processes.")
-@click.option("--batch-size", type=INT, metavar="N", help="Messages per handler call.")
-@click.option("--batch-window", type=NUMBER, metavar="S", help="Seconds a batch may wait to fill.")
-@click.option("--handler", metavar="MOD:FUNC", help="Import path of the handler.")
+@tuning_options
 @pass_app
-def set_(
-    app: App,
-    name: str,
-    concurrency: int | None,
-    processes: int | None,
-    batch_size: int | None,
-    batch_window: float | None,
-    handler: str | None,
-) -> None:
+def set_(app: App, /, name: str, **options: Any) -> None:
     """Change several of NAME's settings at once: all are checked before any is written.
-    Running consumers pick the changes up within 2 s."""
-    given = {"concurrency": concurrency, "processes": processes, "batch_size": batch_size,
-             "batch_window": batch_window, "handler": handler}  # fmt: skip
-    changes = {key: value for key, value in given.items() if value is not None}
+    Running consumers pick the changes up within 2 s (a new handler applies from the
+    queue's next assignment)."""
+    changes = given(options)
     if not changes:
         raise click.UsageError(
-            "nothing to set; give any of --concurrency, --processes, --batch-size, "
-            "--batch-window, --handler"
+            "nothing to set; give any of "
+            + ", ".join(option.opts[0] for option in _tuning_params())
         )
-    record = app.queues.update(name, concurrency=concurrency, processes=processes,
-                               batch_size=batch_size, batch_window=batch_window,
-                               handler=handler)  # fmt: skip
-    shown = {"concurrency": record.concurrency, "processes": record.processes,
-             "batch_size": record.batch_size, "batch_window": f"{record.batch_window:g}",
-             "handler": record.handler}  # fmt: skip
-    click.echo(f"{name}: " + ", ".join(f"{k.replace('_', ' ')} {shown[k]}" for k in changes))
+    record = app.queues.update(name, **changes)
+    click.echo(f"{name}: " + ", ".join(f"{key.replace('_', ' ')} {_shown(record, key)}"
+                                       for key in changes))  # fmt: skip
+
+
+def _tuning_params() -> list[click.Option]:
+    return [p for p in set_.params if isinstance(p, click.Option)]
+
+
+def _shown(record: QueueRecord, key: str) -> str:
+    value = getattr(record, key)
+    if value is None:
+        return "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 @queue.command("set-concurrency", context_settings=NUMBER_ARGS)

@@ -47,6 +47,22 @@ class StrictNumber(click.ParamType):  # type: ignore[type-arg]
         return number
 
 
+class RateLimit(click.ParamType):  # type: ignore[type-arg]
+    """Messages per second, or `none` for no limit."""
+
+    name = "rate limit"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float | str:
+        if value == NO_LIMIT:
+            return NO_LIMIT
+        return NUMBER.convert(value, param, ctx)
+
+
+NO_LIMIT = "none"
+
+
 class QueueName(click.ParamType):  # type: ignore[type-arg]
     """A name SQS allows, checked before any lookup: `../x` is invalid, not missing."""
 
@@ -61,3 +77,4 @@ class QueueName(click.ParamType):  # type: ignore[type-arg]
 
 INT = StrictInt()
 NUMBER = StrictNumber()
+RATE = RateLimit()

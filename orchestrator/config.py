@@ -95,6 +95,8 @@ class Settings:
     default_concurrency: int = _key(5, lo=1, hi=10_000)
     max_concurrency: int = _key(100, lo=1, hi=10_000)
     max_processes: int = _key(8, lo=1, hi=64)
+    max_shards: int = _key(8, lo=1, hi=64)
+    preempt_after: float = _key(5.0, lo=0, hi=86_400)
     default_handler: str = _key("orchestrator.handlers:log")
     handler_modules: str = _key("")  # comma-separated module prefixes; empty: any module
     # Upper bounds keep arithmetic on them finite (1e300 s overflowed timeouts).

@@ -9,6 +9,18 @@ from __future__ import annotations
 from typing import Any
 
 
+class Backoff(Exception):
+    """Raised by a handler: the downstream is overloaded. The message is retried (hidden
+    `retry_after` seconds when given, else the usual backoff) and, on an `adaptive`
+    queue, the running concurrency halves. Not an OrchestratorError: it is the
+    handler's signal to us, not our error."""
+
+    def __init__(self, retry_after: float | None = None) -> None:
+        super().__init__("the downstream asked for a backoff" + (
+            f" of {retry_after:g} s" if retry_after is not None else ""))
+        self.retry_after = retry_after
+
+
 class OrchestratorError(Exception):
     """Base of every error this project raises on purpose."""
 

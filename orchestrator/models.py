@@ -32,6 +32,10 @@ class QueueRecord:
     processes: int = 1  # handler processes on the assigned worker
     batch_size: int = 1  # above 1 the handler gets a list of up to this many messages
     batch_window: float = 0.0  # seconds a batch may wait to fill
+    rate_limit: float | None = None  # handler starts per second, fleet-wide; None: no limit
+    priority: int = 0  # 0..9: higher is served first when workers are short
+    adaptive: bool = False  # the effective concurrency follows AIMD below `concurrency`
+    max_shards: int = 1  # workers that may serve the queue at once
     id: str | None = None  # the document's ObjectId, as hex
     created_at: datetime | None = None
     updated_at: datetime | None = None
@@ -56,6 +60,10 @@ class QueueRecord:
             "processes": self.processes,
             "batchSize": self.batch_size,
             "batchWindow": self.batch_window,
+            "rateLimit": self.rate_limit,
+            "priority": self.priority,
+            "adaptive": self.adaptive,
+            "maxShards": self.max_shards,
             "createdAt": self.created_at,
             "updatedAt": self.updated_at,
             "syncedAt": self.synced_at,
@@ -79,6 +87,10 @@ class QueueRecord:
             processes=int(doc.get("processes") or 1),
             batch_size=int(doc.get("batchSize") or 1),
             batch_window=float(doc.get("batchWindow") or 0.0),
+            rate_limit=None if doc.get("rateLimit") is None else float(doc["rateLimit"]),
+            priority=int(doc.get("priority") or 0),
+            adaptive=bool(doc.get("adaptive", False)),
+            max_shards=int(doc.get("maxShards") or 1),
             created_at=doc.get("createdAt"),
             updated_at=doc.get("updatedAt"),
             synced_at=doc.get("syncedAt"),
@@ -127,8 +139,31 @@ class QueueDepth:
 
 
 @dataclass(frozen=True)
+class Share:
+    """A shard's part of its queue's concurrency and rate limit, as the master split them.
+    A new shard waits (`granted` False) until the others run within their new shares."""
+
+    concurrency: int
+    rate_limit: float | None
+    granted: bool = True
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"concurrency": self.concurrency, "rateLimit": self.rate_limit,
+                "granted": self.granted}  # fmt: skip
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any] | None) -> Share | None:
+        if not doc:
+            return None
+        rate = doc.get("rateLimit")
+        return cls(int(doc["concurrency"]), None if rate is None else float(rate),
+                   bool(doc.get("granted", True)))  # fmt: skip
+
+
+@dataclass(frozen=True)
 class Assignment:
-    """A queue given to a worker; the unique `queueUrl` index makes it exclusive."""
+    """A queue (one shard of it) given to a worker; the unique `{queueUrl, shard}` index
+    makes it exclusive."""
 
     queue_url: str
     queue_id: str
@@ -136,6 +171,9 @@ class Assignment:
     worker: str
     job_id: str
     assigned_at: datetime
+    shard: int = 0
+    share: Share | None = None  # None: the queue's own concurrency and rate limit
+    yield_requested: bool = False  # a master asked it to give way (preemption)
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> Assignment:
@@ -146,6 +184,9 @@ class Assignment:
             worker=doc["worker"],
             job_id=str(doc["jobId"]),
             assigned_at=doc["assignedAt"],
+            shard=int(doc.get("shard") or 0),
+            share=Share.from_doc(doc.get("share")),
+            yield_requested=doc.get("yieldRequestedAt") is not None,
         )
 
 
@@ -247,6 +288,9 @@ class JobRecord:
     end_reason: str | None
     error: str | None
     processes: tuple[dict[str, Any], ...] = ()  # handler processes: pid, handled, failed, exit
+    effective_concurrency: int | None = None  # what its consumer runs at (adaptive, shares)
+    running: int | None = None  # handlers running at its last report
+    shard: int = 0
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> JobRecord:
@@ -269,6 +313,9 @@ class JobRecord:
             end_reason=doc.get("endReason"),
             error=doc.get("error"),
             processes=tuple(doc.get("processes") or ()),
+            effective_concurrency=doc.get("effectiveConcurrency"),
+            running=doc.get("running"),
+            shard=int(doc.get("shard") or 0),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -294,4 +341,6 @@ class JobRecord:
             "endReason": self.end_reason,
             "error": self.error,
             "processes": list(self.processes),
+            "effectiveConcurrency": self.effective_concurrency,
+            "shard": self.shard,
         }

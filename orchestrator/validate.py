@@ -76,6 +76,32 @@ def batch_window(seconds: float) -> float:
     return seconds
 
 
+MAX_RATE_LIMIT = 100_000.0  # handler starts per second: beyond any one queue's SQS throughput
+MAX_PRIORITY = 9
+
+
+def rate_limit(value: float | None) -> float | None:
+    """Handler starts per second for the whole queue; None: no limit."""
+    if value is None:
+        return None
+    if not (math.isfinite(value) and 0 < value <= MAX_RATE_LIMIT):
+        raise InvalidValue(f"rate limit {value:g} is out of range: give a number of messages "
+                           f"per second above 0 and at most {MAX_RATE_LIMIT:,.0f}, or none")
+    return value
+
+
+def priority(value: int) -> int:
+    if not 0 <= value <= MAX_PRIORITY:
+        raise InvalidValue(f"priority {value} is out of range 0..{MAX_PRIORITY}")
+    return value
+
+
+def max_shards(value: int, maximum: int) -> int:
+    if not 1 <= value <= maximum:
+        raise InvalidValue(f"max shards {value} is out of range 1..{maximum} (MAX_SHARDS)")
+    return value
+
+
 def group_id(value: str) -> str:
     """SQS's rule for a MessageGroupId: 1-128 printable ASCII characters, no spaces."""
     if not _GROUP_ID.fullmatch(value):

@@ -31,6 +31,7 @@ from orchestrator.models import (
     Lease,
     QueueDepth,
     QueueRecord,
+    Share,
     SqsMessage,
     WorkerRecord,
     utcnow,
@@ -58,7 +59,7 @@ class MemoryStore(_Failing):
 
     def __init__(self) -> None:
         self.queues: dict[str, QueueRecord] = {}  # by id
-        self.assigned: dict[str, Assignment] = {}  # by queue URL: the unique index
+        self.assigned: dict[tuple[str, int], Assignment] = {}  # the unique {queueUrl, shard}
         self.worker_docs: dict[str, WorkerRecord] = {}
         self.job_docs: dict[str, JobRecord] = {}
         self.lease_doc: Lease | None = None
@@ -116,30 +117,43 @@ class MemoryStore(_Failing):
         self._check()
         return [a for a in self.assigned.values() if worker is None or a.worker == worker]
 
-    def assign(self, queue: QueueRecord, worker: str, now: datetime) -> str | None:
+    def assign(self, queue: QueueRecord, worker: str, now: datetime, shard: int = 0,
+               share: Share | None = None) -> str | None:  # fmt: skip
         self._check()
-        if queue.queue_url in self.assigned:
+        if (queue.queue_url, shard) in self.assigned:
             return None
         assert queue.id is not None
         job_id = _object_id()
-        self.assigned[queue.queue_url] = Assignment(queue.queue_url, queue.id, queue.name, worker,
-                                                    job_id, now)  # fmt: skip
+        self.assigned[(queue.queue_url, shard)] = Assignment(
+            queue.queue_url, queue.id, queue.name, worker, job_id, now, shard, share)
         self.job_docs[job_id] = JobRecord(job_id, queue.name, queue.queue_url, queue.id, "queued",
                                           0, 0, worker, None, None, now, None, None, now, None,
-                                          None)  # fmt: skip
+                                          None, shard=shard)  # fmt: skip
         return job_id
+
+    def _by_job(self, job_id: str) -> tuple[str, int] | None:
+        return next((k for k, a in self.assigned.items() if a.job_id == job_id), None)
+
+    def set_share(self, job_id: str, share: Share | None) -> None:
+        self._check()
+        if (key := self._by_job(job_id)) is not None:
+            self.assigned[key] = replace(self.assigned[key], share=share)
+
+    def request_yield(self, job_id: str, now: datetime) -> None:
+        self._check()
+        if (key := self._by_job(job_id)) is not None:
+            self.assigned[key] = replace(self.assigned[key], yield_requested=True)
 
     def release(self, job_id: str) -> None:
         self._check()
-        for url, held in list(self.assigned.items()):
-            if held.job_id == job_id:
-                del self.assigned[url]
+        if (key := self._by_job(job_id)) is not None:
+            del self.assigned[key]
 
     def release_worker(self, worker: str, now: datetime, reason: str) -> list[Assignment]:
         held = self.assignments(worker)
         self.interrupt_jobs([a.job_id for a in held], now, reason)
         for a in held:
-            del self.assigned[a.queue_url]
+            del self.assigned[(a.queue_url, a.shard)]
         return held
 
     # --- workers -----------------------------------------------------------------------
@@ -179,9 +193,15 @@ class MemoryStore(_Failing):
         self._update_open(job_id, status="running", started_at=now, worker_pid=worker_pid,
                           consumer_pid=consumer_pid, last_modified=now)  # fmt: skip
 
-    def job_progress(self, job_id: str, handled: int, failed: int, now: datetime) -> None:
+    def job_progress(self, job_id: str, handled: int, failed: int, now: datetime, *,
+                     effective: int | None = None, running: int | None = None) -> None:
         self._check()
-        self._update_open(job_id, message_count=handled, failed_count=failed, last_modified=now)
+        self._update_open(job_id, message_count=handled, failed_count=failed, last_modified=now,
+                          effective_concurrency=effective, running=running)  # fmt: skip
+
+    def jobs_by_id(self, job_ids: Iterable[str]) -> dict[str, JobRecord]:
+        self._check()
+        return {j: self.job_docs[j] for j in set(job_ids) if j in self.job_docs}
 
     def job_ended(self, job_id: str, status: str, now: datetime, *, handled: int, failed: int,
                   reason: str, error: str | None = None,

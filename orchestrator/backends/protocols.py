@@ -19,6 +19,7 @@ from orchestrator.models import (
     Lease,
     QueueDepth,
     QueueRecord,
+    Share,
     SqsMessage,
     WorkerRecord,
 )
@@ -59,7 +60,8 @@ class WorkerStore(OutboxStore, Protocol):
     def job_started(self, job_id: str, worker_pid: int, consumer_pid: int,
                     now: datetime) -> None: ...  # fmt: skip
 
-    def job_progress(self, job_id: str, handled: int, failed: int, now: datetime) -> None: ...
+    def job_progress(self, job_id: str, handled: int, failed: int, now: datetime, *,
+                     effective: int | None = None, running: int | None = None) -> None: ...
 
 
 class SyncStore(Protocol):
@@ -98,7 +100,14 @@ class MasterStore(SyncStore, Protocol):
 
     def assignments(self, worker: str | None = None) -> list[Assignment]: ...
 
-    def assign(self, queue: QueueRecord, worker: str, now: datetime) -> str | None: ...
+    def assign(self, queue: QueueRecord, worker: str, now: datetime, shard: int = 0,
+               share: Share | None = None) -> str | None: ...
+
+    def set_share(self, job_id: str, share: Share | None) -> None: ...
+
+    def request_yield(self, job_id: str, now: datetime) -> None: ...
+
+    def jobs_by_id(self, job_ids: Iterable[str]) -> dict[str, JobRecord]: ...
 
     def job(self, job_id: str) -> JobRecord | None: ...
 

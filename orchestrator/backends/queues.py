@@ -75,24 +75,20 @@ class QueueAdmin:
         self,
         name: str,
         *,
-        concurrency: int | None = None,
-        handler: str | None = None,
         dlq: bool = False,
         max_receive_count: int | None = None,
         visibility_timeout: int = 30,
-        processes: int = 1,
-        batch_size: int = 1,
-        batch_window: float = 0.0,
+        **settings: Any,
     ) -> QueueRecord:
+        """Create the queue in SQS and MongoDB. `settings` are any of the tunable ones
+        (concurrency=4, rate_limit=50.0, …; see TUNABLE), checked like `update`'s."""
         s = self.settings
+        given = {key: value for key, value in settings.items() if value is not None}
+        tuned = self._checked({"concurrency": s.default_concurrency,
+                               "handler": s.default_handler, **given})  # fmt: skip
         record = QueueRecord(
             name=validate.queue_name(name),
             queue_url="",
-            concurrency=validate.concurrency(
-                s.default_concurrency if concurrency is None else concurrency, s.max_concurrency
-            ),
-            handler=validate.handler_path(s.default_handler if handler is None else handler,
-                                          s.handler_prefixes),
             visibility_timeout=validate.visibility_timeout(visibility_timeout),
             dlq_name=validate.dlq_name(name) if dlq else None,
             max_receive_count=(
@@ -100,15 +96,20 @@ class QueueAdmin:
                 if dlq
                 else None
             ),
-            processes=validate.processes(processes, s.max_processes),
-            batch_size=validate.batch_size(batch_size),
-            batch_window=validate.batch_window(batch_window),
+            **tuned,
         )
         # Checked before touching SQS: creating an existing queue could change its attributes.
         if self.store.find_queue(name) is not None:
             raise QueueExists(name)
         self._check_dlq_names(record)
         return self.store.insert_queue(create_in_sqs(self.sqs, record))
+
+    def _checked(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """The tunable settings, each checked (InvalidValue names the first bad one)."""
+        unknown = set(settings) - TUNABLE.keys()
+        if unknown:
+            raise TypeError(f"not a tunable queue setting: {', '.join(sorted(unknown))}")
+        return {key: TUNABLE[key].check(self.settings, value) for key, value in settings.items()}
 
     def _check_dlq_names(self, record: QueueRecord) -> None:
         """No queue may be another's DLQ: deleting one would delete the other in SQS."""
@@ -135,9 +136,10 @@ class QueueAdmin:
         return queue
 
     def views(self) -> list[QueueView]:
-        workers = self.store.assigned_workers()
+        workers = self.store.assigned_workers()  # the first shard's worker is shown
         return [
-            QueueView(q, self._depth_or_none(q.queue_url), workers.get(q.queue_url))
+            QueueView(q, self._depth_or_none(q.queue_url), (workers.get(q.queue_url) or [""])[0]
+                      or None)
             for q in self.store.list_queues()
         ]
 
@@ -150,30 +152,12 @@ class QueueAdmin:
     def depth(self, name: str) -> QueueDepth:
         return self.sqs.depth(self.store.get_queue(name).queue_url)
 
-    def update(
-        self,
-        name: str,
-        *,
-        concurrency: int | None = None,
-        paused: bool | None = None,
-        handler: str | None = None,
-        processes: int | None = None,
-        batch_size: int | None = None,
-        batch_window: float | None = None,
-    ) -> QueueRecord:
-        """Change several settings at once: all are validated before any is written."""
-        s = self.settings
-        checks: dict[str, tuple[Any, Callable[[Any], Any]]] = {
-            "concurrency": (concurrency, lambda v: validate.concurrency(v, s.max_concurrency)),
-            "handler": (handler, lambda v: validate.handler_path(v, s.handler_prefixes)),
-            "paused": (paused, lambda v: v),
-            "processes": (processes, lambda v: validate.processes(v, s.max_processes)),
-            "batchSize": (batch_size, validate.batch_size),
-            "batchWindow": (batch_window, lambda v: validate.batch_window(float(v))),
-        }
-        changes = {key: check(value) for key, (value, check) in checks.items()
-                   if value is not None}  # fmt: skip
-        return self.store.update_queue(name, changes) if changes else self.store.get_queue(name)
+    def update(self, name: str, **changes: Any) -> QueueRecord:
+        """Change several settings at once (concurrency=4, rate_limit=None for no limit,
+        …; see TUNABLE): all are validated before any is written."""
+        checked = self._checked(changes)
+        fields = {TUNABLE[key].field: value for key, value in checked.items()}
+        return self.store.update_queue(name, fields) if fields else self.store.get_queue(name)
 
     def set_concurrency(self, name: str, value: int) -> QueueRecord:
         validate.concurrency(value, self.settings.max_concurrency)
@@ -243,6 +227,29 @@ class QueueAdmin:
     def sync(self) -> list[QueueRecord]:
         """DB → SQS: create every queue whose SQS queue is missing, keeping its `_id`."""
         return sync_queues(self.store, self.sqs)
+
+
+@dataclass(frozen=True)
+class Tunable:
+    """A queue setting that `queue set` and PATCH may change: its document field and check."""
+
+    field: str
+    check: Callable[[Settings, Any], Any]
+
+
+TUNABLE = {  # by QueueRecord attribute name
+    "concurrency": Tunable("concurrency", lambda s, v: validate.concurrency(v, s.max_concurrency)),
+    "handler": Tunable("handler", lambda s, v: validate.handler_path(v, s.handler_prefixes)),
+    "paused": Tunable("paused", lambda s, v: bool(v)),
+    "processes": Tunable("processes", lambda s, v: validate.processes(v, s.max_processes)),
+    "batch_size": Tunable("batchSize", lambda s, v: validate.batch_size(v)),
+    "batch_window": Tunable("batchWindow", lambda s, v: validate.batch_window(float(v))),
+    "rate_limit": Tunable("rateLimit", lambda s, v: validate.rate_limit(
+        None if v is None else float(v))),
+    "priority": Tunable("priority", lambda s, v: validate.priority(v)),
+    "adaptive": Tunable("adaptive", lambda s, v: bool(v)),
+    "max_shards": Tunable("maxShards", lambda s, v: validate.max_shards(v, s.max_shards)),
+}
 
 
 def create_in_sqs(sqs: SyncSqs, record: QueueRecord) -> QueueRecord:

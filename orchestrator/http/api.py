@@ -42,8 +42,11 @@ MAX_JOBS = 1000
 DIGITS = re.compile(r"[0-9]{1,9}")
 # PATCH fields (JSON names) → their JSON type, and QueueAdmin.update's argument names.
 PATCHABLE = {"concurrency": int, "paused": bool, "handler": str, "processes": int,
-             "batchSize": int, "batchWindow": float}  # fmt: skip
-UPDATE_ARGS = {"batchSize": "batch_size", "batchWindow": "batch_window"}
+             "batchSize": int, "batchWindow": float, "rateLimit": float, "priority": int,
+             "adaptive": bool, "maxShards": int}  # fmt: skip
+NULLABLE = {"rateLimit"}  # null: no limit
+UPDATE_ARGS = {"batchSize": "batch_size", "batchWindow": "batch_window",
+               "rateLimit": "rate_limit", "maxShards": "max_shards"}  # fmt: skip
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 STATUS_BY_ERROR: list[tuple[type[OrchestratorError], int]] = [
     (QueueNotFound, 404),
@@ -311,9 +314,12 @@ def patch_changes(body: dict[str, Any]) -> dict[str, Any]:
                              f"allowed: {', '.join(PATCHABLE)}")  # fmt: skip
     if not body:
         raise HttpError(400, f"nothing to change; send any of {', '.join(PATCHABLE)}")
-    changes = {}
+    changes: dict[str, Any] = {}
     for key, value in body.items():
         kind = PATCHABLE[key]
+        if value is None and key in NULLABLE:
+            changes[UPDATE_ARGS.get(key, key)] = None
+            continue
         if kind is int and isinstance(value, float) and value.is_integer():
             value = int(value)  # 4.0 is an integer in JSON Schema's eyes too
         if kind is float and isinstance(value, int) and not isinstance(value, bool):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -17,7 +16,7 @@ from orchestrator.backends.store import Store
 from orchestrator.config import Settings
 from orchestrator.errors import AlreadyRunning, QueueNotFound
 from orchestrator.metrics import QueueCounts, Totals
-from orchestrator.models import QueueDepth, QueueRecord, WorkerRecord, utcnow
+from orchestrator.models import Assignment, QueueDepth, QueueRecord, WorkerRecord, utcnow
 
 DEPTH_TTL_SECONDS = 2.0  # depths are reused this long: viewers and scrapers share them
 DEPTH_THREADS = 8  # one GetQueueAttributes per queue and DLQ, in parallel
@@ -35,6 +34,12 @@ def worker_json(worker: WorkerRecord, load: int, now: datetime) -> dict[str, Any
         "heartbeatAgeSeconds": round((now - worker.heartbeat_at).total_seconds(), 1),
         "consumers": [c.to_doc() for c in worker.consumers],
     }
+
+
+def _sum_or_none(values: Iterable[int | None]) -> int | None:
+    """The sum of the values known; None when none is."""
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
 
 
 class DepthCache:
@@ -111,7 +116,12 @@ class Fleet:
                 self.redriving.discard(name)
 
     def _queue_views(self, queues: list[QueueRecord]) -> list[dict[str, Any]]:
-        assigned = {a.queue_url: a for a in self.store.assignments()}
+        shards: dict[str, list[Assignment]] = {}
+        for held in self.store.assignments():
+            shards.setdefault(held.queue_url, []).append(held)
+        assigned = {url: min(held, key=lambda a: a.shard) for url, held in shards.items()}
+        effective = self.store.effective_concurrency([a.job_id for held in shards.values()
+                                                      for a in held])  # fmt: skip
         totals = self.store.metric_totals().queues
         depths = self._depths(queues)
         views = []
@@ -134,13 +144,20 @@ class Fleet:
                 "batchWindow": q.batch_window,
                 "handled": counts.handled,
                 "failed": counts.failed,
+                "rateLimit": q.rate_limit,
+                "priority": q.priority,
+                "adaptive": q.adaptive,
+                "maxShards": q.max_shards,
+                "shards": len(shards.get(q.queue_url, ())),
+                "effectiveConcurrency": _sum_or_none(
+                    effective.get(a.job_id) for a in shards.get(q.queue_url, ())),
             })  # fmt: skip
         return views
 
     # --- workers and jobs ------------------------------------------------------------
 
     def workers(self) -> list[dict[str, Any]]:
-        loads = Counter(self.store.assigned_workers().values())
+        loads = self.store.worker_loads()
         now = utcnow()
         return [worker_json(w, loads[w.id], now) for w in self.store.workers()]
 

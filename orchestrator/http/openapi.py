@@ -8,7 +8,7 @@ from typing import Any
 from orchestrator import __version__
 from orchestrator.config import HANDLER_PATH, Settings
 from orchestrator.models import JOB_STATES
-from orchestrator.validate import MAX_BATCH_SIZE, MAX_BATCH_WINDOW
+from orchestrator.validate import MAX_BATCH_SIZE, MAX_BATCH_WINDOW, MAX_PRIORITY, MAX_RATE_LIMIT
 
 _INT = {"type": "integer"}
 _STR = {"type": "string"}
@@ -50,6 +50,8 @@ SCHEMAS: dict[str, Any] = {
         "worker": _NULL_STR, "jobId": _NULL_STR, "dlqName": _NULL_STR, "dlqUrl": _NULL_STR,
         "dlqVisible": _NULL_INT, "maxReceiveCount": _NULL_INT, "visibilityTimeout": _INT,
         "handled": _INT, "failed": _INT,
+        "rateLimit": {"type": ["number", "null"]}, "priority": _INT, "adaptive": _BOOL,
+        "maxShards": _INT, "shards": _INT, "effectiveConcurrency": _NULL_INT,
     }),
     "QueuePatch": {
         **_object({"concurrency": {"type": "integer", "minimum": 1}, "paused": _BOOL,
@@ -57,7 +59,12 @@ SCHEMAS: dict[str, Any] = {
                    "processes": {"type": "integer", "minimum": 1},
                    "batchSize": {"type": "integer", "minimum": 1, "maximum": MAX_BATCH_SIZE},
                    "batchWindow": {"type": "number", "minimum": 0,
-                                   "maximum": MAX_BATCH_WINDOW}},
+                                   "maximum": MAX_BATCH_WINDOW},
+                   "rateLimit": {"type": ["number", "null"], "exclusiveMinimum": 0,
+                                 "maximum": MAX_RATE_LIMIT},
+                   "priority": {"type": "integer", "minimum": 0, "maximum": MAX_PRIORITY},
+                   "adaptive": _BOOL,
+                   "maxShards": {"type": "integer", "minimum": 1}},
                   required=False),
         "additionalProperties": False,
         "minProperties": 1,
@@ -131,7 +138,7 @@ PATHS: dict[str, Any] = {
                                                       **_errors(404, 503)}},
         "patch": {
             "summary": "Change any of concurrency, paused, handler, processes, batchSize, "
-                       "batchWindow "
+                       "batchWindow, rateLimit (null: none), priority, adaptive, maxShards "
                        "(validated together, as by the CLI; all or nothing)",
             "security": _WRITE,
             "requestBody": {"required": True, "content": {"application/json": {
@@ -182,6 +189,7 @@ def spec(settings: Settings) -> dict[str, Any]:
     schemas = copy.deepcopy(SCHEMAS)
     schemas["QueuePatch"]["properties"]["concurrency"]["maximum"] = settings.max_concurrency
     schemas["QueuePatch"]["properties"]["processes"]["maximum"] = settings.max_processes
+    schemas["QueuePatch"]["properties"]["maxShards"]["maximum"] = settings.max_shards
     for item in paths.values():
         for operation in item.values():
             if isinstance(operation, dict) and "security" in operation and not settings.api_token:

@@ -135,7 +135,8 @@ class Consumer:
             grace=self.settings.shutdown_grace,
             control=self._runner_control,
             progress=lambda handled, failed: self._report(
-                protocol.Progress(self.current, handled, failed, self.meter.take())
+                protocol.Progress(self.current, handled, failed, self.meter.take(),
+                                  *runner.flow.load())
             ),
             meter=self.meter,
             watch=self._watch,

@@ -190,7 +190,7 @@ class ConsumerPool:
     def assign(self, slot: Slot, job: Assignment, queue: QueueRecord, now: float) -> None:
         slot.move(SlotEvent.ASSIGN)
         slot.job, slot.uses, slot.handled, slot.failed = job, slot.uses + 1, 0, 0
-        slot.last_event, slot.live = now, Live.of(queue)
+        slot.last_event, slot.live = now, Live.of(queue, job.share)
         self.send(slot, protocol.Assign(job.job_id, queue.name, queue.queue_url, queue.handler,
                                         queue.visibility_timeout, slot.live))  # fmt: skip
         log.info("job.assigned_to_consumer", queue=queue.name, job_id=job.job_id,

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.metrics import Deltas
-from orchestrator.models import QueueRecord
+from orchestrator.models import QueueRecord, Share
 
 
 class ProtocolError(OrchestratorError):
@@ -37,6 +37,7 @@ class Reason(enum.StrEnum):
     ABORTED = "aborted"  # a second signal: stop at once
     WORKER_GONE = "worker_gone"  # the consumer's worker went away
     MEMORY = "memory"  # the consumer passed CONSUMER_MAX_RSS_MB: it is replaced
+    PREEMPTED = "preempted"  # gave way to a queue of higher priority
     HANDLER_IMPORT = "handler_import"  # the handler could not be imported
     ABANDONED = "abandoned"  # handlers never returned: their messages go back
     CONSUMER_DIED = "consumer_died"
@@ -52,7 +53,7 @@ class Reason(enum.StrEnum):
         return "interrupted"  # cut short: nothing lost, the queue goes on elsewhere
 
 
-_COMPLETED = frozenset({Reason.DRAINED, Reason.MAX_TIME, Reason.PAUSED})
+_COMPLETED = frozenset({Reason.DRAINED, Reason.MAX_TIME, Reason.PAUSED, Reason.PREEMPTED})
 _FAILED = frozenset(
     {Reason.HANDLER_IMPORT, Reason.ABANDONED, Reason.CONSUMER_DIED, Reason.QUEUE_DELETED}
 )
@@ -60,18 +61,24 @@ _FAILED = frozenset(
 
 @dataclass(frozen=True)
 class Live:
-    """The queue settings a running consumer follows (relayed whenever they change)."""
+    """The queue settings a running consumer follows (relayed whenever they change).
+    A shard's concurrency and rate are its share of the queue's (0: waiting for it)."""
 
     concurrency: int
     paused: bool = False
     processes: int = 1
     batch_size: int = 1
     batch_window: float = 0.0
+    rate_limit: float | None = None
+    adaptive: bool = False
 
     @classmethod
-    def of(cls, queue: QueueRecord) -> Live:
-        return cls(queue.concurrency, queue.paused, queue.processes, queue.batch_size,
-                   queue.batch_window)  # fmt: skip
+    def of(cls, queue: QueueRecord, share: Share | None = None) -> Live:
+        concurrency, rate = queue.concurrency, queue.rate_limit
+        if share is not None:
+            concurrency, rate = (share.concurrency if share.granted else 0), share.rate_limit
+        return cls(concurrency, queue.paused, queue.processes, queue.batch_size,
+                   queue.batch_window, rate, queue.adaptive)  # fmt: skip
 
 
 # --- worker → consumer ----------------------------------------------------------------
@@ -135,6 +142,8 @@ class Progress:
     handled: int
     failed: int
     metrics: Deltas | None = None
+    effective: int | None = None  # the concurrency it runs at now (adaptive, shares)
+    running: int | None = None  # handlers running now
 
 
 @dataclass(frozen=True)

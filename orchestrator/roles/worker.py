@@ -10,6 +10,7 @@ job's outcome goes through an outbox (orchestrator/roles/outbox.py).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import secrets
 import selectors
@@ -25,7 +26,7 @@ from orchestrator.backends.store import DAEMON_TIMEOUT_MS, Store
 from orchestrator.config import Endpoints, Settings
 from orchestrator.errors import OrchestratorError, ServiceUnavailable
 from orchestrator.metrics import Meter
-from orchestrator.models import WorkerRecord, utcnow
+from orchestrator.models import Assignment, WorkerRecord, utcnow
 from orchestrator.roles import processes, protocol
 from orchestrator.roles.loop import Outage, retry
 from orchestrator.roles.outbox import JobEnd, Outbox
@@ -61,6 +62,7 @@ class Worker:
         self.last_heartbeat = 0.0  # monotonic; set by register()
         self.fenced = False
         self.store_ok = True  # False from a failed store call until a heartbeat succeeds
+        self.assigned: dict[str, Assignment] = {}  # by job id, as the last reconcile read
         structlog.contextvars.bind_contextvars(worker_id=self.id)
 
     # --- the loop's one iteration -------------------------------------------------
@@ -160,10 +162,13 @@ class Worker:
 
     def reconcile(self, now: float) -> None:
         wanted = {a.job_id: a for a in self.store.assignments(self.id)}
+        self.assigned = wanted
         running = {s.job.job_id: s for s in self.pool.with_jobs() if s.job}
         for job_id, slot in running.items():
             if job_id not in wanted:  # released by someone else
                 self.pool.stop(slot, Reason.RELEASED)
+            elif wanted[job_id].yield_requested:  # a queue of higher priority waits
+                self.pool.stop(slot, Reason.PREEMPTED)
         closing = self.outbox.job_ids()
         busy_queues = {s.job.queue_url for s in running.values() if s.job}
         new = [
@@ -192,10 +197,11 @@ class Worker:
         for slot in busy:
             assert slot.job is not None
             queue = queues.get(slot.job.queue_id)
-            if queue is not None and self.pool.relay(slot, Live.of(queue)):
-                log.info("queue.settings_changed", queue=queue.name, concurrency=queue.concurrency,
-                         paused=queue.paused, processes=queue.processes,
-                         batchSize=queue.batch_size, batchWindow=queue.batch_window)  # fmt: skip
+            # A shard's share as the master last wrote it (reconcile reads it).
+            share = self.assigned.get(slot.job.job_id, slot.job).share
+            if queue is not None and self.pool.relay(slot, Live.of(queue, share)):
+                log.info("queue.settings_changed", queue=queue.name, **dataclasses.asdict(
+                    slot.live or Live(0)))  # fmt: skip
 
     # --- consumer events -----------------------------------------------------------------
 
@@ -224,7 +230,9 @@ class Worker:
             if isinstance(event, protocol.Started):
                 self.store.job_started(job.job_id, os.getpid(), slot.pid, utcnow())
             else:
-                self.store.job_progress(job.job_id, slot.handled, slot.failed, utcnow())
+                assert isinstance(event, protocol.Progress)
+                self.store.job_progress(job.job_id, slot.handled, slot.failed, utcnow(),
+                                        effective=event.effective, running=event.running)
         except ServiceUnavailable:  # the next report repeats it; the steps say more
             self.store_ok = False
         except Exception:  # a bug: keep the traceback; the next report repeats it

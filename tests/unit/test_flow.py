@@ -70,7 +70,7 @@ def test_a_failure_is_retried_and_counted() -> None:
     f.finished(a, failed(a))
     f.finished(b, ok(b))
     io = f.take_io(0, everything=True)
-    assert [(h.message_id, err) for h, err in io.retries] == [("a", "ValueError: boom")]
+    assert [(h.message_id, err) for h, err, _ in io.retries] == [("a", "ValueError: boom")]
     assert [h.message_id for h in io.deletes] == ["b"]
     assert f.counts() == (1, 1)
 
@@ -97,7 +97,7 @@ def test_a_fifo_failure_hands_back_its_group_and_holds_no_other() -> None:
     assert a1 is not None and b1 is not None
     f.finished(a1, failed(a1))
     io = f.take_io(0, everything=True)
-    assert [h.message_id for h, _ in io.retries] == ["a1"]
+    assert [h.message_id for h, _, _ in io.retries] == ["a1"]
     assert sorted(h.message_id for h in io.returns) == ["a2", "a3"]  # never run out of order
     f.finished(b1, ok(b1))
     assert ids(f.take()) == ["b2"]
@@ -130,7 +130,7 @@ def test_a_batch_result_deletes_the_succeeded_and_retries_the_failed() -> None:
     f.finished(work, failed(work, "b"))
     io = f.take_io(0, everything=True)
     assert [h.message_id for h in io.deletes] == ["a", "c"]
-    assert [h.message_id for h, _ in io.retries] == ["b"]
+    assert [h.message_id for h, _, _ in io.retries] == ["b"]
 
 
 def test_a_fifo_batch_keeps_groups_together_and_in_order() -> None:
@@ -142,7 +142,7 @@ def test_a_fifo_batch_keeps_groups_together_and_in_order() -> None:
     f.finished(work, failed(work, "a2"))
     io = f.take_io(0, everything=True)
     assert [h.message_id for h in io.deletes] == ["a1", "b1", "b2"]
-    assert [h.message_id for h, _ in io.retries] == ["a2"]
+    assert [h.message_id for h, _, _ in io.retries] == ["a2"]
     # a3 ran after a2 failed: not deleted, so that A runs again in order from a2
     assert [h.message_id for h in io.returns] == ["a3"]
 

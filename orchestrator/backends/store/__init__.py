@@ -32,6 +32,7 @@ from orchestrator.models import (
     OPEN_JOB_STATES,
     Assignment,
     QueueRecord,
+    Share,
 )
 
 __all__ = ["DAEMON_TIMEOUT_MS", "INDEX_OPTIONS_CONFLICT", "Store"]
@@ -46,7 +47,8 @@ class Store(QueueDocs, AssignmentDocs, WorkerDocs, JobDocs, LeaseDocs, MetricDoc
         db = self._db
         db[QUEUES].create_index("name", unique=True)
         db[QUEUES].create_index("queueUrl", unique=True)
-        db[ASSIGNMENTS].create_index("queueUrl", unique=True)
+        # One assignment per shard of a queue (before shards: per queue).
+        self._replace_index(ASSIGNMENTS, [("queueUrl", 1)], [("queueUrl", 1), ("shard", 1)])
         db[ASSIGNMENTS].create_index("worker")
         db[WORKERS].create_index("heartbeatAt")
         db[JOBS].create_index([("status", 1), ("createdAt", 1)])
@@ -62,22 +64,26 @@ class Store(QueueDocs, AssignmentDocs, WorkerDocs, JobDocs, LeaseDocs, MetricDoc
         return deleted
 
     @translated
-    def assign(self, queue: QueueRecord, worker: str, now: datetime) -> str | None:
-        """Assign the queue and record its job; None if another master assigned it first."""
+    def assign(self, queue: QueueRecord, worker: str, now: datetime, shard: int = 0,
+               share: Share | None = None) -> str | None:  # fmt: skip
+        """Assign the queue (a shard of it) and record its job; None if another master
+        assigned that shard first."""
         assert queue.id is not None
         job_id = ObjectId()
         doc = {
             "queueUrl": queue.queue_url,
+            "shard": shard,
             "queueId": ObjectId(queue.id),
             "queueName": queue.name,
             "worker": worker,
             "jobId": job_id,
             "assignedAt": now,
+            "share": share.to_doc() if share else None,
         }
         try:
             self._db[ASSIGNMENTS].insert_one(doc)
         except DuplicateKeyError:
-            return None  # the unique queueUrl index: somebody else won this queue
+            return None  # the unique {queueUrl, shard} index: somebody else won it
         self._db[JOBS].insert_one(
             {
                 "_id": job_id,
@@ -94,6 +100,7 @@ class Store(QueueDocs, AssignmentDocs, WorkerDocs, JobDocs, LeaseDocs, MetricDoc
                 "lastModified": now,
                 "endReason": None,
                 "error": None,
+                "shard": shard,
             }
         )
         return str(job_id)

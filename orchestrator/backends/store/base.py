@@ -126,6 +126,15 @@ class Connection:
     def ping(self) -> None:
         self._client.admin.command("ping")
 
+    def _replace_index(self, collection: str, old: list[tuple[str, int]],
+                       new: list[tuple[str, int]]) -> None:  # fmt: skip
+        """Create the unique index `new`, dropping the unique index `old` if it is there."""
+        coll = self._db[collection]
+        for name, info in coll.index_information().items():
+            if [tuple(k) for k in info["key"]] == old and info.get("unique"):
+                coll.drop_index(name)
+        coll.create_index(new, unique=True)
+
     def _ensure_ttl(self, collection: str, key: str, seconds: int) -> None:
         coll = self._db[collection]
         try:

@@ -41,11 +41,29 @@ class JobDocs(Connection):
         )
 
     @translated
-    def job_progress(self, job_id: str, handled: int, failed: int, now: datetime) -> None:
+    def job_progress(self, job_id: str, handled: int, failed: int, now: datetime, *,
+                     effective: int | None = None, running: int | None = None) -> None:  # fmt: skip
+        """Counts so far; `effective`: the concurrency its consumer runs at, `running`:
+        its handlers running now (what a master needs to grant a new shard its share)."""
         self._db[JOBS].update_one(
             {"_id": ObjectId(job_id), "status": {"$in": list(OPEN_JOB_STATES)}},
-            {"$set": {"messageCount": handled, "failedCount": failed, "lastModified": now}},
-        )
+            {"$set": {"messageCount": handled, "failedCount": failed, "lastModified": now,
+                      "effectiveConcurrency": effective, "running": running}},
+        )  # fmt: skip
+
+    @translated
+    def jobs_by_id(self, job_ids: Iterable[str]) -> dict[str, JobRecord]:
+        ids = [ObjectId(j) for j in set(job_ids)]
+        if not ids:
+            return {}
+        cursor = self._db[JOBS].find({"_id": {"$in": ids}})
+        return {str(d["_id"]): JobRecord.from_doc(d) for d in cursor}
+
+    def effective_concurrency(self, job_ids: Iterable[str]) -> dict[str, int]:
+        """What the consumers of these jobs last said they run at."""
+        jobs = self.jobs_by_id(job_ids).items()
+        return {job_id: job.effective_concurrency for job_id, job in jobs
+                if job.effective_concurrency is not None}  # fmt: skip
 
     @translated
     def job_ended(

@@ -7,6 +7,7 @@ request. An SQS failure never ends the run: the messages only come back.
 from __future__ import annotations
 
 import contextvars
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 RECEIVE_WAIT_SECONDS = 1  # short enough to notice pause/stop and drain quickly
 IO_THREADS = 16  # receives, deletes and visibility changes under way at once
+MAX_HIDE_SECONDS = 43_200  # SQS's longest visibility timeout
 
 log = structlog.get_logger()
 
@@ -76,8 +78,10 @@ class Calls:
             self._submit(self._delete, chunk)
         self._set_visibility([m.receipt for m in io.returns], 0)
         by_delay: dict[int, list[str]] = {}
-        for message, error in io.retries:
-            delay = policy.retry_visibility(message.receive_count)
+        for message, error, hide_for in io.retries:
+            # A Backoff's retry_after, else the backoff on its receive count.
+            delay = (policy.retry_visibility(message.receive_count) if hide_for is None
+                     else min(MAX_HIDE_SECONDS, max(0, math.ceil(hide_for))))  # fmt: skip
             by_delay.setdefault(delay, []).append(message.receipt)
             _log_failure(message, delay, error)
         for delay, receipts in by_delay.items():

@@ -30,6 +30,7 @@ from orchestrator.models import SqsMessage
 from orchestrator.policy import RECEIVE_BATCH as BATCH
 from orchestrator.roles.engine.held import Held, Received
 from orchestrator.roles.engine.invoke import Result
+from orchestrator.roles.engine.rate import Aimd, Bucket
 
 EXTEND_FRACTION = 0.5  # extend a message's visibility once half of it has passed
 DELETE_MAX_WAIT = 1.0  # a partial delete batch waits at most this long (s) for more
@@ -60,7 +61,8 @@ class Io:
     """SQS calls the flow wants made (the runner makes them)."""
 
     deletes: list[Received] = field(default_factory=list)
-    retries: list[tuple[Received, str]] = field(default_factory=list)  # (message, error)
+    # (message, error, seconds to hide it: None for the backoff on its receive count)
+    retries: list[tuple[Received, str, float | None]] = field(default_factory=list)
     returns: list[Received] = field(default_factory=list)  # hand back now: visibility 0
 
     def __bool__(self) -> bool:
@@ -112,6 +114,8 @@ class Flow:
         self.handler_s = 0.0  # average handler-call time
         self.rtt_s = 0.02  # average round trip of a receive that returned messages
         self.max_receives = 1  # receives under way at once, when the queue has a backlog
+        self.bucket: Bucket | None = None  # the rate limit (set_rate)
+        self.aimd: Aimd | None = None  # the adaptive concurrency (set_adaptive)
         self.wake: Callable[[], None] = lambda: None  # tells the runner an SQS call is due
         self.listeners: list[Callable[[], None]] = []  # told when work may have become ready
 
@@ -136,7 +140,7 @@ class Flow:
 
     def _state(self) -> policy.FlowState:
         return policy.FlowState(
-            limit=self.limit, running=self.running_count, held=len(self.held),
+            limit=self._limit(), running=self.running_count, held=len(self.held),
             receiving=self.receiving, receives=self.receives, backlog=self.backlog,
             handler_s=self.handler_s, rtt_s=self.rtt_s,
         )  # fmt: skip
@@ -211,25 +215,44 @@ class Flow:
             return self._window_wait()
 
     def _window_wait(self) -> float | None:
+        """Seconds until held work may start though nothing finishes: a partial batch's
+        window, or the rate limit's next token (None: only a finish can start more)."""
         oldest = self.held.oldest_startable()
-        if oldest is None or self.batch_size <= 1:
+        if oldest is None:
             return None
-        return max(0.0, oldest.received + self.batch_window - self.clock())
+        now = self.clock()
+        waits = []
+        if self.batch_size > 1:
+            waits.append(max(0.0, oldest.received + self.batch_window - now))
+        if self.bucket is not None and self.running_count < self._limit():
+            waits.append(self.bucket.wait(1, now))
+        return max(waits) if waits else None
+
+    def _limit(self) -> int:
+        """How many messages may run now: the concurrency, or the adaptive one below it."""
+        return self.aimd.effective if self.aimd is not None else self.limit
 
     def _take(self, now: float) -> Work | None:
-        free = self.limit - self.running_count
+        limit = self._limit()
+        free = limit - self.running_count
         if self.closed or free <= 0 or not self.held:
             return None
         if self.batch_size <= 1:
+            if self.bucket is not None and not self.bucket.take(1, now):
+                return None  # over the rate: the next token wakes the handlers
             picked = self.held.pop(1, whole_groups=False)
             return self._start(picked, False, now) if picked else None
         oldest = self.held.oldest_startable()
         if oldest is None:
             return None
-        target = min(self.batch_size, self.limit)
+        target = min(self.batch_size, limit)
+        if self.bucket is not None:
+            target = min(target, self.bucket.largest())  # a batch is never above a burst
         n = min(target, free, self.held.startable())
         # A batch starts full, or when it waited `batch_window` for messages or slots.
         if n < target and now < oldest.received + self.batch_window:
+            return None
+        if self.bucket is not None and not self.bucket.take(n, now):
             return None
         return self._start(self.held.pop(n, whole_groups=True), True, now)
 
@@ -249,6 +272,11 @@ class Flow:
             self.running_count -= len(work.messages)
             self.handler_s += EWMA * (result.seconds - self.handler_s)
             self._settle(work, result)
+            if self.aimd is not None:
+                failed = len(result.failed)
+                if self.aimd.record(self.clock(), len(work.messages) - failed, failed,
+                                    result.backoff):  # fmt: skip
+                    self._trim_held()
             if self.held:
                 self._notify(len(work.messages))
             due = self._runner_due()
@@ -261,7 +289,7 @@ class Flow:
         for received in work.messages:
             if received.message_id in result.failed:
                 self.failed += 1
-                self.io.retries.append((received, result.error or "failed"))
+                self.io.retries.append((received, result.error or "failed", result.retry_after))
                 if received.group is not None:
                     failed_groups.add(received.group)
                 self._count(result.seconds, ok=False)
@@ -334,12 +362,52 @@ class Flow:
         newest first, which on a FIFO queue are the tails of their groups)."""
         with self.lock:
             self.limit = limit
-            allowed = max(0, limit - self.running_count) + policy.prefetch(limit)
-            if len(self.held) > allowed:
-                self.io.returns.extend(self.held.take_newest(len(self.held) - allowed))
+            if self.aimd is not None:
+                self.aimd.set_ceiling(limit)
+            self._trim_held()
             self.work_ready.notify_all()
         self.wake()
         self._tell(listeners=True)
+
+    def _trim_held(self) -> None:
+        """Hand back what is held beyond the bounds of the current limit (holding the lock)."""
+        limit = self._limit()
+        allowed = max(0, limit - self.running_count) + policy.prefetch(limit)
+        if len(self.held) > allowed:
+            self.io.returns.extend(self.held.take_newest(len(self.held) - allowed))
+
+    def set_rate(self, rate: float | None) -> None:
+        """At most `rate` handler starts a second (None: no limit); applies at once."""
+        with self.lock:
+            now = self.clock()
+            if rate is None:
+                self.bucket = None
+            elif self.bucket is None:
+                self.bucket = Bucket(rate, now)
+            else:
+                self.bucket.set_rate(rate, now)
+            self.work_ready.notify_all()
+        self._tell(listeners=True)
+
+    def set_adaptive(self, adaptive: bool) -> None:
+        """Follow AIMD below the concurrency (starting at it), or not."""
+        with self.lock:
+            if adaptive and self.aimd is None:
+                self.aimd = Aimd(self.limit, self.clock())
+            elif not adaptive:
+                self.aimd = None
+            self.work_ready.notify_all()
+        self._tell(listeners=True)
+
+    def adapt(self, now: float) -> None:
+        """Let an adaptive concurrency grow after a second without failures."""
+        with self.lock:
+            grew = self.aimd is not None and self.aimd.tick(now)
+            if grew:
+                self._notify(1)
+        if grew:
+            self.wake()
+            self._tell(listeners=True)
 
     def set_batching(self, size: int, window: float) -> None:
         """Applies from the next batch."""
@@ -384,6 +452,11 @@ class Flow:
     def counts(self) -> tuple[int, int]:
         with self.lock:
             return self.handled, self.failed
+
+    def load(self) -> tuple[int, int]:
+        """(the concurrency it runs at now, messages running): a progress report's."""
+        with self.lock:
+            return self._limit(), self.running_count
 
     def _tell(self, *, listeners: bool) -> None:
         if listeners:

@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from orchestrator.errors import Backoff
 from orchestrator.message import Message
 
 log = structlog.get_logger()
@@ -27,6 +28,8 @@ class Result:
     failed: frozenset[str]
     error: str | None
     seconds: float
+    backoff: bool = False  # the handler raised Backoff: the downstream is overloaded
+    retry_after: float | None = None  # Backoff's: how long to hide its messages
 
 
 def is_async(func: Callable[..., Any]) -> bool:
@@ -61,7 +64,10 @@ async def call_async(func: Callable[..., Any], messages: list[Message], batch: b
 
 def _failed_all(messages: list[Message], exc: BaseException, started: float) -> Result:
     ids = frozenset(m.message_id for m in messages)
-    return Result(ids, f"{type(exc).__name__}: {exc}", time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    if isinstance(exc, Backoff):
+        return Result(ids, f"Backoff: {exc}", seconds, backoff=True, retry_after=exc.retry_after)
+    return Result(ids, f"{type(exc).__name__}: {exc}", seconds)
 
 
 def _judged(messages: list[Message], batch: bool, returned: object, started: float) -> Result:

@@ -52,6 +52,8 @@ class JobSpec:
     processes: int = 1
     batch_size: int = 1
     batch_window: float = 0.0
+    rate_limit: float | None = None
+    adaptive: bool = False
 
     @property
     def fifo(self) -> bool:
@@ -65,6 +67,7 @@ class JobSpec:
             handler=assign.handler, concurrency=live.concurrency, paused=live.paused,
             visibility_timeout=assign.visibility_timeout, processes=live.processes,
             batch_size=live.batch_size, batch_window=live.batch_window,
+            rate_limit=live.rate_limit, adaptive=live.adaptive,
         )  # fmt: skip
 
 
@@ -152,6 +155,8 @@ class Runner:
             batch_size=spec.batch_size, batch_window=spec.batch_window,
             drain_empty_polls=drain_empty_polls, queue_name=spec.queue_name, meter=meter,
         )  # fmt: skip
+        self.flow.set_rate(spec.rate_limit)
+        self.flow.set_adaptive(spec.adaptive)
         self.flow.wake = self._due
         self.flow.max_receives = MAX_RECEIVES
         self.reason: Reason | None = None
@@ -193,6 +198,7 @@ class Runner:
             if now >= next_extend:
                 self.calls.extend(self.flow.due_extensions(now))
                 next_extend = now + EXTEND_CHECK_SECONDS
+            self.flow.adapt(now)
             if now >= next_progress:
                 self.progress(*self.flow.counts())
                 next_progress = now + PROGRESS_SECONDS
@@ -258,6 +264,8 @@ class Runner:
         limit, processes = live.concurrency, live.processes
         self.flow.set_limit(limit)
         self.flow.set_batching(live.batch_size, live.batch_window)
+        self.flow.set_rate(live.rate_limit)
+        self.flow.set_adaptive(live.adaptive)
         if (processes > 1) != (self.processes > 1) and self.reason is None:
             self._switch_executor(processes)
         self.processes = processes
