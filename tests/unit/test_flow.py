@@ -222,3 +222,40 @@ def test_running_and_held_messages_get_their_visibility_extended() -> None:
     clock.now += 5  # half the visibility timeout
     assert sorted(f.due_extensions(clock.now)) == ["r-a", "r-b"]
     assert f.due_extensions(clock.now) == []
+
+
+def test_an_adaptive_flow_halves_on_backoff_and_hands_back_what_it_no_longer_may_hold() -> None:
+    clock = Clock()
+    f = flow(clock, limit=8)
+    f.set_adaptive(True)
+    receive(f, *(raw(f"m{i}") for i in range(12)), asked=16)
+    works = [f.take() for _ in range(8)]
+    assert all(works) and f.take() is None and f.load() == (8, 8)
+    first = works[0]
+    assert first is not None
+    f.finished(first, Result(frozenset(ids(first)), "Backoff: slow down", 0.01, backoff=True))
+    assert f.load() == (4, 7)  # halved; the 7 still running finish
+    assert f.take() is None  # 7 running > 4: nothing starts
+    io = f.take_io(clock(), everything=True)
+    assert [(h.message_id, hide) for h, _, hide in io.retries] == [("m0", None)]
+    assert io.returns == []  # 4 held: no free slot, but within the new prefetch of 4
+    f.finished(works[1], ok(works[1]))  # type: ignore[arg-type]
+    f.finished(works[2], Result(frozenset(ids(works[2])), "Backoff", 0.01, backoff=True))
+    clock.now += 1.1  # a second later: halved again, to 2; what it holds is over 2 + 2
+    f.finished(works[3], Result(frozenset(ids(works[3])), "Backoff", 0.01, backoff=True))
+    assert f.load() == (2, 4)
+    assert len(f.take_io(clock(), everything=True).returns) == 2
+    clock.now += 1.5
+    f.adapt(clock())
+    assert f.load()[0] == 3  # a clean second: one more
+
+
+def test_a_rate_limited_flow_starts_one_message_per_token() -> None:
+    clock = Clock()
+    f = flow(clock, limit=5)
+    f.set_rate(2.0)
+    receive(f, *(raw(f"m{i}") for i in range(5)))
+    assert f.take() is not None and f.take() is None  # one token to begin with
+    assert f.window_wait() == pytest.approx(0.5)  # the next token, at 2 a second
+    clock.now += 0.5
+    assert f.take() is not None and f.take() is None

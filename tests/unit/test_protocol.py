@@ -43,6 +43,7 @@ def test_a_message_that_is_not_ours_is_refused(doc: dict[str, object], problem: 
 
 @pytest.mark.parametrize(("reason", "status"), [
     (Reason.DRAINED, "completed"), (Reason.MAX_TIME, "completed"), (Reason.PAUSED, "completed"),
+    (Reason.PREEMPTED, "completed"),
     (Reason.SHUTDOWN, "interrupted"), (Reason.RELEASED, "interrupted"),
     (Reason.FENCED, "interrupted"), (Reason.ABORTED, "interrupted"),
     (Reason.WORKER_GONE, "interrupted"), (Reason.MEMORY, "interrupted"),
@@ -54,4 +55,4 @@ def test_each_reason_has_its_job_status(reason: Reason, status: str) -> None:
 
 
 def test_every_reason_is_in_the_table_above() -> None:
-    assert len(Reason) == 13
+    assert len(Reason) == 14

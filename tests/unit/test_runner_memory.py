@@ -107,3 +107,43 @@ def test_sqs_unreachable_is_ridden_out() -> None:
     threading.Timer(0.3, lambda: setattr(sqs, "fail_with", None)).start()
     outcome = run(sqs, url, lambda m: None)
     assert outcome.handled == 10 and sqs.bodies(url) == []
+
+
+def test_a_rate_limit_bounds_the_starts_in_every_second() -> None:
+    sqs = MemorySqs()
+    url = queue(sqs, "q", 50)
+    starts: list[float] = []
+
+    def handler(m: Message) -> None:
+        starts.append(time.monotonic())
+
+    name = url.rsplit("/", 1)[-1]
+    spec = JobSpec.of(protocol.Assign("j", name, url, "unused:handler", 30,
+                                      protocol.Live(concurrency=10, rate_limit=20.0)))
+    def executor(flow: Flow, processes: int) -> Executor:
+        return ThreadExecutor(flow, handler, MessageMaker(name, url))
+
+    runner = Runner(sqs, spec, executor, drain_empty_polls=2, max_seconds=20, grace=5,
+                    control=list, progress=lambda h, f: None, meter=Meter())  # fmt: skip
+    assert runner.run().handled == 50
+    first = starts[0]
+    per_second = [sum(1 for s in starts if k <= s - first < k + 1) for k in range(3)]
+    assert all(n <= 20 + 1 for n in per_second), per_second  # a burst of at most the rate
+    assert starts[-1] - first >= 49 / 20 - 0.1  # 50 starts at 20 a second, from 1 token
+
+
+def test_backoff_hides_the_message_for_its_retry_after() -> None:
+    from orchestrator import Backoff
+
+    clock = [0.0]
+    sqs = MemorySqs(clock=lambda: clock[0])
+    url = queue(sqs, "q", 3)
+
+    def handler(m: Message) -> None:
+        if m.json()["seq"] == 1:
+            raise Backoff(retry_after=42)
+
+    outcome = run(sqs, url, handler)
+    assert (outcome.handled, outcome.failed) == (2, 1)
+    [hidden] = sqs.queues[url].messages
+    assert hidden.visible_at == 42.0  # not the 1 s of a first failure
