@@ -169,6 +169,10 @@ class QueueSchedule:
     job_id: str | None = None  # its latest job, until the master sees it released
     released_at: datetime | None = None  # when its last job ended
     failures: int = 0  # jobs failed in a row
+    waiting_since: datetime | None = None  # found with messages, no worker free since
+    preempted_at: datetime | None = None  # the last time it was asked to give way
+    backlog_checks: int = 0  # depth checks in a row that found more than its shards drain
+    reshared_at: datetime | None = None  # when its shards' shares were last lowered
 
     def due(self, now: datetime) -> bool:
         return self.check_at is None or now >= self.check_at
@@ -184,11 +188,65 @@ class QueueSchedule:
 
 def seen_assigned(s: QueueSchedule) -> QueueSchedule:
     """It runs: look again as soon as the assignment ends (it may still have work)."""
-    return replace(s, check_at=None, idle_delay=None)
+    return replace(s, check_at=None, idle_delay=None, waiting_since=None)
 
 
 def assigned(s: QueueSchedule, now: datetime, job_id: str) -> QueueSchedule:
-    return replace(s, assigned_at=now, job_id=job_id)
+    return replace(s, assigned_at=now, job_id=job_id, waiting_since=None)
+
+
+def waiting(s: QueueSchedule, now: datetime) -> QueueSchedule:
+    """It has messages and no worker could take it: it waits for capacity (since when)."""
+    return s if s.waiting_since is not None else replace(s, waiting_since=now)
+
+
+def may_preempt(s: QueueSchedule, now: datetime, preempt_after: float) -> bool:
+    """It has waited for capacity long enough to ask a lower priority to give way."""
+    return s.waiting_since is not None and (now - s.waiting_since).total_seconds() >= preempt_after
+
+
+@dataclass(frozen=True)
+class Running:
+    """An assignment as preemption sees it."""
+
+    job_id: str
+    queue_url: str
+    priority: int
+    assigned_at: datetime
+    preempted_at: datetime | None  # its queue's last preemption
+    yielding: bool  # already asked to give way
+
+
+def victim(running: Sequence[Running], priority: int, now: datetime,
+           cooldown: float) -> Running | None:  # fmt: skip
+    """Which assignment gives way to a queue of `priority`: the lowest priority below it,
+    longest running first, never one already yielding nor one whose queue was preempted
+    within `cooldown` seconds (so that low priorities still make progress)."""
+    fair = [r for r in running if r.priority < priority and not r.yielding
+            and (r.preempted_at is None or (now - r.preempted_at).total_seconds() >= cooldown)]
+    return min(fair, key=lambda r: (r.priority, r.assigned_at, r.job_id)) if fair else None
+
+
+def backlog_checked(s: QueueSchedule, visible: int, in_flight: int,
+                    concurrency: int) -> QueueSchedule:  # fmt: skip
+    """A running queue's depth: a backlog its shards do not drain is more than
+    concurrency x 10 waiting while they run at full concurrency (in flight ≥ it)."""
+    behind = visible > concurrency * BACKLOG_FACTOR and in_flight >= concurrency
+    return replace(s, backlog_checks=s.backlog_checks + 1 if behind else 0)
+
+
+BACKLOG_FACTOR = 10
+BACKLOG_CHECKS = 2  # checks in a row that found a backlog before another shard
+
+
+def split(total: int, parts: int) -> list[int]:
+    """`total` in `parts` shares as even as can be, the larger ones first."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def split_rate(rate: float | None, parts: int) -> list[float | None]:
+    return [None if rate is None else rate / parts] * parts
 
 
 def released(s: QueueSchedule, now: datetime, failed: bool) -> QueueSchedule:
@@ -206,6 +264,7 @@ def checked(s: QueueSchedule, now: datetime, has_messages: bool, idle_max: float
     one is looked at again after next_idle_delay."""
     if has_messages:
         return replace(s, check_at=None, idle_delay=None)
+    s = replace(s, waiting_since=None)  # nothing to wait for
     idle_for = (now - s.released_at).total_seconds() if s.released_at else None
     delay = next_idle_delay(s.idle_delay, idle_max, idle_for)
     return replace(s, check_at=now + timedelta(seconds=delay), idle_delay=delay)

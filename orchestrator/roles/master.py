@@ -13,35 +13,28 @@ import os
 import secrets
 import socket
 import time
-from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_all
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
 
-from orchestrator import policy
 from orchestrator.backends.protocols import MasterSqs, MasterStore
 from orchestrator.backends.queues import sync_queues
 from orchestrator.backends.sqs import Sqs
 from orchestrator.backends.store import DAEMON_TIMEOUT_MS, Store
 from orchestrator.config import Endpoints, Settings
-from orchestrator.errors import OrchestratorError, QueueNotFound, ServiceUnavailable
+from orchestrator.errors import OrchestratorError, ServiceUnavailable
 from orchestrator.metrics import Meter
-from orchestrator.models import QueueRecord, WorkerRecord, utcnow
+from orchestrator.models import WorkerRecord, utcnow
 from orchestrator.roles import processes
 from orchestrator.roles.liveness import Watch
 from orchestrator.roles.loop import Outage, retry, wait
+from orchestrator.roles.placement import Placement
 from orchestrator.roles.signals import STOP, SignalQueue
 
 log = structlog.get_logger()
 
-CHECKS_PER_CYCLE = 250  # depth checks per cycle at most, most overdue first: a cycle
-# stays under a second at 10,000 queues (measured: ~1.6 ms a check with 16 threads)
-CHECK_THREADS = 16  # depth checks run in parallel: each is one SQS round trip
-CHECK_BUDGET = 0.5  # of MASTER_INTERVAL: how long a cycle waits for its depth checks
 # The master's SQS calls give up soon: a check that waits is only a check that is late.
 SQS_CALL = {"connect_timeout": 2, "read_timeout": 5, "attempts": 2}
 LEASE_SAFETY = 0.8  # stop assigning when 80 % of the lease has passed without a renewal
@@ -66,10 +59,7 @@ class Master:
         self.lease_valid_until: datetime | None = None
         self.next_renewal: datetime | None = None
         self.synced = False
-        self.schedules: dict[str, policy.QueueSchedule] = {}  # by queue URL
-        self.pool = ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="depth")
-        self.checking: dict[str, Future[bool]] = {}  # depth checks under way, by queue URL
-        self.sqs_outage = Outage()  # depth checks and the sync: one log line per problem
+        self.placement = Placement(settings, store, sqs, self.meter)
         self.next_sweep: datetime | None = None
         # Since when this master has seen MongoDB without errors: workers are judged only
         # on a window it could watch (after an outage their heartbeats failed too).
@@ -91,7 +81,7 @@ class Master:
             try:
                 created = sync_queues(self.store, self.sqs)
             except ServiceUnavailable as exc:  # MongoDB or SQS: either way, next cycle
-                self.sqs_outage.failed(exc)
+                self.placement.sqs_outage.failed(exc)
                 return  # nothing is assigned before the sync; the lease is kept meanwhile
             for queue in created:
                 log.info("queue.synced_to_sqs", queue=queue.name)
@@ -229,105 +219,9 @@ class Master:
     # --- assignment ----------------------------------------------------------------
 
     def _assign(self, now: datetime, live: list[WorkerRecord]) -> None:
-        assignments = self.store.assignments()
-        loads = Counter(a.worker for a in assignments)
         # Only workers known to be alive: one that has not been watched for long enough
         # to be judged dead (a fresh master) is not reaped yet, but gets nothing either.
-        workers = {w.id: w for w in live if w.status == "active" and self._alive(w, now)}
-        capacity = sum(max(w.max_load - loads[w.id], 0) for w in workers.values())
-        if capacity <= 0:
-            return  # nobody could take a queue: do not even look (the checks stay due)
-        due = self._candidates(now, {a.queue_url for a in assignments})
-        busy = self._check_depths(now, due)
-        for queue in (q for q in due if q.queue_url in busy):  # fairness order
-            choice = policy.pick_worker(
-                [
-                    policy.WorkerLoad(w.id, loads[w.id], w.max_load, w.heartbeat_at)
-                    for w in workers.values()
-                ]
-            )
-            if choice is None:
-                return  # full: the queue is looked at again next cycle
-            job_id = self.store.assign(queue, choice, now)
-            if job_id is None:
-                continue  # another master got there first
-            loads[choice] += 1
-            self.meter.count("assignments")
-            self.schedules[queue.queue_url] = policy.assigned(self._schedule(queue), now, job_id)
-            log.info("queue.assigned", queue=queue.name, worker=choice, job_id=job_id)
-
-    def _check_depths(self, now: datetime, due: list[QueueRecord]) -> set[str]:
-        """Look at the depths of the most overdue queues on the check threads, for at most
-        CHECK_BUDGET of MASTER_INTERVAL: a slow or unreachable SQS must never hold the
-        cycle up, nor with it the lease's renewals (a standby would take the lease from
-        a master that only lost SQS). A check that has not answered by then is collected
-        by a later cycle; one that failed leaves its queue due, and the outage is logged
-        once. Returns the URLs of the queues found with messages."""
-        overdue = sorted(due, key=lambda q: self._schedule(q).overdue_key())[:CHECKS_PER_CYCLE]
-        for queue in overdue:
-            if queue.queue_url not in self.checking:
-                self.checking[queue.queue_url] = self.pool.submit(self._has_messages, queue)
-        wait_all(self.checking.values(), timeout=CHECK_BUDGET * self.settings.master_interval)
-        by_url = {q.queue_url: q for q in due}
-        busy, failed = set(), None
-        for url, check in list(self.checking.items()):
-            if not check.done():
-                continue
-            del self.checking[url]
-            if (exc := check.exception()) is not None:
-                failed = exc
-            elif url in by_url:  # still unassigned and unpaused: what it found stands
-                found = check.result()
-                self.schedules[url] = policy.checked(self._schedule(by_url[url]), now, found,
-                                                     self.settings.idle_check_max)  # fmt: skip
-                if found:
-                    busy.add(url)
-        if failed is not None:
-            self.sqs_outage.failed(failed)
-        elif overdue:
-            self.sqs_outage.recovered()
-        return busy
-
-    def _schedule(self, queue: QueueRecord) -> policy.QueueSchedule:
-        return self.schedules.get(queue.queue_url) or policy.QueueSchedule()
-
-    def _candidates(self, now: datetime, assigned: set[str]) -> list[QueueRecord]:
-        """Unpaused, unassigned queues whose check is due; longest unserved first (fairness)."""
-        due = []
-        for queue in self.store.list_queues():
-            schedule = self._schedule(queue)
-            if queue.queue_url in assigned:
-                self.schedules[queue.queue_url] = policy.seen_assigned(schedule)
-                continue
-            if schedule.job_id is not None:
-                schedule = self._learn_outcome(queue, schedule, now)
-            if queue.paused or not schedule.due(now):
-                continue
-            due.append(queue)
-        return sorted(due, key=lambda q: (self._schedule(q).fairness_key(), q.name))
-
-    def _learn_outcome(
-        self, queue: QueueRecord, schedule: policy.QueueSchedule, now: datetime
-    ) -> policy.QueueSchedule:
-        """Once a queue's job has ended: after a failure, wait longer before the next try."""
-        assert schedule.job_id is not None
-        job = self.store.job(schedule.job_id)
-        failed = job is not None and job.status == "failed"
-        schedule = policy.released(schedule, now, failed)
-        self.schedules[queue.queue_url] = schedule
-        if failed:
-            assert job is not None
-            log.warning("queue.backing_off", queue=queue.name, failed_jobs=schedule.failures,
-                        retry_in=schedule.idle_delay, error=job.error)  # fmt: skip
-        return schedule
-
-    def _has_messages(self, queue: QueueRecord) -> bool:
-        """Whether the queue has visible messages (a missing queue has none)."""
-        try:
-            return self.sqs.depth(queue.queue_url).visible > 0
-        except QueueNotFound:
-            log.warning("queue.missing_in_sqs", queue=queue.name)
-            return False
+        self.placement.run(now, [w for w in live if w.status == "active" and self._alive(w, now)])
 
 
 class Beside(Protocol):

@@ -42,7 +42,7 @@ def known_alive(master: Master, now: datetime, ages: dict[str, float], max_load:
 
 def due(master: Master, url: str) -> datetime:
     """When the master looks at the queue's depth next."""
-    check_at = master.schedules[url].check_at
+    check_at = master.placement.schedules[url].check_at
     assert check_at is not None
     return check_at
 
@@ -63,7 +63,7 @@ def test_assigns_non_empty_queues_to_the_least_loaded_worker(
     # Ties go to the oldest heartbeat, then loads even out.
     assert placed == {"full1": "w-old", "full2": "w-new"}
     assert {j.status for j in store.jobs()} == {"queued"}
-    assert master.schedules[admin.store.get_queue("empty").queue_url].idle_delay == 2  # never busy
+    assert master.placement.schedules[admin.store.get_queue("empty").queue_url].idle_delay == 2  # never busy
 
 
 def test_empty_queue_is_checked_less_and_less_often(
@@ -79,7 +79,7 @@ def test_empty_queue_is_checked_less_and_less_often(
     for _ in range(5):
         worker(store, "w", at=now)  # alive at the simulated time
         master.tick(now)
-        delays.append(master.schedules[url].idle_delay)
+        delays.append(master.placement.schedules[url].idle_delay)
         now = due(master, url)  # tick exactly when the next check is due
     assert delays == [2, 4, 8, 8, 8]  # doubling up to IDLE_CHECK_MAX
     admin.send("idle", 1)
@@ -88,7 +88,7 @@ def test_empty_queue_is_checked_less_and_less_often(
     assert store.assignments() == []
     master.tick(now)
     [a] = store.assignments()
-    assert master.schedules[url].check_at is None  # looked at again as soon as the assignment ends
+    assert master.placement.schedules[url].check_at is None  # looked at again as soon as the assignment ends
 
     # The job ends and the queue is empty again: it was busy a moment ago, so for a
     # minute it is checked every second (work often comes back soon), then doubling.
@@ -100,7 +100,7 @@ def test_empty_queue_is_checked_less_and_less_often(
     while now - released < timedelta(seconds=70):
         worker(store, "w", at=now)
         master.tick(now)
-        delays.append(master.schedules[url].idle_delay)
+        delays.append(master.placement.schedules[url].idle_delay)
         now = due(master, url)
     assert set(delays[:55]) == {1} and delays[-3:] == [2, 4, 8]
 
@@ -223,7 +223,7 @@ def test_a_queue_whose_job_failed_is_retried_with_backoff(
         store.job_ended(a.job_id, "failed", now, handled=0, failed=0, reason="handler_import")
         store.release(a.job_id)  # what the worker does after a failed job
         master.tick(now)  # learns the outcome
-        waits.append(master.schedules[a.queue_url].idle_delay)
+        waits.append(master.placement.schedules[a.queue_url].idle_delay)
         early = due(master, a.queue_url) - timedelta(seconds=0.1)
         worker(store, "w", at=early)
         master.tick(early)

@@ -161,8 +161,8 @@ def test_a_depth_check_that_fails_leaves_the_others_recorded_and_the_cycle_goes_
     with capture_logs() as logs:
         master.tick(at(1))  # the cycle goes on: SQS failing must not hold the lease up
     assert [e["event"] for e in logs] == ["service.unavailable"]
-    assert master.schedules[good.queue_url].idle_delay == 2  # found empty: looked at later
-    assert master.schedules.get(bad.queue_url) is None or master.schedules[bad.queue_url].due(at(1))
+    assert master.placement.schedules[good.queue_url].idle_delay == 2  # found empty: looked at later
+    assert master.placement.schedules.get(bad.queue_url) is None or master.placement.schedules[bad.queue_url].due(at(1))
     assert master.leading
 
 
@@ -185,9 +185,9 @@ def test_a_slow_sqs_never_holds_the_cycle_up_and_late_answers_count() -> None:
     started = time.monotonic()
     master.tick(at(1))
     assert time.monotonic() - started < SETTINGS.master_interval  # waited its budget only
-    assert fleet.store.assignments() == [] and slow.queue_url in master.checking
+    assert fleet.store.assignments() == [] and slow.queue_url in master.placement.checking
     release.set()
-    master.checking[slow.queue_url].result(timeout=5)
+    master.placement.checking[slow.queue_url].result(timeout=5)
     fleet.beat("w", at(2))
     master.tick(at(2))
     assert [a.queue_name for a in fleet.store.assignments()] == ["slow"]
