@@ -63,7 +63,8 @@ def test_assigns_non_empty_queues_to_the_least_loaded_worker(
     # Ties go to the oldest heartbeat, then loads even out.
     assert placed == {"full1": "w-old", "full2": "w-new"}
     assert {j.status for j in store.jobs()} == {"queued"}
-    assert master.placement.schedules[admin.store.get_queue("empty").queue_url].idle_delay == 2  # never busy
+    empty = admin.store.get_queue("empty").queue_url
+    assert master.placement.schedules[empty].idle_delay == 2  # never busy
 
 
 def test_empty_queue_is_checked_less_and_less_often(
@@ -88,7 +89,8 @@ def test_empty_queue_is_checked_less_and_less_often(
     assert store.assignments() == []
     master.tick(now)
     [a] = store.assignments()
-    assert master.placement.schedules[url].check_at is None  # looked at again as soon as the assignment ends
+    # looked at again as soon as the assignment ends
+    assert master.placement.schedules[url].check_at is None
 
     # The job ends and the queue is empty again: it was busy a moment ago, so for a
     # minute it is checked every second (work often comes back soon), then doubling.

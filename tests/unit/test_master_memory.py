@@ -10,10 +10,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from structlog.testing import capture_logs
 
-from orchestrator import config
+from orchestrator import config, policy
 from orchestrator.backends.memory import MemorySqs, MemoryStore
 from orchestrator.errors import ServiceUnavailable
-from orchestrator.models import QueueRecord, WorkerRecord
+from orchestrator.models import QueueRecord, Share, WorkerRecord
 from orchestrator.roles.master import Master
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -161,8 +161,9 @@ def test_a_depth_check_that_fails_leaves_the_others_recorded_and_the_cycle_goes_
     with capture_logs() as logs:
         master.tick(at(1))  # the cycle goes on: SQS failing must not hold the lease up
     assert [e["event"] for e in logs] == ["service.unavailable"]
-    assert master.placement.schedules[good.queue_url].idle_delay == 2  # found empty: looked at later
-    assert master.placement.schedules.get(bad.queue_url) is None or master.placement.schedules[bad.queue_url].due(at(1))
+    schedules = master.placement.schedules
+    assert schedules[good.queue_url].idle_delay == 2  # found empty: looked at later
+    assert schedules.get(bad.queue_url) is None or schedules[bad.queue_url].due(at(1))
     assert master.leading
 
 
@@ -191,3 +192,109 @@ def test_a_slow_sqs_never_holds_the_cycle_up_and_late_answers_count() -> None:
     fleet.beat("w", at(2))
     master.tick(at(2))
     assert [a.queue_name for a in fleet.store.assignments()] == ["slow"]
+
+
+# --- priorities, preemption and shards ---------------------------------------------------
+
+
+def known(fleet: Fleet, master: Master, *workers: str, max_load: int = 1) -> None:
+    """The master sees each worker beat twice: known to be alive."""
+    for t in (0, 1):
+        for w in workers:
+            fleet.beat(w, at(t), max_load)
+        master.tick(at(t))
+
+
+def test_when_workers_are_short_the_highest_priority_goes_first() -> None:
+    fleet = Fleet()
+    for name, priority in (("low", 0), ("mid", 5), ("high", 9)):
+        queue = fleet.queue(name, 3)
+        fleet.store.update_queue(queue.name, {"priority": priority})
+    master = fleet.master()
+    known(fleet, master, "w")
+    assert fleet.placed() == {"high": "w"}
+
+
+def test_a_high_priority_queue_that_waited_preempts_the_lowest_lower_once() -> None:
+    fleet = Fleet()
+    fleet.queue("low", 3)
+    master = fleet.master()
+    known(fleet, master, "w")
+    assert fleet.placed() == {"low": "w"}
+    high = fleet.queue("high", 3)
+    fleet.store.update_queue("high", {"priority": 9})
+    for t in range(2, 7):  # it waits PREEMPT_AFTER (5 s) from its first sight at 2
+        fleet.beat("w", at(t), 1)
+        master.tick(at(t))
+        assert not any(a.yield_requested for a in fleet.store.assignments()), t
+    fleet.beat("w", at(7), 1)
+    master.tick(at(7))
+    [low] = fleet.store.assignments()
+    assert low.queue_name == "low" and low.yield_requested
+    # The worker lets it go (job completed, reason preempted): high comes next.
+    fleet.store.job_ended(low.job_id, "completed", at(7), handled=1, failed=0, reason="preempted")
+    fleet.store.release(low.job_id)
+    fleet.beat("w", at(8), 1)
+    master.tick(at(8))
+    assert fleet.placed() == {"high": "w"}
+    assert master.placement.schedules[high.queue_url].waiting_since is None
+
+
+def test_a_queue_is_not_preempted_twice_within_a_quarter_of_the_assignment_time() -> None:
+    fleet = Fleet()
+    fleet.queue("low", 3)
+    master = fleet.master()
+    known(fleet, master, "w")
+    master.placement.schedules[fleet.store.assignments()[0].queue_url] = policy.QueueSchedule(
+        assigned_at=at(0), preempted_at=at(0))  # preempted a moment ago
+    fleet.queue("high", 3)
+    fleet.store.update_queue("high", {"priority": 9})
+    for t in range(2, 20):
+        fleet.beat("w", at(t), 1)
+        master.tick(at(t))
+    assert not fleet.store.assignments()[0].yield_requested  # 75 s must pass first
+
+
+def test_a_backlog_its_shard_does_not_drain_gets_a_shard_granted_once_the_first_shrank() -> None:
+    fleet = Fleet()
+    queue = fleet.queue("hot", 200)
+    fleet.store.update_queue("hot", {"concurrency": 6, "max_shards": 3})
+    master = fleet.master()
+    known(fleet, master, "w1", "w2", max_load=2)
+    [first] = fleet.store.assignments()
+    fleet.sqs.receive(queue.queue_url, 10, 0)  # 10 in flight: its shard runs flat out
+    for t in (2, 3):
+        fleet.beat("w1", at(t), 2)
+        fleet.beat("w2", at(t), 2)
+        master.tick(at(t))
+    shards = {a.shard: a for a in fleet.store.assignments()}
+    assert sorted(shards) == [0, 1] and shards[1].worker != shards[0].worker
+    assert shards[0].share == Share(3, None, granted=True)  # lowered at once
+    assert shards[1].share == Share(3, None, granted=False)  # waits for the first to shrink
+    fleet.store.job_progress(first.job_id, 0, 0, at(4), effective=6, running=6)  # not yet
+    for t in (4, 5, 6, 7):
+        fleet.beat("w1", at(t), 2)
+        fleet.beat("w2", at(t), 2)
+        master.tick(at(t))
+    assert not fleet.store.assigned[(queue.queue_url, 1)].share.granted  # type: ignore[union-attr]
+    fleet.store.job_progress(first.job_id, 0, 0, at(8), effective=3, running=3)
+    fleet.beat("w1", at(8), 2)
+    fleet.beat("w2", at(8), 2)
+    master.tick(at(8))
+    assert fleet.store.assigned[(queue.queue_url, 1)].share == Share(3, None, granted=True)
+
+
+def test_when_a_shard_ends_the_others_get_its_share_back() -> None:
+    fleet = Fleet()
+    queue = fleet.queue("hot", 1)
+    fleet.store.update_queue("hot", {"concurrency": 6, "max_shards": 2})
+    zero = fleet.store.assign(queue, "w1", at(0), 0, Share(3, None))
+    one = fleet.store.assign(queue, "w2", at(0), 1, Share(3, None))
+    assert zero and one
+    master = fleet.master()
+    known(fleet, master, "w1", "w2", max_load=2)
+    fleet.store.release(one)
+    fleet.beat("w1", at(2), 2)
+    fleet.beat("w2", at(2), 2)
+    master.tick(at(2))
+    assert fleet.store.assigned[(queue.queue_url, 0)].share is None  # the whole queue again

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from orchestrator import config
 from orchestrator.backends.memory import MemoryStore
 from orchestrator.errors import ServiceUnavailable
-from orchestrator.models import QueueRecord
+from orchestrator.models import QueueRecord, Share
 from orchestrator.roles import protocol
 from orchestrator.roles.pool import SlotState
 from orchestrator.roles.protocol import Reason
@@ -118,3 +118,28 @@ def test_one_consumer_per_assignment_and_idle_ones_are_reused() -> None:
     store.assign(queue, worker.id, T0)
     worker.tick(START + 2)
     assert len(spawner.made) == 3  # no new process: an idle one took it
+
+
+def test_a_preempted_assignment_is_stopped_for_that_reason() -> None:
+    worker, store, spawner, [job_id] = setup()
+    worker.tick(START)
+    store.request_yield(job_id, T0)
+    worker.tick(START + 1)
+    assert sent(spawner)[-1] == protocol.Stop(job_id, Reason.PREEMPTED)
+
+
+def test_a_shard_runs_its_share_and_waits_until_it_is_granted() -> None:
+    store, spawner = MemoryStore(), Spawner()
+    worker = Worker(SETTINGS, store, spawner)
+    worker.register(START)
+    queue = store.insert_queue(QueueRecord("q", "memory://sqs/q", 6, "app:handle",
+                                           rate_limit=4.0))  # fmt: skip
+    job_id = store.assign(queue, worker.id, T0, shard=1, share=Share(3, 2.0, granted=False))
+    assert job_id
+    worker.tick(START)
+    [assign] = sent(spawner)
+    assert isinstance(assign, protocol.Assign)
+    assert (assign.live.concurrency, assign.live.rate_limit) == (0, 2.0)  # not yet
+    store.set_share(job_id, Share(3, 2.0, granted=True))
+    worker.tick(START + 1.5)
+    assert sent(spawner)[-1] == protocol.Settings(job_id, protocol.Live(3, rate_limit=2.0))
