@@ -173,6 +173,7 @@ class QueueSchedule:
     preempted_at: datetime | None = None  # the last time it was asked to give way
     backlog_checks: int = 0  # depth checks in a row that found more than its shards drain
     reshared_at: datetime | None = None  # when its shards' shares were last lowered
+    shown_at: datetime | None = None  # its depth's last check (kept for the API)
 
     def due(self, now: datetime) -> bool:
         return self.check_at is None or now >= self.check_at

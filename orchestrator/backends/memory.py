@@ -64,6 +64,7 @@ class MemoryStore(_Failing):
         self.job_docs: dict[str, JobRecord] = {}
         self.lease_doc: Lease | None = None
         self.counted = Meter()  # what flush_meter wrote
+        self.depth_docs: dict[str, tuple[QueueDepth, datetime]] = {}
 
     # --- set-up and health ---------------------------------------------------------
 
@@ -102,6 +103,14 @@ class MemoryStore(_Failing):
         self._check()
         return sorted(self.queues.values(), key=lambda q: q.name)
 
+    def queues_updated_since(self, since: datetime) -> list[QueueRecord]:
+        self._check()
+        return [q for q in self.queues.values() if q.updated_at and q.updated_at >= since]
+
+    def save_depths(self, found: dict[str, tuple[QueueDepth, datetime]]) -> None:
+        self._check()
+        self.depth_docs.update(found)
+
     def queues_by_id(self, ids: Iterable[str]) -> dict[str, QueueRecord]:
         self._check()
         return {i: self.queues[i] for i in set(ids) if i in self.queues}
@@ -109,7 +118,8 @@ class MemoryStore(_Failing):
     def mark_synced(self, queue_id: str, queue_url: str, dlq_url: str | None) -> None:
         self._check()
         queue = self.queues[queue_id]
-        self.queues[queue_id] = replace(queue, queue_url=queue_url, dlq_url=dlq_url)
+        self.queues[queue_id] = replace(queue, queue_url=queue_url, dlq_url=dlq_url,
+                                        updated_at=utcnow())  # fmt: skip
 
     # --- assignments -------------------------------------------------------------------
 

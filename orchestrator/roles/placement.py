@@ -28,7 +28,7 @@ import structlog
 from orchestrator import policy
 from orchestrator.backends.protocols import MasterSqs, MasterStore
 from orchestrator.config import Settings
-from orchestrator.errors import QueueNotFound
+from orchestrator.errors import QueueNotFound, ServiceUnavailable
 from orchestrator.metrics import Meter
 from orchestrator.models import (
     Assignment,
@@ -39,6 +39,7 @@ from orchestrator.models import (
     WorkerRecord,
 )
 from orchestrator.roles.loop import Outage
+from orchestrator.roles.queuecache import QueueCache
 from orchestrator.validate import MAX_PRIORITY
 
 log = structlog.get_logger()
@@ -46,6 +47,7 @@ log = structlog.get_logger()
 CHECKS_PER_CYCLE = 250  # depth checks started per cycle at most, most overdue first
 CHECK_THREADS = 16  # depth checks run in parallel: each is one SQS round trip
 CHECK_BUDGET = 0.5  # of MASTER_INTERVAL: how long a cycle waits for its depth checks
+SHOWN_DEPTH_SECONDS = 5.0  # a running queue's depth, for the API (720 requests an hour)
 SHARE_SETTLE_SECONDS = 3.0  # a lowered share reaches a consumer (≤ 1 s) and is reported (1 s)
 
 
@@ -75,13 +77,15 @@ class Placement:
         self.pool = ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="depth")
         self.checking: dict[str, Future[QueueDepth]] = {}  # depth checks under way
         self.sqs_outage = Outage()  # depth checks: one log line per problem
+        self.cache = QueueCache(store)
+        self.saved: dict[str, QueueDepth] = {}  # depths written to MongoDB, by URL
 
     def schedule(self, url: str) -> policy.QueueSchedule:
         return self.schedules.get(url) or policy.QueueSchedule()
 
     def run(self, now: datetime, workers: list[WorkerRecord]) -> None:
         """One cycle's placement over the live, active workers it was given."""
-        cycle = self._survey(workers)
+        cycle = self._survey(now, workers)
         due = self._due(now, cycle)
         capacity = sum(max(w.max_load - cycle.loads[w.id], 0) for w in cycle.workers.values())
         # With no room, look only at queues that could preempt a running one.
@@ -89,7 +93,10 @@ class Placement:
                      default=MAX_PRIORITY + 1)  # fmt: skip
         unassigned = due if capacity > 0 else [q for q in due if q.priority > lowest]
         growing = [cycle.queues[u] for u in cycle.shards if self._may_grow(cycle, u)]
-        depths = self._check_depths(now, unassigned + growing)
+        shown = [cycle.queues[u] for u in cycle.shards if u in cycle.queues
+                 and self._show_due(now, u) and cycle.queues[u] not in growing]  # fmt: skip
+        depths = self._check_depths(now, unassigned + growing + shown)
+        self._record(now, depths)
         for queue in unassigned:
             if (depth := depths.get(queue.queue_url)) is not None:
                 self.schedules[queue.queue_url] = policy.checked(
@@ -102,8 +109,28 @@ class Placement:
 
     # --- what there is ----------------------------------------------------------------
 
-    def _survey(self, workers: list[WorkerRecord]) -> _Cycle:
-        queues = {q.queue_url: q for q in self.store.list_queues()}
+    def _show_due(self, now: datetime, url: str) -> bool:
+        """A running queue's depth is checked every SHOWN_DEPTH_SECONDS, for the API."""
+        shown = self.schedule(url).shown_at
+        return shown is None or (now - shown).total_seconds() >= SHOWN_DEPTH_SECONDS
+
+    def _record(self, now: datetime, depths: dict[str, QueueDepth]) -> None:
+        """Keep the depths the checks found changed, for the API and /metrics (one write a
+        cycle; an idle queue's unchanged depth costs nothing)."""
+        changed = {}
+        for url, depth in depths.items():
+            self.schedules[url] = replace(self.schedule(url), shown_at=now)
+            if self.saved.get(url) != depth:
+                changed[url] = (depth, now)
+        try:
+            self.store.save_depths(changed)
+        except ServiceUnavailable as exc:  # only a display: written with the next change
+            log.warning("depths.not_saved", error=str(exc))
+            return
+        self.saved.update({url: depth for url, (depth, _) in changed.items()})
+
+    def _survey(self, now: datetime, workers: list[WorkerRecord]) -> _Cycle:
+        queues = {q.queue_url: q for q in self.cache.refresh(now)}
         shards: dict[str, list[Assignment]] = {}
         for held in self.store.assignments():
             shards.setdefault(held.queue_url, []).append(held)

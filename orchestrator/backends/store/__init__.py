@@ -16,6 +16,7 @@ from orchestrator.backends.store.assignments import AssignmentDocs
 from orchestrator.backends.store.base import (
     ASSIGNMENTS,
     DAEMON_TIMEOUT_MS,
+    DEPTHS,
     INDEX_OPTIONS_CONFLICT,
     JOBS,
     METRICS,
@@ -23,6 +24,7 @@ from orchestrator.backends.store.base import (
     WORKERS,
     translated,
 )
+from orchestrator.backends.store.depths import DepthDocs
 from orchestrator.backends.store.jobs import JobDocs
 from orchestrator.backends.store.leases import LeaseDocs
 from orchestrator.backends.store.metrics import MetricDocs
@@ -38,7 +40,7 @@ from orchestrator.models import (
 __all__ = ["DAEMON_TIMEOUT_MS", "INDEX_OPTIONS_CONFLICT", "Store"]
 
 
-class Store(QueueDocs, AssignmentDocs, WorkerDocs, JobDocs, LeaseDocs, MetricDocs):
+class Store(QueueDocs, AssignmentDocs, WorkerDocs, JobDocs, LeaseDocs, MetricDocs, DepthDocs):
     """Owns the MongoDB connection and every query against the §4 collections."""
 
     @translated
@@ -47,6 +49,7 @@ class Store(QueueDocs, AssignmentDocs, WorkerDocs, JobDocs, LeaseDocs, MetricDoc
         db = self._db
         db[QUEUES].create_index("name", unique=True)
         db[QUEUES].create_index("queueUrl", unique=True)
+        db[QUEUES].create_index("updatedAt")  # a master reads only what changed
         # One assignment per shard of a queue (before shards: per queue).
         self._replace_index(ASSIGNMENTS, [("queueUrl", 1)], [("queueUrl", 1), ("shard", 1)])
         db[ASSIGNMENTS].create_index("worker")
@@ -59,8 +62,11 @@ class Store(QueueDocs, AssignmentDocs, WorkerDocs, JobDocs, LeaseDocs, MetricDoc
     @translated
     def delete_queue(self, name: str) -> bool:
         """Forget the queue, and its counters: /metrics must not report it for ever."""
+        queue = self._db[QUEUES].find_one({"name": name}, {"queueUrl": 1})
         deleted = self._db[QUEUES].delete_one({"name": name}).deleted_count == 1
         self._db[METRICS].delete_one({"_id": f"queue:{name}"})
+        if queue is not None:
+            self._db[DEPTHS].delete_one({"_id": queue["queueUrl"]})
         return deleted
 
     @translated

@@ -27,6 +27,7 @@ R = TypeVar("R")
 
 QUEUES, ASSIGNMENTS, WORKERS, JOBS, LEASES = "queues", "assignments", "workers", "jobs", "leases"
 METRICS = "metrics"  # counters summed over every process (orchestrator/metrics.py)
+DEPTHS = "depths"  # the leading master's latest depth check of each queue
 INDEX_OPTIONS_CONFLICT = (85, 86)
 # Daemons give up on an unreachable server sooner than the CLI: their loops retry
 # anyway, and a long wait stalls everything else they do.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 import pymongo
@@ -61,8 +62,21 @@ class QueueDocs(Connection):
 
     @translated
     def list_queues(self) -> list[QueueRecord]:
-        # Large batches: the master reads every queue each cycle (one round trip per batch).
+        # Large batches: one round trip per 5,000 queues.
         cursor = self._db[QUEUES].find().sort("name", 1).batch_size(5000)
+        return [QueueRecord.from_doc(d) for d in cursor]
+
+    @translated
+    def queues_updated_since(self, since: datetime) -> list[QueueRecord]:
+        """Queues created or changed at `since` or later (their updatedAt)."""
+        cursor = self._db[QUEUES].find({"updatedAt": {"$gte": since}}).batch_size(5000)
+        return [QueueRecord.from_doc(d) for d in cursor]
+
+    @translated
+    def queue_page(self, after: str | None, limit: int) -> list[QueueRecord]:
+        """Up to `limit` queues by name, after the name `after` (None: from the first)."""
+        query = {} if after is None else {"name": {"$gt": after}}
+        cursor = self._db[QUEUES].find(query).sort("name", 1).limit(limit)
         return [QueueRecord.from_doc(d) for d in cursor]
 
     @translated

@@ -1,0 +1,36 @@
+"""The `depths` collection: the leading master's latest depth check of each queue, which
+the HTTP API and /metrics show instead of asking SQS about every queue per request."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from pymongo import UpdateOne
+
+from orchestrator.backends.store.base import DEPTHS, Connection, translated
+from orchestrator.models import QueueDepth
+
+
+class DepthDocs(Connection):
+    """`{_id: queueUrl, visible, inFlight, delayed, checkedAt}` (checkedAt: the master's)."""
+
+    @translated
+    def save_depths(self, found: dict[str, tuple[QueueDepth, datetime]]) -> None:
+        """Record depth checks, one round trip for all of them."""
+        if not found:
+            return
+        self._db[DEPTHS].bulk_write([
+            UpdateOne({"_id": url}, {"$set": {"visible": d.visible, "inFlight": d.in_flight,
+                                              "delayed": d.delayed, "checkedAt": at}},
+                      upsert=True)
+            for url, (d, at) in found.items()
+        ], ordered=False)  # fmt: skip
+
+    @translated
+    def depths(self, urls: Iterable[str] | None = None) -> dict[str, tuple[QueueDepth, datetime]]:
+        """The last depth checked of these queues (None: of every queue checked)."""
+        query = {} if urls is None else {"_id": {"$in": list(urls)}}
+        cursor = self._db[DEPTHS].find(query).batch_size(5000)
+        return {d["_id"]: (QueueDepth(int(d["visible"]), int(d["inFlight"]), int(d["delayed"])),
+                           d["checkedAt"]) for d in cursor}  # fmt: skip
