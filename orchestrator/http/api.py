@@ -32,7 +32,7 @@ from orchestrator.errors import (
     ServiceUnavailable,
 )
 from orchestrator.http import exposition
-from orchestrator.http.fleet import Fleet
+from orchestrator.http.fleet import MAX_QUEUE_PAGE, QUEUE_PAGE, Fleet
 from orchestrator.http.openapi import spec
 from orchestrator.models import JOB_STATES
 
@@ -165,7 +165,7 @@ class Api:
             Route("GET", _path("/health"), self.get_health),
             Route("GET", _path("/metrics"), self.metrics),
             Route("GET", _path("/openapi.json"), lambda r: json_response(spec(settings))),
-            Route("GET", _path("/api/queues"), lambda r: json_response(self.fleet.queues())),
+            Route("GET", _path("/api/queues"), self.get_queues),
             Route("GET", _path("/api/queues/{name}"), self.get_queue),
             Route("PATCH", _path("/api/queues/{name}"), self.patch_queue, write=True),
             Route("POST", _path("/api/queues/{name}/redrive"), self.redrive, write=True),
@@ -269,6 +269,14 @@ class Api:
 
     def metrics(self, request: Request) -> Response:
         return Response(200, exposition.render(self.registry), exposition.CONTENT_TYPE)
+
+    def get_queues(self, request: Request) -> Response:
+        """A page of queues by name: ?limit= (1..10,000, default 1,000) &after=NAME."""
+        raw_limit = request.query.get("limit", [str(QUEUE_PAGE)])[-1]
+        if not DIGITS.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_QUEUE_PAGE:
+            raise HttpError(400, f"limit must be from 1 to {MAX_QUEUE_PAGE} (got {raw_limit!r})")
+        after = request.arg("after")
+        return json_response(self.fleet.queues(int(raw_limit), after or None))
 
     def get_queue(self, request: Request) -> Response:
         return json_response(self.fleet.queue(request.params["name"]))

@@ -102,7 +102,15 @@ class FleetCollector(Collector):
                 in_flight.add_metric([queue.name], depth.in_flight)
             if dlq_depth is not None:
                 dlq.add_metric([queue.name], dlq_depth.visible)
-        yield from (visible, in_flight, dlq)
+        effective = GaugeMetricFamily(
+            "orchestrator_queue_concurrency_effective",
+            "Handlers a running queue may run at once now (its shards' sum; adaptive "
+            "queues below their concurrency after failures)",
+            labels=["queue"],
+        )
+        for name, value in sorted(self.fleet.effective().items()):
+            effective.add_metric([name], value)
+        yield from (visible, in_flight, dlq, effective)
 
 
 class MasterMetrics:

@@ -18,7 +18,9 @@ from orchestrator.errors import AlreadyRunning, QueueNotFound
 from orchestrator.metrics import QueueCounts, Totals
 from orchestrator.models import Assignment, QueueDepth, QueueRecord, WorkerRecord, utcnow
 
-DEPTH_TTL_SECONDS = 2.0  # depths are reused this long: viewers and scrapers share them
+DEPTH_TTL_SECONDS = 2.0  # DLQ depths are reused this long: viewers and scrapers share them
+QUEUE_PAGE = 1000  # queues per page of /api/queues, unless ?limit= says otherwise
+MAX_QUEUE_PAGE = 10_000
 DEPTH_THREADS = 8  # one GetQueueAttributes per queue and DLQ, in parallel
 
 
@@ -40,6 +42,10 @@ def _sum_or_none(values: Iterable[int | None]) -> int | None:
     """The sum of the values known; None when none is."""
     known = [v for v in values if v is not None]
     return sum(known) if known else None
+
+
+def _depth(found: tuple[QueueDepth, datetime] | None) -> QueueDepth | None:
+    return found[0] if found else None
 
 
 class DepthCache:
@@ -94,8 +100,9 @@ class Fleet:
 
     # --- queues -------------------------------------------------------------------
 
-    def queues(self) -> list[dict[str, Any]]:
-        return self._queue_views(self.store.list_queues())
+    def queues(self, limit: int = QUEUE_PAGE, after: str | None = None) -> list[dict[str, Any]]:
+        """A page of queues by name: up to `limit` after the name `after`."""
+        return self._queue_views(self.store.queue_page(after, limit))
 
     def queue(self, name: str) -> dict[str, Any]:
         return self._queue_views([self.store.get_queue(name)])[0]
@@ -122,13 +129,14 @@ class Fleet:
         assigned = {url: min(held, key=lambda a: a.shard) for url, held in shards.items()}
         effective = self.store.effective_concurrency([a.job_id for held in shards.values()
                                                       for a in held])  # fmt: skip
-        totals = self.store.metric_totals().queues
-        depths = self._depths(queues)
+        totals = self.store.metric_totals(q.name for q in queues).queues
+        checked = self.store.depths(q.queue_url for q in queues)  # the master's checks
+        dlqs = self.depths.get(q.dlq_url for q in queues if q.dlq_url)
         views = []
         for q in queues:
             a = assigned.get(q.queue_url)
-            depth = depths.get(q.queue_url)
-            dlq = depths.get(q.dlq_url) if q.dlq_url else None
+            depth, depth_at = checked.get(q.queue_url) or (None, None)
+            dlq = dlqs.get(q.dlq_url) if q.dlq_url else None
             counts = totals.get(q.name, QueueCounts())
             views.append({
                 **QueueView(q, depth, a.worker if a else None).to_json(),
@@ -151,6 +159,7 @@ class Fleet:
                 "shards": len(shards.get(q.queue_url, ())),
                 "effectiveConcurrency": _sum_or_none(
                     effective.get(a.job_id) for a in shards.get(q.queue_url, ())),
+                "depthChangedAt": depth_at.isoformat() if depth_at else None,
             })  # fmt: skip
         return views
 
@@ -181,12 +190,19 @@ class Fleet:
         return len(self.store.assignments())
 
     def queue_depths(self) -> list[tuple[QueueRecord, QueueDepth | None, QueueDepth | None]]:
-        """Every queue with its depth and its DLQ's (None where SQS has no such queue)."""
+        """Every queue with its depth (the master's last check) and its DLQ's (from SQS)."""
         queues = self.store.list_queues()
-        depths = self._depths(queues)
-        return [(q, depths.get(q.queue_url), depths.get(q.dlq_url) if q.dlq_url else None)
+        checked = self.store.depths()
+        dlqs = self.depths.get(q.dlq_url for q in queues if q.dlq_url)
+        return [(q, _depth(checked.get(q.queue_url)), dlqs.get(q.dlq_url) if q.dlq_url else None)
                 for q in queues]  # fmt: skip
 
-    def _depths(self, queues: list[QueueRecord]) -> dict[str, QueueDepth | None]:
-        """The depths of these queues and of their DLQs, by URL."""
-        return self.depths.get(u for q in queues for u in (q.queue_url, q.dlq_url) if u)
+    def effective(self) -> dict[str, int]:
+        """Queue name → the concurrency its running consumers run at (their sum)."""
+        held = self.store.assignments()
+        found = self.store.effective_concurrency(a.job_id for a in held)
+        out: dict[str, int] = {}
+        for a in held:
+            if a.job_id in found:
+                out[a.queue_name] = out.get(a.queue_name, 0) + found[a.job_id]
+        return out

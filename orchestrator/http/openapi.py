@@ -52,6 +52,7 @@ SCHEMAS: dict[str, Any] = {
         "handled": _INT, "failed": _INT,
         "rateLimit": {"type": ["number", "null"]}, "priority": _INT, "adaptive": _BOOL,
         "maxShards": _INT, "shards": _INT, "effectiveConcurrency": _NULL_INT,
+        "depthChangedAt": {"type": ["string", "null"], "format": "date-time"},
     }),
     "QueuePatch": {
         **_object({"concurrency": {"type": "integer", "minimum": 1}, "paused": _BOOL,
@@ -129,8 +130,16 @@ PATHS: dict[str, Any] = {
                               "content": {"text/javascript": {"schema": _STR}}}},
     }},
     "/api/queues": {"get": {
-        "summary": "Every managed queue with its depth, assignment and message counts",
-        "responses": {"200": _json({"type": "array", "items": _ref("Queue")}), **_errors(503)},
+        "summary": "Managed queues by name, a page at a time, with their depth (the leading "
+                   "master's last check), assignment and message counts",
+        "parameters": [
+            {"name": "limit", "in": "query",
+             "schema": {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 1000}},
+            {"name": "after", "in": "query", "schema": _STR,
+             "description": "the last name of the previous page"},
+        ],
+        "responses": {"200": _json({"type": "array", "items": _ref("Queue")}),
+                      **_errors(400, 503)},
     }},
     "/api/queues/{name}": {
         "parameters": [_NAME],

@@ -9,7 +9,7 @@ import pytest
 
 from orchestrator.backends.store import Store
 from orchestrator.errors import QueueExists, QueueNotFound, ServiceUnavailable
-from orchestrator.models import QueueRecord
+from orchestrator.models import QueueRecord, utcnow
 
 
 def record(name: str = "q1", url: str | None = None) -> QueueRecord:
@@ -27,11 +27,25 @@ def test_indexes_of_the_contract_exist(store: Store) -> None:
     queues = index_keys(store, "queues")
     assert queues[("name",)]["unique"] and queues[("queueUrl",)]["unique"]
     assignments = index_keys(store, "assignments")
-    assert assignments[("queueUrl",)]["unique"]
+    assert assignments[("queueUrl", "shard")]["unique"]  # one assignment per shard (issue 14)
+    assert ("queueUrl",) not in assignments
     assert ("worker",) in assignments
     jobs = index_keys(store, "jobs")
     assert ("status", "createdAt") in jobs and ("queueUrl", "status") in jobs
     assert jobs[("lastModified",)]["expireAfterSeconds"] == store.job_ttl_seconds == 5 * 86400
+
+
+def test_the_unique_queue_index_of_assignments_before_shards_is_replaced(store: Store) -> None:
+    coll = store._db["assignments"]
+    coll.drop_index([("queueUrl", 1), ("shard", 1)])
+    coll.create_index("queueUrl", unique=True)  # as a store from before shards made it
+    store.ensure_indexes()
+    keys = index_keys(store, "assignments")
+    assert ("queueUrl",) not in keys and keys[("queueUrl", "shard")]["unique"]
+    queue = store.insert_queue(QueueRecord("q", "http://sqs/q", 4, "app:handle"))
+    assert store.assign(queue, "w1", utcnow(), shard=0)
+    assert store.assign(queue, "w2", utcnow(), shard=1)  # a second shard of the queue
+    assert store.assign(queue, "w3", utcnow(), shard=1) is None  # never two of one shard
 
 
 def test_ensure_indexes_is_idempotent(store: Store) -> None:
