@@ -51,3 +51,22 @@ async def async_stamp(message: Message) -> None:
     start = time.time()
     await asyncio.sleep(message.json()["ms"] / 1000)
     _write(message, start, time.time())
+
+
+def flaky_stamp(message: Message) -> None:
+    """Sleep the body's `ms`; while RECORD_DIR/failing exists, fail every other message
+    (a downstream failing half the time). Records each attempt and whether it worked."""
+    start = time.time()
+    time.sleep(message.json()["ms"] / 1000)
+    failing = os.path.exists(os.path.join(os.environ["RECORD_DIR"], "failing"))
+    ok = not (failing and message.json()["seq"] % 2 == 0 and message.receive_count % 2 == 1)
+    record = {"queue": message.queue_name, "body": message.body, "pid": os.getpid(),
+              "start": start, "end": time.time(), "ok": ok}  # fmt: skip
+    fd = os.open(os.path.join(os.environ["RECORD_DIR"], f"{os.getpid()}.jsonl"),
+                 os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)  # fmt: skip
+    try:
+        os.write(fd, (json.dumps(record) + "\n").encode())
+    finally:
+        os.close(fd)
+    if not ok:
+        raise ValueError("the downstream failed")

@@ -12,7 +12,7 @@ import os
 import threading
 import time
 
-from orchestrator import Message
+from orchestrator import Backoff, Message
 
 
 def _record(message: Message, start: float, **extra: object) -> None:
@@ -104,3 +104,14 @@ def grow(message: Message) -> None:
     time.sleep(spec.get("ms", 0) / 1000)
     _record(message, start)
     del held
+
+
+def backoff_while_flagged(message: Message) -> None:
+    """Raise Backoff while the file RECORD_DIR/overloaded exists (the downstream is
+    struggling), else sleep the body's `ms` (default 100) and record."""
+    start = time.time()
+    if os.path.exists(os.path.join(os.environ["RECORD_DIR"], "overloaded")):
+        _record(message, start, ok=False)
+        raise Backoff(retry_after=1)
+    time.sleep(message.json().get("ms", 100) / 1000)
+    _record(message, start, ok=True)

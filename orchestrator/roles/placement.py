@@ -44,7 +44,9 @@ from orchestrator.validate import MAX_PRIORITY
 
 log = structlog.get_logger()
 
-CHECKS_PER_CYCLE = 250  # depth checks started per cycle at most, most overdue first
+# Depth checks under way at most, most overdue first: the time budget below decides how
+# many a cycle gets done; this only keeps the threads' queue short.
+CHECKS_IN_FLIGHT = 1000
 CHECK_THREADS = 16  # depth checks run in parallel: each is one SQS round trip
 CHECK_BUDGET = 0.5  # of MASTER_INTERVAL: how long a cycle waits for its depth checks
 SHOWN_DEPTH_SECONDS = 5.0  # a running queue's depth, for the API (720 requests an hour)
@@ -181,7 +183,9 @@ class Placement:
         outage is logged once. Returns what was found, by URL; an unassigned queue's next
         check is scheduled from it."""
         overdue = sorted(queues, key=lambda q: self.schedule(q.queue_url).overdue_key())
-        for queue in overdue[:CHECKS_PER_CYCLE]:
+        for queue in overdue:
+            if len(self.checking) >= CHECKS_IN_FLIGHT:
+                break
             if queue.queue_url not in self.checking:
                 self.checking[queue.queue_url] = self.pool.submit(self._depth, queue)
         wait_all(self.checking.values(), timeout=CHECK_BUDGET * self.settings.master_interval)

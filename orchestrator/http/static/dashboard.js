@@ -18,6 +18,7 @@
     queues: document.querySelector("#queues tbody"), dlqs: document.querySelector("#dlqs tbody"),
     workers: document.querySelector("#workers tbody"), jobs: document.querySelector("#jobs tbody"),
     jobStatus: $("job-status"), jobQueue: $("job-queue"), jobLimit: $("job-limit"),
+    prevPage: $("prev-page"), nextPage: $("next-page"), pageInfo: $("page-info"),
   };
 
   // ---------------------------------------------------------------- DOM helpers (no innerHTML)
@@ -232,49 +233,66 @@
 
   // ---------------------------------------------------------------- queues table
   // The settings a row edits: PATCHed together from one Save (all or nothing).
+  // kind: "whole" (an integer from `min`), "number", or "rate" (a number; empty: no limit).
   const EDITABLE = [
-    { field: "concurrency", label: "concurrency", whole: true },
-    { field: "processes", label: "processes", whole: true },
-    { field: "batchSize", label: "batch size", whole: true },
-    { field: "batchWindow", label: "batch window", whole: false },
+    { field: "concurrency", label: "concurrency", kind: "whole", min: 1 },
+    { field: "processes", label: "processes", kind: "whole", min: 1 },
+    { field: "batchSize", label: "batch size", kind: "whole", min: 1 },
+    { field: "batchWindow", label: "batch window", kind: "number", min: 0 },
+    { field: "rateLimit", label: "rate limit", kind: "rate", min: 0 },
+    { field: "priority", label: "priority", kind: "whole", min: 0 },
+    { field: "maxShards", label: "max shards", kind: "whole", min: 1 },
   ];
+  // A setting as its input shows it (no rate limit: empty).
+  const shown = (value) => (value === null ? "" : String(value));
+  // What an input's text means for its setting; undefined when it means nothing.
+  function parseSetting(kind, raw) {
+    if (kind === "rate" && (raw === "" || raw.toLowerCase() === "none")) return null;
+    if (kind === "whole") return /^[+-]?\d+$/.test(raw) ? parseInt(raw, 10) : undefined;
+    return /^[+-]?(\d+\.?\d*|\.\d+)$/.test(raw) ? parseFloat(raw) : undefined;
+  }
   const isDirty = (input) => input.classList.contains("dirty");
 
   function createQueueRow(name) {
     const c = { inputs: {} };
     const td = (field, cls) => (c[field] = el("td", { "data-field": field, class: cls }));
     const st = stateOf(name);
-    const cells = EDITABLE.map(({ field, label, whole }) => {
-      const input = el("input", { "data-field": field, type: "number", min: whole ? "1" : "0",
-        step: whole ? "1" : "0.1", inputmode: whole ? "numeric" : "decimal", "aria-label": `${label} of ${name}` });
+    const cells = EDITABLE.map(({ field, label, kind, min }) => {
+      const whole = kind === "whole";
+      const input = el("input", { "data-field": field, type: "number", min: String(min),
+        step: whole ? "1" : "0.1", inputmode: whole ? "numeric" : "decimal", "aria-label": `${label} of ${name}`,
+        placeholder: kind === "rate" ? "none" : "" });
       c.inputs[field] = input;
       const markDirty = () => {
-        const dirty = input.value !== String(st.server[field]);
+        const dirty = input.value !== shown(st.server[field]);
         input.classList.toggle("dirty", dirty);
         setTitle(input, dirty ? "unsaved: Enter or Save applies, Esc reverts" : "");
       };
       input.addEventListener("input", markDirty);
       input.addEventListener("keydown", (ev) => {
         if (ev.key === "Enter") { ev.preventDefault(); saveSettings(name); }
-        else if (ev.key === "Escape" && st.server[field] !== undefined) { input.value = String(st.server[field]); markDirty(); }
+        else if (ev.key === "Escape" && st.server[field] !== undefined) { input.value = shown(st.server[field]); markDirty(); }
       });
       input.addEventListener("blur", () => {
-        if (!isDirty(input) && st.server[field] !== undefined && input.value !== String(st.server[field])) input.value = String(st.server[field]);
+        if (!isDirty(input) && st.server[field] !== undefined && input.value !== shown(st.server[field])) input.value = shown(st.server[field]);
       });
       return el("td", { class: "conc" }, input);
     });
     const save = el("button", { type: "button", "data-action": "save-settings" }, "Save");
     const paused = el("input", { type: "checkbox", "data-action": "toggle-paused", "aria-label": `pause ${name}` });
-    c.save = save; c.paused = paused;
+    const adaptive = el("input", { type: "checkbox", "data-action": "toggle-adaptive", "aria-label": `adaptive concurrency of ${name}` });
+    c.save = save; c.paused = paused; c.adaptive = adaptive;
     const tr = el("tr", { "data-queue": name },
       td("name", "name"), td("visible", "num"), td("inFlight", "num"), td("delayed", "num"),
       td("worker", "mono"), td("rate", "num"), td("handled", "num"), td("failed", "num"),
-      ...cells, el("td", { class: "save" }, save),
+      td("effective", "num"), ...cells, el("td", { class: "save" }, save),
+      el("td", { class: "paused-cell" }, adaptive),
       el("td", { class: "paused-cell" }, paused),
       td("handler", "handler mono"));
     tr._c = c;
     save.addEventListener("click", () => saveSettings(name));
-    paused.addEventListener("change", () => togglePaused(name, paused.checked));
+    paused.addEventListener("change", () => toggle(name, "paused", paused.checked));
+    adaptive.addEventListener("change", () => toggle(name, "adaptive", adaptive.checked));
     return tr;
   }
 
@@ -287,8 +305,12 @@
     setText(c.visible, num(q.visible));
     setText(c.inFlight, num(q.inFlight));
     setText(c.delayed, num(q.delayed));
-    setText(c.worker, q.worker ? q.worker : DASH);
-    setTitle(c.worker, q.jobId ? `job ${q.jobId}` : "");
+    setText(c.worker, q.worker ? q.worker + (q.shards > 1 ? ` +${q.shards - 1}` : "") : DASH);
+    setTitle(c.worker, [q.jobId ? `job ${q.jobId}` : "", q.shards > 1 ? `${q.shards} shards` : ""].filter(Boolean).join("\n"));
+    const effective = q.effectiveConcurrency;
+    setText(c.effective, effective === null || effective === undefined ? DASH : String(effective));
+    c.effective.classList.toggle("bad", effective !== null && effective !== undefined && effective < q.concurrency);
+    setTitle(c.effective, "handlers it may run at once now" + (q.adaptive ? " (adaptive: halves on failures, grows back by one a second)" : ""));
     setText(c.rate, st.rate === null ? DASH : st.rate.toFixed(1));
     setText(c.handled, num(q.handled));
     setText(c.failed, num(q.failed));
@@ -303,7 +325,7 @@
       const input = c.inputs[field];
       if (q[field] === undefined) continue;
       st.server[field] = q[field];
-      const value = String(q[field]);
+      const value = shown(q[field]);
       if (isDirty(input) && input.value === value) input.classList.remove("dirty");
       if (!isDirty(input) && document.activeElement !== input && input.value !== value) input.value = value;
     }
@@ -311,6 +333,8 @@
 
     if (!st.pausing) c.paused.checked = !!q.paused;
     c.paused.disabled = st.pausing;
+    if (!st.pausing) c.adaptive.checked = !!q.adaptive;
+    c.adaptive.disabled = st.pausing;
     setTitle(c.paused, q.paused ? `${q.name} is paused: uncheck to resume` : `check to pause ${q.name}`);
   }
 
@@ -375,15 +399,17 @@
     if (st.saving) return;
     const changes = {};
     const typed = {};
-    for (const { field, label, whole } of EDITABLE) {
+    for (const { field, label, kind } of EDITABLE) {
       const input = tr._c.inputs[field];
       const raw = input.value.trim();
-      if (!isDirty(input) && raw === String(st.server[field])) continue;
-      if (!(whole ? /^[+-]?\d+$/ : /^[+-]?(\d+\.?\d*|\.\d+)$/).test(raw)) {
-        showMessage(`${label} of ${name} must be ${whole ? "a whole number" : "a number"}`, "error");
+      if (!isDirty(input) && raw === shown(st.server[field])) continue;
+      const value = parseSetting(kind, raw);
+      if (value === undefined) {
+        const wanted = { whole: "a whole number", number: "a number", rate: "a number, or empty for none" };
+        showMessage(`${label} of ${name} must be ${wanted[kind]}`, "error");
         return;
       }
-      changes[field] = whole ? parseInt(raw, 10) : parseFloat(raw);
+      changes[field] = value;
       typed[field] = raw;
     }
     if (!Object.keys(changes).length) {
@@ -403,9 +429,9 @@
         const input = tr._c.inputs[field];
         if (input.value.trim() === typed[field]) { // the user did not type on meanwhile
           input.classList.remove("dirty");
-          input.value = String(value);
+          input.value = shown(value);
         }
-        saved.push(`${label} ${value}`);
+        saved.push(`${label} ${value === null ? "none" : value}`);
       }
       showMessage(`${name}: ${saved.join(", ")} saved`, "ok");
     } catch (e) {
@@ -416,17 +442,19 @@
     }
   }
 
-  async function togglePaused(name, paused) {
+  // A checkbox setting (paused, adaptive): PATCHed at once.
+  async function toggle(name, field, value) {
     const st = stateOf(name);
     const tr = ui.queues._rows && ui.queues._rows.get(name);
     st.pausing = true;
-    if (tr) tr._c.paused.disabled = true;
+    if (tr) tr._c[field].disabled = true;
     try {
-      const body = await write("PATCH", queuePath(name), { paused });
-      if (!mergeQueue(body)) mergeQueue({ name, paused });
-      showMessage(`${name} ${paused ? "paused" : "resumed"}`, "ok");
+      const body = await write("PATCH", queuePath(name), { [field]: value });
+      if (!mergeQueue(body)) mergeQueue({ name, [field]: value });
+      const said = field === "paused" ? (value ? "paused" : "resumed") : `adaptive ${value ? "on" : "off"}`;
+      showMessage(`${name} ${said}`, "ok");
     } catch (e) {
-      if (tr) tr._c.paused.checked = !paused;
+      if (tr) tr._c[field].checked = !value;
       showMessage(e.message, "error");
     } finally {
       st.pausing = false;
@@ -582,6 +610,25 @@
     refresh();
   }
 
+  // ---------------------------------------------------------------- queue pages
+  const QUEUE_PAGE = 100;  // queues a page shows: a page reads only its own queues' counts
+  const pages = [];        // the first name of each page before this one (null: from the start)
+  let pageAfter = null;    // the name this page starts after
+  const queuesPath = () => `/api/queues?limit=${QUEUE_PAGE}` +
+    (pageAfter === null ? "" : "&after=" + encodeURIComponent(pageAfter));
+  function renderPager() {
+    ui.prevPage.disabled = pages.length === 0;
+    ui.nextPage.disabled = queues.length < QUEUE_PAGE;
+    setText(ui.pageInfo, pages.length || queues.length >= QUEUE_PAGE
+      ? `page ${pages.length + 1}` : "");
+  }
+  function turnPage(forward) {
+    if (forward && queues.length) { pages.push(pageAfter); pageAfter = queues[queues.length - 1].name; }
+    else if (!forward && pages.length) pageAfter = pages.pop();
+    else return;
+    requestRefresh();
+  }
+
   async function refresh() {
     refreshing = true;
     clearTimeout(timer);
@@ -589,7 +636,7 @@
     const jq = jobsQuery();
     const errors = [];
     try {
-      const paths = ["/health", "/api/queues", "/api/workers", "/api/jobs?" + jq];
+      const paths = ["/health", queuesPath(), "/api/workers", "/api/jobs?" + jq];
       const [h, q, w, j] = await Promise.allSettled([
         getJSON(paths[0], (b) => b && typeof b === "object" && "leader" in b),
         getJSON(paths[1]), getJSON(paths[2]), getJSON(paths[3]),
@@ -601,6 +648,7 @@
         takeQueueSample(q.value, t);
         queues = q.value;
         renderQueues();
+        renderPager();
       }
       if (w.status === "fulfilled" && Array.isArray(w.value)) renderWorkers(w.value);
       // Filters changed while this was in flight: a fresh refresh follows, don't show stale jobs.
@@ -640,6 +688,10 @@
     ui.status.className = "error";
     ui.main.classList.toggle("stale", !!lastGood);
   }
+
+  ui.prevPage.addEventListener("click", () => turnPage(false));
+
+  ui.nextPage.addEventListener("click", () => turnPage(true));
 
   ui.jobStatus.addEventListener("change", requestRefresh);
   ui.jobLimit.addEventListener("change", requestRefresh);
