@@ -205,7 +205,30 @@ INVALID = [
     (("queue", "set-concurrency", "exists", "5_0"), "'5_0' is not a valid integer"),
     (("queue", "set", "exists", "--batch-window", "1_0"), "'1_0' is not a valid number"),
     (("queue", "send", "exists", " 3"), "' 3' is not a valid integer"),
+    # flow control (issue 14)
+    (("queue", "create", "ok", "--rate-limit", "0"), "rate limit 0 is out of range"),
+    (("queue", "set", "exists", "--rate-limit", "-2"), "rate limit -2 is out of range"),
+    (("queue", "set", "exists", "--rate-limit", "fast"), "'fast' is not a valid number"),
+    (("queue", "set", "exists", "--rate-limit", "1e9"), "rate limit 1e+09 is out of range"),
+    (("queue", "create", "ok", "--priority", "10"), "priority 10 is out of range 0..9"),
+    (("queue", "set", "exists", "--priority", "-1"), "priority -1 is out of range"),
+    (("queue", "create", "ok", "--max-shards", "0"), "max shards 0 is out of range 1..8"),
+    (("queue", "set", "exists", "--max-shards", "9", "--priority", "3"), "max shards 9"),
 ]
+
+
+def test_flow_control_settings_are_set_shown_and_cleared(run_cli: Run, store: Store) -> None:
+    created = run_cli("queue", "create", "fc", "--rate-limit", "12.5", "--priority", "7",
+                      "--adaptive", "--max-shards", "3")  # fmt: skip
+    assert created.exit_code == 0, created.output
+    assert "at most 12.5 starts/s, priority 7, adaptive, up to 3 shards" in created.stdout
+    q = store.get_queue("fc")
+    assert (q.rate_limit, q.priority, q.adaptive, q.max_shards) == (12.5, 7, True, 3)
+    changed = run_cli("queue", "set", "fc", "--rate-limit", "none", "--no-adaptive")
+    assert changed.exit_code == 0, changed.output
+    assert changed.stdout.strip() == "fc: rate limit none, adaptive False"
+    q = store.get_queue("fc")
+    assert (q.rate_limit, q.priority, q.adaptive, q.max_shards) == (None, 7, False, 3)
 
 
 @pytest.mark.parametrize(("args", "message"), INVALID, ids=[" ".join(a)[:40] for a, _ in INVALID])

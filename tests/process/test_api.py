@@ -120,6 +120,14 @@ def test_reads_writes_and_errors_over_http(
                        token=TOKEN)  # fmt: skip
     assert status == 200 and (doc["processes"], doc["batchSize"], doc["batchWindow"]) == (2, 4, 0.5)
     call("PATCH", patch, {"processes": 1, "batchSize": 1, "batchWindow": 0}, token=TOKEN)
+    status, doc = call("PATCH", patch, {"rateLimit": 25, "priority": 4, "adaptive": True,
+                                        "maxShards": 2}, token=TOKEN)  # fmt: skip
+    assert status == 200 and (doc["rateLimit"], doc["priority"], doc["adaptive"],
+                              doc["maxShards"]) == (25.0, 4, True, 2)  # fmt: skip
+    status, doc = call("PATCH", patch, {"rateLimit": None, "adaptive": False}, token=TOKEN)
+    assert status == 200 and doc["rateLimit"] is None
+    assert store.get_queue("api-q").rate_limit is None
+    call("PATCH", patch, {"priority": 0, "maxShards": 1}, token=TOKEN)
 
     # Bad input: a JSON error naming the problem, status by kind, nothing changed
     bad: list[tuple[str, str, Any, int, str]] = [
@@ -129,6 +137,10 @@ def test_reads_writes_and_errors_over_http(
         ("PATCH", patch, {"concurrency": 3, "processes": 9}, 422, "processes 9"),
         ("PATCH", patch, {"batchSize": 101}, 422, "batch size"),
         ("PATCH", patch, {"batchWindow": 20.5}, 422, "batch window"),
+        ("PATCH", patch, {"rateLimit": 0}, 422, "rate limit"),
+        ("PATCH", patch, {"priority": 10}, 422, "priority 10"),
+        ("PATCH", patch, {"maxShards": 9, "priority": 2}, 422, "max shards 9"),
+        ("PATCH", patch, {"adaptive": "on"}, 400, "boolean"),
         ("PATCH", patch, {"concurrency": "8"}, 400, "integer"),
         ("PATCH", patch, {"concurrency": True}, 400, "integer"),
         ("PATCH", patch, {"paused": "yes"}, 400, "boolean"),

@@ -101,6 +101,9 @@ def test_unknown_paths_and_methods() -> None:
         ({"batchSize": 2.5}, "batchSize must be a JSON integer"),
         ({"batchWindow": True}, "batchWindow must be a JSON number"),
         ({"batchWindow": "1"}, "batchWindow must be a JSON number"),
+        ({"rateLimit": "fast"}, "rateLimit must be a JSON number"),
+        ({"priority": None}, "priority must be a JSON integer"),
+        ({"maxShards": 1.5}, "maxShards must be a JSON integer"),
     ],
 )
 def test_patch_bodies_of_the_wrong_shape_are_400(body: dict[str, Any], words: str) -> None:
@@ -116,6 +119,9 @@ def test_a_well_formed_patch_passes_through() -> None:
     # JSON names become QueueAdmin.update's; a whole number is a batch window too
     assert patch_changes({"processes": 2, "batchSize": 5, "batchWindow": 1}) == {
         "processes": 2, "batch_size": 5, "batch_window": 1.0}  # fmt: skip
+    assert patch_changes({"rateLimit": None, "maxShards": 2, "adaptive": True}) == {
+        "rate_limit": None, "max_shards": 2, "adaptive": True}  # fmt: skip
+    assert patch_changes({"rateLimit": 5}) == {"rate_limit": 5.0}
 
 
 @pytest.mark.parametrize(
