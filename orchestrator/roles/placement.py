@@ -16,6 +16,7 @@ Every decision about one queue is a transition of its QueueSchedule (policy.py).
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -104,7 +105,9 @@ class Placement:
                 self.schedules[queue.queue_url] = policy.checked(
                     self.schedule(queue.queue_url), now, depth.visible > 0,
                     self.settings.idle_check_max)  # fmt: skip
-        waiting = self._assign(now, cycle, [q for q in unassigned if _has(depths, q)])
+        found = sorted((q for q in unassigned if _has(depths, q)), key=lambda q: (
+            -q.priority, self.schedule(q.queue_url).fairness_key(), q.name))
+        waiting = self._assign(now, cycle, found)
         self._preempt(now, cycle, waiting)
         self._grow(now, cycle, growing, depths)
         self._reshare(now, cycle)
@@ -142,8 +145,7 @@ class Placement:
         return _Cycle(queues, shards, {w.id: w for w in workers}, loads)
 
     def _due(self, now: datetime, cycle: _Cycle) -> list[QueueRecord]:
-        """Unpaused, unassigned queues whose check is due: highest priority first, then
-        longest unserved (fairness), then by name."""
+        """Unpaused, unassigned queues whose check is due."""
         due = []
         for url, queue in cycle.queues.items():
             schedule = self.schedule(url)
@@ -155,8 +157,7 @@ class Placement:
             if queue.paused or not schedule.due(now):
                 continue
             due.append(queue)
-        return sorted(due, key=lambda q: (-q.priority, self.schedule(q.queue_url).fairness_key(),
-                                          q.name))  # fmt: skip
+        return due
 
     def _learn_outcome(
         self, queue: QueueRecord, schedule: policy.QueueSchedule, now: datetime
@@ -182,12 +183,12 @@ class Placement:
         then is collected by a later cycle; one that failed leaves its queue due, and the
         outage is logged once. Returns what was found, by URL; an unassigned queue's next
         check is scheduled from it."""
-        overdue = sorted(queues, key=lambda q: self.schedule(q.queue_url).overdue_key())
+        room = CHECKS_IN_FLIGHT - len(self.checking)
+        fresh = [q for q in queues if q.queue_url not in self.checking]
+        overdue = heapq.nsmallest(max(room, 0), fresh,
+                                  key=lambda q: self.schedule(q.queue_url).overdue_key())
         for queue in overdue:
-            if len(self.checking) >= CHECKS_IN_FLIGHT:
-                break
-            if queue.queue_url not in self.checking:
-                self.checking[queue.queue_url] = self.pool.submit(self._depth, queue)
+            self.checking[queue.queue_url] = self.pool.submit(self._depth, queue)
         wait_all(self.checking.values(), timeout=CHECK_BUDGET * self.settings.master_interval)
         found: dict[str, QueueDepth] = {}
         failed = None
