@@ -1,18 +1,23 @@
-"""What every command shares: settings, lazy clients, and error-to-exit-code mapping."""
+"""What every command shares: settings, lazy clients, and error-to-exit-code mapping.
+
+The clients' libraries (pymongo, boto3) and the servers' code are imported by the
+commands that use them, on first use: `orchestrator --help` loads none of them.
+"""
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from orchestrator.backends.queues import QueueAdmin
-from orchestrator.backends.sqs import Sqs
-from orchestrator.backends.store import Store
 from orchestrator.config import Endpoints, Settings
-from orchestrator.embedded import servers as embedded
 from orchestrator.errors import OrchestratorError
+
+if TYPE_CHECKING:
+    from orchestrator.backends.queues import QueueAdmin
+    from orchestrator.backends.sqs import Sqs
+    from orchestrator.backends.store import Store
 
 
 class App:
@@ -23,21 +28,29 @@ class App:
 
     @functools.cached_property
     def endpoints(self) -> Endpoints:
+        from orchestrator.embedded import servers
+
         # Any command that needs the servers starts the embedded ones when they are down.
-        return embedded.ensure(self.settings)
+        return servers.ensure(self.settings)
 
     @functools.cached_property
     def store(self) -> Store:
+        from orchestrator.backends.store import Store
+
         store = Store.connect(self.settings, self.endpoints.mongodb_uri)
         store.ensure_indexes()
         return store
 
     @functools.cached_property
     def sqs(self) -> Sqs:
+        from orchestrator.backends.sqs import Sqs
+
         return Sqs.connect(self.settings, self.endpoints.sqs_endpoint)
 
     @functools.cached_property
     def queues(self) -> QueueAdmin:
+        from orchestrator.backends.queues import QueueAdmin
+
         return QueueAdmin(self.settings, lambda: self.store, lambda: self.sqs)
 
 

@@ -9,7 +9,6 @@ import click
 from cli import render
 from cli.app import App, json_option, pass_app
 from cli.types import StrictInt
-from orchestrator.http.fleet import worker_json
 from orchestrator.models import JOB_STATES, utcnow
 
 
@@ -55,8 +54,7 @@ def show_job(app: App, job_id: str, as_json: bool) -> None:
     if as_json:
         render.emit_json(doc)
         return
-    for key, value in doc.items():
-        click.echo(f"{key}: {value}")
+    render.fields(doc)
 
 
 @click.group()
@@ -67,7 +65,7 @@ def workers() -> None:
 def _workers(app: App) -> list[dict[str, Any]]:
     loads = app.store.worker_loads()
     now = utcnow()
-    return [worker_json(w, loads[w.id], now) for w in app.store.workers()]
+    return [w.to_json(loads[w.id], now) for w in app.store.workers()]
 
 
 @workers.command("list")
@@ -80,11 +78,11 @@ def list_workers(app: App, as_json: bool) -> None:
         render.emit_json(found)
         return
     render.table(
-        ["ID", "STATUS", "LOAD", "HEARTBEAT AGO", "CONSUMERS"],
+        ["ID", "STATUS", "LOAD", "HEARTBEAT AGO", "CONSUMERS (PID:QUEUE RSS CPU)"],
         [
             [w["id"], w["status"], f"{w['load']}/{w['maxLoad']}", f"{w['heartbeatAgeSeconds']}s",
-             ", ".join(f"{c['pid']}:{c['queueName'] or 'idle'} {c['rssMb']}MB"
-                       for c in w["consumers"])]
+             ", ".join(f"{c['pid']}:{c['queueName'] or 'idle'} {c['rssMb']}MB "
+                       f"{c['cpuPercent']}%" for c in w["consumers"])]
             for w in found
         ],
     )  # fmt: skip

@@ -6,7 +6,7 @@ import click
 
 from cli import config_cmd, inspect, queue, run, services
 from cli.app import App, Cli
-from orchestrator import config, log
+from orchestrator import config
 
 
 @click.group(cls=Cli)
@@ -22,6 +22,8 @@ from orchestrator import config, log
 @click.pass_context
 def cli(ctx: click.Context, env_name: str | None) -> None:
     """Run and manage the consumers of many SQS queues."""
+    from orchestrator import log  # structlog: not for --help
+
     settings = config.load(env_name)
     log.configure(settings, role="cli")
     ctx.obj = App(settings)

@@ -10,7 +10,7 @@ import click
 
 from cli import render
 from cli.app import App, json_option, pass_app
-from cli.types import INT, NO_LIMIT, NUMBER, RATE, QueueName
+from cli.types import INT, NO_LIMIT, NUMBER, RATE, QueueName, StrictInt
 from orchestrator.models import QueueRecord
 
 NAME = click.argument("name", type=QueueName())
@@ -260,13 +260,55 @@ def purge(app: App, name: str) -> None:
     click.echo(f"{name}: purged")
 
 
+IDS = click.option("--id", "ids", multiple=True, metavar="ID",
+                   help="Only this DLQ message (repeat for more); default: all.")
+
+
 @queue.command()
 @NAME
+@IDS
 @pass_app
-def redrive(app: App, name: str) -> None:
-    """Move the messages of NAME's DLQ back to NAME."""
-    moved = app.queues.redrive(name)
+def redrive(app: App, name: str, ids: tuple[str, ...]) -> None:
+    """Move the messages of NAME's DLQ (all, or those of --id) back to NAME."""
+    moved = app.queues.redrive(name, ids or None)
     click.echo(f"{name}: moved {moved} messages back from its DLQ")
+
+
+@queue.command()
+@NAME
+@click.option("--limit", type=StrictInt(1, 1000), default=20, show_default=True,
+              help="Messages to show at most.")
+@json_option
+@pass_app
+def dlq(app: App, name: str, limit: int, as_json: bool) -> None:
+    """List the messages in NAME's DLQ with the last failure of each. Reading a DLQ
+    message is a receive: each look raises its receive count by one."""
+    found = [d.to_json(preview=80 if not as_json else 2048) for d in app.queues.dlq(name, limit)]
+    if as_json:
+        render.emit_json(found)
+        return
+    render.table(
+        ["MESSAGE ID", "RECEIVES", "LAST ERROR", "BODY"],
+        [[d["messageId"], d["receiveCount"],
+          _last_error(d["lastFailure"]), d["body"]] for d in found],
+    )  # fmt: skip
+
+
+def _last_error(failure: dict[str, Any] | None) -> str:
+    if failure is None:
+        return "-"
+    return f'{failure["errorType"]}: {failure["error"]}'[:60]
+
+
+@queue.command("dlq-purge")
+@NAME
+@IDS
+@pass_app
+def dlq_purge(app: App, name: str, ids: tuple[str, ...]) -> None:
+    """Delete the messages of NAME's DLQ (all, or those of --id)."""
+    deleted = app.queues.dlq_purge(name, ids or None)
+    what = "every message" if deleted is None else f"{deleted} message(s)"
+    click.echo(f"{name}: deleted {what} from its DLQ")
 
 
 @queue.command()

@@ -21,6 +21,25 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
+def fields(doc: dict[str, Any], indent: str = "") -> None:
+    """A document as `name: value` lines for people: nested ones indented, lists one item
+    a line, nothing shown as Python writes it (None is "-", dates as written)."""
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            click.echo(f"{indent}{key}:")
+            fields(value, indent + "  ")
+        elif isinstance(value, list):
+            click.echo(f"{indent}{key}:" + (" -" if not value else ""))
+            for item in value:
+                if isinstance(item, dict):
+                    click.echo(f"{indent}  - " + ", ".join(f"{k} {_cell(v)}"
+                                                          for k, v in item.items()))
+                else:
+                    click.echo(f"{indent}  - {_cell(item)}")
+        else:
+            click.echo(f"{indent}{key}: {_cell(value)}")
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"

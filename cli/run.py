@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 
 import click
-import structlog
 
 from cli.app import App, pass_app
 from cli.types import StrictInt
-from orchestrator.roles.supervisor import MODES, Supervisor
+from orchestrator.config import MODES
 
 
 @click.command()
@@ -30,6 +29,10 @@ from orchestrator.roles.supervisor import MODES, Supervisor
 @pass_app
 def run(app: App, mode: str, workers: int | None) -> None:
     """Run the daemon until SIGTERM or Ctrl-C (a second one stops at once)."""
+    import structlog
+
+    from orchestrator.roles.supervisor import Supervisor
+
     structlog.contextvars.bind_contextvars(role="supervisor", pid=os.getpid())
     supervisor = Supervisor(
         app.settings, app.endpoints, mode.upper(), workers or app.settings.worker_instances

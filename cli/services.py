@@ -9,8 +9,6 @@ import click
 from cli import render
 from cli.app import App, json_option, pass_app
 from orchestrator.config import redact_uri
-from orchestrator.embedded import localstack
-from orchestrator.embedded import servers as embedded
 
 
 @click.group()
@@ -31,7 +29,9 @@ def start(app: App) -> None:
 @pass_app
 def stop(app: App) -> None:
     """Stop the servers that this DATA_DIR started (and only those)."""
-    stopped = embedded.stop(app.settings)
+    from orchestrator.embedded import servers
+
+    stopped = servers.stop(app.settings)
     click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing to stop")
 
 
@@ -40,7 +40,9 @@ def stop(app: App) -> None:
 @pass_app
 def status(app: App, as_json: bool) -> None:
     """Show each server's address, pid and whether it answers."""
-    doc = embedded.status(app.settings)
+    from orchestrator.embedded import servers
+
+    doc = servers.status(app.settings)
     if as_json:
         render.emit_json(doc)
         return
@@ -62,6 +64,8 @@ def status(app: App, as_json: bool) -> None:
 @pass_app
 def install_localstack(app: App, python: Path | None) -> None:
     """Install LocalStack into DATA_DIR/localstack (for AWS_SQS_ENDPOINT=localstack)."""
+    from orchestrator.embedded import localstack
+
     click.echo("installing LocalStack (a few minutes)…", err=True)
     venv = localstack.install_localstack(app.settings, python)
     click.echo(f"installed LocalStack in {venv}")

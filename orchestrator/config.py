@@ -22,6 +22,7 @@ ENV_NAME_VAR = "ORCHESTRATOR_ENV"
 CONFIG_DIR_VAR = "ORCHESTRATOR_CONFIG_DIR"
 DEFAULT_ENV = "development"
 REDACTED = "***"
+MODES = ("M", "W", "MW")  # what `orchestrator run --mode` takes
 # Use with fullmatch: `$` would let a trailing newline through.
 HANDLER_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 _MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
@@ -180,8 +181,10 @@ def scrub(text: str, uri: str) -> str:
     return text
 
 
-def find_env_file(env_name: str, environ: Mapping[str, str], cwd: Path) -> Path:
-    """The env file for `env_name`: $ORCHESTRATOR_CONFIG_DIR, ./env, then the checkout's env/."""
+def find_env_file(env_name: str, environ: Mapping[str, str], cwd: Path) -> Path | None:
+    """The env file for `env_name`: $ORCHESTRATOR_CONFIG_DIR, ./env, then the checkout's env/.
+    None for `development` when there is none anywhere (an installed wheel run from any
+    folder): its settings are then the built-in defaults."""
     if not re.fullmatch(r"[A-Za-z0-9_-]+", env_name):  # also keeps it inside the folder
         raise ConfigError(f"invalid environment name {env_name!r} (letters, digits, _ and -)")
     if environ.get(CONFIG_DIR_VAR):
@@ -192,8 +195,13 @@ def find_env_file(env_name: str, environ: Mapping[str, str], cwd: Path) -> Path:
         path = folder / f"{env_name}.json"
         if path.is_file():
             return path
+    if env_name == DEFAULT_ENV and not environ.get(CONFIG_DIR_VAR):
+        return None
     looked = ", ".join(str(c / f"{env_name}.json") for c in candidates)
-    raise ConfigError(f"environment '{env_name}' not found; looked for {looked}")
+    known = sorted({p.stem for c in candidates if c.is_dir() for p in c.glob("*.json")})
+    there = (f"; the environments there are {', '.join(known)}" if known
+             else f"; there are none: without a file only {DEFAULT_ENV!r} works, on its defaults")
+    raise ConfigError(f"environment '{env_name}' not found; looked for {looked}{there}")
 
 
 def load(
@@ -211,7 +219,7 @@ def load(
             f"omit it for {DEFAULT_ENV!r}"
         )
     path = find_env_file(name, environ, cwd)
-    raw = _read_json(path)
+    raw = _read_json(path) if path is not None else {}
     known = {f.name.upper(): f for f in settings_fields()}
     unknown = sorted(set(raw) - set(known))
     if unknown:
@@ -224,7 +232,8 @@ def load(
             values[f.name] = _parse(f, key, raw[key], from_env=False)
     data_dir = Path(values.get("data_dir", Settings.data_dir)).expanduser()
     values["data_dir"] = str(data_dir if data_dir.is_absolute() else cwd / data_dir)
-    settings = Settings(**values, env_name=name, source=str(path))
+    source = str(path) if path is not None else "built-in defaults (no env/development.json)"
+    settings = Settings(**values, env_name=name, source=source)
     _check_together(settings)
     return settings
 

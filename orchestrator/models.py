@@ -36,6 +36,7 @@ class QueueRecord:
     priority: int = 0  # 0..9: higher is served first when workers are short
     adaptive: bool = False  # the effective concurrency follows AIMD below `concurrency`
     max_shards: int = 1  # workers that may serve the queue at once
+    failure_bodies: bool = False  # a failure's record keeps the message body (DLQ browser)
     id: str | None = None  # the document's ObjectId, as hex
     created_at: datetime | None = None
     updated_at: datetime | None = None
@@ -64,6 +65,7 @@ class QueueRecord:
             "priority": self.priority,
             "adaptive": self.adaptive,
             "maxShards": self.max_shards,
+            "failureBodies": self.failure_bodies,
             "createdAt": self.created_at,
             "updatedAt": self.updated_at,
             "syncedAt": self.synced_at,
@@ -91,6 +93,7 @@ class QueueRecord:
             priority=int(doc.get("priority") or 0),
             adaptive=bool(doc.get("adaptive", False)),
             max_shards=int(doc.get("maxShards") or 1),
+            failure_bodies=bool(doc.get("failureBodies", False)),
             created_at=doc.get("createdAt"),
             updated_at=doc.get("updatedAt"),
             synced_at=doc.get("syncedAt"),
@@ -231,6 +234,20 @@ class WorkerRecord:
             "consumers": [c.to_doc() for c in self.consumers],
         }
 
+    def to_json(self, load: int, now: datetime) -> dict[str, Any]:
+        """As `workers list --json` and the API show it: with its load and heartbeat age."""
+        return {
+            "id": self.id,
+            "host": self.host,
+            "pid": self.pid,
+            "status": self.status,
+            "load": load,
+            "maxLoad": self.max_load,
+            "startedAt": self.started_at.isoformat(),
+            "heartbeatAgeSeconds": round((now - self.heartbeat_at).total_seconds(), 1),
+            "consumers": [c.to_doc() for c in self.consumers],
+        }
+
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> WorkerRecord:
         return cls(
@@ -261,6 +278,38 @@ class Lease:
     def from_doc(cls, doc: dict[str, Any]) -> Lease:
         version = doc.get("version")
         return cls(doc["holder"], None if version is None else int(version), doc.get("expiresAt"))
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A handler's failure on one message, kept JOB_TTL_DAYS for the dead-letter browser.
+    The body only when its queue opts in (`failureBodies`)."""
+
+    queue_name: str
+    message_id: str
+    receive_count: int
+    error_type: str
+    error: str
+    traceback: str  # its last lines
+    at: datetime
+    body: str | None = None
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"queueName": self.queue_name, "messageId": self.message_id,
+                "receiveCount": self.receive_count, "errorType": self.error_type,
+                "error": self.error, "traceback": self.traceback, "at": self.at,
+                "body": self.body}  # fmt: skip
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> Failure:
+        return cls(doc["queueName"], doc["messageId"], int(doc.get("receiveCount") or 1),
+                   doc.get("errorType") or "", doc.get("error") or "", doc.get("traceback") or "",
+                   doc["at"], doc.get("body"))  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        return {"messageId": self.message_id, "receiveCount": self.receive_count,
+                "errorType": self.error_type, "error": self.error,
+                "traceback": self.traceback, "at": self.at.isoformat()}  # fmt: skip
 
 
 OPEN_JOB_STATES = ("queued", "running")

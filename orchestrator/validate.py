@@ -102,6 +102,23 @@ def max_shards(value: int, maximum: int) -> int:
     return value
 
 
+MAX_DLQ_LIMIT = 1000
+_MESSAGE_ID = re.compile(r"[A-Za-z0-9-]{1,100}")
+
+
+def dlq_limit(value: int) -> int:
+    if not 1 <= value <= MAX_DLQ_LIMIT:
+        raise InvalidValue(f"limit {value} is out of range 1..{MAX_DLQ_LIMIT}")
+    return value
+
+
+def message_id(value: str) -> str:
+    """An SQS message id (a UUID; letters, digits and '-')."""
+    if not isinstance(value, str) or not _MESSAGE_ID.fullmatch(value):
+        raise InvalidValue(f"message id {value!r} is not an SQS message id")
+    return value
+
+
 def group_id(value: str) -> str:
     """SQS's rule for a MessageGroupId: 1-128 printable ASCII characters, no spaces."""
     if not _GROUP_ID.fullmatch(value):

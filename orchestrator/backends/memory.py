@@ -27,6 +27,7 @@ from orchestrator.models import (
     OPEN_JOB_STATES,
     Assignment,
     ConsumerStats,
+    Failure,
     JobRecord,
     Lease,
     QueueDepth,
@@ -65,6 +66,9 @@ class MemoryStore(_Failing):
         self.lease_doc: Lease | None = None
         self.counted = Meter()  # what flush_meter wrote
         self.depth_docs: dict[str, tuple[QueueDepth, datetime]] = {}
+        self.failure_docs: list[Failure] = []
+        self.series_points: list[tuple[datetime, dict[str, tuple[int, int]], dict[str, int],
+                                       dict[str, int]]] = []
 
     # --- set-up and health ---------------------------------------------------------
 
@@ -106,6 +110,12 @@ class MemoryStore(_Failing):
     def queues_updated_since(self, since: datetime) -> list[QueueRecord]:
         self._check()
         return [q for q in self.queues.values() if q.updated_at and q.updated_at >= since]
+
+    def add_series(self, now: datetime, counts: dict[str, tuple[int, int]] | None = None,
+                   depths: dict[str, int] | None = None,
+                   loads: dict[str, int] | None = None) -> None:
+        self._check()
+        self.series_points.append((now, counts or {}, depths or {}, loads or {}))
 
     def save_depths(self, found: dict[str, tuple[QueueDepth, datetime]]) -> None:
         self._check()
@@ -208,6 +218,10 @@ class MemoryStore(_Failing):
         self._check()
         self._update_open(job_id, message_count=handled, failed_count=failed, last_modified=now,
                           effective_concurrency=effective, running=running)  # fmt: skip
+
+    def record_failures(self, failures: list[Failure]) -> None:
+        self._check()
+        self.failure_docs.extend(failures)
 
     def jobs_by_id(self, job_ids: Iterable[str]) -> dict[str, JobRecord]:
         self._check()

@@ -15,6 +15,7 @@ from orchestrator.metrics import Meter
 from orchestrator.models import (
     Assignment,
     ConsumerStats,
+    Failure,
     JobRecord,
     Lease,
     QueueDepth,
@@ -63,6 +64,8 @@ class WorkerStore(OutboxStore, Protocol):
     def job_progress(self, job_id: str, handled: int, failed: int, now: datetime, *,
                      effective: int | None = None, running: int | None = None) -> None: ...
 
+    def record_failures(self, failures: list[Failure]) -> None: ...
+
 
 class SyncStore(Protocol):
     """Queue documents, for the DB → SQS sync."""
@@ -78,6 +81,10 @@ class MasterStore(SyncStore, Protocol):
     def queues_updated_since(self, since: datetime) -> list[QueueRecord]: ...
 
     def save_depths(self, found: dict[str, tuple[QueueDepth, datetime]]) -> None: ...
+
+    def add_series(self, now: datetime, counts: dict[str, tuple[int, int]] | None = None,
+                   depths: dict[str, int] | None = None,
+                   loads: dict[str, int] | None = None) -> None: ...
 
     def ensure_indexes(self) -> None: ...
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -24,7 +24,26 @@ from orchestrator.errors import (
     QueueExists,
     QueueNotFound,
 )
-from orchestrator.models import QueueDepth, QueueRecord
+from orchestrator.models import Failure, QueueDepth, QueueRecord, SqsMessage
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message in a dead-letter queue, with the last failure kept for it."""
+
+    message: SqsMessage
+    failure: Failure | None
+
+    def to_json(self, preview: int = 2048) -> dict[str, Any]:
+        body = self.message.body
+        return {
+            "messageId": self.message.message_id,
+            "body": body[:preview],
+            "bodyTruncated": len(body) > preview,
+            "receiveCount": self.message.receive_count,
+            "group": self.message.group or None,
+            "lastFailure": self.failure.to_json() if self.failure else None,
+        }
 
 
 @dataclass(frozen=True)
@@ -173,15 +192,40 @@ class QueueAdmin:
     def purge(self, name: str) -> None:
         self.sqs.purge(self.store.get_queue(name).queue_url)
 
-    def redrive(self, name: str) -> int:
-        """Move the queue's DLQ messages back to it; return how many moved."""
+    def redrive(self, name: str, ids: Iterable[str] | None = None) -> int:
+        """Move the queue's DLQ messages (only `ids`, when given) back to it; how many."""
+        queue, dlq_url = self._with_dlq(name)
+        chosen = None if ids is None else {validate.message_id(i) for i in ids}
+        return self.sqs.redrive(dlq_url, queue.queue_url, self._dlq_span(dlq_url), chosen)
+
+    def dlq_purge(self, name: str, ids: Iterable[str] | None = None) -> int | None:
+        """Delete the DLQ's messages (only `ids`, when given): how many (None for all:
+        SQS's purge does not say)."""
+        _, dlq_url = self._with_dlq(name)
+        if ids is None:
+            self.sqs.purge(dlq_url)
+            return None
+        chosen = {validate.message_id(i) for i in ids}
+        return self.sqs.delete_some(dlq_url, chosen, self._dlq_span(dlq_url))
+
+    def dlq(self, name: str, limit: int) -> list[DeadLetter]:
+        """Up to `limit` of the DLQ's messages, each with its last failure when one was
+        kept. Reading a message is a receive: its receive count goes up by one."""
+        queue, dlq_url = self._with_dlq(name)
+        found = self.sqs.peek(dlq_url, validate.dlq_limit(limit))
+        failures = self.store.last_failures(queue.name, [m.message_id for m in found])
+        return [DeadLetter(m, failures.get(m.message_id)) for m in found]
+
+    def _with_dlq(self, name: str) -> tuple[QueueRecord, str]:
         queue = self.store.get_queue(name)
         if not queue.dlq_url:
             raise NoDeadLetterQueue(name)
-        # What is there now (at least a batch: the count is approximate), not what
-        # fails back into the DLQ meanwhile.
-        limit = max(self.sqs.depth(queue.dlq_url).visible, BATCH)
-        return self.sqs.redrive(queue.dlq_url, queue.queue_url, limit)
+        return queue, queue.dlq_url
+
+    def _dlq_span(self, dlq_url: str) -> int:
+        """How many DLQ messages an operation looks at: what is there now (at least a
+        batch: the count is approximate), not what fails back into the DLQ meanwhile."""
+        return max(self.sqs.depth(dlq_url).visible, BATCH)
 
     def send(
         self,
@@ -249,6 +293,7 @@ TUNABLE = {  # by QueueRecord attribute name
     "priority": Tunable("priority", lambda s, v: validate.priority(v)),
     "adaptive": Tunable("adaptive", lambda s, v: bool(v)),
     "max_shards": Tunable("maxShards", lambda s, v: validate.max_shards(v, s.max_shards)),
+    "failure_bodies": Tunable("failureBodies", lambda s, v: bool(v)),
 }
 
 

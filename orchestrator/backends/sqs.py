@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import boto3
@@ -27,6 +28,7 @@ R = TypeVar("R")
 MISSING_QUEUE_CODES = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
 BATCH = 10  # SQS's limit for send, delete and receive
 SEND_ATTEMPTS = 3
+PEEK_HIDE_SECONDS = 2  # a peek hides what it read this long, then hands it back
 DLQ_RETENTION_SECONDS = 14 * 86400  # the most SQS keeps a message: time to look at poison
 
 
@@ -210,38 +212,66 @@ class Sqs:
         raise ServiceUnavailable(f"SQS at {self.address} did not accept {len(entries)} message(s)")
 
     @translated
-    def redrive(self, dlq_url: str, url: str, limit: int) -> int:
-        """Move up to `limit` DLQ messages back to their queue: send first, then delete
-        (never lose one). The limit keeps messages that fail straight back into the DLQ
-        from being moved round and round."""
+    def redrive(self, dlq_url: str, url: str, limit: int, ids: set[str] | None = None) -> int:
+        """Move up to `limit` DLQ messages (only those of `ids`, when given) back to their
+        queue: send first, then delete (never lose one). The limit keeps messages that fail
+        straight back into the DLQ from being moved round and round. Messages looked at
+        and not chosen are handed back at once."""
         moved = 0
-        while moved < limit:
-            messages = self.client.receive_message(
-                QueueUrl=dlq_url,
-                MaxNumberOfMessages=min(BATCH, limit - moved),
-                WaitTimeSeconds=1,
-                VisibilityTimeout=60,
-                MessageAttributeNames=["All"],
-                MessageSystemAttributeNames=["MessageGroupId"],
-            ).get("Messages", [])
-            if not messages:
-                return moved
-            self.send_batch(
-                url,
-                [m["Body"] for m in messages],
-                [m.get("MessageAttributes") for m in messages],
-                # A FIFO message goes back to its own group (in the order the DLQ had).
-                [m.get("Attributes", {}).get("MessageGroupId", "default") for m in messages],
-            )
-            self.client.delete_message_batch(
-                QueueUrl=dlq_url,
-                Entries=[
-                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
-                    for i, m in enumerate(messages)
-                ],
-            )
-            moved += len(messages)
+        for batch in self._dlq_batches(dlq_url, limit):
+            chosen = [m for m in batch if ids is None or m.message_id in ids]
+            if chosen:
+                self.send_batch(
+                    url,
+                    [m.body for m in chosen],
+                    [m.message_attributes or None for m in chosen],
+                    # A FIFO message goes back to its own group (in the order the DLQ had).
+                    [m.group or "default" for m in chosen],
+                )
+                self.delete_batch(dlq_url, [m.receipt for m in chosen])
+                moved += len(chosen)
+            if ids is not None and moved >= len(ids):
+                break
         return moved
+
+    @translated
+    def delete_some(self, dlq_url: str, ids: set[str], limit: int) -> int:
+        """Delete the DLQ messages of `ids` (looking at up to `limit`); how many went."""
+        deleted = 0
+        for batch in self._dlq_batches(dlq_url, limit):
+            chosen = [m.receipt for m in batch if m.message_id in ids]
+            if chosen:
+                deleted += len(chosen) - self.delete_batch(dlq_url, chosen)
+            if deleted >= len(ids):
+                break
+        return deleted
+
+    @translated
+    def peek(self, url: str, limit: int) -> list[SqsMessage]:
+        """Up to `limit` messages, looked at and handed back at once (SQS has no other way
+        to read a message: each look raises its receive count by one)."""
+        seen: dict[str, SqsMessage] = {}
+        for batch in self._dlq_batches(url, limit, hide_for=PEEK_HIDE_SECONDS):
+            seen.update((m.message_id, m) for m in batch)
+        return list(seen.values())
+
+    def _dlq_batches(self, url: str, limit: int, hide_for: int = 60) -> Iterator[list[SqsMessage]]:
+        """Receive batches of up to 10, at most `limit` messages in all, hidden `hide_for`
+        seconds while the caller decides; whatever it leaves goes back at once (visibility
+        0) when the iteration ends."""
+        looked: list[SqsMessage] = []
+        try:
+            while len(looked) < limit:
+                batch = self.receive(url, min(BATCH, limit - len(looked)), 1, hide_for)
+                if not batch:
+                    return
+                looked.extend(batch)
+                yield batch
+        finally:
+            for start in range(0, len(looked), BATCH):
+                receipts = [m.receipt for m in looked[start : start + BATCH]]
+                with contextlib.suppress(ServiceUnavailable, QueueNotFound):
+                    self.set_visibility(url, receipts, 0)  # deleted ones: refused, harmlessly
 
     # --- consuming -------------------------------------------------------------
 

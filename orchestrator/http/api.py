@@ -32,7 +32,7 @@ from orchestrator.errors import (
     ServiceUnavailable,
 )
 from orchestrator.http import exposition
-from orchestrator.http.fleet import MAX_QUEUE_PAGE, QUEUE_PAGE, Fleet
+from orchestrator.http.fleet import MAX_QUEUE_PAGE, MAX_SERIES_NAMES, QUEUE_PAGE, Fleet
 from orchestrator.http.openapi import spec
 from orchestrator.models import JOB_STATES
 
@@ -169,6 +169,9 @@ class Api:
             Route("GET", _path("/api/queues/{name}"), self.get_queue),
             Route("PATCH", _path("/api/queues/{name}"), self.patch_queue, write=True),
             Route("POST", _path("/api/queues/{name}/redrive"), self.redrive, write=True),
+            Route("GET", _path("/api/queues/{name}/dlq"), self.dlq),
+            Route("GET", _path("/api/series"), self.series),
+            Route("POST", _path("/api/queues/{name}/dlq/purge"), self.dlq_purge, write=True),
             Route("GET", _path("/api/workers"), lambda r: json_response(self.fleet.workers())),
             Route("GET", _path("/api/jobs"), self.jobs),
             Route("GET", _path("/api/jobs/{id}"), self.job),
@@ -289,10 +292,29 @@ class Api:
         return json_response(queue)
 
     def redrive(self, request: Request) -> Response:
-        request.json()  # any body must be a JSON object; none is {}
-        result = self.fleet.redrive(request.params["name"])
+        ids = _ids(request.json())  # any body must be a JSON object; none is {}
+        result = self.fleet.redrive(request.params["name"], ids)
         log.info("api.queue_redriven", queue=result["name"], moved=result["moved"])
         return json_response(result)
+
+    def series(self, request: Request) -> Response:
+        """?queue=NAME&…&worker=ID&…: the last hour of each, minute by minute."""
+        queues, workers = request.query.get("queue", []), request.query.get("worker", [])
+        if len(queues) + len(workers) > MAX_SERIES_NAMES:
+            raise HttpError(400, f"at most {MAX_SERIES_NAMES} queues and workers at once")
+        return json_response(self.fleet.series(queues, workers))
+
+    def dlq_purge(self, request: Request) -> Response:
+        ids = _ids(request.json())
+        result = self.fleet.dlq_purge(request.params["name"], ids)
+        log.info("api.dlq_purged", queue=result["name"], deleted=result["deleted"])
+        return json_response(result)
+
+    def dlq(self, request: Request) -> Response:
+        raw_limit = request.query.get("limit", ["50"])[-1]
+        if not DIGITS.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_JOBS:
+            raise HttpError(400, f"limit must be from 1 to {MAX_JOBS} (got {raw_limit!r})")
+        return json_response(self.fleet.dlq(request.params["name"], int(raw_limit)))
 
     def jobs(self, request: Request) -> Response:
         status = request.arg("status")  # present but empty is a bad value, not "any"
@@ -312,6 +334,19 @@ class Api:
         if found is None:
             raise HttpError(404, f"job {job_id} does not exist")
         return json_response(found)
+
+
+def _ids(body: dict[str, Any]) -> list[str] | None:
+    """The optional `ids` of a DLQ operation's body: a list of message ids (None: all)."""
+    unknown = sorted(set(body) - {"ids"})
+    if unknown:
+        raise HttpError(400, f"unknown field(s) {', '.join(unknown)}; allowed: ids")
+    ids = body.get("ids")
+    if ids is None:
+        return None
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+        raise HttpError(400, "ids must be a non-empty JSON list of message ids (strings)")
+    return ids
 
 
 def patch_changes(body: dict[str, Any]) -> dict[str, Any]:

@@ -3,9 +3,10 @@ and SQS, and the few changes they may make (through QueueAdmin, as the CLI does)
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,26 +17,14 @@ from orchestrator.backends.store import Store
 from orchestrator.config import Settings
 from orchestrator.errors import AlreadyRunning, QueueNotFound
 from orchestrator.metrics import QueueCounts, Totals
-from orchestrator.models import Assignment, QueueDepth, QueueRecord, WorkerRecord, utcnow
+from orchestrator.models import Assignment, QueueDepth, QueueRecord, utcnow
 
 DEPTH_TTL_SECONDS = 2.0  # DLQ depths are reused this long: viewers and scrapers share them
+SERIES_MINUTES = 60  # the charts' hour
+MAX_SERIES_NAMES = 200  # queues and workers one /api/series asks for at most
 QUEUE_PAGE = 1000  # queues per page of /api/queues, unless ?limit= says otherwise
 MAX_QUEUE_PAGE = 10_000
 DEPTH_THREADS = 8  # one GetQueueAttributes per queue and DLQ, in parallel
-
-
-def worker_json(worker: WorkerRecord, load: int, now: datetime) -> dict[str, Any]:
-    return {
-        "id": worker.id,
-        "host": worker.host,
-        "pid": worker.pid,
-        "status": worker.status,
-        "load": load,
-        "maxLoad": worker.max_load,
-        "startedAt": worker.started_at.isoformat(),
-        "heartbeatAgeSeconds": round((now - worker.heartbeat_at).total_seconds(), 1),
-        "consumers": [c.to_doc() for c in worker.consumers],
-    }
 
 
 def _sum_or_none(values: Iterable[int | None]) -> int | None:
@@ -111,13 +100,27 @@ class Fleet:
         self.admin.update(name, **changes)
         return self.queue(name)
 
-    def redrive(self, name: str) -> dict[str, Any]:
+    def redrive(self, name: str, ids: list[str] | None = None) -> dict[str, Any]:
+        with self._dlq_busy(name):
+            return {"name": name, "moved": self.admin.redrive(name, ids)}
+
+    def dlq_purge(self, name: str, ids: list[str] | None = None) -> dict[str, Any]:
+        with self._dlq_busy(name):
+            return {"name": name, "deleted": self.admin.dlq_purge(name, ids)}
+
+    def dlq(self, name: str, limit: int) -> list[dict[str, Any]]:
+        with self._dlq_busy(name):
+            return [d.to_json() for d in self.admin.dlq(name, limit)]
+
+    @contextlib.contextmanager
+    def _dlq_busy(self, name: str) -> Iterator[None]:
+        """One operation on a queue's DLQ at a time (each moves its messages about)."""
         with self.lock:
             if name in self.redriving:
-                raise AlreadyRunning(f"a redrive of queue '{name}' is already running")
+                raise AlreadyRunning(f"an operation on queue '{name}'s DLQ is already running")
             self.redriving.add(name)
         try:
-            return {"name": name, "moved": self.admin.redrive(name)}
+            yield
         finally:
             with self.lock:
                 self.redriving.discard(name)
@@ -163,12 +166,50 @@ class Fleet:
             })  # fmt: skip
         return views
 
+    # --- charts -------------------------------------------------------------------------
+
+    def series(self, queues: list[str], workers: list[str]) -> dict[str, Any]:
+        """The last hour, minute by minute: each queue's messages handled and failed and its
+        depth (the last one known carried forward), each worker's load."""
+        now = utcnow()
+        minutes = [now.replace(second=0, microsecond=0) - timedelta(minutes=m)
+                   for m in range(SERIES_MINUTES - 1, -1, -1)]  # fmt: skip
+        index = {m: i for i, m in enumerate(minutes)}
+
+        def line(docs: list[dict[str, Any]], field: str, carry: bool) -> list[Any]:
+            values: list[Any] = [None if carry else 0] * len(minutes)
+            for doc in docs:
+                i = index.get(doc["minute"].replace(tzinfo=now.tzinfo))
+                if i is not None and doc.get(field) is not None:
+                    values[i] = doc[field]
+            if carry:  # a depth stands until it changes
+                for i in range(1, len(values)):
+                    if values[i] is None:
+                        values[i] = values[i - 1]
+            return values
+
+        q_docs = self.store.series("queue", queues, now, SERIES_MINUTES) if queues else {}
+        w_docs = self.store.series("worker", workers, now, SERIES_MINUTES) if workers else {}
+        return {
+            "minutes": [m.isoformat() for m in minutes],
+            "queues": {q: {"handled": line(q_docs.get(q, []), "handled", False),
+                           "failed": line(q_docs.get(q, []), "failed", False),
+                           "depth": line(q_docs.get(q, []), "depth", True)} for q in queues},
+            "workers": {w: {"load": line(w_docs.get(w, []), "load", True)} for w in workers},
+        }  # fmt: skip
+
     # --- workers and jobs ------------------------------------------------------------
 
     def workers(self) -> list[dict[str, Any]]:
         loads = self.store.worker_loads()
         now = utcnow()
-        return [worker_json(w, loads[w.id], now) for w in self.store.workers()]
+        late, gone = 2 * self.settings.heartbeat_interval, self.settings.worker_timeout
+        out = []
+        for w in self.store.workers():
+            doc = w.to_json(loads[w.id], now)
+            age = doc["heartbeatAgeSeconds"]
+            out.append({**doc, "late": age > late, "gone": age > gone})
+        return out
 
     def live_workers(self) -> int:
         cutoff = utcnow() - timedelta(seconds=self.settings.worker_timeout)

@@ -71,6 +71,16 @@ SCHEMAS: dict[str, Any] = {
         "minProperties": 1,
     },
     "Redrive": _object({"name": _STR, "moved": _INT}),
+    "Ids": {**_object({"ids": {"type": "array", "minItems": 1, "items": {
+        "type": "string", "pattern": "^[A-Za-z0-9-]{1,100}$"}}}, required=False),
+        "additionalProperties": False},
+    "DeadLetter": _object({
+        "messageId": _STR, "body": _STR, "bodyTruncated": _BOOL, "receiveCount": _INT,
+        "group": _NULL_STR,
+        "lastFailure": {"oneOf": [{"type": "null"}, _object({
+            "messageId": _STR, "receiveCount": _INT, "errorType": _STR, "error": _STR,
+            "traceback": _STR, "at": _TIME})]},
+    }),
     "Consumer": _object({"pid": _INT, "queueName": _NULL_STR, "rssMb": {"type": "number"},
                          "cpuPercent": {"type": "number"}}),
     "Worker": _object({
@@ -78,6 +88,7 @@ SCHEMAS: dict[str, Any] = {
         "load": _INT, "maxLoad": _INT, "startedAt": _TIME,
         "heartbeatAgeSeconds": {"type": "number"},
         "consumers": {"type": "array", "items": _ref("Consumer")},
+        "late": _BOOL, "gone": _BOOL,
     }),
     "Job": _object({
         "id": _STR, "queueName": _STR, "queueUrl": _STR, "status": {"enum": list(JOB_STATES)},
@@ -91,6 +102,7 @@ SCHEMAS: dict[str, Any] = {
     }),
     "Health": _object({"status": {"enum": ["ok", "stalled"]}, "leader": _BOOL,
                        "masterId": _STR, "mongodb": _BOOL,
+                       "sqs": {"type": ["boolean", "null"]},
                        "lastCycleSecondsAgo": {"type": "number"}}),
     "Error": _object({"status": _INT, "error": _STR, "message": _STR}),
 }
@@ -159,14 +171,43 @@ PATHS: dict[str, Any] = {
     "/api/queues/{name}/redrive": {
         "parameters": [_NAME],
         "post": {
-            "summary": "Move the queue's DLQ messages back to it",
+            "summary": "Move the queue's DLQ messages (all, or those of `ids`) back to it",
             "security": _WRITE,
             "requestBody": {"required": True, "content": {"application/json": {
-                "schema": {"type": "object"}}}},
+                "schema": _ref("Ids")}}},
             "responses": {"200": _json(_ref("Redrive")), **_errors(400, 401, 403, 404, 409, 413,
-                                                                       415, 503)},
+                                                                       415, 422, 503)},
         },
     },
+    "/api/queues/{name}/dlq": {
+        "parameters": [_NAME],
+        "get": {
+            "summary": "Messages in the queue's DLQ with the last failure of each (reading "
+                       "one is a receive: its receive count goes up by one)",
+            "parameters": [{"name": "limit", "in": "query", "schema": {
+                "type": "integer", "minimum": 1, "maximum": 1000, "default": 50}}],
+            "responses": {"200": _json({"type": "array", "items": _ref("DeadLetter")}),
+                          **_errors(400, 404, 409, 503)},
+        },
+    },
+    "/api/queues/{name}/dlq/purge": {
+        "parameters": [_NAME],
+        "post": {
+            "summary": "Delete the queue's DLQ messages (all, or those of `ids`)",
+            "security": _WRITE,
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": _ref("Ids")}}},
+            "responses": {"200": _json(_object({"name": _STR, "deleted": _NULL_INT})),
+                          **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503)},
+        },
+    },
+    "/api/series": {"get": {
+        "summary": "The last hour, minute by minute, of queues (handled, failed, depth) and "
+                   "workers (load)",
+        "parameters": [{"name": "queue", "in": "query", "schema": _STR},
+                       {"name": "worker", "in": "query", "schema": _STR}],
+        "responses": {"200": _json({"type": "object"}), **_errors(400, 503)},
+    }},
     "/api/workers": {"get": {
         "summary": "Workers with their load, consumers and heartbeat age",
         "responses": {"200": _json({"type": "array", "items": _ref("Worker")}), **_errors(503)},

@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from orchestrator import tracing
 from orchestrator.backends.sqs import Sqs
 from orchestrator.config import Endpoints, Settings
 from orchestrator.handlers import import_handler
@@ -67,6 +68,7 @@ class Consumer:
         self.current: str | None = None  # job id
         self.pending: list[protocol.ToConsumer] = []
         self.closed = False  # the worker's end of the channel closed
+        self.tracer = tracing.tracer("consumer")  # None unless OTEL_* asks for traces
 
     def run(self) -> None:
         selector = selectors.DefaultSelector()
@@ -136,7 +138,7 @@ class Consumer:
             control=self._runner_control,
             progress=lambda handled, failed: self._report(
                 protocol.Progress(self.current, handled, failed, self.meter.take(),
-                                  *runner.flow.load())
+                                  *runner.flow.load(), tuple(runner.flow.take_failures()))
             ),
             meter=self.meter,
             watch=self._watch,
@@ -148,12 +150,14 @@ class Consumer:
                  reason=outcome.reason, abandoned=outcome.abandoned)  # fmt: skip
         self._report(protocol.Done(self.current, outcome.handled, outcome.failed, outcome.reason,
                                    outcome.abandoned, outcome.error, tuple(outcome.processes),
-                                   self.meter.take()))  # fmt: skip
+                                   self.meter.take(),
+                                   tuple(runner.flow.take_failures())))  # fmt: skip
         structlog.contextvars.unbind_contextvars("queue", "job_id")
         self.current = None
         if outcome.abandoned:
             # Handler threads that would not finish cannot be stopped: end the process.
             log.warning("consumer.exiting_with_stuck_handlers", stuck=outcome.abandoned)
+            tracing.shutdown()
             os._exit(0)
 
     def _executors(self, spec: JobSpec) -> ExecutorFactory:
@@ -161,7 +165,7 @@ class Consumer:
         loaded: list[Callable[..., Any]] = []
 
         def make(flow: Flow, processes: int) -> Executor:
-            messages = MessageMaker(spec.queue_name, spec.queue_url)
+            messages = MessageMaker(spec.queue_name, spec.queue_url, self.tracer)
             if processes > 1:
                 boot = {**self.boot, "handler": spec.handler, "queueName": spec.queue_name,
                         "queueUrl": spec.queue_url, "jobId": spec.job_id}  # fmt: skip
@@ -198,5 +202,9 @@ def run(settings: Settings, endpoints: Endpoints, channel_fd: int) -> None:
     channel = Channel(socket.socket(fileno=channel_fd))
     meter = Meter()
     sqs = Sqs.connect(settings, endpoints.sqs_endpoint, meter, **SQS_CALL)
-    Consumer(settings, sqs, channel, meter, processes_.boot_document(settings, endpoints)).run()
+    try:
+        Consumer(settings, sqs, channel, meter,
+                 processes_.boot_document(settings, endpoints)).run()  # fmt: skip
+    finally:
+        tracing.shutdown()  # export the spans still buffered
     log.info("consumer.stopped")

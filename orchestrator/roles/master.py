@@ -139,7 +139,8 @@ class Master:
 
     def health(self, store: MasterStore) -> dict[str, Any]:
         """For GET /health (from an API thread): is the loop turning, does this master
-        lead (only while its lease is valid), can MongoDB be reached."""
+        lead (only while its lease is valid), can MongoDB be reached, and did its last
+        SQS calls work (None while it stands by: it makes none)."""
         try:
             store.ping()
             mongodb = True
@@ -157,6 +158,7 @@ class Master:
             "leader": self.leading and valid,
             "masterId": self.id,
             "mongodb": mongodb,
+            "sqs": (self.placement.sqs_outage.failures == 0) if self.leading else None,
             "lastCycleSecondsAgo": round(age, 1),
         }  # fmt: skip
 

@@ -82,6 +82,8 @@ class Placement:
         self.sqs_outage = Outage()  # depth checks: one log line per problem
         self.cache = QueueCache(store)
         self.saved: dict[str, QueueDepth] = {}  # depths written to MongoDB, by URL
+        self.names: dict[str, str] = {}  # queue URL → name, as of the last cycle
+        self.charted: datetime | None = None  # the minute of the last worker-load point
 
     def schedule(self, url: str) -> policy.QueueSchedule:
         return self.schedules.get(url) or policy.QueueSchedule()
@@ -111,6 +113,7 @@ class Placement:
         self._preempt(now, cycle, waiting)
         self._grow(now, cycle, growing, depths)
         self._reshare(now, cycle)
+        self._chart_loads(now, cycle)
 
     # --- what there is ----------------------------------------------------------------
 
@@ -129,13 +132,28 @@ class Placement:
                 changed[url] = (depth, now)
         try:
             self.store.save_depths(changed)
+            by_name = {self.names[url]: d.visible for url, (d, _) in changed.items()
+                       if url in self.names}  # fmt: skip
+            self.store.add_series(now, depths=by_name)
         except ServiceUnavailable as exc:  # only a display: written with the next change
             log.warning("depths.not_saved", error=str(exc))
             return
         self.saved.update({url: depth for url, (depth, _) in changed.items()})
 
+    def _chart_loads(self, now: datetime, cycle: _Cycle) -> None:
+        """Each live worker's load, once a minute, for the dashboard's chart."""
+        minute = now.replace(second=0, microsecond=0)
+        if self.charted == minute:
+            return
+        try:
+            self.store.add_series(now, loads={w: cycle.loads[w] for w in cycle.workers})
+        except ServiceUnavailable:
+            return  # only a display: next minute's point is written anyway
+        self.charted = minute
+
     def _survey(self, now: datetime, workers: list[WorkerRecord]) -> _Cycle:
         queues = {q.queue_url: q for q in self.cache.refresh(now)}
+        self.names = {url: q.name for url, q in queues.items()}
         shards: dict[str, list[Assignment]] = {}
         for held in self.store.assignments():
             shards.setdefault(held.queue_url, []).append(held)

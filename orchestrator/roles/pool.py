@@ -192,7 +192,8 @@ class ConsumerPool:
         slot.job, slot.uses, slot.handled, slot.failed = job, slot.uses + 1, 0, 0
         slot.last_event, slot.live = now, Live.of(queue, job.share)
         self.send(slot, protocol.Assign(job.job_id, queue.name, queue.queue_url, queue.handler,
-                                        queue.visibility_timeout, slot.live))  # fmt: skip
+                                        queue.visibility_timeout, slot.live,
+                                        queue.failure_bodies))  # fmt: skip
         log.info("job.assigned_to_consumer", queue=queue.name, job_id=job.job_id,
                  consumer_pid=slot.pid)  # fmt: skip
 

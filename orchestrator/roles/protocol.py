@@ -93,6 +93,7 @@ class Assign:
     handler: str
     visibility_timeout: int
     live: Live
+    failure_bodies: bool = False  # failures keep the message body (the queue opted in)
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,7 @@ class Progress:
     metrics: Deltas | None = None
     effective: int | None = None  # the concurrency it runs at now (adaptive, shares)
     running: int | None = None  # handlers running now
+    failures: tuple[dict[str, Any], ...] = ()  # handlers' failures since the last report
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,7 @@ class Done:
     error: str | None = None
     processes: tuple[dict[str, Any], ...] = ()  # its handler processes' counts
     metrics: Deltas | None = None
+    failures: tuple[dict[str, Any], ...] = ()  # handlers' failures since the last report
 
 
 Message = Assign | Settings | Stop | Abort | Exit | Started | Progress | Done
@@ -182,8 +185,9 @@ def decode(doc: dict[str, Any]) -> Message:
             fields["reason"] = Reason(fields["reason"])
         if "live" in fields:
             fields["live"] = Live(**fields["live"])
-        if "processes" in fields and cls is Done:
-            fields["processes"] = tuple(fields["processes"])
+        for key in ("processes", "failures"):
+            if key in fields:
+                fields[key] = tuple(fields[key])
         return cls(**fields)
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"malformed {cls.type!r} message: {exc}") from exc

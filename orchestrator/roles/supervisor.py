@@ -27,7 +27,6 @@ STABLE_SECONDS = 30.0  # a child that ran this long resets its restart backoff
 RESTART_CAP = 30.0  # seconds between restarts of a role that keeps dying
 BOOT_SECONDS = 10.0  # a child that exits with an error sooner failed to boot
 BOOT_FAILURES = 3  # boot failures in a row after which the supervisor gives up (exit 1)
-MODES = ("M", "W", "MW")
 
 
 @dataclass(eq=False)

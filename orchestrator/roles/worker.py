@@ -17,22 +17,26 @@ import selectors
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from orchestrator import tracing
 from orchestrator.backends.protocols import WorkerStore
 from orchestrator.backends.store import DAEMON_TIMEOUT_MS, Store
 from orchestrator.config import Endpoints, Settings
 from orchestrator.errors import OrchestratorError, ServiceUnavailable
 from orchestrator.metrics import Meter
-from orchestrator.models import Assignment, WorkerRecord, utcnow
+from orchestrator.models import Assignment, Failure, WorkerRecord, utcnow
 from orchestrator.roles import processes, protocol
 from orchestrator.roles.loop import Outage, retry
 from orchestrator.roles.outbox import JobEnd, Outbox
 from orchestrator.roles.pool import ConsumerPool, Death, Process, Slot, SlotState
 from orchestrator.roles.protocol import Live, Reason
 from orchestrator.roles.signals import HANDLED, STOP, SignalQueue
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span, Tracer
 
 log = structlog.get_logger()
 
@@ -63,6 +67,8 @@ class Worker:
         self.fenced = False
         self.store_ok = True  # False from a failed store call until a heartbeat succeeds
         self.assigned: dict[str, Assignment] = {}  # by job id, as the last reconcile read
+        self.tracer: Tracer | None = None  # set by run() when OTEL_* asks for traces
+        self.spans: dict[str, Span] = {}  # each running job's, by job id
         structlog.contextvars.bind_contextvars(worker_id=self.id)
 
     # --- the loop's one iteration -------------------------------------------------
@@ -188,6 +194,7 @@ class Worker:
             if free is None:
                 return  # spawning is backing off; the assignment waits for the next tick
             self.pool.assign(free, assignment, queue, now)
+            self._job_span(assignment)
 
     def relay_settings(self) -> None:
         busy = [s for s in self.pool.with_jobs() if s.state is SlotState.BUSY]
@@ -216,6 +223,8 @@ class Worker:
         job = slot.job
         if job is None or event.job_id != job.job_id:
             return  # news of a job already closed
+        if not isinstance(event, protocol.Started) and event.failures:
+            self._record_failures(job, event.failures)
         if isinstance(event, protocol.Done):
             self.pool.done(slot, abandoned=bool(event.abandoned))
             self._close(JobEnd.reported(job, event))
@@ -238,7 +247,42 @@ class Worker:
         except Exception:  # a bug: keep the traceback; the next report repeats it
             log.exception("worker.progress_write_failed", job_id=job.job_id)
 
+    def _record_failures(self, job: Assignment, failures: tuple[dict[str, Any], ...]) -> None:
+        """Keep the handlers' failures for the dead-letter browser; only a display: they
+        are dropped while MongoDB fails, never retried."""
+        if not self.store_ok:
+            return
+        now = utcnow()
+        records = [Failure(job.queue_name, str(f["messageId"]), int(f["receiveCount"]),
+                           str(f["errorType"]), str(f["error"]), str(f["traceback"]), now,
+                           f.get("body")) for f in failures]  # fmt: skip
+        try:
+            self.store.record_failures(records)
+        except ServiceUnavailable:
+            self.store_ok = False
+        except Exception:  # a bug: keep the traceback, lose only the display
+            log.exception("worker.failures_write_failed", job_id=job.job_id)
+
+    def _job_span(self, job: Assignment) -> None:
+        if self.tracer is not None:
+            self.spans[job.job_id] = self.tracer.start_span(
+                f"job {job.queue_name}", attributes={"messaging.destination.name": job.queue_name,
+                                                     "orchestrator.job.id": job.job_id,
+                                                     "orchestrator.shard": job.shard})
+
+    def _end_span(self, end: JobEnd) -> None:
+        span = self.spans.pop(end.job.job_id, None)
+        if span is not None:
+            span.set_attributes({"orchestrator.job.status": end.status,
+                                 "orchestrator.job.reason": end.reason.value,
+                                 "orchestrator.job.handled": end.handled,
+                                 "orchestrator.job.failed": end.failed})
+            if end.status == "failed":
+                tracing.failed(span, end.error or end.reason.value, None)
+            span.end()
+
     def _close(self, end: JobEnd) -> None:
+        self._end_span(end)
         # Written at once unless MongoDB is failing: then the "outbox" step retries it.
         self.outbox.add(end, self.store if self.store_ok else None)
 
@@ -317,6 +361,7 @@ def run(settings: Settings, endpoints: Endpoints) -> None:
     store = Store.connect(settings, endpoints.mongodb_uri, timeout_ms=DAEMON_TIMEOUT_MS)
     boot = processes.boot_document(settings, endpoints)
     worker = Worker(settings, store, lambda: processes.spawn("consumer", boot, channel=True))
+    worker.tracer = tracing.tracer("worker")
     if not retry(store.ensure_indexes, signals, "MongoDB"):
         return
     if not retry(lambda: worker.register(time.monotonic()), signals, "MongoDB"):
@@ -333,6 +378,7 @@ def run(settings: Settings, endpoints: Endpoints) -> None:
         _watch_channels(selector, worker)
     log.info("worker.stopping", grace=settings.shutdown_grace)
     worker.shutdown(settings.shutdown_grace, selector, signals)
+    tracing.shutdown()
 
 
 def _watch_channels(selector: selectors.BaseSelector, worker: Worker) -> None:

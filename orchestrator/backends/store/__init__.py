@@ -17,18 +17,22 @@ from orchestrator.backends.store.base import (
     ASSIGNMENTS,
     DAEMON_TIMEOUT_MS,
     DEPTHS,
+    FAILURES,
     INDEX_OPTIONS_CONFLICT,
     JOBS,
     METRICS,
     QUEUES,
+    SERIES,
     WORKERS,
     translated,
 )
 from orchestrator.backends.store.depths import DepthDocs
+from orchestrator.backends.store.failures import FailureDocs
 from orchestrator.backends.store.jobs import JobDocs
 from orchestrator.backends.store.leases import LeaseDocs
 from orchestrator.backends.store.metrics import MetricDocs
 from orchestrator.backends.store.queues import QueueDocs
+from orchestrator.backends.store.series import SERIES_TTL_SECONDS, SeriesDocs
 from orchestrator.backends.store.workers import WorkerDocs
 from orchestrator.models import (
     OPEN_JOB_STATES,
@@ -40,7 +44,8 @@ from orchestrator.models import (
 __all__ = ["DAEMON_TIMEOUT_MS", "INDEX_OPTIONS_CONFLICT", "Store"]
 
 
-class Store(QueueDocs, AssignmentDocs, WorkerDocs, JobDocs, LeaseDocs, MetricDocs, DepthDocs):
+class Store(QueueDocs, AssignmentDocs, WorkerDocs, JobDocs, LeaseDocs, MetricDocs, DepthDocs,
+            FailureDocs, SeriesDocs):
     """Owns the MongoDB connection and every query against the §4 collections."""
 
     @translated
@@ -58,6 +63,10 @@ class Store(QueueDocs, AssignmentDocs, WorkerDocs, JobDocs, LeaseDocs, MetricDoc
         db[JOBS].create_index([("queueUrl", 1), ("status", 1)])
         db[JOBS].create_index([("queueName", 1), ("createdAt", 1)])  # jobs of one queue, newest
         self._ensure_ttl(JOBS, "lastModified", self.job_ttl_seconds)
+        db[FAILURES].create_index([("queueName", 1), ("messageId", 1)])
+        db[SERIES].create_index([("kind", 1), ("name", 1), ("minute", 1)])
+        self._ensure_ttl(SERIES, "minute", SERIES_TTL_SECONDS)
+        self._ensure_ttl(FAILURES, "at", self.job_ttl_seconds)
 
     @translated
     def delete_queue(self, name: str) -> bool:

@@ -27,6 +27,8 @@ R = TypeVar("R")
 
 QUEUES, ASSIGNMENTS, WORKERS, JOBS, LEASES = "queues", "assignments", "workers", "jobs", "leases"
 METRICS = "metrics"  # counters summed over every process (orchestrator/metrics.py)
+FAILURES = "failures"  # handlers' failures, for the DLQ browser (TTL JOB_TTL_DAYS)
+SERIES = "series"  # a minute's figures per queue and worker, for the charts (TTL 24 h)
 DEPTHS = "depths"  # the leading master's latest depth check of each queue
 INDEX_OPTIONS_CONFLICT = (85, 86)
 # Daemons give up on an unreachable server sooner than the CLI: their loops retry

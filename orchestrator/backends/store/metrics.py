@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -11,20 +12,18 @@ from pymongo.errors import BulkWriteError
 from orchestrator import metrics
 from orchestrator.backends.store.base import (
     METRICS,
-    Connection,
     _short,
     translated,
 )
-from orchestrator.errors import (
-    MetricsPartlyWritten,
-)
+from orchestrator.backends.store.series import SeriesDocs
+from orchestrator.errors import MetricsPartlyWritten, ServiceUnavailable
 from orchestrator.metrics import Deltas, Meter, Totals
 from orchestrator.models import (
     utcnow,
 )
 
 
-class MetricDocs(Connection):
+class MetricDocs(SeriesDocs):  # its counts also feed the charts
     """The `metrics` collection: counters summed over every process."""
 
     @translated
@@ -41,6 +40,17 @@ class MetricDocs(Connection):
             failed = [writes[e["index"]] for e in exc.details.get("writeErrors", [])]
             message = f"MongoDB at {self.address} refused some metrics: {_short(exc)}"
             raise MetricsPartlyWritten(message, metrics.unwritten(failed)) from exc
+        self._chart(deltas, now)
+
+    def _chart(self, deltas: Deltas, now: datetime) -> None:
+        """The same counts into this minute's chart points; a point lost to an error costs
+        a chart a dip, never a count (the totals above are written)."""
+        counts = {q: (int(c["handled"]), int(c["failed"]))
+                  for q, c in deltas.get("queues", {}).items()}  # fmt: skip
+        if not counts:
+            return
+        with contextlib.suppress(ServiceUnavailable):
+            self.add_series(now, counts=counts)
 
     def flush_meter(self, meter: Meter) -> None:
         """Write what `meter` counted; on failure it keeps the counts for the next flush."""

@@ -19,6 +19,10 @@
     workers: document.querySelector("#workers tbody"), jobs: document.querySelector("#jobs tbody"),
     jobStatus: $("job-status"), jobQueue: $("job-queue"), jobLimit: $("job-limit"),
     prevPage: $("prev-page"), nextPage: $("next-page"), pageInfo: $("page-info"),
+    dlqBrowser: $("dlq-browser"), dlqName: $("dlq-browser-name"),
+    queuePage: $("queue-page"), queuePageName: $("queue-page-name"), queuePageNow: $("queue-page-now"),
+    dlqMessages: document.querySelector("#dlq-messages tbody"), dlqAll: $("dlq-select-all"),
+    dlqRedrive: $("dlq-redrive-selected"), dlqDelete: $("dlq-delete-selected"),
   };
 
   // ---------------------------------------------------------------- DOM helpers (no innerHTML)
@@ -52,6 +56,38 @@
   }
 
   /** Keyed update of a tbody: rows are kept, updated in place, and only moved when needed. */
+  // ---------------------------------------------------------------- charts (SVG, no library)
+  const SVG = "http://www.w3.org/2000/svg";
+  function svg(tag, attrs) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, String(v));
+    return node;
+  }
+  /** A chart of one or two lines (values may be null: a gap), drawn into `w` x `h`. */
+  function chart(w, h, cls) {
+    const root = svg("svg", { width: w, height: h, viewBox: `0 0 ${w} ${h}`, class: `chart ${cls || ""}`,
+      role: "img" });
+    root._lines = [svg("path", { class: "line a" }), svg("path", { class: "line b" })];
+    root.append(...root._lines);
+    return root;
+  }
+  function drawChart(root, series, title) {
+    const w = Number(root.getAttribute("width")), h = Number(root.getAttribute("height"));
+    root._lines.forEach((path, i) => {
+      const values = series[i] || [];
+      const top = Math.max(1, ...values.filter((v) => v !== null));
+      let d = "";
+      values.forEach((v, x) => {
+        if (v === null) return;
+        const px = values.length > 1 ? (x * (w - 2)) / (values.length - 1) + 1 : w / 2;
+        const py = h - 1 - (v * (h - 2)) / top;
+        d += `${d && values[x - 1] !== null ? "L" : "M"}${px.toFixed(1)},${py.toFixed(1)}`;
+      });
+      path.setAttribute("d", d);
+    });
+    setTitle(root, title);
+  }
+
   function syncRows(tbody, items, keyOf, create, update, emptyContent) {
     const rows = tbody._rows || (tbody._rows = new Map());
     const wanted = new Set();
@@ -100,12 +136,19 @@
     const d = new Date(t);
     return Number.isNaN(d.getTime()) ? null : d;
   }
+  // This browser's time zone, as times on the page are shown in it: "UTC" or "UTC+01:00".
+  function zone(d) {
+    const off = -d.getTimezoneOffset();
+    if (off === 0) return "UTC";
+    const a = Math.abs(off);
+    return `UTC${off > 0 ? "+" : "-"}${pad(Math.floor(a / 60))}:${pad(a % 60)}`;
+  }
   function shortTime(s) {
     const d = parseTime(s);
     if (!d) return DASH;
     const now = new Date();
-    if (d.toDateString() === now.toDateString()) return hms(d);
-    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${hms(d)}`;
+    if (d.toDateString() === now.toDateString()) return `${hms(d)} ${zone(d)}`;
+    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${hms(d)} ${zone(d)}`;
   }
   function isoTitle(s) {
     const d = parseTime(s);
@@ -118,11 +161,6 @@
     if (m < 60) return `${m} min ${Math.round(sec % 60)} s`;
     const h = Math.floor(m / 60);
     return h < 48 ? `${h} h ${m % 60} min` : `${Math.floor(h / 24)} d ${h % 24} h`;
-  }
-  function shortId(id) {
-    const s = String(id);
-    if (/^[0-9a-f]{24}$/i.test(s)) return "\u2026" + s.slice(-8); // ObjectId: the tail differs
-    return s.length > 10 ? s.slice(0, 8) + "\u2026" : s;
   }
 
   // ---------------------------------------------------------------- messages
@@ -285,11 +323,14 @@
     const tr = el("tr", { "data-queue": name },
       td("name", "name"), td("visible", "num"), td("inFlight", "num"), td("delayed", "num"),
       td("worker", "mono"), td("rate", "num"), td("handled", "num"), td("failed", "num"),
+      el("td", { class: "spark" }, (c.spark = chart(120, 24, "spark"))),
       td("effective", "num"), ...cells, el("td", { class: "save" }, save),
       el("td", { class: "paused-cell" }, adaptive),
       el("td", { class: "paused-cell" }, paused),
       td("handler", "handler mono"));
     tr._c = c;
+    c.name.addEventListener("click", () => openQueue(name));
+    c.name.classList.add("link");
     save.addEventListener("click", () => saveSettings(name));
     paused.addEventListener("change", () => toggle(name, "paused", paused.checked));
     adaptive.addEventListener("change", () => toggle(name, "adaptive", adaptive.checked));
@@ -317,6 +358,9 @@
     c.failed.classList.toggle("bad", q.failed > 0);
     setText(c.handler, q.handler || DASH);
     setTitle(c.handler, q.handler || "");
+    const s = charts.queues[q.name];
+    if (s) drawChart(c.spark, [perSecond(s.handled), s.depth],
+      `last hour: messages handled per second (line) and depth (dashed); now ${perSecond(s.handled).slice(-1)[0].toFixed(2)}/s`);
     tr.classList.toggle("paused", !!q.paused);
     tr.classList.toggle("missing", q.visible === null || q.visible === undefined);
 
@@ -346,9 +390,12 @@
       maxReceiveCount: el("td", { "data-field": "maxReceiveCount", class: "num" }),
       redrive: el("button", { type: "button", "data-action": "redrive" }, "Redrive"),
     };
-    const tr = el("tr", { "data-dlq": name }, c.queue, c.dlqName, c.dlqVisible, c.maxReceiveCount, el("td", {}, c.redrive));
+    c.browse = el("button", { type: "button", "data-action": "browse-dlq" }, "Browse");
+    const tr = el("tr", { "data-dlq": name }, c.queue, c.dlqName, c.dlqVisible, c.maxReceiveCount,
+      el("td", {}, c.browse, " ", c.redrive));
     tr._c = c;
     c.redrive.addEventListener("click", () => redrive(name));
+    c.browse.addEventListener("click", () => browseDlq(name));
     return tr;
   }
   function updateDlqRow(tr, q) {
@@ -484,18 +531,94 @@
     }
   }
 
+  // ---------------------------------------------------------------- DLQ browser
+  let browsing = null;      // the queue whose DLQ messages are shown
+  let deadLetters = [];     // what the last look found
+  const selected = new Set();
+
+  async function browseDlq(name) {
+    browsing = name;
+    selected.clear();
+    ui.dlqBrowser.hidden = false;
+    setText(ui.dlqName, `${name}'s DLQ`);
+    try {
+      const found = await getJSON(queuePath(name) + "/dlq?limit=50");
+      deadLetters = Array.isArray(found) ? found : [];
+    } catch (e) {
+      deadLetters = [];
+      showMessage(e.message, "error");
+    }
+    renderDeadLetters();
+  }
+
+  function createDeadLetterRow(id) {
+    const c = {};
+    const td = (field, cls) => (c[field] = el("td", { "data-field": field, class: cls }));
+    c.pick = el("input", { type: "checkbox", "aria-label": `select message ${id}` });
+    c.redrive = el("button", { type: "button", "data-action": "redrive-one" }, "Redrive");
+    c.remove = el("button", { type: "button", "data-action": "delete-one" }, "Delete");
+    const tr = el("tr", { "data-message": id }, el("td", {}, c.pick), td("messageId", "mono"),
+      td("receiveCount", "num"), td("lastError", "error-cell"), td("body", "mono body-cell"),
+      el("td", {}, c.redrive, " ", c.remove));
+    tr._c = c;
+    c.pick.addEventListener("change", () => {
+      if (c.pick.checked) selected.add(id); else selected.delete(id);
+      renderDeadLetters();
+    });
+    c.redrive.addEventListener("click", () => actOnDeadLetters("redrive", [id]));
+    c.remove.addEventListener("click", () => actOnDeadLetters("delete", [id]));
+    return tr;
+  }
+
+  function updateDeadLetterRow(tr, d) {
+    const c = tr._c;
+    setText(c.messageId, d.messageId);
+    setText(c.receiveCount, num(d.receiveCount));
+    const f = d.lastFailure;
+    setText(c.lastError, f ? `${f.errorType}: ${f.error}` : DASH);
+    setTitle(c.lastError, f ? `${f.at}\n${f.traceback}` : "no failure kept for it (older than JOB_TTL_DAYS, or never failed here)");
+    setText(c.body, d.body.length > 200 ? d.body.slice(0, 200) + "\u2026" : d.body);
+    setTitle(c.body, d.body + (d.bodyTruncated ? "\u2026" : ""));
+    c.pick.checked = selected.has(d.messageId);
+  }
+
+  function renderDeadLetters() {
+    syncRows(ui.dlqMessages, deadLetters, (d) => d.messageId, createDeadLetterRow, updateDeadLetterRow,
+      ["the DLQ is empty"]);
+    ui.dlqRedrive.disabled = ui.dlqDelete.disabled = selected.size === 0;
+    ui.dlqAll.checked = deadLetters.length > 0 && selected.size === deadLetters.length;
+  }
+
+  async function actOnDeadLetters(action, ids) {
+    if (!browsing || !ids.length) return;
+    const name = browsing;
+    const path = queuePath(name) + (action === "redrive" ? "/redrive" : "/dlq/purge");
+    try {
+      const body = await write("POST", path, { ids });
+      const n = action === "redrive" ? body.moved : body.deleted;
+      showMessage(`${action === "redrive" ? "redrove" : "deleted"} ${plural(n || 0, "message")} of ${name}'s DLQ`, "ok");
+    } catch (e) {
+      showMessage(e.message, "error");
+    }
+    await browseDlq(name);
+    requestRefresh();
+  }
+
   // ---------------------------------------------------------------- workers table
   function createWorkerRow(id) {
     const c = {};
     const td = (field, cls) => (c[field] = el("td", { "data-field": field, class: cls }));
     const tr = el("tr", { "data-worker": id },
       td("id", "mono"), td("host"), td("pid", "num"), td("status"), td("load", "num load"),
-      td("heartbeat", "num"), td("started"), td("consumers", "consumers"));
+      td("heartbeat", "num"), td("started"), td("consumers", "consumers"),
+      el("td", { class: "spark" }, (c.spark = chart(120, 24, "spark"))));
     tr._c = c;
     return tr;
   }
   function updateWorkerRow(tr, w) {
     const c = tr._c;
+    const s = charts.workers[w.id];
+    if (s) drawChart(c.spark, [s.load], "last hour: queues assigned, minute by minute");
     setText(c.id, w.id);
     setText(c.host, w.host || DASH);
     setText(c.pid, num(w.pid));
@@ -506,9 +629,11 @@
     c.load.classList.toggle("full", pct >= 100);
     const age = Number(w.heartbeatAgeSeconds);
     setText(c.heartbeat, Number.isFinite(age) ? `${duration(Math.max(0, age))} ago` : DASH);
-    c.heartbeat.classList.toggle("warn", age > 5 && age <= 10);
-    c.heartbeat.classList.toggle("bad", age > 10);
-    setTitle(c.heartbeat, age > 5 ? "heartbeat is late: the worker may be stuck or gone" : "");
+    c.heartbeat.classList.toggle("warn", !!w.late && !w.gone);
+    c.heartbeat.classList.toggle("bad", !!w.gone);
+    tr.classList.toggle("late", !!w.late);
+    setTitle(c.heartbeat, w.gone ? "no heartbeat for WORKER_TIMEOUT: a master will declare it dead"
+      : w.late ? "heartbeat is late (over twice HEARTBEAT_INTERVAL): the worker may be stuck or gone" : "");
     setText(c.started, shortTime(w.startedAt));
     setTitle(c.started, isoTitle(w.startedAt));
     const consumers = Array.isArray(w.consumers) ? w.consumers : [];
@@ -549,7 +674,7 @@
   function updateJobRow(tr, j) {
     const c = tr._c;
     const p = j.processor || {};
-    setText(c.id, shortId(j.id));
+    setText(c.id, j.id);  // whole: it is what `orchestrator jobs show ID` takes
     setTitle(c.id, j.id);
     setText(c.queueName, j.queueName);
     setContent(c.status, j.status, () => [el("span", { class: "badge " + j.status, text: j.status })]);
@@ -592,9 +717,10 @@
     const parts = [];
     if (h.masterId) parts.push(`master ${h.masterId}`);
     parts.push(`MongoDB ${h.mongodb ? "ok" : "unreachable"}`);
+    parts.push(`SQS ${h.sqs === null || h.sqs === undefined ? "not checked by a standby" : h.sqs ? "ok" : "failing"}`);
     if (h.status && h.status !== "ok") parts.push(`status ${h.status}`);
     setText(ui.healthDetail, parts.join(" \u00b7 "));
-    ui.healthDetail.classList.toggle("bad", !h.mongodb || (h.status && h.status !== "ok"));
+    ui.healthDetail.classList.toggle("bad", !h.mongodb || h.sqs === false || (h.status && h.status !== "ok"));
   }
 
   // ---------------------------------------------------------------- refresh loop
@@ -608,6 +734,48 @@
     if (refreshing) { again = true; return; }
     clearTimeout(timer);
     refresh();
+  }
+
+  // ---------------------------------------------------------------- chart data
+  const CHART_EVERY_MS = 5000;  // points are minutes: the current one grows between looks
+  const charts = { queues: {}, workers: {}, at: 0 };
+  const perSecond = (counts) => counts.map((n) => n / 60);
+  let workerIds = [];
+  async function refreshCharts(force) {
+    if (!force && performance.now() - charts.at < CHART_EVERY_MS) return;
+    charts.at = performance.now();
+    const q = new URLSearchParams();
+    for (const x of queues) q.append("queue", x.name);
+    for (const id of workerIds) q.append("worker", id);
+    if (![...q.keys()].length) return;
+    try {
+      const s = await getJSON("/api/series?" + q.toString());
+      charts.queues = s.queues || {};
+      charts.workers = s.workers || {};
+      renderQueues();
+      if (openedQueue) drawQueuePage();
+    } catch (e) {
+      console.error(e);
+    }
+  }
+
+  // ---------------------------------------------------------------- a queue's own page
+  let openedQueue = null;
+  function openQueue(name) {
+    openedQueue = name;
+    ui.queuePage.hidden = false;
+    setText(ui.queuePageName, name);
+    drawQueuePage();
+    refreshCharts(true);
+  }
+  function drawQueuePage() {
+    const s = charts.queues[openedQueue];
+    if (!s) return;
+    drawChart(ui.queueChart, [perSecond(s.handled), s.depth],
+      `${openedQueue}, last hour: messages handled per second (line) and depth (dashed)`);
+    const last = perSecond(s.handled).slice(-1)[0];
+    const depth = s.depth.slice(-1)[0];
+    setText(ui.queuePageNow, `now: ${last.toFixed(2)} handled/s, depth ${depth === null ? DASH : depth}`);
   }
 
   // ---------------------------------------------------------------- queue pages
@@ -650,7 +818,11 @@
         renderQueues();
         renderPager();
       }
-      if (w.status === "fulfilled" && Array.isArray(w.value)) renderWorkers(w.value);
+      if (w.status === "fulfilled" && Array.isArray(w.value)) {
+        workerIds = w.value.map((x) => x.id);
+        renderWorkers(w.value);
+      }
+      refreshCharts(false);
       // Filters changed while this was in flight: a fresh refresh follows, don't show stale jobs.
       if (j.status === "fulfilled" && Array.isArray(j.value) && jq === jobsQuery()) renderJobs(j.value);
     } catch (e) {
@@ -690,6 +862,18 @@
   }
 
   ui.prevPage.addEventListener("click", () => turnPage(false));
+  ui.dlqAll.addEventListener("change", () => {
+    selected.clear();
+    if (ui.dlqAll.checked) for (const d of deadLetters) selected.add(d.messageId);
+    renderDeadLetters();
+  });
+  ui.dlqRedrive.addEventListener("click", () => actOnDeadLetters("redrive", [...selected]));
+  ui.dlqDelete.addEventListener("click", () => actOnDeadLetters("delete", [...selected]));
+  $("dlq-reload").addEventListener("click", () => browsing && browseDlq(browsing));
+  $("dlq-close").addEventListener("click", () => { browsing = null; ui.dlqBrowser.hidden = true; });
+  ui.queueChart = chart(640, 160, "big");
+  $("queue-chart").appendChild(ui.queueChart);
+  $("queue-page-close").addEventListener("click", () => { openedQueue = null; ui.queuePage.hidden = true; });
 
   ui.nextPage.addEventListener("click", () => turnPage(true));
 

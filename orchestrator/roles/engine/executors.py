@@ -16,9 +16,12 @@ import contextlib
 import contextvars
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from orchestrator.message import Message
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 from orchestrator.roles.engine import invoke
 from orchestrator.roles.engine.flow import Flow, Work
 
@@ -48,10 +51,11 @@ class Executor(Protocol):
 
 
 class MessageMaker:
-    """Turns held SQS messages into the Messages handlers get."""
+    """Turns held SQS messages into the Messages handlers get (and knows the tracer their
+    calls' spans go to, when traces are on)."""
 
-    def __init__(self, queue_name: str, queue_url: str) -> None:
-        self.queue_name, self.queue_url = queue_name, queue_url
+    def __init__(self, queue_name: str, queue_url: str, tracer: Tracer | None = None) -> None:
+        self.queue_name, self.queue_url, self.tracer = queue_name, queue_url, tracer
 
     def __call__(self, work: Work) -> list[Message]:
         return [h.message.for_handler(self.queue_name, self.queue_url) for h in work.messages]
@@ -116,7 +120,7 @@ class ThreadExecutor:
             work = self.flow.wait_for_work(self._should_exit)
             if work is None:
                 return
-            result = invoke.call(self.func, self.messages(work), work.batch)
+            result = invoke.call(self.func, self.messages(work), work.batch, self.messages.tracer)
             self.flow.finished(work, result)
 
 
@@ -191,6 +195,7 @@ class AsyncExecutor:
             self.timer = self.loop.call_later(wait + 0.001, event.set)
 
     async def _run(self, work: Work, event: asyncio.Event) -> None:
-        result = await invoke.call_async(self.func, self.messages(work), work.batch)
+        result = await invoke.call_async(self.func, self.messages(work), work.batch,
+                                         self.messages.tracer)
         self.flow.finished(work, result)
         event.set()

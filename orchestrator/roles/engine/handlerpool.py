@@ -218,7 +218,8 @@ class HandlerPool:
                 if proc.retiring and not proc.running:
                     self._exit(proc)
             self.flow.finished(work, Result(frozenset(message.failed), message.error,
-                                            message.seconds))  # fmt: skip
+                                            message.seconds, message.backoff,
+                                            message.retry_after, message.trace))  # fmt: skip
             # The slot it freed goes straight back to it: no hop through the feeder.
             if not (proc.retiring or self.retired) and (follow := self.flow.take()) is not None:
                 self._dispatch(proc, follow)

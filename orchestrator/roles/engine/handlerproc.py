@@ -24,6 +24,7 @@ from typing import Any
 
 import structlog
 
+from orchestrator import tracing
 from orchestrator.config import Settings
 from orchestrator.errors import HandlerImportError
 from orchestrator.handlers import import_handler
@@ -74,6 +75,9 @@ class Done:
     failed: list[str]
     error: str | None
     seconds: float
+    backoff: bool = False
+    retry_after: float | None = None
+    trace: str | None = None
 
 
 MESSAGES: dict[str, type] = {cls.__name__: cls for cls in (Run, Exit, Ready, ImportFailed, Done)}
@@ -124,6 +128,7 @@ class HandlerProcess:
         self.func = func
         self.queue_name, self.queue_url = queue_name, queue_url
         self.send_lock = threading.Lock()  # answers come from several threads
+        self.tracer = tracing.tracer("handler")  # None unless OTEL_* asks for traces
         self.threads = ThreadPoolExecutor(max_threads, thread_name_prefix="handler")
 
     def serve(self) -> None:
@@ -144,7 +149,8 @@ class HandlerProcess:
                 for r in run.messages]  # fmt: skip
 
     def _answer(self, run: Run, result: invoke.Result) -> None:
-        self.send(Done(run.id, sorted(result.failed), result.error, result.seconds))
+        self.send(Done(run.id, sorted(result.failed), result.error, result.seconds,
+                       result.backoff, result.retry_after, result.trace))
 
     # --- sync handlers: this thread reads, pool threads call and answer --------------------
 
@@ -163,7 +169,7 @@ class HandlerProcess:
                     return
 
     def _call(self, run: Run) -> None:
-        self._answer(run, invoke.call(self.func, self._messages(run), run.batch))
+        self._answer(run, invoke.call(self.func, self._messages(run), run.batch, self.tracer))
 
     # --- async handlers: everything on the event loop -------------------------------------
 
@@ -193,7 +199,8 @@ class HandlerProcess:
             await asyncio.wait(tasks)  # what runs finishes and is answered
 
     async def _call_async(self, run: Run) -> None:
-        self._answer(run, await invoke.call_async(self.func, self._messages(run), run.batch))
+        self._answer(run, await invoke.call_async(self.func, self._messages(run), run.batch,
+                                                  self.tracer))
 
 
 def run(settings: Settings, boot: dict[str, Any]) -> None:
@@ -208,5 +215,8 @@ def run(settings: Settings, boot: dict[str, Any]) -> None:
         channel.send(encode(ImportFailed(str(exc))))
         return
     channel.send(encode(Ready(os.getpid())))
-    HandlerProcess(channel, func, boot["queueName"], boot["queueUrl"],
-                   settings.max_concurrency).serve()  # fmt: skip
+    try:
+        HandlerProcess(channel, func, boot["queueName"], boot["queueUrl"],
+                       settings.max_concurrency).serve()  # fmt: skip
+    finally:
+        tracing.shutdown()  # export the spans still buffered

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import inspect
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from orchestrator import tracing
 from orchestrator.errors import Backoff
 from orchestrator.message import Message
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span, Tracer
 
 log = structlog.get_logger()
 
@@ -30,6 +35,7 @@ class Result:
     seconds: float
     backoff: bool = False  # the handler raised Backoff: the downstream is overloaded
     retry_after: float | None = None  # Backoff's: how long to hide its messages
+    trace: str | None = None  # the last lines of what it raised
 
 
 def is_async(func: Callable[..., Any]) -> bool:
@@ -39,35 +45,52 @@ def is_async(func: Callable[..., Any]) -> bool:
     )
 
 
-def call(func: Callable[..., Any], messages: list[Message], batch: bool) -> Result:
-    """Run a sync handler on one message, or on a batch (`batch`: it takes the list)."""
+def call(func: Callable[..., Any], messages: list[Message], batch: bool,
+         tracer: Tracer | None = None) -> Result:  # fmt: skip
+    """Run a sync handler on one message, or on a batch (`batch`: it takes the list),
+    in a consumer span when traces are on."""
     started = time.perf_counter()
-    try:
-        returned = func(messages if batch else messages[0])
-        if returned is not None and inspect.isawaitable(returned):
-            _close(returned)
-            raise TypeError("handler returned an awaitable: declare it `async def`")
-    except BaseException as exc:  # the handler's failure is the messages', not ours
-        return _failed_all(messages, exc, started)
-    return _judged(messages, batch, returned, started)
+    with tracing.processing(tracer, messages, batch) as span:
+        try:
+            returned = func(messages if batch else messages[0])
+            if returned is not None and inspect.isawaitable(returned):
+                _close(returned)
+                raise TypeError("handler returned an awaitable: declare it `async def`")
+        except BaseException as exc:  # the handler's failure is the messages', not ours
+            return _traced(span, _failed_all(messages, exc, started), exc)
+        return _traced(span, _judged(messages, batch, returned, started), None)
 
 
-async def call_async(func: Callable[..., Any], messages: list[Message], batch: bool) -> Result:
+async def call_async(func: Callable[..., Any], messages: list[Message], batch: bool,
+                     tracer: Tracer | None = None) -> Result:  # fmt: skip
     """Run an `async def` handler on one message or a batch."""
     started = time.perf_counter()
-    try:
-        returned = await func(messages if batch else messages[0])
-    except Exception as exc:  # CancelledError is not the handler's failure: let it through
-        return _failed_all(messages, exc, started)
-    return _judged(messages, batch, returned, started)
+    with tracing.processing(tracer, messages, batch) as span:
+        try:
+            returned = await func(messages if batch else messages[0])
+        except Exception as exc:  # CancelledError is not the handler's failure: let it through
+            return _traced(span, _failed_all(messages, exc, started), exc)
+        return _traced(span, _judged(messages, batch, returned, started), None)
+
+
+def _traced(span: Span | None, result: Result, exc: BaseException | None) -> Result:
+    if result.failed:
+        tracing.failed(span, result.error or "failed", exc)
+    return result
+
+
+TRACE_LINES = 8  # of a failure's traceback, kept for the dead-letter browser
 
 
 def _failed_all(messages: list[Message], exc: BaseException, started: float) -> Result:
     ids = frozenset(m.message_id for m in messages)
     seconds = time.perf_counter() - started
+    lines = "".join(traceback.format_exception(exc)).rstrip().splitlines()[-TRACE_LINES:]
+    trace = "\n".join(lines)
     if isinstance(exc, Backoff):
-        return Result(ids, f"Backoff: {exc}", seconds, backoff=True, retry_after=exc.retry_after)
-    return Result(ids, f"{type(exc).__name__}: {exc}", seconds)
+        return Result(ids, f"Backoff: {exc}", seconds, backoff=True, retry_after=exc.retry_after,
+                      trace=trace)  # fmt: skip
+    return Result(ids, f"{type(exc).__name__}: {exc}", seconds, trace=trace)
 
 
 def _judged(messages: list[Message], batch: bool, returned: object, started: float) -> Result:

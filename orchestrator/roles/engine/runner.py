@@ -54,6 +54,7 @@ class JobSpec:
     batch_window: float = 0.0
     rate_limit: float | None = None
     adaptive: bool = False
+    failure_bodies: bool = False
 
     @property
     def fifo(self) -> bool:
@@ -68,6 +69,7 @@ class JobSpec:
             visibility_timeout=assign.visibility_timeout, processes=live.processes,
             batch_size=live.batch_size, batch_window=live.batch_window,
             rate_limit=live.rate_limit, adaptive=live.adaptive,
+            failure_bodies=assign.failure_bodies,
         )  # fmt: skip
 
 
@@ -155,6 +157,7 @@ class Runner:
             batch_size=spec.batch_size, batch_window=spec.batch_window,
             drain_empty_polls=drain_empty_polls, queue_name=spec.queue_name, meter=meter,
         )  # fmt: skip
+        self.flow.keep_bodies = spec.failure_bodies
         self.flow.set_rate(spec.rate_limit)
         self.flow.set_adaptive(spec.adaptive)
         self.flow.wake = self._due

@@ -1,0 +1,146 @@
+"""OpenTelemetry traces, when installed (`pip install 'orchestrator[otel]'`) and configured
+with the standard OTEL_* variables; otherwise every call here does nothing.
+
+- A consumer span per handled message (or batch), named `process <queue>`, with the
+  messaging conventions' attributes for SQS; a child of the producer's trace when the
+  message carries a `traceparent` attribute (a batch links to each message's instead);
+  a failure is recorded on it (its exception, status ERROR).
+- A span per job in the worker, from its assignment to its end.
+
+Configured: OTEL_TRACES_EXPORTER is `otlp` or `console` (not `none`), or an OTLP
+endpoint (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set, and
+OTEL_SDK_DISABLED is not `true`. The SDK reads the rest of OTEL_* itself (service name,
+batch delays, headers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span, Tracer
+
+    from orchestrator.message import Message
+
+TRACEPARENT = "traceparent"  # the message attribute with the producer's trace context
+SYSTEM = "aws_sqs"
+_provider: Any = None
+
+
+def configured(environ: Mapping[str, str] | None = None) -> bool:
+    env = os.environ if environ is None else environ
+    if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return False
+    exporter = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if exporter:
+        return exporter != "none"
+    return bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))  # fmt: skip
+
+
+def tracer(role: str) -> Tracer | None:
+    """This process's tracer, set up once; None when traces are off or not installed."""
+    global _provider
+    if not configured():
+        return None
+    try:
+        from opentelemetry import trace
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+    except ImportError:
+        return None  # configured but not installed: the README says to install the extra
+    if _provider is None:
+        names = os.environ.get("OTEL_TRACES_EXPORTER", "otlp").lower().split(",")
+        _provider = TracerProvider(resource=Resource.create(
+            {"service.name": os.environ.get("OTEL_SERVICE_NAME", "orchestrator"),
+             "orchestrator.role": role}))  # fmt: skip
+        for name in (n.strip() for n in names):
+            if name == "console":
+                _provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+            elif name == "otlp":
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+                    OTLPSpanExporter,
+                )
+
+                _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        trace.set_tracer_provider(_provider)
+    return trace.get_tracer("orchestrator")
+
+
+def shutdown() -> None:
+    """Export what is still buffered (a process's last act)."""
+    if _provider is not None:
+        _provider.shutdown()
+
+
+@contextlib.contextmanager
+def processing(
+    tracer: Tracer | None, messages: list[Message], batch: bool
+) -> Iterator[Span | None]:
+    """The consumer span of one handler call (nothing when traces are off)."""
+    if tracer is None:
+        yield None
+        return
+    from opentelemetry import trace
+    from opentelemetry.propagate import extract
+
+    first = messages[0]
+    carriers = [_carrier(m) for m in messages]
+    attributes: dict[str, Any] = {
+        "messaging.system": SYSTEM,
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+        "messaging.destination.name": first.queue_name,
+        "aws.sqs.queue.url": first.queue_url,
+    }
+    context, links = None, []
+    if batch:
+        attributes["messaging.batch.message_count"] = len(messages)
+        links = [trace.Link(trace.get_current_span(extract(c)).get_span_context())
+                 for c in carriers if c]  # fmt: skip
+    else:
+        attributes["messaging.message.id"] = first.message_id
+        attributes["aws.sqs.message.receive_count"] = first.receive_count  # not in the conventions
+        context = extract(carriers[0]) if carriers[0] else None
+    with tracer.start_as_current_span(f"process {first.queue_name}", context=context,
+                                      kind=trace.SpanKind.CONSUMER, attributes=attributes,
+                                      links=links, record_exception=False,
+                                      set_status_on_exception=False) as span:  # fmt: skip
+        yield span
+
+
+def failed(span: Span | None, error: str, exc: BaseException | None) -> None:
+    """Record a handler's failure on its span."""
+    if span is None:
+        return
+    from opentelemetry.trace import Status, StatusCode
+
+    if exc is not None:
+        span.record_exception(exc)
+    span.set_attribute("error.type", error.partition(":")[0])
+    span.set_status(Status(StatusCode.ERROR, error))
+
+
+def _carrier(message: Message) -> dict[str, str]:
+    attr = message.message_attributes.get(TRACEPARENT) or {}
+    value = attr.get("StringValue") if isinstance(attr, dict) else None
+    return {TRACEPARENT: value} if value else {}
+
+
+def new_traceparent() -> str:
+    """A W3C traceparent for a message sent by `queue send --trace`: the current span's
+    when a tracer is set up, else a new trace of its own."""
+    if configured():
+        with contextlib.suppress(ImportError):
+            from opentelemetry.propagate import inject
+
+            carrier: dict[str, str] = {}
+            inject(carrier)
+            if carrier.get(TRACEPARENT):
+                return carrier[TRACEPARENT]
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
