@@ -54,7 +54,22 @@ class App:
         return QueueAdmin(self.settings, lambda: self.store, lambda: self.sqs)
 
 
-class Cli(click.Group):
+class Group(click.Group):
+    """A command group whose listing shows each command's first sentence whole, wrapped,
+    instead of cutting it off with "..." at the terminal's width."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=10_000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+class Cli(Group):
     """Maps OrchestratorError to its exit code with a one-line message, no traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:

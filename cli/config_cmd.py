@@ -5,10 +5,10 @@ from __future__ import annotations
 import click
 
 from cli import render
-from cli.app import App, json_option, pass_app
+from cli.app import App, Group, json_option, pass_app
 
 
-@click.group("config")
+@click.group("config", cls=Group)
 def config_group() -> None:
     """Inspect settings."""
 

@@ -7,12 +7,12 @@ from typing import Any
 import click
 
 from cli import render
-from cli.app import App, json_option, pass_app
+from cli.app import App, Group, json_option, pass_app
 from cli.types import StrictInt
 from orchestrator.models import JOB_STATES, utcnow
 
 
-@click.group()
+@click.group(cls=Group)
 def jobs() -> None:
     """Inspect jobs: one per assignment of a queue to a worker."""
 
@@ -57,7 +57,7 @@ def show_job(app: App, job_id: str, as_json: bool) -> None:
     render.fields(doc)
 
 
-@click.group()
+@click.group(cls=Group)
 def workers() -> None:
     """Inspect workers."""
 

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from cli import render
-from cli.app import App, json_option, pass_app
+from cli.app import App, Group, json_option, pass_app
 from cli.types import INT, NO_LIMIT, NUMBER, RATE, QueueName, StrictInt
 from orchestrator.models import QueueRecord
 
@@ -18,7 +18,7 @@ NAME = click.argument("name", type=QueueName())
 NUMBER_ARGS = {"ignore_unknown_options": True}
 
 
-@click.group()
+@click.group(cls=Group)
 def queue() -> None:
     """Create, change and inspect queues."""
 
@@ -147,14 +147,17 @@ def list_(app: App, as_json: bool) -> None:
 @click.option("--group-id", metavar="G", help="FIFO queues: the message group (default 'default').")
 @click.option("--groups", type=INT, metavar="N",
               help="FIFO queues: spread the messages round-robin over groups g0..gN-1.")
+@click.option("--trace", is_flag=True,
+              help="Give each message a traceparent attribute: its handler's span joins "
+                   "that trace.")
 @pass_app
-def send(
-    app: App, name: str, count: int, body: str | None, group_id: str | None, groups: int | None
-) -> None:
+def send(app: App, name: str, count: int, body: str | None, group_id: str | None,
+         groups: int | None, trace: bool) -> None:  # fmt: skip
     """Send COUNT test messages to NAME, 10 per request."""
 
     def send_all(progress: Callable[[int], None]) -> None:
-        app.queues.send(name, count, body, progress, group_id=group_id, groups=groups)
+        app.queues.send(name, count, body, progress, group_id=group_id, groups=groups,
+                        trace=trace)  # fmt: skip
 
     if sys.stdout.isatty() and count > 0:
         with click.progressbar(length=count, label=f"sending to {name}") as bar:

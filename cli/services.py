@@ -7,11 +7,11 @@ from pathlib import Path
 import click
 
 from cli import render
-from cli.app import App, json_option, pass_app
+from cli.app import App, Group, json_option, pass_app
 from orchestrator.config import redact_uri
 
 
-@click.group()
+@click.group(cls=Group)
 def services() -> None:
     """Start, stop and inspect the local servers that `embedded` settings use."""
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from orchestrator import validate
+from orchestrator import tracing, validate
 from orchestrator.backends.protocols import SyncSqs, SyncStore
 from orchestrator.backends.sqs import BATCH, Sqs
 from orchestrator.backends.store import Store
@@ -236,11 +236,14 @@ class QueueAdmin:
         *,
         group_id: str | None = None,
         groups: int | None = None,
+        trace: bool = False,
     ) -> int:
         """Send `count` test messages in batches of 10; default bodies are {"seq": i}.
 
         On a FIFO queue the messages go to group `group_id` (default "default"), or
-        round-robin over `groups` groups named g0, g1, ...
+        round-robin over `groups` groups named g0, g1, ... With `trace`, each message
+        carries a `traceparent` attribute (W3C trace context): its handler's span joins
+        that trace.
         """
         validate.send_count(count)
         size = validate.message_body(body) if body is not None else len(_seq_body(count - 1))
@@ -250,7 +253,8 @@ class QueueAdmin:
         for start in range(0, count, per_batch):
             seqs = range(start, min(start + per_batch, count))
             bodies = [_seq_body(i) if body is None else body for i in seqs]
-            self.sqs.send_batch(url, bodies, group_ids=[group_of(i) for i in seqs])
+            attributes = [_traceparent() for _ in seqs] if trace else None
+            self.sqs.send_batch(url, bodies, attributes, [group_of(i) for i in seqs])
             progress(len(seqs))
         return count
 
@@ -321,6 +325,10 @@ def sync_queues(store: SyncStore, sqs: SyncSqs) -> list[QueueRecord]:
         store.mark_synced(queue.id, fresh.queue_url, fresh.dlq_url)
         created.append(fresh)
     return created
+
+
+def _traceparent() -> dict[str, dict[str, str]]:
+    return {tracing.TRACEPARENT: {"DataType": "String", "StringValue": tracing.new_traceparent()}}
 
 
 def _seq_body(i: int) -> str:
