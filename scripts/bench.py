@@ -29,7 +29,16 @@ from typing import Any
 import benchexec
 import benchflow
 import psutil
-from benchlib import Bench, kill_session, median, percentile, save, sqs_kind, wait_for
+from benchlib import (
+    ORCHESTRATOR,
+    Bench,
+    kill_session,
+    median,
+    percentile,
+    save,
+    sqs_kind,
+    wait_for,
+)
 
 from orchestrator.models import QueueDepth, WorkerRecord, utcnow
 from orchestrator.roles.master import Master
@@ -423,6 +432,35 @@ def api(kind: str, repeat: int, root: Path, size: int = 10_000) -> dict[str, Any
         bench.close()
 
 
+# --- cli: how long a command takes a person ------------------------------------------------
+
+
+def cli(kind: str, repeat: int, root: Path) -> dict[str, Any]:
+    """`orchestrator --help` and `orchestrator queue list` (3 queues) as a person runs them,
+    against running embedded servers: wall time of the whole process, median of 7."""
+    import subprocess
+
+    bench = Bench(root / "cli", "embedded")
+    try:
+        for name in ("alpha", "beta", "gamma"):
+            bench.admin.create(name)
+
+        def timed(*args: str) -> float:
+            t0 = time.perf_counter()
+            done = subprocess.run([ORCHESTRATOR, *args], env=bench.environ, capture_output=True,
+                                  check=False)  # fmt: skip
+            assert done.returncode == 0, done.stderr[-500:]
+            return time.perf_counter() - t0
+
+        timed("queue", "list")  # a first run fills the OS's caches, as a person's earlier one
+        runs = max(repeat, 7)
+        return {"help_s": round(median([timed("--help") for _ in range(runs)]), 3),
+                "queue_list_s": round(median([timed("queue", "list") for _ in range(runs)]), 3),
+                "queues": 3}  # fmt: skip
+    finally:
+        bench.close()
+
+
 # --- memory (from a loaded daemon) ------------------------------------------------------------
 
 
@@ -444,6 +482,7 @@ BENCHMARKS: dict[str, Callable[[str, int, Path], dict[str, Any]]] = {
     "scale": scale,
     "memory": memory,
     "api": api,
+    "cli": cli,
     "rate": benchflow.rate,
     "priority": benchflow.priority,
     "adaptive": benchflow.adaptive,

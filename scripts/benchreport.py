@@ -70,6 +70,9 @@ ROWS: list[tuple[str, str, Callable[[dict[str, Any]], Any], str, Callable[[Any],
      lambda r: f'{r["api_queues_cold_s"]} / {r["api_queues_warm_s"]}', "", lambda v: True),
     ("api", "GET /metrics, 1,000 queues (depths fetched / cached), s",
      lambda r: f'{r["metrics_cold_s"]} / {r["metrics_warm_s"]}', "", lambda v: True),
+    ("cli", "orchestrator --help, s", lambda r: r["help_s"], "<= 0.2", lambda v: v <= 0.2),
+    ("cli", "orchestrator queue list (3 queues, embedded servers running), s",
+     lambda r: r["queue_list_s"], "<= 0.6", lambda v: v <= 0.6),
     ("chaos", "run length, min / faults (kills of consumer, worker, master; MongoDB and SQS "
      "stopped; partitions)",
      lambda r: f'{r["minutes"]} / {r["faults"]} (' + ", ".join(

@@ -1,0 +1,119 @@
+"""The dead-letter browser: list a DLQ's messages with their last failure, redrive or delete
+all or chosen ones (CLI and API), against the real servers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from click.testing import Result
+
+from orchestrator.backends.queues import QueueAdmin
+from orchestrator.backends.sqs import Sqs
+from orchestrator.backends.store import Store
+from orchestrator.config import Settings
+from orchestrator.models import Failure, utcnow
+
+Run = Callable[..., Result]
+
+
+@pytest.fixture
+def admin(settings: Settings, store: Store, sqs: Sqs) -> QueueAdmin:
+    return QueueAdmin(settings, lambda: store, lambda: sqs)
+
+
+def dead_letters(admin: QueueAdmin, sqs: Sqs, name: str, count: int) -> list[str]:
+    """`count` messages of `name` moved to its DLQ the way SQS does it (maxReceiveCount 1:
+    received once, then moved by the next receive); their message ids."""
+    queue = admin.create(name, dlq=True, max_receive_count=1, visibility_timeout=1)
+    admin.send(name, count)
+    ids: list[str] = []
+    while len(ids) < count:
+        got = sqs.receive(queue.queue_url, 10, 0, visibility_timeout=0)
+        ids += [m.message_id for m in got if m.message_id not in ids]
+    sqs.receive(queue.queue_url, 10, 0)  # moto moves them on the receive after
+    assert queue.dlq_url
+    assert sqs.depth(queue.dlq_url).visible == count
+    return ids
+
+
+def test_the_cli_lists_redrives_and_deletes_chosen_dead_letters(
+    run_cli: Run, admin: QueueAdmin, store: Store, sqs: Sqs
+) -> None:
+    ids = dead_letters(admin, sqs, "orders", 4)
+    store.record_failures([Failure("orders", ids[0], 1, "ValueError", "bad total",
+                                   "Traceback …\nValueError: bad total", utcnow())])
+    listed = run_cli("queue", "dlq", "orders", "--json")
+    assert listed.exit_code == 0, listed.output
+    found = {d["messageId"]: d for d in json.loads(listed.stdout)}
+    assert set(found) == set(ids)
+    assert found[ids[0]]["lastFailure"]["error"] == "bad total"
+    assert found[ids[1]]["lastFailure"] is None and "seq" in found[ids[1]]["body"]
+    table = run_cli("queue", "dlq", "orders").stdout
+    assert "ValueError: bad total" in table
+
+    moved = run_cli("queue", "redrive", "orders", "--id", ids[0])
+    assert moved.exit_code == 0 and "moved 1 messages" in moved.stdout
+    deleted = run_cli("queue", "dlq-purge", "orders", "--id", ids[1], "--id", ids[2])
+    assert deleted.exit_code == 0 and "deleted 2 message(s)" in deleted.stdout
+    left = json.loads(run_cli("queue", "dlq", "orders", "--json").stdout)
+    assert [d["messageId"] for d in left] == [ids[3]]
+    queue = store.get_queue("orders")
+    assert sqs.depth(queue.queue_url).visible == 1  # the one redriven is back
+    assert run_cli("queue", "dlq-purge", "orders").exit_code == 0
+    assert json.loads(run_cli("queue", "dlq", "orders", "--json").stdout) == []
+
+
+def test_bad_dlq_requests_exit_2_or_1_and_change_nothing(
+    run_cli: Run, admin: QueueAdmin, sqs: Sqs
+) -> None:
+    dead_letters(admin, sqs, "bad", 2)
+    admin.create("plain")
+    cases: list[tuple[tuple[str, ...], int, str]] = [
+        (("queue", "redrive", "bad", "--id", "not an id!"), 2, "not an SQS message id"),
+        (("queue", "dlq", "bad", "--limit", "0"), 2, "0"),
+        (("queue", "dlq", "plain"), 1, "has no DLQ"),
+        (("queue", "dlq-purge", "nope"), 1, "does not exist"),
+    ]
+    for args, code, words in cases:
+        result = run_cli(*args)
+        assert result.exit_code == code, (args, result.output)
+        assert words in result.output
+    assert len(json.loads(run_cli("queue", "dlq", "bad", "--json").stdout)) == 2
+
+
+def test_the_api_does_the_same_behind_the_token(
+    admin: QueueAdmin, sqs: Sqs, store: Store, settings: Settings
+) -> None:
+    import dataclasses
+
+    from orchestrator.http.api import Api, Request
+    from orchestrator.http.fleet import Fleet
+
+    ids = dead_letters(admin, sqs, "api-dlq", 3)
+    token_settings = dataclasses.replace(settings, api_token="t0ken")
+    app = Api(token_settings, Fleet(token_settings, store, sqs), None,  # type: ignore[arg-type]
+              lambda: {"status": "ok"})  # fmt: skip
+    host = {"host": "127.0.0.1:3000"}
+
+    def call(method: str, path: str, body: Any = None, token: bool = True) -> Any:
+        headers = {**host, "content-type": "application/json"}
+        if token:
+            headers["authorization"] = "Bearer t0ken"
+        raw = json.dumps(body).encode() if body is not None else b""
+        return app.dispatch(Request(method, path, {}, headers, raw))
+
+    listed = call("GET", "/api/queues/api-dlq/dlq")
+    assert listed.status == 200 and len(json.loads(listed.body)) == 3
+    assert call("POST", "/api/queues/api-dlq/redrive", {"ids": [ids[0]]},
+                token=False).status == 401  # fmt: skip
+    assert call("POST", "/api/queues/api-dlq/redrive", {"ids": "x"}).status == 400
+    assert call("POST", "/api/queues/api-dlq/redrive", {"ids": ["no good"]}).status == 422
+    moved = call("POST", "/api/queues/api-dlq/redrive", {"ids": [ids[0]]})
+    assert moved.status == 200 and json.loads(moved.body)["moved"] == 1
+    purged = call("POST", "/api/queues/api-dlq/dlq/purge", {"ids": [ids[1]]})
+    assert purged.status == 200 and json.loads(purged.body)["deleted"] == 1
+    left = json.loads(call("GET", "/api/queues/api-dlq/dlq").body)
+    assert [d["messageId"] for d in left] == [ids[2]]
