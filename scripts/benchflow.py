@@ -14,10 +14,12 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 from benchlib import Bench, median, percentile, wait_for
 
 STAMP = "benchhandlers:stamp"
@@ -134,7 +136,7 @@ def _effective(bench: Bench) -> int | None:
 # --- shards -----------------------------------------------------------------------------
 
 
-def shards(kind: str, repeat: int, root: Path, count: int = 12000) -> dict[str, Any]:
+def shards(kind: str, repeat: int, root: Path, count: int = 60_000) -> dict[str, Any]:
     out: dict[str, Any] = {"messages": count, "concurrency": 40, "workers": 4}
     for most in (1, 4):
         times = []
@@ -144,17 +146,73 @@ def shards(kind: str, repeat: int, root: Path, count: int = 12000) -> dict[str, 
                 url = bench.admin.create("hot", handler=STAMP, concurrency=40,
                                          max_shards=most).queue_url  # fmt: skip
                 bench.fill(url, count, lambda n: json.dumps({"seq": n}))
+                server = psutil.Process(_sqs_pid(bench))
                 with bench.daemon("--mode", "MW", "--workers", "4"):
-                    wait_for(lambda: len(bench.records()) >= count, 900, "the drain", 0.5)
+                    psutil.cpu_percent(None)
+                    server.cpu_percent(None)
+                    seen = [0]  # counted from what was appended since the last look
+
+                    def drained() -> bool:
+                        seen[0] += len(bench.new_records())
+                        return seen[0] >= count
+
+                    wait_for(drained, 900, "the drain", 0.5)
+                    busy = psutil.cpu_percent(None)  # of all cores, over the drain
+                    sqs_busy = server.cpu_percent(None)  # of one core: SQS's own process
                 got = _starts(bench, "hot")
                 times.append(round(got[-1] - got[0], 2))
                 consumers = len({r["pid"] for r in bench.records()})
             finally:
                 bench.close()
         out[f"max_shards_{most}"] = {"drain_s": median(times), "runs": times,
-                                     "consumers": consumers}  # fmt: skip
+                                     "consumers": consumers, "cpu_busy_pct": busy,
+                                     "sqs_server_cpu_pct": sqs_busy}  # fmt: skip
     out["speedup"] = round(out["max_shards_1"]["drain_s"] / out["max_shards_4"]["drain_s"], 2)
+    out["bare_loop"] = _bare_drain(root, kind, count)
     return out
+
+
+def _bare_drain(root: Path, kind: str, count: int, threads: int = 16) -> dict[str, Any]:
+    """The server's ceiling for one queue: boto3 alone, `threads` threads each receiving
+    10 and deleting them, no handler, on the same messages."""
+    bench = Bench(root / "shards-bare", kind)
+    try:
+        url = bench.admin.create("hot", concurrency=40).queue_url
+        bench.fill(url, count, lambda n: json.dumps({"seq": n}))
+        client = bench.sqs.client
+        done = [0]
+        lock = threading.Lock()
+
+        def loop() -> None:
+            empty = 0
+            while empty < 3:
+                got = client.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
+                                             WaitTimeSeconds=1).get("Messages", [])  # fmt: skip
+                if not got:
+                    empty += 1
+                    continue
+                empty = 0
+                client.delete_message_batch(QueueUrl=url, Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)])
+                with lock:
+                    done[0] += len(got)
+
+        started = time.monotonic()
+        workers = [threading.Thread(target=loop) for _ in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        seconds = time.monotonic() - started - 3  # less the three empty polls that end it
+        return {"threads": threads, "drain_s": round(seconds, 2), "handled": done[0]}
+    finally:
+        bench.close()
+
+
+def _sqs_pid(bench: Bench) -> int:
+    """The SQS server's process (LocalStack's, or moto's), from the servers' records."""
+    records = json.loads((bench.settings.data_path / "services.json").read_text())
+    return int(records["sqs"]["pid"])
 
 
 __all__ = ["adaptive", "priority", "rate", "shards"]

@@ -107,9 +107,10 @@ class MemoryStore(_Failing):
         self._check()
         return sorted(self.queues.values(), key=lambda q: q.name)
 
-    def queues_updated_since(self, since: datetime) -> list[QueueRecord]:
+    def queue_stamps_since(self, since: datetime) -> dict[str, datetime]:
         self._check()
-        return [q for q in self.queues.values() if q.updated_at and q.updated_at >= since]
+        return {i: q.updated_at for i, q in self.queues.items()
+                if q.updated_at and q.updated_at >= since}
 
     def add_series(self, now: datetime, counts: dict[str, tuple[int, int]] | None = None,
                    depths: dict[str, int] | None = None,

@@ -1,9 +1,10 @@
 """QueueCache: the queue documents a master keeps in memory, so that a cycle reads only
 what changed (at 100,000 queues a whole read takes seconds).
 
-Each cycle reads the documents whose `updatedAt` is no older than a minute before the
-newest one it has seen (every write sets it; the minute covers writers whose clocks lag
-the others'); a whole read every FULL_READ_SECONDS also drops deleted queues.
+Each cycle reads the ids and `updatedAt` stamps of the documents stamped no earlier than
+a minute before the newest stamp it has seen (every write sets it; the minute covers
+writers whose clocks lag the others'), then the documents whose stamp is new to it; a
+whole read every FULL_READ_SECONDS also drops deleted queues.
 """
 
 from __future__ import annotations
@@ -33,10 +34,15 @@ class QueueCache:
             found = self.store.list_queues()
             self.by_id = {q.id: q for q in found if q.id is not None}
             self.read_at = now
+            stamps = [q.updated_at for q in found if q.updated_at is not None]
         else:
-            found = self.store.queues_updated_since(self.newest - OVERLAP)
-            self.by_id.update({q.id: q for q in found if q.id is not None})
-        stamps = [q.updated_at for q in found if q.updated_at is not None]
+            # What changed in the window, by id and stamp only: the documents themselves
+            # are read for those whose stamp is not the one already held.
+            seen = self.store.queue_stamps_since(self.newest - OVERLAP)
+            changed = [i for i, stamp in seen.items()
+                       if i not in self.by_id or self.by_id[i].updated_at != stamp]  # fmt: skip
+            self.by_id.update(self.store.queues_by_id(changed) if changed else {})
+            stamps = list(seen.values())
         if stamps:
             self.newest = max([*stamps, *([self.newest] if self.newest else [])])
         return list(self.by_id.values())

@@ -67,10 +67,11 @@ class QueueDocs(Connection):
         return [QueueRecord.from_doc(d) for d in cursor]
 
     @translated
-    def queues_updated_since(self, since: datetime) -> list[QueueRecord]:
-        """Queues created or changed at `since` or later (their updatedAt)."""
-        cursor = self._db[QUEUES].find({"updatedAt": {"$gte": since}}).batch_size(5000)
-        return [QueueRecord.from_doc(d) for d in cursor]
+    def queue_stamps_since(self, since: datetime) -> dict[str, datetime]:
+        """Id → updatedAt of the queues created or changed at `since` or later."""
+        cursor = self._db[QUEUES].find({"updatedAt": {"$gte": since}},
+                                       {"updatedAt": 1}).batch_size(5000)  # fmt: skip
+        return {str(d["_id"]): d["updatedAt"] for d in cursor}
 
     @translated
     def queue_page(self, after: str | None, limit: int) -> list[QueueRecord]:
