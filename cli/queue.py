@@ -47,6 +47,9 @@ TUNING = [
                       "by one a second (default off)."),
     click.option("--max-shards", type=INT, metavar="N",
                  help="Workers that may serve a backlog at once (default 1)."),
+    click.option("--failure-bodies/--no-failure-bodies", default=None,
+                 help="Keep the message body with each failure, for the DLQ browser "
+                      "(default off: only the error)."),
 ]  # fmt: skip
 
 
@@ -105,6 +108,8 @@ def create(
         notes += ", adaptive"
     if record.max_shards > 1:
         notes += f", up to {record.max_shards} shards"
+    if record.failure_bodies:
+        notes += ", failures keep bodies"
     if record.dlq_name:
         notes += f", DLQ {record.dlq_name} after {record.max_receive_count} receives"
     click.echo(

@@ -309,7 +309,8 @@ class Failure:
     def to_json(self) -> dict[str, Any]:
         return {"messageId": self.message_id, "receiveCount": self.receive_count,
                 "errorType": self.error_type, "error": self.error,
-                "traceback": self.traceback, "at": self.at.isoformat()}  # fmt: skip
+                "traceback": self.traceback, "at": self.at.isoformat(),
+                "body": self.body}  # fmt: skip
 
 
 OPEN_JOB_STATES = ("queued", "running")

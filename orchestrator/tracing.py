@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 TRACEPARENT = "traceparent"  # the message attribute with the producer's trace context
 SYSTEM = "aws_sqs"
 _provider: Any = None
+_warned = False
 
 
 def configured(environ: Mapping[str, str] | None = None) -> bool:
@@ -53,7 +54,8 @@ def tracer(role: str) -> Tracer | None:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
     except ImportError:
-        return None  # configured but not installed: the README says to install the extra
+        _warn_missing()
+        return None
     if _provider is None:
         names = os.environ.get("OTEL_TRACES_EXPORTER", "otlp").lower().split(",")
         _provider = TracerProvider(resource=Resource.create(
@@ -70,6 +72,18 @@ def tracer(role: str) -> Tracer | None:
                 _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         trace.set_tracer_provider(_provider)
     return trace.get_tracer("orchestrator")
+
+
+def _warn_missing() -> None:
+    """Configured but not installed: say so once, and run without traces."""
+    global _warned
+    if not _warned:
+        _warned = True
+        import structlog
+
+        structlog.get_logger().warning(
+            "tracing.unavailable", reason="OTEL_* is set but the opentelemetry packages are "
+            "not installed", fix="pip install 'orchestrator[otel]'")
 
 
 def shutdown() -> None:

@@ -43,10 +43,11 @@ DIGITS = re.compile(r"[0-9]{1,9}")
 # PATCH fields (JSON names) → their JSON type, and QueueAdmin.update's argument names.
 PATCHABLE = {"concurrency": int, "paused": bool, "handler": str, "processes": int,
              "batchSize": int, "batchWindow": float, "rateLimit": float, "priority": int,
-             "adaptive": bool, "maxShards": int}  # fmt: skip
+             "adaptive": bool, "maxShards": int, "failureBodies": bool}  # fmt: skip
 NULLABLE = {"rateLimit"}  # null: no limit
 UPDATE_ARGS = {"batchSize": "batch_size", "batchWindow": "batch_window",
-               "rateLimit": "rate_limit", "maxShards": "max_shards"}  # fmt: skip
+               "rateLimit": "rate_limit", "maxShards": "max_shards",
+               "failureBodies": "failure_bodies"}  # fmt: skip
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 STATUS_BY_ERROR: list[tuple[type[OrchestratorError], int]] = [
     (QueueNotFound, 404),

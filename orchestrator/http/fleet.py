@@ -159,6 +159,7 @@ class Fleet:
                 "priority": q.priority,
                 "adaptive": q.adaptive,
                 "maxShards": q.max_shards,
+                "failureBodies": q.failure_bodies,
                 "shards": len(shards.get(q.queue_url, ())),
                 "effectiveConcurrency": _sum_or_none(
                     effective.get(a.job_id) for a in shards.get(q.queue_url, ())),

@@ -52,6 +52,7 @@ SCHEMAS: dict[str, Any] = {
         "handled": _INT, "failed": _INT,
         "rateLimit": {"type": ["number", "null"]}, "priority": _INT, "adaptive": _BOOL,
         "maxShards": _INT, "shards": _INT, "effectiveConcurrency": _NULL_INT,
+        "failureBodies": _BOOL,
         "depthChangedAt": {"type": ["string", "null"], "format": "date-time"},
     }),
     "QueuePatch": {
@@ -65,7 +66,8 @@ SCHEMAS: dict[str, Any] = {
                                  "maximum": MAX_RATE_LIMIT},
                    "priority": {"type": "integer", "minimum": 0, "maximum": MAX_PRIORITY},
                    "adaptive": _BOOL,
-                   "maxShards": {"type": "integer", "minimum": 1}},
+                   "maxShards": {"type": "integer", "minimum": 1},
+                   "failureBodies": _BOOL},
                   required=False),
         "additionalProperties": False,
         "minProperties": 1,
@@ -79,7 +81,7 @@ SCHEMAS: dict[str, Any] = {
         "group": _NULL_STR,
         "lastFailure": {"oneOf": [{"type": "null"}, _object({
             "messageId": _STR, "receiveCount": _INT, "errorType": _STR, "error": _STR,
-            "traceback": _STR, "at": _TIME})]},
+            "traceback": _STR, "at": _TIME, "body": _NULL_STR})]},
     }),
     "Consumer": _object({"pid": _INT, "queueName": _NULL_STR, "rssMb": {"type": "number"},
                          "cpuPercent": {"type": "number"}}),

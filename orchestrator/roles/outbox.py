@@ -31,13 +31,14 @@ class JobEnd:
     failed: int
     error: str | None = None
     processes: tuple[dict[str, Any], ...] = ()  # its handler processes' counts
+    pids: tuple[int, int] | None = None  # the worker's and the consumer's, when known
 
     @property
     def status(self) -> str:
         return self.reason.status
 
     @classmethod
-    def reported(cls, job: Assignment, done: Done) -> JobEnd:
+    def reported(cls, job: Assignment, done: Done, pids: tuple[int, int]) -> JobEnd:
         """The outcome a consumer's `Done` report gives. A job that gave up on handlers
         that never returned failed, whatever ended it: their messages were not handled."""
         if done.abandoned:
@@ -46,8 +47,9 @@ class JobEnd:
                 f"the job ended ({done.reason}); the consumer abandoned them and exited, "
                 "and their messages come back after the visibility timeout"
             )
-            return cls(job, Reason.ABANDONED, done.handled, done.failed, error, done.processes)
-        return cls(job, done.reason, done.handled, done.failed, done.error, done.processes)
+            return cls(job, Reason.ABANDONED, done.handled, done.failed, error, done.processes,
+                       pids)
+        return cls(job, done.reason, done.handled, done.failed, done.error, done.processes, pids)
 
 
 class Outbox:
@@ -84,7 +86,7 @@ class Outbox:
             end = self.pending[0]
             store.job_ended(end.job.job_id, end.status, utcnow(), handled=end.handled,
                             failed=end.failed, reason=end.reason.value, error=end.error,
-                            processes=list(end.processes))  # fmt: skip
+                            processes=list(end.processes), pids=end.pids)  # fmt: skip
             store.release(end.job.job_id)
             self.pending.pop(0)
             log_event = log.info if end.status == "completed" else log.warning

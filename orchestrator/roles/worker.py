@@ -227,7 +227,7 @@ class Worker:
             self._record_failures(job, event.failures)
         if isinstance(event, protocol.Done):
             self.pool.done(slot, abandoned=bool(event.abandoned))
-            self._close(JobEnd.reported(job, event))
+            self._close(JobEnd.reported(job, event, (os.getpid(), slot.pid)))
             return
         if isinstance(event, protocol.Progress):
             slot.handled, slot.failed = event.handled, event.failed
@@ -300,11 +300,13 @@ class Worker:
         assert death.job is not None
         if self.status == "draining":  # we are stopping: the job was cut short, not broken
             return JobEnd(death.job, Reason.SHUTDOWN, death.handled, death.failed,
-                          f"consumer {death.pid} ended during shutdown: {death.how}")  # fmt: skip
+                          f"consumer {death.pid} ended during shutdown: {death.how}",
+                          pids=(os.getpid(), death.pid))  # fmt: skip
         error = f"consumer {death.pid} died: {death.how}" + (
             f" ({death.kill_reason})" if death.kill_reason else ""
         )
-        return JobEnd(death.job, Reason.CONSUMER_DIED, death.handled, death.failed, error)
+        return JobEnd(death.job, Reason.CONSUMER_DIED, death.handled, death.failed, error,
+                      pids=(os.getpid(), death.pid))
 
     # --- shutdown ------------------------------------------------------------------------------
 

@@ -128,6 +128,9 @@ def test_a_handler_that_does_not_import_fails_its_job_with_backoff(
     failed = wait_for(lambda: [j for j in store.jobs(queue="broken") if j.status == "failed"],
                       30, "the broken queue's job failed")  # fmt: skip
     assert "no_such_package.handlers:handle" in (failed[0].error or "")
+    # It never started, yet the job names the consumer that tried (and its worker).
+    spawned = {e["consumer_pid"] for e in daemon.events("consumer.spawned")}
+    assert failed[0].consumer_pid in spawned and failed[0].worker_pid
     wait_for(lambda: seqs(record_dir, "fine") == set(range(20)), 60, "the other queue handled")
     holds_for(lambda: daemon.proc.poll() is None, 8, "the daemon stays up")
     # Retried with backoff (2 s, 4 s, 8 s …), not in a tight loop (every master tick).

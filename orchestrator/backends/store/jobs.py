@@ -77,9 +77,11 @@ class JobDocs(Connection):
         reason: str,
         error: str | None = None,
         processes: list[dict[str, Any]] | None = None,
+        pids: tuple[int, int] | None = None,
     ) -> None:
         """Close an open job (a closed one is left as it is: the first ending wins).
-        `processes`: the counts of its handler processes, when it had any."""
+        `processes`: the counts of its handler processes, when it had any; `pids`: the
+        worker's and the consumer's (a job that failed before it started has no others)."""
         fields: dict[str, Any] = {
             "status": status,
             "messageCount": handled,
@@ -91,6 +93,8 @@ class JobDocs(Connection):
         }
         if processes:
             fields["processes"] = processes
+        if pids:
+            fields["processor.workerPid"], fields["processor.consumerPid"] = pids
         self._db[JOBS].update_one(
             {"_id": ObjectId(job_id), "status": {"$in": list(OPEN_JOB_STATES)}},
             {"$set": fields},
