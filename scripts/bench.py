@@ -338,6 +338,7 @@ def scale(
             _populate(bench, size)
             master = Master(bench.settings, bench.store, bench.sqs)
             cycles = []
+            whole_after = None  # seconds until the master knew every queue
             checks_before = sum(bench.requests().values())
             started = time.monotonic()
             for _i in range(60):
@@ -348,12 +349,15 @@ def scale(
                 master.tick(now)
                 cycles.append({"seconds": time.perf_counter() - t0,
                                "mongodb_ops": Count.n - ops_before})  # fmt: skip
+                if whole_after is None and master.placement.cache.whole:
+                    whole_after = time.monotonic() - started
                 time.sleep(max(0.0, bench.settings.master_interval - (time.perf_counter() - t0)))
             checks = sum(bench.requests().values()) - checks_before
             per_second = checks / (time.monotonic() - started)
             steady = [c["seconds"] for c in cycles[1:]]
             out[str(size)] = {
                 "first_cycle_s": round(cycles[0]["seconds"], 3),
+                "queues_known_after_s": None if whole_after is None else round(whole_after, 1),
                 "cycle_s_median": round(median(steady), 3),
                 "cycle_s_p95": round(percentile(steady, 95), 3),
                 "cycle_s_max": round(max(steady), 3),

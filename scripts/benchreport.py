@@ -62,6 +62,11 @@ ROWS: list[tuple[str, str, Callable[[dict[str, Any]], Any], str, Callable[[Any],
     ("scale", "depth checks per s / each queue checked every, s (100,000 queues)",
      lambda r: f'{r["100000"]["depth_checks_per_s"]} / {r["100000"]["check_interval_s"]}', "",
      lambda v: True),
+    ("scale", "a fresh master knows every queue after, s (10,000 / 100,000; its first cycle, s)",
+     lambda r: f'{r["10000"].get("queues_known_after_s")} / '
+               f'{r["100000"].get("queues_known_after_s")} '
+               f'({r["10000"]["first_cycle_s"]} / {r["100000"]["first_cycle_s"]})', "",
+     lambda v: True),
     ("scale", "MongoDB ops per cycle (10,000 / 100,000)",
      lambda r: f'{r["10000"]["mongodb_ops_per_cycle"]} / {r["100000"]["mongodb_ops_per_cycle"]}',
      "", lambda v: True),

@@ -118,6 +118,17 @@ class MemoryStore(_Failing):
         self._check()
         self.series_points.append((now, counts or {}, depths or {}, loads or {}))
 
+    def queue_pages_by_id(self, after: str | None, size: int) -> Iterator[list[QueueRecord]]:
+        while True:
+            self._check()
+            held = dict(self.queues)  # read on a scan's thread: a copy, as of now
+            ids = sorted(i for i in held if after is None or i > after)[:size]
+            if ids:
+                yield [held[i] for i in ids]
+            if len(ids) < size:
+                return
+            after = ids[-1]
+
     def save_depths(self, found: dict[str, tuple[QueueDepth, datetime]]) -> None:
         self._check()
         self.depth_docs.update(found)

@@ -6,7 +6,7 @@ orchestrator/backends/memory.py (dramatiq's stub broker, for this project).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Protocol
@@ -80,6 +80,8 @@ class MasterStore(SyncStore, Protocol):
     """What a master reads and writes."""
 
     def queue_stamps_since(self, since: datetime) -> dict[str, datetime]: ...
+
+    def queue_pages_by_id(self, after: str | None, size: int) -> Iterator[list[QueueRecord]]: ...
 
     def queues_by_id(self, ids: Iterable[str]) -> dict[str, QueueRecord]: ...
 

@@ -1,9 +1,11 @@
 """Master: holds the leader lease and assigns queues with messages to live workers.
 
-One tick: renew the lease → (on becoming leader) sync queues to SQS → reap
-dead workers → check the depth of due queues → assign the non-empty ones.
-Only the lease holder assigns; the unique `queueUrl` index on assignments
-makes a double assignment impossible even if two masters ever overlap.
+One tick: renew the lease → reap dead workers → check the depth of due queues →
+assign the non-empty ones → recreate in SQS the queues it lacks (DB → SQS sync, a
+queue at a time as checks find them missing: a listing of every queue at 100,000
+queues would take longer than a lease). Only the lease holder assigns; the unique
+`{queueUrl, shard}` index on assignments makes a double assignment impossible even if
+two masters ever overlap.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, Protocol
 import structlog
 
 from orchestrator.backends.protocols import MasterSqs, MasterStore
-from orchestrator.backends.queues import sync_queues
+from orchestrator.backends.queues import create_in_sqs
 from orchestrator.backends.sqs import Sqs
 from orchestrator.backends.store import DAEMON_TIMEOUT_MS, Store
 from orchestrator.config import Endpoints, Settings
@@ -58,7 +60,6 @@ class Master:
         self.leading = False
         self.lease_valid_until: datetime | None = None
         self.next_renewal: datetime | None = None
-        self.synced = False
         self.placement = Placement(settings, store, sqs, self.meter)
         self.next_sweep: datetime | None = None
         # Since when this master has seen MongoDB without errors: workers are judged only
@@ -77,18 +78,10 @@ class Master:
         workers = self._observe_workers(now)  # standbys too: a new leader knows who lives
         if not leading:
             return
-        if not self.synced:
-            try:
-                created = sync_queues(self.store, self.sqs)
-            except ServiceUnavailable as exc:  # MongoDB or SQS: either way, next cycle
-                self.placement.sqs_outage.failed(exc)
-                return  # nothing is assigned before the sync; the lease is kept meanwhile
-            for queue in created:
-                log.info("queue.synced_to_sqs", queue=queue.name)
-            self.synced = True
         live = self._reap_dead_workers(now, workers)
         self._sweep_orphans(now)
         self._assign(now, live)
+        self._resync(now)
 
     # --- leadership ------------------------------------------------------------
 
@@ -111,8 +104,6 @@ class Master:
                     self.lease_valid_until = now + timedelta(seconds=ttl * LEASE_SAFETY)
             if held != self.leading:
                 log.info("master.leading" if held else "master.standby")
-            if held and not self.leading:
-                self.synced = False  # every new leadership starts with a DB → SQS sync
             self.leading = held
         if self.leading and self.lease_valid_until and now >= self.lease_valid_until:
             log.warning("master.lease_lost", reason="no renewal before the lease ran out")
@@ -224,6 +215,25 @@ class Master:
         # Only workers known to be alive: one that has not been watched for long enough
         # to be judged dead (a fresh master) is not reaped yet, but gets nothing either.
         self.placement.run(now, [w for w in live if w.status == "active" and self._alive(w, now)])
+
+    def _resync(self, now: datetime) -> None:
+        """Recreate in SQS the queues it has lacked for a while, if MongoDB still has them.
+        A `queue delete` removes the SQS queue first and the document a moment later: the
+        document is read again here, so a queue being deleted is never brought back."""
+        for queue in self.placement.missing(now):
+            assert queue.id is not None
+            current = self.store.queues_by_id([queue.id]).get(queue.id)
+            if current is None or current.queue_url != queue.queue_url:
+                self.placement.resynced(queue, found=current is not None)
+                continue
+            try:
+                fresh = create_in_sqs(self.sqs, current)
+            except ServiceUnavailable as exc:
+                self.placement.sqs_outage.failed(exc)
+                return
+            self.store.mark_synced(queue.id, fresh.queue_url, fresh.dlq_url)
+            self.placement.resynced(queue, found=True)
+            log.info("queue.synced_to_sqs", queue=queue.name)
 
 
 class Beside(Protocol):

@@ -17,6 +17,7 @@ Every decision about one queue is a transition of its QueueSchedule (policy.py).
 from __future__ import annotations
 
 import heapq
+import time
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,13 +46,17 @@ from orchestrator.validate import MAX_PRIORITY
 
 log = structlog.get_logger()
 
-# Depth checks under way at most, most overdue first: the time budget below decides how
-# many a cycle gets done; this only keeps the threads' queue short.
-CHECKS_IN_FLIGHT = 1000
+# Depth checks under way at most, most overdue first: about what the threads do in a
+# cycle (~200 a second on LocalStack), so that a check runs soon after it was chosen.
+CHECKS_IN_FLIGHT = 256
 CHECK_THREADS = 16  # depth checks run in parallel: each is one SQS round trip
-CHECK_BUDGET = 0.5  # of MASTER_INTERVAL: how long a cycle waits for its depth checks
+CHECK_BUDGET = 0.5  # of MASTER_INTERVAL, from the cycle's start: its depth checks' wait
+SCAN_BUDGET = 0.25  # of MASTER_INTERVAL: the wait for a scan's pages, until every queue is known
+RESYNC_AFTER = 5.0  # a queue missing in SQS this long is recreated (a delete takes less)
+RESYNCS_PER_CYCLE = 10
 SHOWN_DEPTH_SECONDS = 5.0  # a running queue's depth, for the API (720 requests an hour)
 SHARE_SETTLE_SECONDS = 3.0  # a lowered share reaches a consumer (≤ 1 s) and is reported (1 s)
+UNSEEN = policy.QueueSchedule()  # a queue's until its first check (one for all: immutable)
 
 
 @dataclass
@@ -82,14 +87,16 @@ class Placement:
         self.sqs_outage = Outage()  # depth checks: one log line per problem
         self.cache = QueueCache(store)
         self.saved: dict[str, QueueDepth] = {}  # depths written to MongoDB, by URL
-        self.names: dict[str, str] = {}  # queue URL → name, as of the last cycle
+        self.known: dict[str, QueueRecord] = {}  # the last cycle's queues, by URL
+        self.lost: dict[str, datetime] = {}  # URL → since when SQS has lacked the queue
         self.charted: datetime | None = None  # the minute of the last worker-load point
 
     def schedule(self, url: str) -> policy.QueueSchedule:
-        return self.schedules.get(url) or policy.QueueSchedule()
+        return self.schedules.get(url, UNSEEN)
 
     def run(self, now: datetime, workers: list[WorkerRecord]) -> None:
         """One cycle's placement over the live, active workers it was given."""
+        started = time.monotonic()  # the budgets are of real time: they bound I/O waits
         cycle = self._survey(now, workers)
         due = self._due(now, cycle)
         capacity = sum(max(w.max_load - cycle.loads[w.id], 0) for w in cycle.workers.values())
@@ -100,7 +107,11 @@ class Placement:
         growing = [cycle.queues[u] for u in cycle.shards if self._may_grow(cycle, u)]
         shown = [cycle.queues[u] for u in cycle.shards if u in cycle.queues
                  and self._show_due(now, u) and cycle.queues[u] not in growing]  # fmt: skip
-        depths = self._check_depths(now, unassigned + growing + shown)
+        # The checks wait out what is left of their budget (a tenth of it at least: with
+        # 100,000 queues the survey alone takes most of it; the checks go on meanwhile).
+        budget = CHECK_BUDGET * self.settings.master_interval
+        wait = max(budget - (time.monotonic() - started), budget / 10)
+        depths = self._check_depths(now, unassigned + growing + shown, wait)
         self._record(now, depths)
         for queue in unassigned:
             if (depth := depths.get(queue.queue_url)) is not None:
@@ -132,8 +143,8 @@ class Placement:
                 changed[url] = (depth, now)
         try:
             self.store.save_depths(changed)
-            by_name = {self.names[url]: d.visible for url, (d, _) in changed.items()
-                       if url in self.names}  # fmt: skip
+            by_name = {self.known[url].name: d.visible for url, (d, _) in changed.items()
+                       if url in self.known}  # fmt: skip
             self.store.add_series(now, depths=by_name)
         except ServiceUnavailable as exc:  # only a display: written with the next change
             log.warning("depths.not_saved", error=str(exc))
@@ -152,8 +163,9 @@ class Placement:
         self.charted = minute
 
     def _survey(self, now: datetime, workers: list[WorkerRecord]) -> _Cycle:
-        queues = {q.queue_url: q for q in self.cache.refresh(now)}
-        self.names = {url: q.name for url, q in queues.items()}
+        queues = {q.queue_url: q for q in
+                  self.cache.refresh(now, SCAN_BUDGET * self.settings.master_interval)}
+        self.known = queues
         shards: dict[str, list[Assignment]] = {}
         for held in self.store.assignments():
             shards.setdefault(held.queue_url, []).append(held)
@@ -194,29 +206,35 @@ class Placement:
 
     # --- depth checks -------------------------------------------------------------------
 
-    def _check_depths(self, now: datetime, queues: list[QueueRecord]) -> dict[str, QueueDepth]:
-        """Look at the depths of the most overdue of `queues` on the check threads, for at
-        most CHECK_BUDGET of MASTER_INTERVAL: a slow or unreachable SQS must never hold
-        the cycle up, nor with it the lease's renewals. A check that has not answered by
-        then is collected by a later cycle; one that failed leaves its queue due, and the
-        outage is logged once. Returns what was found, by URL; an unassigned queue's next
-        check is scheduled from it."""
+    def _check_depths(self, now: datetime, queues: list[QueueRecord],
+                      wait: float) -> dict[str, QueueDepth]:  # fmt: skip
+        """Look at the depths of the most overdue of `queues` on the check threads, waiting
+        at most `wait` seconds: a slow or unreachable SQS must never hold the cycle up,
+        nor with it the lease's renewals. A check that has not answered by then is
+        collected by a later cycle; one that failed leaves its queue due, and the outage
+        is logged once. Returns what was found, by URL (a queue missing in SQS as empty,
+        noted for its recreation); an unassigned queue's next check is scheduled from it."""
         room = CHECKS_IN_FLIGHT - len(self.checking)
         fresh = [q for q in queues if q.queue_url not in self.checking]
+        schedules = self.schedules  # looked up 100,000 times at 100,000 queues
         overdue = heapq.nsmallest(max(room, 0), fresh,
-                                  key=lambda q: self.schedule(q.queue_url).overdue_key())
+                                  key=lambda q: schedules.get(q.queue_url, UNSEEN).overdue_key())
         for queue in overdue:
             self.checking[queue.queue_url] = self.pool.submit(self._depth, queue)
-        wait_all(self.checking.values(), timeout=CHECK_BUDGET * self.settings.master_interval)
+        wait_all(self.checking.values(), timeout=max(wait, 0.0))
         found: dict[str, QueueDepth] = {}
         failed = None
         for url, check in list(self.checking.items()):
             if check.done():
                 del self.checking[url]
-                if (exc := check.exception()) is not None:
+                if isinstance(exc := check.exception(), QueueNotFound):
+                    found[url] = QueueDepth(0, 0, 0)
+                    self._missing(now, url)
+                elif exc is not None:
                     failed = exc
                 else:
                     found[url] = check.result()
+                    self._present(url)
         if failed is not None:
             self.sqs_outage.failed(failed)
         elif overdue:
@@ -224,12 +242,34 @@ class Placement:
         return found
 
     def _depth(self, queue: QueueRecord) -> QueueDepth:
-        """The queue's depth (a queue missing in SQS has none)."""
-        try:
-            return self.sqs.depth(queue.queue_url)
-        except QueueNotFound:
-            log.warning("queue.missing_in_sqs", queue=queue.name)
-            return QueueDepth(0, 0, 0)
+        return self.sqs.depth(queue.queue_url)
+
+    # --- queues missing in SQS ----------------------------------------------------------
+
+    def _missing(self, now: datetime, url: str) -> None:
+        if url not in self.lost:
+            self.lost[url] = now
+            queue = self.known.get(url)
+            log.warning("queue.missing_in_sqs", queue=queue.name if queue else url)
+
+    def _present(self, url: str) -> None:
+        self.lost.pop(url, None)
+
+    def missing(self, now: datetime) -> list[QueueRecord]:
+        """The queues SQS has lacked for RESYNC_AFTER (a few a cycle): being deleted takes
+        less, so these are to be recreated, once their documents are found still there."""
+        for url in [u for u in self.lost if u not in self.known]:
+            del self.lost[url]  # its document is gone (or has another URL now)
+        return [self.known[url] for url, since in self.lost.items()
+                if (now - since).total_seconds() >= RESYNC_AFTER][:RESYNCS_PER_CYCLE]
+
+    def resynced(self, old: QueueRecord, found: bool) -> None:
+        """`old` was recreated in SQS, or not found in MongoDB (deleted meanwhile)."""
+        self.lost.pop(old.queue_url, None)
+        self.schedules.pop(old.queue_url, None)
+        if not found:
+            assert old.id is not None
+            self.cache.forget(old.id)
 
     # --- assigning and preempting ------------------------------------------------------
 

@@ -15,6 +15,7 @@ from orchestrator.config import Settings
 from orchestrator.errors import ServiceUnavailable
 from orchestrator.models import WorkerRecord, utcnow
 from orchestrator.roles.master import Master
+from orchestrator.roles.placement import RESYNC_AFTER
 
 
 def admin_for(settings: Settings, store: Store, sqs: Sqs) -> QueueAdmin:
@@ -246,22 +247,45 @@ def test_orphaned_open_jobs_are_closed(settings: Settings, store: Store, sqs: Sq
     assert job and job.status == "interrupted" and "orphaned" in (job.end_reason or "")
 
 
-def test_a_master_that_lost_its_lease_syncs_again_when_it_leads_again(
+def test_a_queue_sqs_lost_is_recreated_once_it_has_been_missing_for_a_while(
     settings: Settings, store: Store, sqs: Sqs
 ) -> None:
     admin = admin_for(settings, store, sqs)
-    queue = admin.create("synced")
+    queue = admin.create("synced", dlq=True)
     master = Master(settings, store, sqs)
     now = utcnow()
+    known_alive(master, now, {"w": 0})  # queues are looked at when a worker could take them
     master.tick(now)
-    assert master.synced
-    # No renewal before the lease runs out (e.g. MongoDB was slow): leadership lapses.
-    lapse = now + timedelta(seconds=settings.lease_ttl * 0.9)
-    master.next_renewal = lapse + timedelta(seconds=1)
-    assert not master._lead(lapse)
-    sqs.delete_queue(queue.queue_url)  # SQS lost the queue meanwhile
-    master.tick(lapse + timedelta(seconds=1))  # leads again
-    assert master.leading and queue.queue_url in sqs.list_queue_urls()
+    sqs.delete_queue(queue.queue_url)  # SQS lost the queue (a restart without its data)
+    sqs.delete_queue(queue.dlq_url or "")
+    later = check_again(master, queue.queue_url, now)
+    assert queue.queue_url not in sqs.list_queue_urls()  # not at once: it may be a delete
+    check_again(master, queue.queue_url, later + timedelta(seconds=RESYNC_AFTER))
+    assert {queue.queue_url, queue.dlq_url} <= set(sqs.list_queue_urls())
+
+
+def test_a_queue_being_deleted_is_not_brought_back(
+    settings: Settings, store: Store, sqs: Sqs
+) -> None:
+    admin = admin_for(settings, store, sqs)
+    queue = admin.create("deleting")
+    master = Master(settings, store, sqs)
+    now = utcnow()
+    known_alive(master, now, {"w": 0})
+    master.tick(now)
+    sqs.delete_queue(queue.queue_url)  # `queue delete`: SQS first …
+    later = check_again(master, queue.queue_url, now)
+    store.delete_queue("deleting")  # … then the document, while the master looks
+    check_again(master, queue.queue_url, later + timedelta(seconds=RESYNC_AFTER))
+    assert queue.queue_url not in sqs.list_queue_urls()
+    assert all(q.name != "deleting" for q in master.placement.cache.by_id.values())
+
+
+def check_again(master: Master, url: str, after: datetime) -> datetime:
+    """Tick at the queue's next depth check after `after`; that time."""
+    at = max(after, due(master, url)) + timedelta(milliseconds=1)
+    master.tick(at)
+    return at
 
 
 def test_a_fresh_master_assigns_nothing_to_a_worker_already_silent_too_long(

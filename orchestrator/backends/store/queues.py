@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import itertools
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
 import pymongo
 from bson import ObjectId
+from pymongo.cursor import Cursor
 from pymongo.errors import DuplicateKeyError
 
 from orchestrator.backends.store.base import (
@@ -72,6 +74,22 @@ class QueueDocs(Connection):
         cursor = self._db[QUEUES].find({"updatedAt": {"$gte": since}},
                                        {"updatedAt": 1}).batch_size(5000)  # fmt: skip
         return {str(d["_id"]): d["updatedAt"] for d in cursor}
+
+    def queue_pages_by_id(self, after: str | None, size: int) -> Iterator[list[QueueRecord]]:
+        """The queues in `_id` order after the id `after` (None: from the first), `size` at
+        a time through one cursor: the first page costs a query (1.7 s at 100,000 queues
+        on the embedded server, which reads them all for any query), each next one a
+        getMore (0.06 s). Each call has its own time budget, not the cursor."""
+        query = {} if after is None else {"_id": {"$gt": ObjectId(after)}}
+        cursor = self._db[QUEUES].find(query).sort("_id", 1).batch_size(size)
+        while page := self._next_page(cursor, size):
+            yield page
+            if len(page) < size:
+                return
+
+    @translated
+    def _next_page(self, cursor: Cursor[dict[str, Any]], size: int) -> list[QueueRecord]:
+        return [QueueRecord.from_doc(d) for d in itertools.islice(cursor, size)]
 
     @translated
     def queue_page(self, after: str | None, limit: int) -> list[QueueRecord]:
