@@ -89,7 +89,7 @@ class Placement:
         self.saved: dict[str, QueueDepth] = {}  # depths written to MongoDB, by URL
         self.known: dict[str, QueueRecord] = {}  # the last cycle's queues, by URL
         self.lost: dict[str, datetime] = {}  # URL → since when SQS has lacked the queue
-        self.charted: datetime | None = None  # the minute of the last worker-load point
+        self.charted: tuple[datetime, dict[str, int]] | None = None  # the last load point
 
     def schedule(self, url: str) -> policy.QueueSchedule:
         return self.schedules.get(url, UNSEEN)
@@ -152,15 +152,17 @@ class Placement:
         self.saved.update({url: depth for url, (depth, _) in changed.items()})
 
     def _chart_loads(self, now: datetime, cycle: _Cycle) -> None:
-        """Each live worker's load, once a minute, for the dashboard's chart."""
-        minute = now.replace(second=0, microsecond=0)
-        if self.charted == minute:
+        """Each live worker's load, for the dashboard's chart: the minute's point is set
+        when a minute begins and again whenever the loads change (the last one stands)."""
+        point = (now.replace(second=0, microsecond=0),
+                 {w: cycle.loads[w] for w in cycle.workers})  # fmt: skip
+        if point == self.charted or not point[1]:
             return
         try:
-            self.store.add_series(now, loads={w: cycle.loads[w] for w in cycle.workers})
+            self.store.add_series(now, loads=point[1])
         except ServiceUnavailable:
-            return  # only a display: next minute's point is written anyway
-        self.charted = minute
+            return  # only a display: written with the next cycle
+        self.charted = point
 
     def _survey(self, now: datetime, workers: list[WorkerRecord]) -> _Cycle:
         queues = {q.queue_url: q for q in

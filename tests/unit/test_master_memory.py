@@ -298,3 +298,20 @@ def test_when_a_shard_ends_the_others_get_its_share_back() -> None:
     fleet.beat("w2", at(2), 2)
     master.tick(at(2))
     assert fleet.store.assigned[(queue.queue_url, 0)].share is None  # the whole queue again
+
+
+def test_a_workers_load_is_charted_as_soon_as_it_is_seen_and_again_when_it_changes() -> None:
+    fleet = Fleet()
+    master = fleet.master()
+    fleet.beat("w1", at(0))
+    master.tick(at(0))  # not yet known to be alive: nothing to chart
+    for t in (1, 2):
+        fleet.beat("w1", at(t))
+        master.tick(at(t))
+    fleet.queue("a", 3)
+    for t in (3, 4):
+        fleet.beat("w1", at(t))
+        master.tick(at(t))
+    loads = [(when, points) for when, _, _, points in fleet.store.series_points if points]
+    # One point when w1 was first seen alive, one when it took `a`: within one minute.
+    assert loads == [(at(1), {"w1": 0}), (at(3), {"w1": 1})]
