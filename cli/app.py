@@ -35,8 +35,14 @@ class App:
 
     @functools.cached_property
     def store(self) -> Store:
+        import pymongo.common
+
         from orchestrator.backends.store import Store
 
+        # pymongo's background threads notice a close only between sleeps of this many
+        # seconds (0.5 by default), and the interpreter's exit waits for them: a command
+        # would end half a second after its work. Only this process's clients.
+        pymongo.common.MIN_HEARTBEAT_INTERVAL = 0.02
         store = Store.connect(self.settings, self.endpoints.mongodb_uri)
         store.ensure_indexes()
         return store
@@ -52,6 +58,12 @@ class App:
         from orchestrator.backends.queues import QueueAdmin
 
         return QueueAdmin(self.settings, lambda: self.store, lambda: self.sqs)
+
+    def close(self) -> None:
+        """Close the MongoDB client if one was made: left to the interpreter's exit, its
+        monitor threads hold the process up for half a second."""
+        if "store" in self.__dict__:
+            self.store.close()
 
 
 class Group(click.Group):
@@ -78,6 +90,9 @@ class Cli(Group):
         except OrchestratorError as exc:
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        finally:
+            if isinstance(ctx.obj, App):
+                ctx.obj.close()
 
 
 pass_app = click.make_pass_decorator(App)
