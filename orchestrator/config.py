@@ -190,7 +190,9 @@ def find_env_file(env_name: str, environ: Mapping[str, str], cwd: Path) -> Path 
     if environ.get(CONFIG_DIR_VAR):
         candidates = [Path(environ[CONFIG_DIR_VAR])]
     else:
-        candidates = [cwd / "env", Path(__file__).resolve().parent.parent / "env"]
+        # The working directory's, then the checkout's (once each: they may be one).
+        candidates = list(dict.fromkeys([cwd.resolve() / "env",
+                                         Path(__file__).resolve().parent.parent / "env"]))  # fmt: skip
     for folder in candidates:
         path = folder / f"{env_name}.json"
         if path.is_file():

@@ -193,3 +193,10 @@ def test_sqs_kind() -> None:
     assert Settings(aws_sqs_endpoint="").sqs_kind == "aws"
     assert Settings(aws_sqs_endpoint="http://x:1").sqs_kind == "url"
     assert Settings(aws_sqs_endpoint="localstack").sqs_kind == "localstack"
+
+
+def test_missing_env_names_each_place_once_when_the_working_directory_is_the_checkout() -> None:
+    checkout = Path(config.__file__).resolve().parent.parent
+    with pytest.raises(ConfigError) as info:
+        config.load("nope", {}, cwd=checkout)
+    assert str(info.value).count("nope.json") == 1
