@@ -191,8 +191,8 @@ def find_env_file(env_name: str, environ: Mapping[str, str], cwd: Path) -> Path 
         candidates = [Path(environ[CONFIG_DIR_VAR])]
     else:
         # The working directory's, then the checkout's (once each: they may be one).
-        candidates = list(dict.fromkeys([cwd.resolve() / "env",
-                                         Path(__file__).resolve().parent.parent / "env"]))  # fmt: skip
+        checkout = Path(__file__).resolve().parent.parent
+        candidates = list(dict.fromkeys([cwd.resolve() / "env", checkout / "env"]))
     for folder in candidates:
         path = folder / f"{env_name}.json"
         if path.is_file():
