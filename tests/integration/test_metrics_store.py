@@ -66,3 +66,16 @@ def test_a_deleted_queue_takes_its_counters_with_it(store: Store) -> None:
     meter.flush(lambda d: store.add_metrics(d, utcnow()))
     store.delete_queue("gone")
     assert set(store.metric_totals().queues) == {"kept"}
+
+
+def test_a_series_minute_keeps_each_workers_peak_load_and_each_queues_last_depth(
+    store: Store,
+) -> None:
+    now = utcnow().replace(second=5)
+    store.add_series(now, counts={"q.fifo": (3, 1)}, depths={"q.fifo": 7}, loads={"w:1": 3})
+    store.add_series(now.replace(second=40), counts={"q.fifo": (2, 0)}, depths={"q.fifo": 2},
+                     loads={"w:1": 1})  # fmt: skip
+    [queue] = store.series("queue", ["q.fifo"], now)["q.fifo"]
+    assert (queue["handled"], queue["failed"], queue["depth"]) == (5, 1, 2)
+    [worker] = store.series("worker", ["w:1"], now)["w:1"]
+    assert worker["load"] == 3

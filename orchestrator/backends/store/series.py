@@ -41,14 +41,15 @@ class SeriesDocs(Connection):
         depths: dict[str, int] | None = None,
         loads: dict[str, int] | None = None,
     ) -> None:
-        """This minute's counts by queue (handled, failed: added), depths by queue and loads
-        by worker (set: the last one of the minute stands)."""
+        """This minute's counts by queue (handled, failed: added), depths by queue (set: the
+        minute's last stands) and loads by worker (the minute's peak: jobs are often shorter
+        than a minute, and a chart of each minute's last load would miss them)."""
         minute = minute_of(now)
         writes = [_doc("queue", q, minute, {"$inc": {"handled": h, "failed": f}})
                   for q, (h, f) in (counts or {}).items()]  # fmt: skip
         writes += [_doc("queue", q, minute, {"$set": {"depth": d}})
                    for q, d in (depths or {}).items()]  # fmt: skip
-        writes += [_doc("worker", w, minute, {"$set": {"load": n}})
+        writes += [_doc("worker", w, minute, {"$max": {"load": n}})
                    for w, n in (loads or {}).items()]  # fmt: skip
         if writes:
             self._db[SERIES].bulk_write(writes, ordered=False)

@@ -71,11 +71,12 @@
     root.append(...root._lines);
     return root;
   }
-  function drawChart(root, series, title) {
+  /** Draw each of `series` as a line; `scale` (optional) is the value at the top. */
+  function drawChart(root, series, title, scale) {
     const w = Number(root.getAttribute("width")), h = Number(root.getAttribute("height"));
     root._lines.forEach((path, i) => {
       const values = series[i] || [];
-      const top = Math.max(1, ...values.filter((v) => v !== null));
+      const top = Math.max(1, scale || 0, ...values.filter((v) => v !== null));
       let d = "";
       values.forEach((v, x) => {
         if (v === null) return;
@@ -618,7 +619,7 @@
   function updateWorkerRow(tr, w) {
     const c = tr._c;
     const s = charts.workers[w.id];
-    if (s) drawChart(c.spark, [s.load], "last hour: queues assigned, minute by minute");
+    if (s) drawChart(c.spark, [s.load], "last hour: queues assigned (the peak of each minute) out of " + w.maxLoad, w.maxLoad);
     setText(c.id, w.id);
     setText(c.host, w.host || DASH);
     setText(c.pid, num(w.pid));
@@ -740,7 +741,7 @@
   const CHART_EVERY_MS = 5000;  // points are minutes: the current one grows between looks
   const charts = { queues: {}, workers: {}, at: 0 };
   const perSecond = (counts) => counts.map((n) => n / 60);
-  let workerIds = [];
+  let workers = [], workerIds = [];  // the last list shown: redrawn when the charts arrive
   async function refreshCharts(force) {
     if (!force && performance.now() - charts.at < CHART_EVERY_MS) return;
     charts.at = performance.now();
@@ -753,6 +754,7 @@
       charts.queues = s.queues || {};
       charts.workers = s.workers || {};
       renderQueues();
+      renderWorkers(workers);
       if (openedQueue) drawQueuePage();
     } catch (e) {
       console.error(e);
@@ -819,8 +821,9 @@
         renderPager();
       }
       if (w.status === "fulfilled" && Array.isArray(w.value)) {
-        workerIds = w.value.map((x) => x.id);
-        renderWorkers(w.value);
+        workers = w.value;
+        workerIds = workers.map((x) => x.id);
+        renderWorkers(workers);
       }
       refreshCharts(false);
       // Filters changed while this was in flight: a fresh refresh follows, don't show stale jobs.
