@@ -14,7 +14,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from orchestrator.config import Settings
-from orchestrator.errors import ConfigError, QueueNotFound, ServiceUnavailable
+from orchestrator.errors import AlreadyRunning, ConfigError, QueueNotFound, ServiceUnavailable
 from orchestrator.metrics import Meter
 from orchestrator.models import QueueDepth, SqsMessage
 
@@ -180,7 +180,13 @@ class Sqs:
 
     @translated
     def purge(self, url: str) -> None:
-        self.client.purge_queue(QueueUrl=url)
+        try:
+            self.client.purge_queue(QueueUrl=url)
+        except ClientError as exc:
+            if not exc.response.get("Error", {}).get("Code", "").endswith("PurgeQueueInProgress"):
+                raise
+            raise AlreadyRunning(f"queue '{_queue_name([url])}' was purged less than 60 s ago; "
+                                 "SQS allows one purge a minute: try again then") from exc
 
     # --- messages --------------------------------------------------------------
 

@@ -342,9 +342,9 @@ def _ids(body: dict[str, Any]) -> list[str] | None:
     unknown = sorted(set(body) - {"ids"})
     if unknown:
         raise HttpError(400, f"unknown field(s) {', '.join(unknown)}; allowed: ids")
-    ids = body.get("ids")
-    if ids is None:
+    if "ids" not in body:
         return None
+    ids = body["ids"]
     if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
         raise HttpError(400, "ids must be a non-empty JSON list of message ids (strings)")
     return ids

@@ -110,6 +110,8 @@ def test_the_api_does_the_same_behind_the_token(
     assert call("POST", "/api/queues/api-dlq/redrive", {"ids": [ids[0]]},
                 token=False).status == 401  # fmt: skip
     assert call("POST", "/api/queues/api-dlq/redrive", {"ids": "x"}).status == 400
+    assert call("POST", "/api/queues/api-dlq/redrive", {"ids": None}).status == 400  # not "all"
+    assert call("POST", "/api/queues/api-dlq/dlq/purge", {"ids": None}).status == 400
     assert call("POST", "/api/queues/api-dlq/redrive", {"ids": ["no good"]}).status == 422
     moved = call("POST", "/api/queues/api-dlq/redrive", {"ids": [ids[0]]})
     assert moved.status == 200 and json.loads(moved.body)["moved"] == 1
@@ -117,3 +119,6 @@ def test_the_api_does_the_same_behind_the_token(
     assert purged.status == 200 and json.loads(purged.body)["deleted"] == 1
     left = json.loads(call("GET", "/api/queues/api-dlq/dlq").body)
     assert [d["messageId"] for d in left] == [ids[2]]
+    assert call("POST", "/api/queues/api-dlq/dlq/purge", {}).status == 200  # all of it
+    again = call("POST", "/api/queues/api-dlq/dlq/purge", {})  # SQS: one purge a minute
+    assert again.status == 409 and "less than 60 s ago" in json.loads(again.body)["message"]
