@@ -90,6 +90,25 @@ def test_fifo_runs_one_message_per_group_in_order() -> None:
     assert ids(f.take()) == ["a3"]
 
 
+def test_a_fifo_message_received_again_while_held_runs_once_in_its_place() -> None:
+    # moto can give one message to two receives under way at once; SQS, after its
+    # visibility ran out. A second copy would run after the group's later messages.
+    f = flow(limit=5, fifo=True)
+    receive(f, raw("a1", "A"), raw("a2", "A"))
+    a1 = f.take()
+    again = SqsMessage("a1", "r-a1-again", "a1", {"MessageGroupId": "A",
+                                                     "ApproximateReceiveCount": "2"})  # fmt: skip
+    receive(f, again, raw("a2", "A"))  # running and held: both already here
+    assert a1 is not None and len(f.held) == 1
+    f.finished(a1, ok(a1))
+    a2 = f.take()
+    assert ids(a2) == ["a2"] and a2 is not None
+    f.finished(a2, ok(a2))
+    assert f.take() is None  # no third run
+    deletes = f.take_io(f.clock(), everything=True).deletes
+    assert [d.receipt for d in deletes] == ["r-a1-again", "r-a2"]  # the newest receipts
+
+
 def test_a_fifo_failure_hands_back_its_group_and_holds_no_other() -> None:
     f = flow(limit=5, fifo=True)
     receive(f, raw("a1", "A"), raw("a2", "A"), raw("a3", "A"), raw("b1", "B"), raw("b2", "B"))

@@ -19,6 +19,7 @@ here and made by the runner, which `wake` calls when one is due.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -166,14 +167,30 @@ class Flow:
             if self.closed:  # stopped while polling: give them back at once, never run late
                 self.io.returns.extend(self._received(raw, now) for raw in raws)
             else:
-                for raw in raws:
+                fresh = self._new_on_fifo(raws) if self.fifo else raws
+                for raw in fresh:
                     self.held.add(self._received(raw, now))
-                self._notify(len(raws))
+                self._notify(len(fresh))
                 self.peak = max(self.peak, self.running_count + len(self.held))
             due = self._runner_due()
         if due:
             self.wake()
         self._tell(listeners=bool(raws))
+
+    def _new_on_fifo(self, raws: list[SqsMessage]) -> list[SqsMessage]:
+        """The messages not already here. A FIFO message this flow still holds, runs or has
+        yet to delete can come again (its visibility ran out; or moto's race between two
+        receives): a second copy would run after the group's later messages, so the copy
+        here keeps its place and takes the newer receipt, the one its delete needs."""
+        here = {r.message_id: r for r in itertools.chain(
+            self.held, (m for w in self.running.values() for m in w.messages), self.io.deletes)}
+        fresh = []
+        for raw in raws:
+            if (copy := here.get(raw.message_id)) is not None:
+                copy.message = raw
+            else:
+                fresh.append(raw)
+        return fresh
 
     def receive_failed(self, ask: Ask) -> None:
         with self.lock:
