@@ -26,6 +26,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 MISSING_QUEUE_CODES = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
+PURGE_IN_PROGRESS_CODES = {"AWS.SimpleQueueService.PurgeQueueInProgress", "PurgeQueueInProgress"}
 BATCH = 10  # SQS's limit for send, delete and receive
 SEND_ATTEMPTS = 3
 PEEK_HIDE_SECONDS = 2  # a peek hides what it read this long, then hands it back
@@ -33,7 +34,8 @@ DLQ_RETENTION_SECONDS = 14 * 86400  # the most SQS keeps a message: time to look
 
 
 def translated(method: Callable[P, R]) -> Callable[P, R]:
-    """Turn botocore errors into QueueNotFound or ServiceUnavailable naming the endpoint."""
+    """Turn botocore errors into QueueNotFound, AlreadyRunning (a purge within SQS's
+    minute) or ServiceUnavailable naming the endpoint."""
 
     @functools.wraps(method)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -46,6 +48,9 @@ def translated(method: Callable[P, R]) -> Callable[P, R]:
             code = error.get("Code", "")
             if code in MISSING_QUEUE_CODES:
                 raise QueueNotFound(_queue_name(args), "SQS") from exc
+            if code in PURGE_IN_PROGRESS_CODES:
+                raise AlreadyRunning(f"queue '{_queue_name(args)}' was purged less than 60 s "
+                                     "ago; SQS allows one purge a minute: try again then") from exc
             raise ServiceUnavailable(
                 f"SQS at {sqs.address} refused {exc.operation_name}: {code}: {error.get('Message')}"
             ) from exc
@@ -180,13 +185,7 @@ class Sqs:
 
     @translated
     def purge(self, url: str) -> None:
-        try:
-            self.client.purge_queue(QueueUrl=url)
-        except ClientError as exc:
-            if not exc.response.get("Error", {}).get("Code", "").endswith("PurgeQueueInProgress"):
-                raise
-            raise AlreadyRunning(f"queue '{_queue_name([url])}' was purged less than 60 s ago; "
-                                 "SQS allows one purge a minute: try again then") from exc
+        self.client.purge_queue(QueueUrl=url)
 
     # --- messages --------------------------------------------------------------
 
