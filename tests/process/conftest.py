@@ -78,10 +78,16 @@ class Daemon:
         """Leave nothing behind: SIGKILL the whole session's process groups."""
         if self.proc.poll() is None:
             self.proc.kill()
-        for pid in _session_members(self.proc.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
+        kill_session(self.proc)
+
+
+def kill_session(proc: subprocess.Popen[Any]) -> None:
+    """SIGKILL every process of the session `proc` leads (started with
+    start_new_session), then reap it: a test leaves nothing running behind."""
+    for pid in _session_members(proc.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=10)
 
 
 def _session_members(sid: int) -> list[int]:

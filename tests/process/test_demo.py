@@ -3,8 +3,6 @@ stopped in between, as a new user would (isolated: own DATA_DIR and ports)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import subprocess
 from pathlib import Path
@@ -12,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ORCHESTRATOR, REPO, base_environ
-from tests.process.conftest import _session_members, wait_for
+from tests.process.conftest import kill_session, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -29,10 +27,7 @@ def run_demo(env: dict[str, str], log: Path) -> None:
         demo.send_signal(signal.SIGINT)
         assert demo.wait(timeout=60) == 0
     finally:
-        for pid in _session_members(demo.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        demo.wait(timeout=10)
+        kill_session(demo)
 
 
 def test_the_demo_works_every_time_it_is_run(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -17,7 +16,7 @@ import pytest
 from orchestrator.backends.queues import QueueAdmin
 from orchestrator.backends.store import Store
 from tests.conftest import ORCHESTRATOR
-from tests.process.conftest import _session_members, records, wait_for
+from tests.process.conftest import kill_session, records, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -51,10 +50,7 @@ class PipedDaemon:
         return out
 
     def kill(self) -> None:
-        for pid in _session_members(self.proc.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
+        kill_session(self.proc)
 
 
 @pytest.fixture
@@ -122,7 +118,4 @@ def test_a_closed_stdout_does_not_turn_a_graceful_stop_into_a_crash(
         assert not [j for j in store.jobs(limit=100) if j.status in ("queued", "running")]
         assert store.assignments() == []
     finally:
-        for pid in _session_members(daemon.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        daemon.wait(timeout=10)
+        kill_session(daemon)

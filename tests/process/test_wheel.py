@@ -4,7 +4,6 @@ and run from an empty folder with no env/ anywhere, on the built-in development 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.process.conftest import _session_members, wait_for
+from tests.process.conftest import kill_session, wait_for
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -74,9 +73,7 @@ def test_the_wheel_runs_from_an_empty_folder_on_its_defaults(
             daemon.send_signal(signal.SIGINT)
             assert daemon.wait(timeout=60) == 0
         finally:
-            for pid in _session_members(daemon.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            kill_session(daemon)
         production = cli("--env", "production", "queue", "list")
         assert production.returncode == 2
         assert "environment 'production' not found; looked for" in production.stderr
