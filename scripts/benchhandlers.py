@@ -9,15 +9,17 @@ import asyncio
 import json
 import os
 import time
+from typing import Any
 
 from orchestrator import Message
 
 
-def _write(message: Message, start: float, end: float | None = None) -> None:
+def _write(message: Message, start: float, end: float | None = None, **extra: Any) -> None:
     record = {"queue": message.queue_name, "body": message.body, "pid": os.getpid(),
               "start": start}  # fmt: skip
     if end is not None:
         record["end"] = end
+    record.update(extra)
     fd = os.open(os.path.join(os.environ["RECORD_DIR"], f"{os.getpid()}.jsonl"),
                  os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)  # fmt: skip
     try:
@@ -60,13 +62,6 @@ def flaky_stamp(message: Message) -> None:
     time.sleep(message.json()["ms"] / 1000)
     failing = os.path.exists(os.path.join(os.environ["RECORD_DIR"], "failing"))
     ok = not (failing and message.json()["seq"] % 2 == 0 and message.receive_count % 2 == 1)
-    record = {"queue": message.queue_name, "body": message.body, "pid": os.getpid(),
-              "start": start, "end": time.time(), "ok": ok}  # fmt: skip
-    fd = os.open(os.path.join(os.environ["RECORD_DIR"], f"{os.getpid()}.jsonl"),
-                 os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)  # fmt: skip
-    try:
-        os.write(fd, (json.dumps(record) + "\n").encode())
-    finally:
-        os.close(fd)
+    _write(message, start, time.time(), ok=ok)
     if not ok:
         raise ValueError("the downstream failed")
