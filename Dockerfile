@@ -5,7 +5,6 @@ WORKDIR /src
 RUN pip install --no-cache-dir build
 COPY pyproject.toml README.md ./
 COPY orchestrator ./orchestrator
-COPY cli ./cli
 RUN python -m build --wheel --outdir /dist
 
 FROM python:3.11-slim

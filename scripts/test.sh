@@ -3,8 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check orchestrator cli tests
-.venv/bin/mypy orchestrator cli
+.venv/bin/ruff check orchestrator tests
+.venv/bin/mypy orchestrator
 # Tests mostly wait on daemons and servers: 4 at a time fill the 2 cores; the fault
 # tests share one address plan and run one after another (xdist_group "faults").
 .venv/bin/python -m pytest -n "${TEST_WORKERS:-4}" --dist loadgroup "$@"

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from cli.main import cli
 from orchestrator import config
 from orchestrator.backends.sqs import Sqs
 from orchestrator.backends.store import Store
+from orchestrator.cli.main import cli
 from orchestrator.config import Endpoints, Settings
 from orchestrator.embedded import servers as embedded
 

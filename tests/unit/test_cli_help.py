@@ -6,7 +6,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
+from orchestrator.cli.main import cli
 
 
 def groups(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

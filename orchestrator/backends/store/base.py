@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, ParamSpec, Self, TypeVar
 
 import pymongo
+import pymongo.common
 from bson import ObjectId
 from pymongo.errors import OperationFailure, PyMongoError
 
@@ -110,8 +111,18 @@ class Connection:
         self._db = self._client[db_name]
 
     @classmethod
-    def connect(cls, settings: Settings, uri: str, *, timeout_ms: int = 5000) -> Self:
-        """A Store for these settings at `uri` (the embedded server's, or the setting)."""
+    def connect(
+        cls, settings: Settings, uri: str, *, timeout_ms: int = 5000, short_lived: bool = False
+    ) -> Self:
+        """A Store for these settings at `uri` (the embedded server's, or the setting).
+
+        `short_lived` (a CLI command): pymongo's background threads notice a close only
+        between sleeps of this many seconds (0.5 by default), and the interpreter's exit
+        waits for them: a command would end half a second after its work. A module
+        constant, so only for processes whose clients are all short-lived.
+        """
+        if short_lived:
+            pymongo.common.MIN_HEARTBEAT_INTERVAL = 0.02
         return cls(uri, settings.mongodb_name, job_ttl_days=settings.job_ttl_days,
                    timeout_ms=timeout_ms)  # fmt: skip
 

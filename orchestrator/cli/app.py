@@ -35,15 +35,9 @@ class App:
 
     @functools.cached_property
     def store(self) -> Store:
-        import pymongo.common
-
         from orchestrator.backends.store import Store
 
-        # pymongo's background threads notice a close only between sleeps of this many
-        # seconds (0.5 by default), and the interpreter's exit waits for them: a command
-        # would end half a second after its work. Only this process's clients.
-        pymongo.common.MIN_HEARTBEAT_INTERVAL = 0.02
-        store = Store.connect(self.settings, self.endpoints.mongodb_uri)
+        store = Store.connect(self.settings, self.endpoints.mongodb_uri, short_lived=True)
         store.ensure_indexes()
         return store
 

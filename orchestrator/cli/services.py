@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from cli import render
-from cli.app import App, Group, json_option, pass_app
+from orchestrator.cli import render
+from orchestrator.cli.app import App, Group, json_option, pass_app
 from orchestrator.config import redact_uri
 
 

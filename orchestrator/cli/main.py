@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from cli import config_cmd, inspect, queue, run, services
-from cli.app import App, Cli
 from orchestrator import config
+from orchestrator.cli import config_cmd, inspect, queue, run, services
+from orchestrator.cli.app import App, Cli
 
 
 @click.group(cls=Cli)

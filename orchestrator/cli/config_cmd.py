@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from cli import render
-from cli.app import App, Group, json_option, pass_app
+from orchestrator.cli import render
+from orchestrator.cli.app import App, Group, json_option, pass_app
 
 
 @click.group("config", cls=Group)

@@ -6,9 +6,9 @@ from typing import Any
 
 import click
 
-from cli import render
-from cli.app import App, Group, json_option, pass_app
-from cli.types import StrictInt
+from orchestrator.cli import render
+from orchestrator.cli.app import App, Group, json_option, pass_app
+from orchestrator.cli.types import StrictInt
 from orchestrator.models import JOB_STATES, utcnow
 
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import click
 
-from cli import render
-from cli.app import App, Group, json_option, pass_app
-from cli.types import INT, NO_LIMIT, NUMBER, RATE, QueueName, StrictInt
+from orchestrator.cli import render
+from orchestrator.cli.app import App, Group, json_option, pass_app
+from orchestrator.cli.types import INT, NO_LIMIT, NUMBER, RATE, QueueName, StrictInt
 from orchestrator.models import QueueRecord
 
 NAME = click.argument("name", type=QueueName())

@@ -6,8 +6,8 @@ import os
 
 import click
 
-from cli.app import App, pass_app
-from cli.types import StrictInt
+from orchestrator.cli.app import App, pass_app
+from orchestrator.cli.types import StrictInt
 from orchestrator.config import MODES
 
 
