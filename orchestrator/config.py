@@ -7,6 +7,7 @@ name. Every key is checked here; a bad one raises ConfigError naming the key.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import math
 import os
@@ -83,12 +84,14 @@ class Settings:
     aws_sqs_endpoint: str = _key("embedded")
     mongodb_uri: str = _key("embedded", secret=True)  # may carry a password
     mongodb_name: str = _key("orchestrator")
-    data_dir: str = _key(".orchestrator")
+    # Empty: the per-user default (default_data_dir); load() always makes it absolute.
+    data_dir: str = _key("")
     embedded_mongodb_port: int = _key(27017, lo=0, hi=65535)
     embedded_sqs_port: int = _key(4566, lo=0, hi=65535)
     port: int = _key(3000, lo=0, hi=65535)
     api_host: str = _key("127.0.0.1")
     api_token: str = _key("", secret=True)
+    health_port: int = _key(0, lo=0, hi=65535)  # /livez and /readyz of `run`; 0: off
     max_load: int = _key(5, lo=1, hi=10_000)
     consumer_usage_limit: int = _key(5, lo=1, hi=1_000_000)
     consumer_max_rss_mb: int = _key(512, lo=16, hi=1_048_576)
@@ -100,6 +103,7 @@ class Settings:
     preempt_after: float = _key(5.0, lo=0, hi=86_400)
     default_handler: str = _key("orchestrator.handlers:log")
     handler_modules: str = _key("")  # comma-separated module prefixes; empty: any module
+    handler_pythonpath: str = _key("")  # folders (os.pathsep) put first on handlers' sys.path
     # Upper bounds keep arithmetic on them finite (1e300 s overflowed timeouts).
     master_interval: float = _key(1.0, lo=0.01, hi=3600)
     heartbeat_interval: float = _key(2.0, lo=0.01, hi=3600)
@@ -120,6 +124,11 @@ class Settings:
     @property
     def handler_prefixes(self) -> tuple[str, ...]:
         return tuple(p.strip() for p in self.handler_modules.split(",") if p.strip())
+
+    @property
+    def handler_path_entries(self) -> list[str]:
+        """HANDLER_PYTHONPATH's folders in order (absolute: load() resolved them)."""
+        return [p for p in self.handler_pythonpath.split(os.pathsep) if p]
 
     @property
     def data_path(self) -> Path:
@@ -181,6 +190,50 @@ def scrub(text: str, uri: str) -> str:
     return text
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or address to bind or to be reached at) is this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def default_data_dir(environ: Mapping[str, str]) -> Path:
+    """The per-user folder of the embedded servers' files: the same whatever the working
+    directory (XDG base directories: $XDG_DATA_HOME, else ~/.local/share)."""
+    base = environ.get("XDG_DATA_HOME") or ""
+    root = Path(base) if os.path.isabs(base) else Path.home() / ".local" / "share"
+    return root / "orchestrator"
+
+
+def _relative_base(key: str, raw: dict[str, Any], path: Path | None,
+                   environ: Mapping[str, str], cwd: Path) -> Path:
+    """What a relative path in setting `key` is relative to: the env file's folder when the
+    value came from the file, else the working directory."""
+    from_file = path is not None and key not in environ and key in raw
+    return path.parent if from_file and path is not None else cwd
+
+
+def _resolved_paths(values: dict[str, Any], raw: dict[str, Any], path: Path | None,
+                    environ: Mapping[str, str], cwd: Path) -> None:
+    """Make DATA_DIR and HANDLER_PYTHONPATH absolute once, here, so that no process's
+    working directory changes what they mean."""
+    given = values.get("data_dir", "")
+    if not given:
+        values["data_dir"] = str(default_data_dir(environ))
+    else:
+        base = _relative_base("DATA_DIR", raw, path, environ, cwd)
+        values["data_dir"] = str((base / Path(given).expanduser()).resolve())
+    if values.get("handler_pythonpath"):
+        base = _relative_base("HANDLER_PYTHONPATH", raw, path, environ, cwd)
+        values["handler_pythonpath"] = os.pathsep.join(
+            str((base / Path(p).expanduser()).resolve())
+            for p in values["handler_pythonpath"].split(os.pathsep) if p
+        )
+
+
 def find_env_file(env_name: str, environ: Mapping[str, str], cwd: Path) -> Path | None:
     """The env file for `env_name`: $ORCHESTRATOR_CONFIG_DIR, ./env, then the checkout's env/.
     None for `development` when there is none anywhere (an installed wheel run from any
@@ -232,8 +285,7 @@ def load(
             values[f.name] = _parse(f, key, environ[key], from_env=True)
         elif key in raw:
             values[f.name] = _parse(f, key, raw[key], from_env=False)
-    data_dir = Path(values.get("data_dir", Settings.data_dir)).expanduser()
-    values["data_dir"] = str(data_dir if data_dir.is_absolute() else cwd / data_dir)
+    _resolved_paths(values, raw, path, environ, cwd)
     source = str(path) if path is not None else "built-in defaults (no env/development.json)"
     settings = Settings(**values, env_name=name, source=source)
     _check_together(settings)
@@ -300,6 +352,7 @@ def _check_together(s: Settings) -> None:
             f"setting AWS_REGION must be a region name such as us-east-1, got {s.aws_region!r}"
         )
     _check_ports(s)
+    _check_exposure(s)
     _check_handlers(s)
     if not (s.mongodb_embedded or s.mongodb_uri.startswith(("mongodb://", "mongodb+srv://"))):
         # The value is not shown: a mistyped URI may still carry a password.
@@ -318,13 +371,23 @@ def _check_together(s: Settings) -> None:
 def _check_ports(s: Settings) -> None:
     """Two servers of one daemon cannot listen on one port (0 means any free port)."""
     ports = {"EMBEDDED_MONGODB_PORT": s.embedded_mongodb_port,
-             "EMBEDDED_SQS_PORT": s.embedded_sqs_port, "PORT": s.port}  # fmt: skip
+             "EMBEDDED_SQS_PORT": s.embedded_sqs_port, "PORT": s.port,
+             "HEALTH_PORT": s.health_port}  # fmt: skip
     taken: dict[int, str] = {}
     for key, port in ports.items():
         if port and port in taken:
             raise ConfigError(f"settings {taken[port]} and {key} are both {port}: "
                               "each server needs a port of its own")  # fmt: skip
         taken[port] = key
+
+
+def _check_exposure(s: Settings) -> None:
+    """Beyond loopback anyone on the network can reach the API: its writes need a token."""
+    if not is_loopback(s.api_host) and not s.api_token:
+        raise ConfigError(
+            f"setting API_HOST is {s.api_host!r}, beyond loopback, but API_TOKEN is empty: "
+            "set API_TOKEN (writes then need it) or bind API_HOST to 127.0.0.1"
+        )
 
 
 def _check_handlers(s: Settings) -> None:

@@ -7,7 +7,6 @@ checks, the token for writes, JSON errors. orchestrator/http/server.py serves it
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import re
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 import structlog
 from prometheus_client import CollectorRegistry
 
-from orchestrator.config import Settings
+from orchestrator.config import Settings, is_loopback
 from orchestrator.errors import (
     AlreadyRunning,
     InvalidValue,
@@ -391,10 +390,3 @@ def _path(template: str) -> re.Pattern[str]:
                               for i, part in enumerate(parts)))  # fmt: skip
 
 
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -33,11 +33,18 @@ def test_development_file_lists_every_key_with_its_default() -> None:
 
 @pytest.mark.parametrize("env", ["development", "test", "production"])
 def test_every_shipped_env_file_loads(tmp_path: Path, env: str) -> None:
-    assert load(tmp_path, ENV=env).env_name == env
+    # production binds the API and probes beyond loopback (a container's): a token is a must
+    assert load(tmp_path, ENV=env, API_TOKEN="t").env_name == env
+
+
+def test_production_without_a_token_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="API_TOKEN is empty"):
+        load(tmp_path, ENV="production")
 
 
 def test_environment_overrides_file(tmp_path: Path) -> None:
-    s = load(tmp_path, {"MAX_LOAD": 3}, MAX_LOAD="7", MASTER_INTERVAL="0.5", API_HOST="0.0.0.0")
+    s = load(tmp_path, {"MAX_LOAD": 3}, MAX_LOAD="7", MASTER_INTERVAL="0.5", API_HOST="0.0.0.0",
+             API_TOKEN="t")
     assert (s.max_load, s.master_interval, s.api_host) == (7, 0.5, "0.0.0.0")
 
 
@@ -47,8 +54,47 @@ def test_file_values_apply_and_ints_are_accepted_for_durations(tmp_path: Path) -
     assert isinstance(s.lease_ttl, float)
 
 
-def test_relative_data_dir_is_resolved_against_cwd(tmp_path: Path) -> None:
-    assert load(tmp_path, {"DATA_DIR": "state"}).data_dir == str(tmp_path / "state")
+def load_from(folder: Path, cwd: Path, file: dict[str, object], **environ: str) -> Settings:
+    """Load env 'x' from a file in `folder` while the working directory is `cwd`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "x.json").write_text(json.dumps(file))
+    return config.load("x", {"ORCHESTRATOR_CONFIG_DIR": str(folder), **environ}, cwd=cwd)
+
+
+def test_a_relative_data_dir_from_the_file_is_relative_to_the_file(tmp_path: Path) -> None:
+    for cwd in (tmp_path / "a", tmp_path / "b"):
+        s = load_from(tmp_path / "conf", cwd, {"DATA_DIR": "state"})
+        assert s.data_dir == str(tmp_path / "conf" / "state")
+
+
+def test_a_relative_data_dir_from_the_environment_is_relative_to_the_cwd(tmp_path: Path) -> None:
+    s = load_from(tmp_path / "conf", tmp_path / "a", {"DATA_DIR": "x"}, DATA_DIR="state")
+    assert s.data_dir == str(tmp_path / "a" / "state")
+
+
+def test_the_default_data_dir_is_per_user_whatever_the_cwd(tmp_path: Path) -> None:
+    xdg = load_from(tmp_path / "c", tmp_path / "a", {}, XDG_DATA_HOME=str(tmp_path / "xdg"))
+    assert xdg.data_dir == str(tmp_path / "xdg" / "orchestrator")
+    home = load_from(tmp_path / "c", tmp_path / "b", {}, XDG_DATA_HOME="relative/ignored")
+    assert home.data_dir == str(Path.home() / ".local" / "share" / "orchestrator")
+
+
+def test_handler_pythonpath_is_made_absolute_once(tmp_path: Path) -> None:
+    s = load_from(tmp_path / "conf", tmp_path / "a", {"HANDLER_PYTHONPATH": "app:/abs/lib"})
+    assert s.handler_path_entries == [str(tmp_path / "conf" / "app"), "/abs/lib"]
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "::", "api.example.com"])
+def test_an_api_beyond_loopback_without_a_token_is_refused(tmp_path: Path, host: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, {}, API_HOST=host)
+    assert "API_HOST" in str(err.value) and "API_TOKEN" in str(err.value)
+    assert load(tmp_path, {}, API_HOST=host, API_TOKEN="t").api_host == host
+
+
+def test_health_port_may_not_share_the_api_port(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="PORT and HEALTH_PORT are both 8080"):
+        load(tmp_path, {"PORT": 8080, "HEALTH_PORT": 8080})
 
 
 @pytest.mark.parametrize(
@@ -124,7 +170,7 @@ def test_env_found_in_cwd_before_checkout(tmp_path: Path) -> None:
 
 
 def test_env_falls_back_to_checkout(tmp_path: Path) -> None:
-    s = config.load("production", {}, cwd=tmp_path)
+    s = config.load("production", {"API_TOKEN": "t"}, cwd=tmp_path)
     assert s.source == str(ENV_DIR / "production.json")
 
 
