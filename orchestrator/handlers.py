@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import importlib
+import sys
 import time
 from collections.abc import Callable
 
 import structlog
 
-from orchestrator.config import HANDLER_PATH, handler_allowed
+from orchestrator.config import HANDLER_PATH, Settings, handler_allowed
 from orchestrator.errors import HandlerImportError
 from orchestrator.message import Message
 
@@ -31,6 +32,27 @@ def import_handler(path: str, allowed: tuple[str, ...] = ()) -> Handler:
     if not callable(func):
         raise HandlerImportError(path, f"module {module_name} has no function {func_name}")
     return func  # type: ignore[no-any-return]
+
+
+def use_handler_path(settings: Settings) -> None:
+    """Put HANDLER_PYTHONPATH's folders first on sys.path (once each): handlers import from
+    there or from the installed packages, never from whatever the working directory is
+    (child processes run with `python -P`; docs/design.md §7)."""
+    entries = settings.handler_path_entries
+    sys.path[:] = entries + [p for p in sys.path if p not in entries]
+
+
+def import_warning(path: str, settings: Settings) -> str | None:
+    """Why `path` does not import in this process, or None when it does. Only a warning
+    for whoever sets it: the host that runs the CLI or the API may not carry the
+    application's code, while the workers' hosts do."""
+    use_handler_path(settings)
+    try:
+        import_handler(path, settings.handler_prefixes)
+    except HandlerImportError as exc:
+        return (f"{exc}; it must import on the workers' hosts (install the application "
+                "there, or list its folder in HANDLER_PYTHONPATH)")
+    return None
 
 
 def noop(message: Message) -> None:

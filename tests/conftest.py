@@ -97,10 +97,12 @@ def run_cli(environ: dict[str, str]) -> Callable[..., Result]:
 def run_console(environ: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run the installed `orchestrator` console script as a real process."""
 
-    def run(*args: str, env: Mapping[str, str] | None = None, timeout: float = 60) -> Any:
+    def run(*args: str, env: Mapping[str, str] | None = None, timeout: float = 60,
+            cwd: Path | None = None) -> Any:  # fmt: skip
         return subprocess.run(
             [ORCHESTRATOR, *args],
             env={**environ, **(env or {})},
+            cwd=cwd,
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -53,6 +53,16 @@ class App:
 
         return QueueAdmin(self.settings, lambda: self.store, lambda: self.sqs)
 
+    def warn_if_unimportable(self, handler: str | None) -> None:
+        """After a handler was set: say on stderr (exit 0) when it does not import here."""
+        if handler is None:
+            return
+        from orchestrator.handlers import import_warning
+
+        warning = import_warning(handler, self.settings)
+        if warning is not None:
+            click.echo(f"warning: {warning}", err=True)
+
     def close(self) -> None:
         """Close the MongoDB client if one was made: left to the interpreter's exit, its
         monitor threads hold the process up for half a second."""

@@ -116,6 +116,7 @@ def create(
         f"created {record.name} (concurrency {record.concurrency}, "
         f"handler {record.handler}{notes})"
     )
+    app.warn_if_unimportable(options.get("handler"))
 
 
 @queue.command()
@@ -208,6 +209,7 @@ def set_(app: App, /, name: str, **options: Any) -> None:
     record = app.queues.update(name, **changes)
     click.echo(f"{name}: " + ", ".join(f"{key.replace('_', ' ')} {_shown(record, key)}"
                                        for key in changes))  # fmt: skip
+    app.warn_if_unimportable(changes.get("handler"))
 
 
 def _tuning_params() -> list[click.Option]:
@@ -239,6 +241,7 @@ def set_handler(app: App, name: str, handler: str) -> None:
     """Set NAME's handler import path."""
     app.queues.set_handler(name, handler)
     click.echo(f"{name}: handler {handler}")
+    app.warn_if_unimportable(handler)
 
 
 @queue.command()

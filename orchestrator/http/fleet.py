@@ -16,6 +16,7 @@ from orchestrator.backends.sqs import Sqs
 from orchestrator.backends.store import Store
 from orchestrator.config import Settings
 from orchestrator.errors import AlreadyRunning, QueueNotFound
+from orchestrator.handlers import import_warning
 from orchestrator.metrics import QueueCounts, Totals
 from orchestrator.models import Assignment, QueueDepth, QueueRecord, utcnow
 
@@ -98,7 +99,9 @@ class Fleet:
 
     def update_queue(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
         self.admin.update(name, **changes)
-        return self.queue(name)
+        handler = changes.get("handler")
+        warning = import_warning(handler, self.settings) if handler else None
+        return {**self.queue(name), "warnings": [warning] if warning else []}
 
     def redrive(self, name: str, ids: list[str] | None = None) -> dict[str, Any]:
         with self._dlq_busy(name):

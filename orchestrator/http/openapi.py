@@ -72,6 +72,10 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "minProperties": 1,
     },
+    # A PATCH's answer: the queue, and why a handler given may not import (a warning:
+    # the API's host may not carry the application's code; the workers' must).
+    "QueueChanged": {"allOf": [_ref("Queue"), _object({"warnings": {
+        "type": "array", "items": _STR}})]},
     "Redrive": _object({"name": _STR, "moved": _INT}),
     "Ids": {**_object({"ids": {"type": "array", "minItems": 1, "items": {
         "type": "string", "pattern": "^[A-Za-z0-9-]{1,100}$"}}}, required=False),
@@ -166,7 +170,7 @@ PATHS: dict[str, Any] = {
             "security": _WRITE,
             "requestBody": {"required": True, "content": {"application/json": {
                 "schema": _ref("QueuePatch")}}},
-            "responses": {"200": _json(_ref("Queue")), **_errors(400, 401, 403, 404, 413,
+            "responses": {"200": _json(_ref("QueueChanged")), **_errors(400, 401, 403, 404, 413,
                                                                    415, 422, 503)},
         },
     },

@@ -10,7 +10,7 @@ import sys
 
 import structlog
 
-from orchestrator import log
+from orchestrator import handlers, log
 from orchestrator.roles import processes, signals
 
 CRASH_EXIT = 70  # an unexpected error ended the process (EX_SOFTWARE)
@@ -21,6 +21,8 @@ def main() -> None:
     signals.reset_in_child()
     settings, endpoints, extra = processes.read_boot_document()
     log.configure(settings, role=role, pid=os.getpid())
+    # Consumers and handler processes import handlers, the master's API checks them.
+    handlers.use_handler_path(settings)
     try:
         if role == "master":
             from orchestrator.http.service import ApiService

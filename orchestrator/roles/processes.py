@@ -1,6 +1,6 @@
 """Spawn, reap, measure and stop child processes.
 
-Children are fresh interpreters (`python -m orchestrator.roles.child ROLE`), never
+Children are fresh interpreters (`python -P -m orchestrator.roles.child ROLE`), never
 forks, so no client or lock is carried across. Their boot document (settings,
 endpoints, role arguments) arrives on stdin: unlike argv or the environment,
 a pipe is not visible to other users through `ps` or /proc, and it carries
@@ -141,7 +141,9 @@ def spawn(
         ours, theirs = socket.socketpair()
         boot = {**boot, "channel_fd": theirs.fileno()}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.roles.child", role],
+        # -P: the working directory is not put on sys.path, so what imports (a handler)
+        # never depends on where the daemon was started (HANDLER_PYTHONPATH says where).
+        [sys.executable, "-P", "-m", "orchestrator.roles.child", role],
         stdin=subprocess.PIPE,
         pass_fds=(theirs.fileno(),) if theirs else (),
         process_group=0 if own_group else None,

@@ -133,12 +133,13 @@ def daemon_env(environ: dict[str, str], record_dir: Path) -> dict[str, str]:
 def start_daemon(daemon_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     started: list[Daemon] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> Daemon:
+    def start(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> Daemon:
         log_path = tmp_path / f"daemon-{len(started)}.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 [ORCHESTRATOR, "run", *args],
                 env={**daemon_env, **(env or {})},
+                cwd=cwd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
