@@ -466,6 +466,48 @@ def cli(kind: str, repeat: int, root: Path) -> dict[str, Any]:
         bench.close()
 
 
+# --- install: what a production worker's image carries ---------------------------------------
+
+
+def install(kind: str, repeat: int, root: Path) -> dict[str, Any]:
+    """The wheel installed into fresh venvs: the base install (a production worker) and,
+    as the baseline, with the embedded servers' extra; site-packages size and packages."""
+    import subprocess
+    import venv
+
+    repo = Path(__file__).resolve().parent.parent
+    dist = root / "install" / "dist"
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(repo)],
+                   check=True, capture_output=True)  # fmt: skip
+    [wheel] = dist.glob("*.whl")
+    out: dict[str, Any] = {}
+    for label, requirement in (("base", str(wheel)), ("embedded", f"{wheel}[embedded]")):
+        env_dir = root / "install" / label
+        venv.create(env_dir, with_pip=True)
+        python = str(env_dir / "bin" / "python")
+        before = _site_packages(python)
+        subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                        requirement], check=True)  # fmt: skip
+        after = _site_packages(python)
+        out[label] = {"site_packages_mb": round(after["mb"] - before["mb"], 1),
+                      "packages": len(after["names"] - before["names"]),
+                      "names": sorted(after["names"] - before["names"])}  # fmt: skip
+    return out
+
+
+def _site_packages(python: str) -> dict[str, Any]:
+    """Size in MB of a venv's site-packages, and the distributions installed in it."""
+    import subprocess
+
+    code = ("import json, os, sysconfig, importlib.metadata as m; p = sysconfig.get_paths()"
+            "['purelib']; print(json.dumps({'mb': sum(os.path.getsize(os.path.join(d, f)) "
+            "for d, _, fs in os.walk(p) for f in fs) / 1e6, 'names': sorted({d.metadata['Name']"
+            ".lower() for d in m.distributions()})}))")
+    found = json.loads(subprocess.run([python, "-I", "-c", code], check=True, capture_output=True,
+                                      text=True).stdout)  # fmt: skip
+    return {"mb": found["mb"], "names": set(found["names"])}
+
+
 # --- memory (from a loaded daemon) ------------------------------------------------------------
 
 
@@ -488,6 +530,7 @@ BENCHMARKS: dict[str, Callable[[str, int, Path], dict[str, Any]]] = {
     "memory": memory,
     "api": api,
     "cli": cli,
+    "install": install,
     "rate": benchflow.rate,
     "priority": benchflow.priority,
     "adaptive": benchflow.adaptive,

@@ -109,6 +109,13 @@ ROWS: list[tuple[str, str, Callable[[dict[str, Any]], Any], str, Callable[[Any],
     ("cli", "orchestrator --help, s", lambda r: r["help_s"], "<= 0.2", lambda v: v <= 0.2),
     ("cli", "orchestrator queue list (3 queues, embedded servers running), s",
      lambda r: r["queue_list_s"], "<= 0.6", lambda v: v <= 0.6),
+    ("install", "base install (pip install orchestrator): site-packages MB / packages",
+     lambda r: f'{r["base"]["site_packages_mb"]} / {r["base"]["packages"]}', "<= 80 MB",
+     lambda v: float(v.split(" / ")[0]) <= 80),
+    ("install", "with the embedded servers (pip install 'orchestrator[embedded]'), baseline: "
+     "site-packages MB / packages",
+     lambda r: f'{r["embedded"]["site_packages_mb"]} / {r["embedded"]["packages"]}', "",
+     lambda v: True),
     ("chaos", "run length, min / faults (kills of consumer, worker, master; MongoDB and SQS "
      "stopped; partitions)",
      lambda r: f'{r["minutes"]} / {r["faults"]} (' + ", ".join(

@@ -44,8 +44,9 @@ def status(app: App, as_json: bool) -> None:
 
     doc = servers.status(app.settings)
     if as_json:
-        render.emit_json(doc)
+        render.emit_json({**doc, "dataDir": app.settings.data_dir})
         return
+    click.echo(f"DATA_DIR {app.settings.data_dir}")
     render.table(
         ["SERVICE", "ADDRESS", "PID", "RUNNING"],
         [

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.util
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,11 +43,17 @@ class _Server:
     ready_timeout: float
 
 
+# The Python package each embedded server needs, and the setting that asks for it.
+_PACKAGES = {"nx-27017": ("nx_27017", "MONGODB_URI"), "moto": ("moto", "AWS_SQS_ENDPOINT")}
+EXTRA_HINT = "pip install 'orchestrator[embedded]'"
+
+
 def ensure(settings: Settings) -> Endpoints:
     """Endpoints for these settings, starting the local servers they call for if needed."""
     wanted = _wanted(settings)
     if not wanted:
         return _endpoints(settings, {})
+    check_installed(wanted.values())
     with _locked(settings.data_path):
         records = _read_records(settings.data_path)
         for role, kind in wanted.items():
@@ -62,6 +69,18 @@ def ensure(settings: Settings) -> Endpoints:
             records[role] = _start(settings, role)
             _write_records(settings.data_path, records)
         return _endpoints(settings, records)
+
+
+def check_installed(kinds: Iterable[str]) -> None:
+    """The embedded servers are an extra: a production install has none of their code.
+    Asking for one without it is a setting that cannot work here (exit 2)."""
+    for kind in kinds:
+        module, key = _PACKAGES.get(kind, ("", ""))
+        if module and importlib.util.find_spec(module) is None:
+            raise ConfigError(
+                f"{key}=embedded needs the embedded servers, which this installation lacks: "
+                f"{EXTRA_HINT} (or point {key} at a real server)"
+            )
 
 
 def endpoints(settings: Settings) -> Endpoints:

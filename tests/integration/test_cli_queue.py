@@ -391,7 +391,9 @@ def test_real_console_script_exit_codes(run_console: Callable[..., Any]) -> None
     assert wrong.returncode == 2 and "MAX_LOAD" in wrong.stderr
 
 
-def test_services_status_json_shape(run_cli: Run, endpoints) -> None:  # type: ignore[no-untyped-def]
+def test_services_status_json_shape(  # type: ignore[no-untyped-def]
+    run_cli: Run, endpoints, settings: Settings
+) -> None:
     doc = json.loads(run_cli("services", "status", "--json").stdout)
     assert doc["mongodb"]["running"] is True and isinstance(doc["mongodb"]["pid"], int)
     assert doc["sqs"] == {
@@ -400,6 +402,7 @@ def test_services_status_json_shape(run_cli: Run, endpoints) -> None:  # type: i
         "running": True,
     }
     assert doc["mongodb"]["uri"] == endpoints.mongodb_uri
+    assert doc["dataDir"] == settings.data_dir and settings.data_dir.startswith("/")
 
 
 @pytest.mark.parametrize(
