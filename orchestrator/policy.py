@@ -175,8 +175,11 @@ class QueueSchedule:
     reshared_at: datetime | None = None  # when its shards' shares were last lowered
     shown_at: datetime | None = None  # its depth's last check (kept for the API)
 
-    def due(self, now: datetime) -> bool:
-        return self.check_at is None or now >= self.check_at
+    def due(self, now: datetime, room: bool = True) -> bool:
+        """Whether to look at its depth now; with `room` (a worker can take a queue), one
+        that waits for room is due at once, whatever its watch schedule (`watched`)."""
+        return (self.check_at is None or now >= self.check_at
+                or (room and self.waiting_since is not None))  # fmt: skip
 
     def overdue_key(self) -> datetime:
         """Most overdue first (never checked before all)."""
@@ -258,6 +261,16 @@ def released(s: QueueSchedule, now: datetime, failed: bool) -> QueueSchedule:
     delay = failed_job_delay(failures)
     return replace(s, job_id=None, released_at=now, failures=failures,
                    check_at=now + timedelta(seconds=delay), idle_delay=delay)  # fmt: skip
+
+
+def watched(s: QueueSchedule, now: datetime, has_messages: bool, idle_max: float) -> QueueSchedule:
+    """Its depth was looked at while no worker had room for it (none live, or all full)
+    and it could not preempt one: the backlog stays visible, at an idle queue's cost. An
+    empty queue backs off as usual; one with messages waits for room and is looked at
+    again after idle_max (room makes it due at once: QueueSchedule.due)."""
+    if not has_messages:
+        return checked(s, now, False, idle_max)
+    return replace(waiting(s, now), check_at=now + timedelta(seconds=idle_max), idle_delay=None)
 
 
 def checked(s: QueueSchedule, now: datetime, has_messages: bool, idle_max: float) -> QueueSchedule:

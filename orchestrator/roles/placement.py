@@ -98,12 +98,14 @@ class Placement:
         """One cycle's placement over the live, active workers it was given."""
         started = time.monotonic()  # the budgets are of real time: they bound I/O waits
         cycle = self._survey(now, workers)
-        due = self._due(now, cycle)
         capacity = sum(max(w.max_load - cycle.loads[w.id], 0) for w in cycle.workers.values())
-        # With no room, look only at queues that could preempt a running one.
+        due = self._due(now, cycle, room=capacity > 0)
+        # With no room (no live worker, or all full) only queues that could preempt a
+        # running one may be placed; the others are watched, so that their backlog shows.
         lowest = min((cycle.queues[u].priority for u in cycle.shards if u in cycle.queues),
                      default=MAX_PRIORITY + 1)  # fmt: skip
         unassigned = due if capacity > 0 else [q for q in due if q.priority > lowest]
+        watched = [] if capacity > 0 else [q for q in due if q.priority <= lowest]
         growing = [cycle.queues[u] for u in cycle.shards if self._may_grow(cycle, u)]
         shown = [cycle.queues[u] for u in cycle.shards if u in cycle.queues
                  and self._show_due(now, u) and cycle.queues[u] not in growing]  # fmt: skip
@@ -111,13 +113,14 @@ class Placement:
         # 100,000 queues the survey alone takes most of it; the checks go on meanwhile).
         budget = CHECK_BUDGET * self.settings.master_interval
         wait = max(budget - (time.monotonic() - started), budget / 10)
-        depths = self._check_depths(now, unassigned + growing + shown, wait)
+        depths = self._check_depths(now, unassigned + growing + shown + watched, wait)
         self._record(now, depths)
-        for queue in unassigned:
-            if (depth := depths.get(queue.queue_url)) is not None:
-                self.schedules[queue.queue_url] = policy.checked(
-                    self.schedule(queue.queue_url), now, depth.visible > 0,
-                    self.settings.idle_check_max)  # fmt: skip
+        for queues, transition in ((unassigned, policy.checked), (watched, policy.watched)):
+            for queue in queues:
+                if (depth := depths.get(queue.queue_url)) is not None:
+                    self.schedules[queue.queue_url] = transition(
+                        self.schedule(queue.queue_url), now, depth.visible > 0,
+                        self.settings.idle_check_max)  # fmt: skip
         found = sorted((q for q in unassigned if _has(depths, q)), key=lambda q: (
             -q.priority, self.schedule(q.queue_url).fairness_key(), q.name))
         waiting = self._assign(now, cycle, found)
@@ -176,8 +179,8 @@ class Placement:
         loads = Counter(a.worker for held in shards.values() for a in held)
         return _Cycle(queues, shards, {w.id: w for w in workers}, loads)
 
-    def _due(self, now: datetime, cycle: _Cycle) -> list[QueueRecord]:
-        """Unpaused, unassigned queues whose check is due."""
+    def _due(self, now: datetime, cycle: _Cycle, room: bool) -> list[QueueRecord]:
+        """Unpaused, unassigned queues whose check is due (`room`: a worker has some)."""
         due = []
         for url, queue in cycle.queues.items():
             schedule = self.schedule(url)
@@ -186,7 +189,7 @@ class Placement:
                 continue
             if schedule.job_id is not None:
                 schedule = self._learn_outcome(queue, schedule, now)
-            if queue.paused or not schedule.due(now):
+            if queue.paused or not schedule.due(now, room):
                 continue
             due.append(queue)
         return due

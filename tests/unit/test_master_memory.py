@@ -156,11 +156,11 @@ def test_a_depth_check_that_fails_leaves_the_others_recorded_and_the_cycle_goes_
     fleet.sqs.depth = failing  # type: ignore[method-assign,assignment]
     master = fleet.master()
     fleet.beat("w", at(0))
-    master.tick(at(0))
-    fleet.beat("w", at(1))
     with capture_logs() as logs:
+        master.tick(at(0))  # checks run before any worker is seen alive (it shows depths)
+        fleet.beat("w", at(1))
         master.tick(at(1))  # the cycle goes on: SQS failing must not hold the lease up
-    assert [e["event"] for e in logs] == ["service.unavailable"]
+    assert [e["event"] for e in logs] == ["master.leading", "service.unavailable"]  # once
     schedules = master.placement.schedules
     assert schedules[good.queue_url].idle_delay == 2  # found empty: looked at later
     assert schedules.get(bad.queue_url) is None or schedules[bad.queue_url].due(at(1))
@@ -315,3 +315,43 @@ def test_a_workers_load_is_charted_as_soon_as_it_is_seen_and_again_when_it_chang
     loads = [(when, points) for when, _, _, points in fleet.store.series_points if points]
     # One point when w1 was first seen alive, one when it took `a`: within one minute.
     assert loads == [(at(1), {"w1": 0}), (at(3), {"w1": 1})]
+
+
+def test_with_no_worker_the_leader_still_watches_depths_at_an_idle_queues_cost() -> None:
+    """A backlog must show (API, /metrics) exactly when every worker is down."""
+    fleet = Fleet()
+    busy, empty = fleet.queue("busy", 4), fleet.queue("empty")
+    master = fleet.master()
+    checks: dict[str, list[float]] = {busy.queue_url: [], empty.queue_url: []}
+    depth = fleet.sqs.depth
+
+    def counted(url: str) -> object:
+        checks[url].append(now)
+        return depth(url)
+
+    fleet.sqs.depth = counted  # type: ignore[method-assign,assignment]
+    for now in range(0, 3601):  # an hour of cycles, MASTER_INTERVAL 1 s, no worker at all
+        master.tick(at(now))
+        if now == 0:
+            saved = fleet.store.depth_docs
+            assert saved[busy.queue_url][0].visible == 4 and saved[empty.queue_url][0].visible == 0
+    assert fleet.placed() == {}
+    idle_max = SETTINGS.idle_check_max
+    for url, times in checks.items():  # after the first backoff: ≤ 120 an hour
+        steady = [t for t in times if t >= 600]
+        assert len(steady) <= 3000 / idle_max + 1, (url, len(steady))
+    gaps = [b - a for a, b in zip(checks[busy.queue_url], checks[busy.queue_url][1:])]
+    assert set(gaps) == {idle_max}  # the backlog is looked at on the idle schedule
+
+
+def test_a_queue_that_waited_for_room_is_placed_as_soon_as_a_worker_appears() -> None:
+    fleet = Fleet()
+    fleet.queue("busy", 4)
+    master = fleet.master()
+    for now in range(0, 4):
+        master.tick(at(now))  # no worker: watched, next look at IDLE_CHECK_MAX
+    fleet.beat("w", at(4))
+    master.tick(at(4))  # first sight of the worker
+    fleet.beat("w", at(5))
+    master.tick(at(5))  # it beat: alive, and the waiting queue goes to it at once
+    assert fleet.placed() == {"busy": "w"}
