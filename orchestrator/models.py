@@ -142,6 +142,26 @@ class QueueDepth:
 
 
 @dataclass(frozen=True)
+class FleetNeed:
+    """What the fleet needs, as the leading master saw it in its last cycle (for
+    autoscalers: GET /api/fleet, orchestrator_fleet_desired_workers)."""
+
+    live_workers: int
+    capacity: int  # assignments the live workers can hold (their MAX_LOAD, summed)
+    wanted: int  # running assignments, plus queues (and shards) waiting for room
+    desired_workers: int  # ceil(wanted / MAX_LOAD), at least 1
+
+    def to_json(self) -> dict[str, int]:
+        return {"liveWorkers": self.live_workers, "capacity": self.capacity,
+                "wanted": self.wanted, "desiredWorkers": self.desired_workers}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> FleetNeed:
+        return cls(int(doc["liveWorkers"]), int(doc["capacity"]), int(doc["wanted"]),
+                   int(doc["desiredWorkers"]))  # fmt: skip
+
+
+@dataclass(frozen=True)
 class Share:
     """A shard's part of its queue's concurrency and rate limit, as the master split them.
     A new shard waits (`granted` False) until the others run within their new shares."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -241,6 +242,12 @@ def backlog_checked(s: QueueSchedule, visible: int, in_flight: int,
 
 BACKLOG_FACTOR = 10
 BACKLOG_CHECKS = 2  # checks in a row that found a backlog before another shard
+
+
+def desired_workers(wanted: int, max_load: int) -> int:
+    """Workers the fleet needs for `wanted` assignments of at most `max_load` each: at
+    least one, so that an idle fleet still notices its first message."""
+    return max(1, math.ceil(wanted / max_load))
 
 
 def split(total: int, parts: int) -> list[int]:

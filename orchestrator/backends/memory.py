@@ -28,6 +28,7 @@ from orchestrator.models import (
     Assignment,
     ConsumerStats,
     Failure,
+    FleetNeed,
     JobRecord,
     Lease,
     QueueDepth,
@@ -66,6 +67,7 @@ class MemoryStore(_Failing):
         self.lease_doc: Lease | None = None
         self.counted = Meter()  # what flush_meter wrote
         self.depth_docs: dict[str, tuple[QueueDepth, datetime]] = {}
+        self.need: tuple[FleetNeed, datetime] | None = None
         self.failure_docs: list[Failure] = []
         self.series_points: list[tuple[datetime, dict[str, tuple[int, int]], dict[str, int],
                                        dict[str, int]]] = []
@@ -132,6 +134,10 @@ class MemoryStore(_Failing):
     def save_depths(self, found: dict[str, tuple[QueueDepth, datetime]]) -> None:
         self._check()
         self.depth_docs.update(found)
+
+    def save_fleet_need(self, need: FleetNeed, now: datetime) -> None:
+        self._check()
+        self.need = (need, now)
 
     def queues_by_id(self, ids: Iterable[str]) -> dict[str, QueueRecord]:
         self._check()

@@ -16,6 +16,7 @@ from orchestrator.models import (
     Assignment,
     ConsumerStats,
     Failure,
+    FleetNeed,
     JobRecord,
     Lease,
     QueueDepth,
@@ -86,6 +87,8 @@ class MasterStore(SyncStore, Protocol):
     def queues_by_id(self, ids: Iterable[str]) -> dict[str, QueueRecord]: ...
 
     def save_depths(self, found: dict[str, tuple[QueueDepth, datetime]]) -> None: ...
+
+    def save_fleet_need(self, need: FleetNeed, now: datetime) -> None: ...
 
     def add_series(self, now: datetime, counts: dict[str, tuple[int, int]] | None = None,
                    depths: dict[str, int] | None = None,

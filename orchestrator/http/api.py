@@ -172,6 +172,7 @@ class Api:
             Route("GET", _path("/api/queues/{name}/dlq"), self.dlq),
             Route("GET", _path("/api/series"), self.series),
             Route("POST", _path("/api/queues/{name}/dlq/purge"), self.dlq_purge, write=True),
+            Route("GET", _path("/api/fleet"), lambda r: json_response(self.fleet.need())),
             Route("GET", _path("/api/workers"), lambda r: json_response(self.fleet.workers())),
             Route("GET", _path("/api/jobs"), self.jobs),
             Route("GET", _path("/api/jobs/{id}"), self.job),

@@ -57,6 +57,23 @@ class FleetCollector(Collector):
             "Queues assigned to a worker now",
             value=self.fleet.assignment_count(),
         )
+        need = self.fleet.need()
+        yield GaugeMetricFamily(
+            "orchestrator_fleet_desired_workers",
+            "Workers the fleet needs: ceil(wanted assignments / MAX_LOAD), at least 1 "
+            "(the leading master's figure; an autoscaler's target)",
+            value=need["desiredWorkers"],
+        )
+        yield GaugeMetricFamily(
+            "orchestrator_fleet_capacity",
+            "Assignments the live workers can hold (their MAX_LOAD, summed)",
+            value=need["capacity"],
+        )
+        yield GaugeMetricFamily(
+            "orchestrator_fleet_wanted",
+            "Assignments wanted: running, plus queues and shards waiting for room",
+            value=need["wanted"],
+        )
         yield GaugeMetricFamily(
             "orchestrator_workers_live",
             "Workers whose heartbeat is recent",

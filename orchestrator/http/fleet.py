@@ -18,7 +18,7 @@ from orchestrator.config import Settings
 from orchestrator.errors import AlreadyRunning, QueueNotFound
 from orchestrator.handlers import import_warning
 from orchestrator.metrics import QueueCounts, Totals
-from orchestrator.models import Assignment, QueueDepth, QueueRecord, utcnow
+from orchestrator.models import Assignment, FleetNeed, QueueDepth, QueueRecord, utcnow
 
 DEPTH_TTL_SECONDS = 2.0  # DLQ depths are reused this long: viewers and scrapers share them
 SERIES_MINUTES = 60  # the charts' hour
@@ -96,6 +96,14 @@ class Fleet:
 
     def queue(self, name: str) -> dict[str, Any]:
         return self._queue_views([self.store.get_queue(name)])[0]
+
+    def need(self) -> dict[str, Any]:
+        """What the fleet needs, as the leading master last wrote it (GET /api/fleet)."""
+        found = self.store.fleet_need()
+        if found is None:  # no leader has finished a cycle yet: one worker to start with
+            return {**FleetNeed(0, 0, 0, 1).to_json(), "updatedAt": None}
+        need, at = found
+        return {**need.to_json(), "updatedAt": at.isoformat()}
 
     def update_queue(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
         self.admin.update(name, **changes)

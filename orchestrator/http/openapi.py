@@ -76,6 +76,9 @@ SCHEMAS: dict[str, Any] = {
     # the API's host may not carry the application's code; the workers' must).
     "QueueChanged": {"allOf": [_ref("Queue"), _object({"warnings": {
         "type": "array", "items": _STR}})]},
+    "FleetNeed": _object({"liveWorkers": _INT, "capacity": _INT, "wanted": _INT,
+                          "desiredWorkers": {"type": "integer", "minimum": 1},
+                          "updatedAt": {"type": ["string", "null"], "format": "date-time"}}),
     "Redrive": _object({"name": _STR, "moved": _INT}),
     "Ids": {**_object({"ids": {"type": "array", "minItems": 1, "items": {
         "type": "string", "pattern": "^[A-Za-z0-9-]{1,100}$"}}}, required=False),
@@ -213,6 +216,13 @@ PATHS: dict[str, Any] = {
         "parameters": [{"name": "queue", "in": "query", "schema": _STR},
                        {"name": "worker", "in": "query", "schema": _STR}],
         "responses": {"200": _json({"type": "object"}), **_errors(400, 503)},
+    }},
+    "/api/fleet": {"get": {
+        "summary": "What the fleet needs, by the leading master's last cycle, for autoscalers: "
+                   "live workers, their capacity (assignments), the assignments wanted (running "
+                   "plus queues and shards waiting for room) and ceil(wanted / MAX_LOAD), at "
+                   "least 1 (updatedAt null: no leader has written it yet)",
+        "responses": {"200": _json(_ref("FleetNeed")), **_errors(503)},
     }},
     "/api/workers": {"get": {
         "summary": "Workers with their load, consumers and heartbeat age",

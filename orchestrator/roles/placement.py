@@ -34,6 +34,7 @@ from orchestrator.errors import QueueNotFound, ServiceUnavailable
 from orchestrator.metrics import Meter
 from orchestrator.models import (
     Assignment,
+    FleetNeed,
     JobRecord,
     QueueDepth,
     QueueRecord,
@@ -56,6 +57,7 @@ RESYNC_AFTER = 5.0  # a queue missing in SQS this long is recreated (a delete ta
 RESYNCS_PER_CYCLE = 10
 SHOWN_DEPTH_SECONDS = 5.0  # a running queue's depth, for the API (720 requests an hour)
 SHARE_SETTLE_SECONDS = 3.0  # a lowered share reaches a consumer (≤ 1 s) and is reported (1 s)
+NEED_REFRESH_SECONDS = 10.0  # the fleet's need is rewritten at least this often
 UNSEEN = policy.QueueSchedule()  # a queue's until its first check (one for all: immutable)
 
 
@@ -90,6 +92,7 @@ class Placement:
         self.known: dict[str, QueueRecord] = {}  # the last cycle's queues, by URL
         self.lost: dict[str, datetime] = {}  # URL → since when SQS has lacked the queue
         self.charted: tuple[datetime, dict[str, int]] | None = None  # the last load point
+        self.need: tuple[FleetNeed, datetime] | None = None  # the last saved, and when
 
     def schedule(self, url: str) -> policy.QueueSchedule:
         return self.schedules.get(url, UNSEEN)
@@ -128,6 +131,7 @@ class Placement:
         self._grow(now, cycle, growing, depths)
         self._reshare(now, cycle)
         self._chart_loads(now, cycle)
+        self._save_need(now, cycle)
 
     # --- what there is ----------------------------------------------------------------
 
@@ -153,6 +157,29 @@ class Placement:
             log.warning("depths.not_saved", error=str(exc))
             return
         self.saved.update({url: depth for url, (depth, _) in changed.items()})
+
+    def _save_need(self, now: datetime, cycle: _Cycle) -> None:
+        """What the fleet needs, for autoscalers: the assignments that run, plus the queues
+        (and shards) found with messages that wait for room. Written when it changes, and
+        at least every NEED_REFRESH_SECONDS so that readers can tell it is current."""
+        waiting = sum(1 for url, queue in cycle.queues.items()
+                      if url not in cycle.shards and not queue.paused
+                      and self.schedule(url).waiting_since is not None)  # fmt: skip
+        shards = sum(1 for url in cycle.shards if self._may_grow(cycle, url)
+                     and self.schedule(url).backlog_checks >= policy.BACKLOG_CHECKS)  # fmt: skip
+        wanted = sum(cycle.loads.values()) + waiting + shards
+        capacity = sum(w.max_load for w in cycle.workers.values())
+        need = FleetNeed(len(cycle.workers), capacity, wanted,
+                         policy.desired_workers(wanted, self.settings.max_load))
+        last = self.need
+        if last and last[0] == need and (now - last[1]).total_seconds() < NEED_REFRESH_SECONDS:
+            return
+        try:
+            self.store.save_fleet_need(need, now)
+        except ServiceUnavailable as exc:  # written by the next cycle
+            log.warning("fleet_need.not_saved", error=str(exc))
+            return
+        self.need = (need, now)
 
     def _chart_loads(self, now: datetime, cycle: _Cycle) -> None:
         """Each live worker's load, for the dashboard's chart: the minute's point is set

@@ -3,6 +3,7 @@ assignment without servers."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -340,7 +341,7 @@ def test_with_no_worker_the_leader_still_watches_depths_at_an_idle_queues_cost()
     for url, times in checks.items():  # after the first backoff: ≤ 120 an hour
         steady = [t for t in times if t >= 600]
         assert len(steady) <= 3000 / idle_max + 1, (url, len(steady))
-    gaps = [b - a for a, b in zip(checks[busy.queue_url], checks[busy.queue_url][1:])]
+    gaps = [b - a for a, b in itertools.pairwise(checks[busy.queue_url])]
     assert set(gaps) == {idle_max}  # the backlog is looked at on the idle schedule
 
 
@@ -355,3 +356,25 @@ def test_a_queue_that_waited_for_room_is_placed_as_soon_as_a_worker_appears() ->
     fleet.beat("w", at(5))
     master.tick(at(5))  # it beat: alive, and the waiting queue goes to it at once
     assert fleet.placed() == {"busy": "w"}
+
+
+def test_the_leader_writes_what_the_fleet_needs_for_autoscalers() -> None:
+    fleet = Fleet()
+    for name in ("a", "b", "c"):
+        fleet.queue(name, 3)
+    master = Master(config.load("development", {"MAX_LOAD": "1"}), fleet.store, fleet.sqs)
+    fleet.beat("w", at(0), max_load=1)
+    master.tick(at(0))
+    fleet.beat("w", at(1), max_load=1)
+    master.tick(at(1))  # one queue runs on w; two wait for room
+    assert len(fleet.placed()) == 1
+    assert fleet.store.need is not None
+    need, when = fleet.store.need
+    assert (need.live_workers, need.capacity, need.wanted, need.desired_workers) == (1, 1, 3, 3)
+    assert when == at(1)
+
+
+@pytest.mark.parametrize(("wanted", "max_load", "desired"),
+                         [(0, 5, 1), (1, 5, 1), (5, 5, 1), (6, 5, 2), (3, 1, 3), (11, 5, 3)])
+def test_desired_workers(wanted: int, max_load: int, desired: int) -> None:
+    assert policy.desired_workers(wanted, max_load) == desired

@@ -8,8 +8,8 @@ from datetime import datetime
 
 from pymongo import UpdateOne
 
-from orchestrator.backends.store.base import DEPTHS, Connection, translated
-from orchestrator.models import QueueDepth
+from orchestrator.backends.store.base import DEPTHS, FLEET, Connection, translated
+from orchestrator.models import FleetNeed, QueueDepth
 
 
 class DepthDocs(Connection):
@@ -34,3 +34,14 @@ class DepthDocs(Connection):
         cursor = self._db[DEPTHS].find(query).batch_size(5000)
         return {d["_id"]: (QueueDepth(int(d["visible"]), int(d["inFlight"]), int(d["delayed"])),
                            d["checkedAt"]) for d in cursor}  # fmt: skip
+
+    @translated
+    def save_fleet_need(self, need: FleetNeed, now: datetime) -> None:
+        """The leader's figures, for whichever master's API an autoscaler asks."""
+        self._db[FLEET].update_one({"_id": "need"},
+                                   {"$set": {**need.to_json(), "updatedAt": now}}, upsert=True)
+
+    @translated
+    def fleet_need(self) -> tuple[FleetNeed, datetime] | None:
+        doc = self._db[FLEET].find_one({"_id": "need"})
+        return None if doc is None else (FleetNeed.from_json(doc), doc["updatedAt"])
