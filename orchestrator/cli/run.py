@@ -37,4 +37,15 @@ def run(app: App, mode: str, workers: int | None) -> None:
     supervisor = Supervisor(
         app.settings, app.endpoints, mode.upper(), workers or app.settings.worker_instances
     )
-    raise SystemExit(supervisor.run())
+    probes = None
+    if app.settings.health_port:
+        from orchestrator.http.probes import ProbeServer
+
+        probes = ProbeServer(app.settings, supervisor.liveness, supervisor.readiness)
+        probes.start()
+    try:
+        code = supervisor.run()
+    finally:
+        if probes is not None:
+            probes.stop()
+    raise SystemExit(code)

@@ -12,6 +12,7 @@ import structlog
 
 from orchestrator import handlers, log
 from orchestrator.roles import processes, signals
+from orchestrator.roles.status import Reporter
 
 CRASH_EXIT = 70  # an unexpected error ended the process (EX_SOFTWARE)
 
@@ -23,6 +24,7 @@ def main() -> None:
     log.configure(settings, role=role, pid=os.getpid())
     # Consumers and handler processes import handlers, the master's API checks them.
     handlers.use_handler_path(settings)
+    reporter = Reporter(extra.get("status_fd"))  # notes for the supervisor's probes
     try:
         if role == "master":
             from orchestrator.http.service import ApiService
@@ -30,11 +32,11 @@ def main() -> None:
 
             # The process that runs a master serves the HTTP API beside it.
             master.run(settings, endpoints,
-                       lambda m: ApiService(settings, endpoints, m))  # fmt: skip
+                       lambda m: ApiService(settings, endpoints, m), reporter)  # fmt: skip
         elif role == "worker":
             from orchestrator.roles import worker
 
-            worker.run(settings, endpoints)
+            worker.run(settings, endpoints, reporter)
         elif role == "consumer":
             from orchestrator.roles import consumer
 

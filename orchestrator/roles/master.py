@@ -34,6 +34,7 @@ from orchestrator.roles.liveness import Watch
 from orchestrator.roles.loop import Outage, retry, wait
 from orchestrator.roles.placement import Placement
 from orchestrator.roles.signals import STOP, SignalQueue
+from orchestrator.roles.status import Note, Reporter
 
 log = structlog.get_logger()
 
@@ -247,7 +248,8 @@ class Beside(Protocol):
 
 
 def run(
-    settings: Settings, endpoints: Endpoints, beside: Callable[[Master], Beside] | None = None
+    settings: Settings, endpoints: Endpoints, beside: Callable[[Master], Beside] | None = None,
+    reporter: Reporter | None = None,
 ) -> None:
     """The master process: tick every MASTER_INTERVAL until SIGTERM/SIGINT or orphaned,
     with `beside` (the HTTP API, started by the process entry) served meanwhile."""
@@ -262,7 +264,7 @@ def run(
         extra.start()  # before MongoDB answers: /health must tell that it does not
     if retry(store.ensure_indexes, signals, "MongoDB"):
         log.info("master.started")
-        _loop(master, extra, signals, original_parent)
+        _loop(master, extra, signals, original_parent, reporter or Reporter(None))
     # Shutdown: stop serving, then give the lease up so that a standby takes over
     # without waiting for it to expire; last, write what was counted.
     if extra:
@@ -274,7 +276,8 @@ def run(
     log.info("master.stopped")
 
 
-def _loop(master: Master, beside: Beside | None, signals: SignalQueue, parent: int) -> None:
+def _loop(master: Master, beside: Beside | None, signals: SignalQueue, parent: int,
+          reporter: Reporter) -> None:  # fmt: skip
     outage = Outage()
     next_flush = 0.0
     while processes.parent_alive(parent):
@@ -282,6 +285,7 @@ def _loop(master: Master, beside: Beside | None, signals: SignalQueue, parent: i
         try:
             master.tick(utcnow())
             outage.recovered()
+            reporter.note(Note.CYCLE)
             delay = master.settings.master_interval
         except Exception as exc:  # the process boundary: log, back off, carry on
             master.outage()

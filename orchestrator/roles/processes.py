@@ -35,6 +35,7 @@ class Child:
     role: str
     proc: subprocess.Popen[bytes]
     channel: Channel | None = None
+    status_fd: int | None = None  # our end of its status pipe (roles/status.py), if any
     started: float = field(default_factory=time.monotonic)
     _stats: psutil.Process | None = None
     _kids: dict[int, psutil.Process] = field(default_factory=dict)
@@ -129,33 +130,45 @@ def read_boot_document() -> tuple[Settings, Endpoints, dict[str, Any]]:
 
 
 def spawn(
-    role: str, boot: dict[str, Any], *, channel: bool = False, own_group: bool = False
+    role: str, boot: dict[str, Any], *, channel: bool = False, own_group: bool = False,
+    status: bool = False,
 ) -> Child:
-    """Start `python -m orchestrator.roles.child ROLE`, hand it `boot`, optionally with a channel.
+    """Start `python -m orchestrator.roles.child ROLE`, hand it `boot`, optionally with a channel
+    and a status pipe (roles/status.py).
 
     `own_group` puts it in a process group of its own, so that a Ctrl-C on the
     terminal reaches only the supervisor, which then stops children in order.
     """
     ours = theirs = None
+    passed: list[int] = []
     if channel:
         ours, theirs = socket.socketpair()
         boot = {**boot, "channel_fd": theirs.fileno()}
+        passed.append(theirs.fileno())
+    status_read = status_write = None
+    if status:
+        status_read, status_write = os.pipe()
+        os.set_blocking(status_read, False)
+        boot = {**boot, "status_fd": status_write}
+        passed.append(status_write)
     proc = subprocess.Popen(
         # -P: the working directory is not put on sys.path, so what imports (a handler)
         # never depends on where the daemon was started (HANDLER_PYTHONPATH says where).
         [sys.executable, "-P", "-m", "orchestrator.roles.child", role],
         stdin=subprocess.PIPE,
-        pass_fds=(theirs.fileno(),) if theirs else (),
+        pass_fds=tuple(passed),
         process_group=0 if own_group else None,
     )
     if theirs:
         theirs.close()
+    if status_write is not None:
+        os.close(status_write)
     assert proc.stdin is not None
     with contextlib.suppress(BrokenPipeError):  # it died at once: reaping will say how
         proc.stdin.write(json.dumps(boot).encode())
     with contextlib.suppress(BrokenPipeError):
         proc.stdin.close()
-    return Child(role, proc, Channel(ours) if ours else None)
+    return Child(role, proc, Channel(ours) if ours else None, status_fd=status_read)
 
 
 def describe_exit(status: int) -> str:

@@ -7,10 +7,12 @@ that dies is logged with its exit code or signal and restarted with backoff.
 
 from __future__ import annotations
 
+import os
 import select
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -19,6 +21,7 @@ from orchestrator.config import Endpoints, Settings
 from orchestrator.roles import processes
 from orchestrator.roles.processes import Child
 from orchestrator.roles.signals import STOP, SignalQueue
+from orchestrator.roles.status import Note, read_notes
 
 log = structlog.get_logger()
 
@@ -27,6 +30,8 @@ STABLE_SECONDS = 30.0  # a child that ran this long resets its restart backoff
 RESTART_CAP = 30.0  # seconds between restarts of a role that keeps dying
 BOOT_SECONDS = 10.0  # a child that exits with an error sooner failed to boot
 BOOT_FAILURES = 3  # boot failures in a row after which the supervisor gives up (exit 1)
+LOOP_STALLED = 10.0  # /livez fails when the supervisor's own loop stopped turning this long
+CYCLE_SLACK = 5.0  # /readyz: a master's last good cycle within 3 x MASTER_INTERVAL + this
 
 
 @dataclass(eq=False)
@@ -38,6 +43,7 @@ class _Slot:
     failures: int = 0
     boot_failures: int = 0  # in a row
     restart_at: float = 0.0
+    notes: dict[Note, float] = field(default_factory=dict)  # last time of each, monotonic
 
 
 class Supervisor:
@@ -51,11 +57,17 @@ class Supervisor:
         self.signals = SignalQueue()
         self.stopping_since: float | None = None
         self.exit_code = 0
+        self.turned = time.monotonic()  # the loop's last turn, for /livez
 
     def run(self) -> int:
         log.info("supervisor.started", roles=[s.role for s in self.slots])
         while True:
-            select.select([self.signals.read_fd], [], [], 0.5)
+            self.turned = time.monotonic()
+            pipes = {s.child.status_fd: s for s in self.slots if s.child and s.child.status_fd}
+            readable, _, _ = select.select([self.signals.read_fd, *pipes], [], [], 0.5)
+            for fd in readable:
+                if fd in pipes:
+                    self._take_notes(pipes[fd])
             for sig in self.signals.drain():
                 if sig in STOP:
                     if self.stopping_since is not None:
@@ -78,7 +90,8 @@ class Supervisor:
             if slot.child is None and now >= slot.restart_at:
                 # Own process group: a Ctrl-C on the terminal reaches only us, and we stop
                 # the children in order rather than all at once.
-                slot.child = processes.spawn(slot.role, self.boot, own_group=True)
+                slot.child = processes.spawn(slot.role, self.boot, own_group=True, status=True)
+                slot.notes = {}
                 log.info("child.started", child=slot.role, child_pid=slot.child.pid)
 
     def _reap(self) -> None:
@@ -95,7 +108,7 @@ class Supervisor:
                           reason=f"the {slot.role} failed to start {slot.boot_failures} times "
                                  f"in a row (see its process.crashed lines above)")  # fmt: skip
                 self.exit_code = 1
-                slot.child = None
+                self._forget(slot)
                 self._begin_stop(f"the {slot.role} failed to start")
                 continue
             else:
@@ -104,7 +117,63 @@ class Supervisor:
                 slot.restart_at = now + delay
                 log.error("child.died", child=slot.role, child_pid=slot.child.pid, exit=how,
                           restart_in=delay)  # fmt: skip
-            slot.child = None
+            self._forget(slot)
+
+    def _forget(self, slot: _Slot) -> None:
+        """Its child is gone: close our end of its status pipe."""
+        if slot.child is not None and slot.child.status_fd is not None:
+            os.close(slot.child.status_fd)
+        slot.child = None
+
+    def _take_notes(self, slot: _Slot) -> None:
+        notes, closed = read_notes(slot.child.status_fd) if slot.child and \
+            slot.child.status_fd is not None else ([], False)  # fmt: skip
+        now = time.monotonic()
+        for note in notes:
+            slot.notes[note] = now
+            if note is Note.HEARTBEAT:  # a heartbeat that got through ends a fence
+                slot.notes.pop(Note.FENCED, None)
+        if closed and slot.child is not None and slot.child.status_fd is not None:
+            os.close(slot.child.status_fd)  # it is exiting; reaping will say how
+            slot.child.status_fd = None
+
+    # --- probes (from the probe server's thread: they only read) -------------------------
+
+    def liveness(self) -> tuple[bool, dict[str, Any]]:
+        """Alive: the loop turns and no role has used up its restarts (the supervisor then
+        stops everything and exits 1). A role being restarted with backoff is alive."""
+        now = time.monotonic()
+        turning = now - self.turned < LOOP_STALLED
+        alive = turning and self.exit_code == 0
+        return alive, {"status": "ok" if alive else "failing", "loopTurning": turning,
+                       "roles": [self._role_doc(s, now) for s in list(self.slots)]}  # fmt: skip
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready: not stopping, every master cycled within 3 x MASTER_INTERVAL + 5 s and
+        every worker heartbeated within WORKER_TIMEOUT/2 and is not fenced."""
+        now = time.monotonic()
+        roles = [self._role_doc(s, now) for s in list(self.slots)]
+        ready = self.stopping_since is None and all(r["ready"] for r in roles)
+        return ready, {"status": "ready" if ready else "not ready",
+                       "stopping": self.stopping_since is not None, "roles": roles}  # fmt: skip
+
+    def _role_doc(self, slot: _Slot, now: float) -> dict[str, Any]:
+        child, notes = slot.child, dict(slot.notes)
+        doc: dict[str, Any] = {"role": slot.role, "pid": child.pid if child else None,
+                               "restarts": slot.failures}  # fmt: skip
+        if slot.role == "master":
+            within = 3 * self.settings.master_interval + CYCLE_SLACK
+            last = notes.get(Note.CYCLE)
+            doc["ready"] = child is not None and last is not None and now - last <= within
+            doc["lastCycleSecondsAgo"] = None if last is None else round(now - last, 1)
+        else:
+            last = notes.get(Note.HEARTBEAT)
+            fenced = Note.FENCED in notes
+            fresh = last is not None and now - last <= self.settings.worker_timeout / 2
+            doc["ready"] = child is not None and fresh and not fenced
+            doc["fenced"] = fenced
+            doc["lastHeartbeatSecondsAgo"] = None if last is None else round(now - last, 1)
+        return doc
 
     def _failed_to_boot(self, slot: _Slot, status: int, ran: float) -> bool:
         """Count exits with an error soon after the start (not kills: those are signals);

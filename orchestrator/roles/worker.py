@@ -34,6 +34,7 @@ from orchestrator.roles.outbox import JobEnd, Outbox
 from orchestrator.roles.pool import ConsumerPool, Death, Process, Slot, SlotState
 from orchestrator.roles.protocol import Live, Reason
 from orchestrator.roles.signals import HANDLED, STOP, SignalQueue
+from orchestrator.roles.status import Note, Reporter
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
@@ -69,6 +70,7 @@ class Worker:
         self.assigned: dict[str, Assignment] = {}  # by job id, as the last reconcile read
         self.tracer: Tracer | None = None  # set by run() when OTEL_* asks for traces
         self.spans: dict[str, Span] = {}  # each running job's, by job id
+        self.reporter = Reporter(None)  # notes for the supervisor's probes (set by run())
         structlog.contextvars.bind_contextvars(worker_id=self.id)
 
     # --- the loop's one iteration -------------------------------------------------
@@ -142,6 +144,7 @@ class Worker:
         found = self.store.heartbeat(self.id, utcnow(), self.pool.stats(), self.status)
         self.last_heartbeat = now
         self.store_ok = True
+        self.reporter.note(Note.HEARTBEAT)
         if self.fenced:
             log.info("worker.unfenced")
             self.fenced = False
@@ -162,6 +165,7 @@ class Worker:
         if not self.fenced and now > self._fence_at():
             log.warning("worker.fenced", silent_seconds=round(now - self.last_heartbeat, 1))
             self.fenced = True
+            self.reporter.note(Note.FENCED)
             self.pool.stop_all(Reason.FENCED)
 
     # --- reconciling -------------------------------------------------------------------
@@ -356,7 +360,7 @@ class Worker:
             log.exception("worker.shutdown_step_failed", step=step)
 
 
-def run(settings: Settings, endpoints: Endpoints) -> None:
+def run(settings: Settings, endpoints: Endpoints, reporter: Reporter | None = None) -> None:
     """The worker process: register, then tick until SIGTERM/SIGINT or orphaned."""
     signals = SignalQueue(HANDLED)
     original_parent = os.getppid()
@@ -364,6 +368,7 @@ def run(settings: Settings, endpoints: Endpoints) -> None:
     boot = processes.boot_document(settings, endpoints)
     worker = Worker(settings, store, lambda: processes.spawn("consumer", boot, channel=True))
     worker.tracer = tracing.tracer("worker")
+    worker.reporter = reporter or Reporter(None)
     if not retry(store.ensure_indexes, signals, "MongoDB"):
         return
     if not retry(lambda: worker.register(time.monotonic()), signals, "MongoDB"):
