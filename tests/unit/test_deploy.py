@@ -258,8 +258,9 @@ def test_secrets_come_from_one_secret_and_aws_keys_are_optional() -> None:
     assert example["metadata"]["name"] == SECRET
     provided = set(example.get("stringData", {})) | set(example.get("data", {}))
     for deployment, container in containers():
+        env = container.get("env", [])
         refs = {v["name"]: v["valueFrom"]["secretKeyRef"]
-                for v in container.get("env", []) if "secretKeyRef" in v.get("valueFrom", {})}  # fmt: skip
+                for v in env if "secretKeyRef" in v.get("valueFrom", {})}  # fmt: skip
         assert {"MONGODB_URI", "API_TOKEN"} | OPTIONAL_SECRET_KEYS <= set(refs)
         for name, ref in refs.items():
             where = f"{deployment['metadata']['name']}: {name}"
