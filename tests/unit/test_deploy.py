@@ -239,15 +239,19 @@ def test_workers_get_longer_than_the_shutdown_grace_to_stop() -> None:
 # --- settings, secrets, security ------------------------------------------------------
 
 
-def test_configmap_holds_valid_settings() -> None:
+def test_configmap_holds_valid_settings(tmp_path: Path) -> None:
     data = settings_map()
-    unknown = set(data) - set(config.setting_keys()) - {config.ENV_NAME_VAR} - PENDING_SETTINGS
+    keys = set(config.setting_keys())
+    unknown = set(data) - keys - {config.ENV_NAME_VAR} - PENDING_SETTINGS
     assert not unknown, f"not settings: {sorted(unknown)}"
     assert data["API_HOST"] == "0.0.0.0" and data["LOG_FORMAT"] == "json"
     assert data["WORKER_INSTANCES"] == "1", "KEDA counts one worker per pod"
     # The image's settings under the ConfigMap's environment must load (values in range,
-    # the rules between keys hold).
-    environ = {**data, config.CONFIG_DIR_VAR: str(REPO / "env")}
+    # the rules between keys hold). production.json's keys that this checkout does not
+    # know yet (PENDING_SETTINGS, merged from other branches in either order) are left out.
+    prod = {k: v for k, v in production_json().items() if k in keys}
+    (tmp_path / "production.json").write_text(json.dumps(prod))
+    environ = {**data, config.CONFIG_DIR_VAR: str(tmp_path)}
     settings = config.load(environ=environ)
     assert settings.env_name == "production"
     assert settings.port == expected("PORT")
