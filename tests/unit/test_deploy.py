@@ -360,6 +360,12 @@ def test_dockerfile_runs_as_the_manifests_user_with_a_livez_healthcheck() -> Non
     assert env["ORCHESTRATOR_CONFIG_DIR"] == "/app/env"
     assert int(env["HEALTH_PORT"]) == expected("HEALTH_PORT")
     assert {int(p) for p in final["EXPOSE"].split()} == {expected("PORT"), expected("HEALTH_PORT")}
-    check = final["HEALTHCHECK"]
-    assert "/livez" in check and "urllib" in check and "HEALTH_PORT" in check
+    # Exec form must be valid JSON: Docker silently runs anything else through a shell.
+    options, _, command = final["HEALTHCHECK"].partition(" CMD ")
+    check = json.loads(command)
+    assert check[:2] == ["python", "-c"], check
+    assert "/livez" in check[2] and "urllib" in check[2] and "HEALTH_PORT" in check[2]
+    compile(check[2], "HEALTHCHECK", "exec")
+    assert "--interval" in options
     assert json.loads(final["CMD"]) == ["orchestrator", "run"]
+    assert json.loads(final["ENTRYPOINT"])[0].endswith("/tini"), "PID 1 must reap orphans"
