@@ -31,6 +31,11 @@ FROM python:3.11-slim
 RUN groupadd --system --gid 10001 orchestrator \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /app \
        --shell /usr/sbin/nologin orchestrator
+# tini as PID 1: it passes SIGTERM on to the daemon and reaps processes orphaned below it
+# (a killed consumer's handler processes), which the daemon does not wait for.
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends tini \
+    && rm -rf /var/lib/apt/lists/*
 # The wheel is bind-mounted for the install only, so it is not left in a layer.
 RUN --mount=type=bind,from=build,source=/dist,target=/dist \
     pip install --no-cache-dir /dist/*.whl
@@ -54,4 +59,5 @@ EXPOSE 3000 8080
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; port = os.environ.get('HEALTH_PORT', '8080'); port == '0' or urllib.request.urlopen(f'http://127.0.0.1:{port}/livez', timeout=4)"]
 # The mode comes from MODE (M, W or MW; MW if unset), so one image serves every Deployment.
+ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["orchestrator", "run"]
