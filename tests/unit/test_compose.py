@@ -34,3 +34,11 @@ def test_compose_publishes_ports_on_loopback_only() -> None:
     for service in compose["services"].values():
         for port in service.get("ports", []):
             assert port.startswith("127.0.0.1:"), port
+
+
+def test_compose_sets_api_token_where_the_api_listens_beyond_loopback() -> None:
+    # The daemon exits 2 when API_HOST is not a loopback address and API_TOKEN is empty.
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    env = compose["services"]["orchestrator"]["environment"]
+    if env.get("API_HOST", "127.0.0.1") not in ("127.0.0.1", "localhost", "::1"):
+        assert env.get("API_TOKEN"), "a non-loopback API_HOST needs API_TOKEN"
