@@ -76,7 +76,7 @@ class Endpoints:
 
 @dataclass(frozen=True)
 class Settings:
-    """Every setting of §7 of the design; attribute names are the keys in lower case."""
+    """Every setting of docs/design.md §7; attribute names are the keys in lower case."""
 
     aws_region: str = _key("us-east-1")
     aws_access_key_id: str = _key("test", secret=True)

@@ -1,4 +1,4 @@
-"""Message: what a handler receives (design §5, contract)."""
+"""Message: what a handler receives (docs/design.md §5, contract)."""
 
 from __future__ import annotations
 

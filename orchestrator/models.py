@@ -1,4 +1,4 @@
-"""Typed records for the MongoDB documents of design §4, with to_doc/from_doc."""
+"""Typed records for the MongoDB documents of docs/design.md §4, with to_doc/from_doc."""
 
 from __future__ import annotations
 

@@ -97,7 +97,7 @@ def memory_action(rss_mb: float, max_rss_mb: float) -> str | None:
     return "stop" if rss_mb > max_rss_mb else None
 
 
-# --- receiving (design §5: what `concurrency` means) ----------------------------------
+# --- receiving (docs/design.md §5: what `concurrency` means) --------------------------
 
 RECEIVE_BATCH = 10  # SQS's most per ReceiveMessage
 IDLE_LOSS = 0.02  # waiting for a slot to idle may cost this share of the slots' time

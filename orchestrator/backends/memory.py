@@ -57,7 +57,7 @@ class _Failing:
 
 
 class MemoryStore(_Failing):
-    """The collections of design §4, in memory."""
+    """The collections of docs/design.md §4, in memory."""
 
     def __init__(self) -> None:
         self.queues: dict[str, QueueRecord] = {}  # by id

@@ -9,7 +9,7 @@ from pathlib import Path
 from orchestrator.config import Settings
 from orchestrator.errors import EmbeddedServerError
 
-# What LocalStack's own requirements miss (shared/emulators.md).
+# What LocalStack's own requirements miss (docs/design.md §13).
 LOCALSTACK_PINS = ["cbor2==5.6.5", "cryptography==45.0.7", "pyopenssl==25.1.0", "service_identity"]
 LOCALSTACK_PACKAGE = "localstack-core[runtime]"
 
@@ -19,7 +19,7 @@ def localstack_python(data: Path) -> Path:
 
 
 def find_python313() -> Path | None:
-    """Python 3.13 from pyenv, which LocalStack needs (shared/emulators.md)."""
+    """Python 3.13 from pyenv, which LocalStack needs (docs/design.md §13)."""
     roots = []
     if shutil.which("pyenv"):
         out = subprocess.run(["pyenv", "root"], capture_output=True, text=True, check=False)

@@ -4,7 +4,7 @@ Run as `python -m orchestrator.embedded.nxserver DATA_DIR [nx-27017 options]`. T
 happen before the server's own main():
 - an exclusive lock on DATA_DIR/.lock, held for the process's life, so that
   two servers never share one set of database files (claims would be granted
-  twice; see shared/emulators.md);
+  twice; see docs/design.md §13);
 - neosqlite's SQL fast path is switched off, because in that mode `$set` into
   an existing document stores datetimes as strings and bools as 0/1.
 """

@@ -103,7 +103,8 @@ def stop(settings: Settings) -> list[str]:
 
 
 def status(settings: Settings) -> dict[str, dict[str, Any]]:
-    """The §8 status document: each server's address, pid (ours only) and whether it answers."""
+    """The status document of docs/design.md §8: each server's address, pid (ours only) and
+    whether it answers."""
     records = _read_records(settings.data_path)
     wanted = _wanted(settings)
     aws = f"https://sqs.{settings.aws_region}.amazonaws.com"

@@ -224,7 +224,7 @@ def test_abort_hands_back_what_runs(sqs: Sqs) -> None:
     assert depth.visible + depth.in_flight == 4 and depth.visible >= outcome.abandoned
 
 
-# --- the execution model of design §5: prefetch, FIFO groups, async and batch handlers ---
+# --- the execution model of docs/design.md §5: prefetch, FIFO groups, async and batch handlers
 
 
 def fifo_job(sqs: Sqs, name: str, groups: dict[str, int], concurrency: int,

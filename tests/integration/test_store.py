@@ -67,7 +67,7 @@ def test_queue_round_trip_keeps_types(store: Store) -> None:
     created = store.insert_queue(record())
     assert created.id and isinstance(created.created_at, datetime)
     updated = store.update_queue("q1", {"paused": True, "concurrency": 7})
-    # The embedded server's fast path would store these as 1 and a string (emulators.md).
+    # The embedded server's fast path would store these as 1 and a string (docs/design.md §13).
     assert updated.paused is True
     assert isinstance(updated.updated_at, datetime) and updated.updated_at.tzinfo is not None
     assert updated.created_at == created.created_at

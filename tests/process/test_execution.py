@@ -1,4 +1,4 @@
-"""What `concurrency` means, end to end (design §5): FIFO groups, handler processes,
+"""What `concurrency` means, end to end (docs/design.md §5): FIFO groups, handler processes,
 async and batch handlers, held messages handed back on a stop."""
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ def test_writes_read_back_as_the_totals_they_carry() -> None:
     writes = metrics.to_writes(meter.take(), NOW)
     # Applying each $inc to an empty document is what the first upsert does.
     docs = [{**w.filter, **w.update["$inc"], **w.update["$set"]} for w in writes]
-    assert all("." not in key for d in docs for key in d)  # no dotted paths (emulators.md)
+    assert all("." not in key for d in docs for key in d)  # no dotted paths (docs/design.md §13)
     found = metrics.totals(docs)
     counts = found.queues["orders.fifo"]
     assert (counts.handled, counts.failed, round(counts.seconds, 3)) == (1, 1, 2.02)

@@ -46,11 +46,13 @@ __all__ = ["DAEMON_TIMEOUT_MS", "INDEX_OPTIONS_CONFLICT", "Store"]
 
 class Store(QueueDocs, AssignmentDocs, WorkerDocs, JobDocs, LeaseDocs, MetricDocs, DepthDocs,
             FailureDocs, SeriesDocs):
-    """Owns the MongoDB connection and every query against the §4 collections."""
+    """Owns the MongoDB connection and every query against the collections of
+    docs/design.md §4."""
 
     @translated
     def ensure_indexes(self) -> None:
-        """Create every index of §4; safe to run from every process at every start."""
+        """Create every index of docs/design.md §4; safe to run from every process at every
+        start."""
         db = self._db
         db[QUEUES].create_index("name", unique=True)
         db[QUEUES].create_index("queueUrl", unique=True)

@@ -1,7 +1,7 @@
 """The connection every part of the store shares, and the translation of pymongo's errors.
 
 Queries stay within what both real MongoDB (>= 5.0) and the embedded nx-27017
-server support (shared/emulators.md): no transactions, no partial indexes,
+server support (docs/design.md §13): no transactions, no partial indexes,
 no `$push` of sub-documents, no reliance on TTL purging on time.
 """
 

@@ -1,7 +1,7 @@
 """Flow: one assignment's messages between SQS and the handlers (thread-safe).
 
 It holds what the consumer received and has not finished, and it alone decides
-what may start (design §5):
+what may start (docs/design.md §5):
 - at most `limit` (the queue's concurrency) messages run at once; a batch counts
   its length;
 - beyond the slots that are free, the consumer holds at most `prefetch` =
