@@ -96,10 +96,12 @@ class Store(QueueDocs, AssignmentDocs, WorkerDocs, JobDocs, LeaseDocs, MetricDoc
             "share": share.to_doc() if share else None,
         }
         try:
-            self._db[ASSIGNMENTS].insert_one(doc)
+            self._majority[ASSIGNMENTS].insert_one(doc)
         except DuplicateKeyError:
             return None  # the unique {queueUrl, shard} index: somebody else won it
-        self._db[JOBS].insert_one(
+        # The job too: an assignment naming a job that a failover undid would have its
+        # progress and end written to nothing.
+        self._majority[JOBS].insert_one(
             {
                 "_id": job_id,
                 "queueName": queue.name,
@@ -129,7 +131,7 @@ class Store(QueueDocs, AssignmentDocs, WorkerDocs, JobDocs, LeaseDocs, MetricDoc
         """
         held = self.assignments(worker)
         self.interrupt_jobs([a.job_id for a in held], now, reason)
-        self._db[ASSIGNMENTS].delete_many({"worker": worker})
+        self._majority[ASSIGNMENTS].delete_many({"worker": worker})
         return held
 
     @translated
