@@ -11,9 +11,13 @@ import sys
 import structlog
 
 from orchestrator import log
+from orchestrator.errors import SchemaTooNew
 from orchestrator.roles import processes, signals
 
 CRASH_EXIT = 70  # an unexpected error ended the process (EX_SOFTWARE)
+# The database has a newer schema than this code (SchemaTooNew): a restart cannot help,
+# and the supervisor stops the daemon with this code (roles/supervisor.py).
+REFUSED_EXIT = SchemaTooNew.exit_code
 
 
 def main() -> None:
@@ -43,6 +47,9 @@ def main() -> None:
             handlerproc.run(settings, extra)
         else:
             raise SystemExit(f"unknown role {role!r}")
+    except SchemaTooNew as exc:  # not a crash: said in one line, no traceback
+        structlog.get_logger().error("process.refused", error=str(exc))
+        sys.exit(REFUSED_EXIT)
     except Exception:  # the process boundary: say what happened, with the traceback
         structlog.get_logger().exception("process.crashed")
         sys.exit(CRASH_EXIT)

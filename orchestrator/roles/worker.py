@@ -364,7 +364,7 @@ def run(settings: Settings, endpoints: Endpoints) -> None:
     boot = processes.boot_document(settings, endpoints)
     worker = Worker(settings, store, lambda: processes.spawn("consumer", boot, channel=True))
     worker.tracer = tracing.tracer("worker")
-    if not retry(store.ensure_indexes, signals, "MongoDB"):
+    if not retry(store.ensure_indexes, signals, "MongoDB"):  # SchemaTooNew: raised
         return
     if not retry(lambda: worker.register(time.monotonic()), signals, "MongoDB"):
         return

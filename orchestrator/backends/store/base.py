@@ -35,6 +35,7 @@ METRICS = "metrics"  # counters summed over every process (orchestrator/metrics.
 FAILURES = "failures"  # handlers' failures, for the DLQ browser (TTL JOB_TTL_DAYS)
 SERIES = "series"  # a minute's figures per queue and worker, for the charts (TTL 24 h)
 DEPTHS = "depths"  # the leading master's latest depth check of each queue
+META = "meta"  # {_id: "schema", version}: the layout of the collections (schema.py)
 INDEX_OPTIONS_CONFLICT = (85, 86)
 # Daemons give up on an unreachable server sooner than the CLI: their loops retry
 # anyway, and a long wait stalls everything else they do.
