@@ -134,3 +134,40 @@ def test_frequent_figures_are_written_with_w1(recorded: tuple[Store, Recorder]) 
     writes = [(n, c) for n, c in rec.commands if n == "update"]
     assert {c["update"] for _, c in writes} == {"metrics", "series"}
     assert concerns([c for _, c in writes]) == [{"w": 1}] * len(writes)
+
+
+# The commands the role in docs/mongodb.md ("A role with exactly the privileges used")
+# authorizes; handshakes, ping and endSessions need no privilege.
+GRANTED = {"find", "getMore", "aggregate", "insert", "update", "findAndModify", "delete",
+           "createIndexes", "listIndexes", "dropIndexes", "killCursors", "ping", "endSessions"}
+
+
+def test_the_store_sends_only_commands_the_documented_role_grants(
+    settings: Settings, endpoints: Endpoints
+) -> None:
+    """A new kind of command (distinct, listCollections, a $out stage…) must be added to
+    the role in docs/mongodb.md, or a deployment with that role fails where this passes."""
+    rec = Recorder()
+    store = Store(endpoints.mongodb_uri, settings.mongodb_name,
+                  job_ttl_days=settings.job_ttl_days, listeners=[rec])  # fmt: skip
+    try:
+        store._db["assignments"].create_index("queueUrl", unique=True)  # an outdated index
+        rec.commands.clear()
+        store.ensure_indexes()  # lists and drops it
+        now = utcnow()
+        queue = store.insert_queue(QueueRecord("q", "http://sqs/q", 4, "app:handle"))
+        store.update_queue("q", {"paused": True})
+        job = store.assign(queue, "w1", now)
+        assert job is not None
+        store.job_counts()
+        list(store.queue_pages_by_id(None, 1))
+        store.create_lease("m1", now)
+        store.lease()
+        store.release_worker("w1", now, "gone")
+        store.delete_queue("q")
+        store.ping()
+        sent = {name for name, _ in rec.commands}
+        assert {"listIndexes", "dropIndexes", "findAndModify", "aggregate"} <= sent
+        assert sent <= GRANTED, sent - GRANTED
+    finally:
+        store.close()
