@@ -69,6 +69,25 @@ class NoDeadLetterQueue(OrchestratorError):
         super().__init__(f"queue '{name}' has no DLQ (it was created without --dlq)")
 
 
+class SchemaTooNew(OrchestratorError):
+    """The database was upgraded by a newer orchestrator to a layout this one does not know.
+
+    Nothing was written. A daemon's process that meets it exits with this code at once:
+    restarting cannot help (roles/child.py, roles/supervisor.py).
+    """
+
+    exit_code = 2
+
+    def __init__(self, database: str, found: int, understood: int, version: str) -> None:
+        super().__init__(
+            f"the database '{database}' has schema version {found}; this orchestrator "
+            f"{version} understands up to {understood}: upgrade orchestrator first "
+            "(see docs/mongodb.md, 'Upgrades')"
+        )
+        self.found = found
+        self.understood = understood
+
+
 class ServiceUnavailable(OrchestratorError):
     """MongoDB or SQS could not be reached or refused the request."""
 

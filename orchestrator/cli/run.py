@@ -34,6 +34,7 @@ def run(app: App, mode: str, workers: int | None) -> None:
     from orchestrator.roles.supervisor import Supervisor
 
     structlog.contextvars.bind_contextvars(role="supervisor", pid=os.getpid())
+    _refuse_a_newer_schema(app)
     supervisor = Supervisor(
         app.settings, app.endpoints, mode.upper(), workers or app.settings.worker_instances
     )
@@ -49,3 +50,21 @@ def run(app: App, mode: str, workers: int | None) -> None:
         if probes is not None:
             probes.stop()
     raise SystemExit(code)
+
+
+def _refuse_a_newer_schema(app: App) -> None:
+    """Exit 2 (SchemaTooNew) before starting any role if a newer orchestrator upgraded the
+    database: each role would refuse it too. Read-only. MongoDB being down is no reason
+    not to start: the roles wait for it, and check the schema when it answers."""
+    import structlog
+
+    from orchestrator.backends.store import DAEMON_TIMEOUT_MS, Store
+    from orchestrator.errors import ServiceUnavailable
+
+    store = Store.connect(app.settings, app.endpoints.mongodb_uri, timeout_ms=DAEMON_TIMEOUT_MS)
+    try:
+        store.check_schema()
+    except ServiceUnavailable as exc:
+        structlog.get_logger().warning("supervisor.schema_unchecked", error=str(exc))
+    finally:
+        store.close()

@@ -11,10 +11,14 @@ import sys
 import structlog
 
 from orchestrator import handlers, log
+from orchestrator.errors import SchemaTooNew
 from orchestrator.roles import processes, signals
 from orchestrator.roles.status import Reporter
 
 CRASH_EXIT = 70  # an unexpected error ended the process (EX_SOFTWARE)
+# The database has a newer schema than this code (SchemaTooNew): a restart cannot help,
+# and the supervisor stops the daemon with this code (roles/supervisor.py).
+REFUSED_EXIT = SchemaTooNew.exit_code
 
 
 def main() -> None:
@@ -47,6 +51,9 @@ def main() -> None:
             handlerproc.run(settings, extra)
         else:
             raise SystemExit(f"unknown role {role!r}")
+    except SchemaTooNew as exc:  # not a crash: said in one line, no traceback
+        structlog.get_logger().error("process.refused", error=str(exc))
+        sys.exit(REFUSED_EXIT)
     except Exception:  # the process boundary: say what happened, with the traceback
         structlog.get_logger().exception("process.crashed")
         sys.exit(CRASH_EXIT)

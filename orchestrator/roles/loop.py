@@ -9,7 +9,7 @@ from collections.abc import Callable
 import structlog
 
 from orchestrator import policy
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import OrchestratorError, SchemaTooNew
 from orchestrator.roles.signals import STOP, SignalQueue
 
 log = structlog.get_logger()
@@ -44,11 +44,14 @@ class Outage:
 
 
 def retry(call: Callable[[], object], signals: SignalQueue, what: str) -> bool:
-    """Call until it succeeds, with backoff; False if a stop signal came first."""
+    """Call until it succeeds, with backoff; False if a stop signal came first.
+    SchemaTooNew is raised at once: waiting cannot change the database's schema."""
     outage = Outage()
     while True:
         try:
             call()
+        except SchemaTooNew:
+            raise
         except Exception as exc:
             delay = outage.failed(exc)
         else:

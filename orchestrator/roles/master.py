@@ -262,18 +262,20 @@ def run(
     extra = beside(master) if beside else None
     if extra:
         extra.start()  # before MongoDB answers: /health must tell that it does not
-    if retry(store.ensure_indexes, signals, "MongoDB"):
-        log.info("master.started")
-        _loop(master, extra, signals, original_parent, reporter or Reporter(None))
-    # Shutdown: stop serving, then give the lease up so that a standby takes over
-    # without waiting for it to expire; last, write what was counted.
-    if extra:
-        extra.stop()
-    with contextlib.suppress(OrchestratorError):
-        master.resign()
-    with contextlib.suppress(OrchestratorError):
-        store.flush_meter(meter)
-    log.info("master.stopped")
+    try:
+        if retry(store.ensure_indexes, signals, "MongoDB"):  # SchemaTooNew: raised
+            log.info("master.started")
+            _loop(master, extra, signals, original_parent, reporter or Reporter(None))
+    finally:
+        # Shutdown: stop serving, then give the lease up so that a standby takes over
+        # without waiting for it to expire; last, write what was counted.
+        if extra:
+            extra.stop()
+        with contextlib.suppress(OrchestratorError):
+            master.resign()
+        with contextlib.suppress(OrchestratorError):
+            store.flush_meter(meter)
+        log.info("master.stopped")
 
 
 def _loop(master: Master, beside: Beside | None, signals: SignalQueue, parent: int,

@@ -2,7 +2,9 @@
 
 Signal handlers only record; the loop dispatches: the first SIGTERM/SIGINT
 starts a graceful stop, a second one kills the children at once. A child
-that dies is logged with its exit code or signal and restarted with backoff.
+that dies is logged with its exit code or signal and restarted with backoff, unless
+restarting cannot help: a role that keeps failing to boot (exit 1), or one that refused
+the database's newer schema (exit 2, roles/child.py REFUSED_EXIT) stops the daemon.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import structlog
 from orchestrator import policy
 from orchestrator.config import Endpoints, Settings
 from orchestrator.roles import processes
+from orchestrator.roles.child import REFUSED_EXIT
 from orchestrator.roles.processes import Child
 from orchestrator.roles.signals import STOP, SignalQueue
 from orchestrator.roles.status import Note, read_notes
@@ -103,13 +106,15 @@ class Supervisor:
             how = processes.describe_exit(status)
             if self.stopping_since is not None:
                 log.info("child.stopped", child=slot.role, child_pid=slot.child.pid, exit=how)
+            elif status == REFUSED_EXIT:
+                self._give_up(slot, how, REFUSED_EXIT,
+                              f"the {slot.role} refused the database (see its process.refused "
+                              "line above); restarting cannot help")  # fmt: skip
+                continue
             elif self._failed_to_boot(slot, status, ran):
-                log.error("supervisor.giving_up", child=slot.role, exit=how,
-                          reason=f"the {slot.role} failed to start {slot.boot_failures} times "
-                                 f"in a row (see its process.crashed lines above)")  # fmt: skip
-                self.exit_code = 1
-                self._forget(slot)
-                self._begin_stop(f"the {slot.role} failed to start")
+                self._give_up(slot, how, 1,
+                              f"the {slot.role} failed to start {slot.boot_failures} times "
+                              "in a row (see its process.crashed lines above)")  # fmt: skip
                 continue
             else:
                 slot.failures = 1 if ran >= STABLE_SECONDS else slot.failures + 1
@@ -174,6 +179,13 @@ class Supervisor:
             doc["fenced"] = fenced
             doc["lastHeartbeatSecondsAgo"] = None if last is None else round(now - last, 1)
         return doc
+
+    def _give_up(self, slot: _Slot, how: str, exit_code: int, reason: str) -> None:
+        """Stop the daemon in order, to exit with `exit_code`, instead of restarting."""
+        log.error("supervisor.giving_up", child=slot.role, exit=how, reason=reason)
+        self.exit_code = exit_code
+        self._forget(slot)
+        self._begin_stop(reason)
 
     def _failed_to_boot(self, slot: _Slot, status: int, ran: float) -> bool:
         """Count exits with an error soon after the start (not kills: those are signals);

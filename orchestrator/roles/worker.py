@@ -369,7 +369,7 @@ def run(settings: Settings, endpoints: Endpoints, reporter: Reporter | None = No
     worker = Worker(settings, store, lambda: processes.spawn("consumer", boot, channel=True))
     worker.tracer = tracing.tracer("worker")
     worker.reporter = reporter or Reporter(None)
-    if not retry(store.ensure_indexes, signals, "MongoDB"):
+    if not retry(store.ensure_indexes, signals, "MongoDB"):  # SchemaTooNew: raised
         return
     if not retry(lambda: worker.register(time.monotonic()), signals, "MongoDB"):
         return

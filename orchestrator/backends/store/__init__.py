@@ -32,6 +32,7 @@ from orchestrator.backends.store.jobs import JobDocs
 from orchestrator.backends.store.leases import LeaseDocs
 from orchestrator.backends.store.metrics import MetricDocs
 from orchestrator.backends.store.queues import QueueDocs
+from orchestrator.backends.store.schema import SCHEMA_VERSION, SchemaDocs
 from orchestrator.backends.store.series import SERIES_TTL_SECONDS, SeriesDocs
 from orchestrator.backends.store.workers import WorkerDocs
 from orchestrator.models import (
@@ -41,18 +42,20 @@ from orchestrator.models import (
     Share,
 )
 
-__all__ = ["DAEMON_TIMEOUT_MS", "INDEX_OPTIONS_CONFLICT", "Store"]
+__all__ = ["DAEMON_TIMEOUT_MS", "INDEX_OPTIONS_CONFLICT", "SCHEMA_VERSION", "Store"]
 
 
 class Store(QueueDocs, AssignmentDocs, WorkerDocs, JobDocs, LeaseDocs, MetricDocs, DepthDocs,
-            FailureDocs, SeriesDocs):
+            FailureDocs, SeriesDocs, SchemaDocs):
     """Owns the MongoDB connection and every query against the collections of
     docs/design.md §4."""
 
     @translated
     def ensure_indexes(self) -> None:
-        """Create every index of docs/design.md §4; safe to run from every process at every
-        start."""
+        """Refuse a database of a newer schema (SchemaTooNew, before writing anything),
+        create every index of docs/design.md §4 and record the schema version; safe to
+        run from every process at every start."""
+        found = self.check_schema()
         db = self._db
         db[QUEUES].create_index("name", unique=True)
         db[QUEUES].create_index("queueUrl", unique=True)
@@ -69,6 +72,7 @@ class Store(QueueDocs, AssignmentDocs, WorkerDocs, JobDocs, LeaseDocs, MetricDoc
         db[SERIES].create_index([("kind", 1), ("name", 1), ("minute", 1)])
         self._ensure_ttl(SERIES, "minute", SERIES_TTL_SECONDS)
         self._ensure_ttl(FAILURES, "at", self.job_ttl_seconds)
+        self.record_schema(found)  # last: the number says the layout is complete
 
     @translated
     def delete_queue(self, name: str) -> bool:
@@ -98,10 +102,12 @@ class Store(QueueDocs, AssignmentDocs, WorkerDocs, JobDocs, LeaseDocs, MetricDoc
             "share": share.to_doc() if share else None,
         }
         try:
-            self._db[ASSIGNMENTS].insert_one(doc)
+            self._majority[ASSIGNMENTS].insert_one(doc)
         except DuplicateKeyError:
             return None  # the unique {queueUrl, shard} index: somebody else won it
-        self._db[JOBS].insert_one(
+        # The job too: an assignment naming a job that a failover undid would have its
+        # progress and end written to nothing.
+        self._majority[JOBS].insert_one(
             {
                 "_id": job_id,
                 "queueName": queue.name,
@@ -131,7 +137,7 @@ class Store(QueueDocs, AssignmentDocs, WorkerDocs, JobDocs, LeaseDocs, MetricDoc
         """
         held = self.assignments(worker)
         self.interrupt_jobs([a.job_id for a in held], now, reason)
-        self._db[ASSIGNMENTS].delete_many({"worker": worker})
+        self._majority[ASSIGNMENTS].delete_many({"worker": worker})
         return held
 
     @translated

@@ -1,4 +1,8 @@
-"""The `assignments` collection: which worker runs which queue."""
+"""The `assignments` collection: which worker runs which queue.
+
+Every write waits for a majority (MAJORITY in base.py): an assignment a failover undid
+would let a master give the shard to a second worker while the first still consumes it.
+"""
 
 from __future__ import annotations
 
@@ -33,14 +37,14 @@ class AssignmentDocs(Connection):
     @translated
     def set_share(self, job_id: str, share: Share | None) -> None:
         """A shard's part of its queue's concurrency and rate (None: the queue's own)."""
-        self._db[ASSIGNMENTS].update_one(
+        self._majority[ASSIGNMENTS].update_one(
             {"jobId": _oid(job_id)}, {"$set": {"share": share.to_doc() if share else None}}
         )
 
     @translated
     def request_yield(self, job_id: str, now: datetime) -> None:
         """Ask the assignment's worker to stop it (preemption by a higher priority)."""
-        self._db[ASSIGNMENTS].update_one({"jobId": _oid(job_id)},
+        self._majority[ASSIGNMENTS].update_one({"jobId": _oid(job_id)},
                                          {"$set": {"yieldRequestedAt": now}})  # fmt: skip
 
     @translated
@@ -51,5 +55,5 @@ class AssignmentDocs(Connection):
     @translated
     def release(self, job_id: str) -> None:
         """Delete the assignment of a job (the queue becomes assignable again)."""
-        self._db[ASSIGNMENTS].delete_one({"jobId": _oid(job_id)})
+        self._majority[ASSIGNMENTS].delete_one({"jobId": _oid(job_id)})
 

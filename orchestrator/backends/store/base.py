@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ParamSpec, Self, TypeVar
 
 import pymongo
 import pymongo.common
 from bson import ObjectId
+from pymongo.database import Database
 from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.monitoring import CommandListener
+from pymongo.read_concern import ReadConcern
+from pymongo.write_concern import WriteConcern
 
 from orchestrator.config import Settings, redact_uri, scrub
 from orchestrator.errors import (
@@ -32,10 +36,29 @@ FAILURES = "failures"  # handlers' failures, for the DLQ browser (TTL JOB_TTL_DA
 SERIES = "series"  # a minute's figures per queue and worker, for the charts (TTL 24 h)
 DEPTHS = "depths"  # the leading master's latest depth check of each queue
 FLEET = "fleet"  # one document, "need": what the fleet needs, by the leader's last cycle
+META = "meta"  # {_id: "schema", version}: the layout of the collections (schema.py)
 INDEX_OPTIONS_CONFLICT = (85, 86)
 # Daemons give up on an unreachable server sooner than the CLI: their loops retry
 # anyway, and a long wait stalls everything else they do.
 DAEMON_TIMEOUT_MS = 2000
+
+# Write concerns (docs/mongodb.md). A write a primary acknowledged alone is undone if
+# that primary fails before a secondary copied it. For the lease and the assignments that
+# would make two leaders or two consumers of one shard after a failover; for a job's end,
+# an outcome reported as written that is lost. Those writes wait for a majority.
+# No wtimeout: the client's timeoutMS (Connection) bounds every call, and while it is set
+# pymongo leaves wtimeout out of the command (pymongo/_csot.py apply_write_concern), so a
+# majority that cannot be reached fails the call as an outage after timeoutMS, like a
+# server that does not answer.
+MAJORITY = WriteConcern("majority")
+# Frequent figures (heartbeats, job progress, metrics, chart points, depths, failures)
+# ask for w:1 explicitly: since MongoDB 5.0 a replica set's implicit default is
+# majority, and these do not need it; one lost to a failover is rewritten seconds later
+# (or, for a metric or a failure record, costs a count, never a message).
+FAST = WriteConcern(w=1)
+# The lease is read as a majority has it, so that a master never takes over a lease on
+# the strength of a write (its own or another's) that a failover could undo.
+MAJORITY_READ = ReadConcern("majority")
 
 
 def _oid(value: str) -> dict[str, list[ObjectId]]:
@@ -91,7 +114,9 @@ def translated(method: Callable[P, R]) -> Callable[P, R]:
 class Connection:
     """Owns the MongoDB client and database; every collection's part builds on it."""
 
-    def __init__(self, uri: str, db_name: str, *, job_ttl_days: float, timeout_ms: int = 5000):
+    def __init__(self, uri: str, db_name: str, *, job_ttl_days: float, timeout_ms: int = 5000,
+                 listeners: Sequence[CommandListener] = ()):  # fmt: skip
+        """`listeners`: pymongo command listeners (tests record the commands sent)."""
         self.address = redact_uri(uri)
         self.job_ttl_seconds = int(job_ttl_days * 86400)
         try:
@@ -105,11 +130,18 @@ class Connection:
                 # it (a worker stuck in a heartbeat could not fence itself in time).
                 timeoutMS=timeout_ms * 3 // 2,
                 appname="orchestrator",
+                event_listeners=list(listeners),
             )
         except (PyMongoError, ValueError, OSError) as exc:  # a malformed URI, a missing
             # tlsCAFile: the setting is wrong
             raise ConfigError(f"setting MONGODB_URI is not usable: {scrub(str(exc), uri)}") from exc
+        # Three handles on one database, differing only in write concern: `_db` leaves it
+        # to the client (the URI's `w`, else the server's default).
         self._db = self._client[db_name]
+        self._majority: Database[dict[str, Any]] = self._client.get_database(
+            db_name, write_concern=MAJORITY)
+        self._fast: Database[dict[str, Any]] = self._client.get_database(
+            db_name, write_concern=FAST)
 
     @classmethod
     def connect(

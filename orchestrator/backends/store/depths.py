@@ -20,7 +20,7 @@ class DepthDocs(Connection):
         """Record depth checks, one round trip for all of them."""
         if not found:
             return
-        self._db[DEPTHS].bulk_write([
+        self._fast[DEPTHS].bulk_write([
             UpdateOne({"_id": url}, {"$set": {"visible": d.visible, "inFlight": d.in_flight,
                                               "delayed": d.delayed, "checkedAt": at}},
                       upsert=True)

@@ -17,7 +17,7 @@ class FailureDocs(Connection):
     @translated
     def record_failures(self, failures: list[Failure]) -> None:
         if failures:
-            self._db[FAILURES].insert_many([f.to_doc() for f in failures], ordered=False)
+            self._fast[FAILURES].insert_many([f.to_doc() for f in failures], ordered=False)
 
     @translated
     def last_failures(self, queue_name: str, message_ids: Iterable[str]) -> dict[str, Failure]:

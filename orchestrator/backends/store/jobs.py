@@ -1,4 +1,9 @@
-"""The `jobs` collection: one per assignment, the audit trail."""
+"""The `jobs` collection: one per assignment, the audit trail.
+
+A job's end (job_ended, interrupt_jobs) waits for a majority (MAJORITY in base.py): an
+outcome reported as written must survive a failover. Progress is w:1 (FAST): the next
+report, seconds later, rewrites it.
+"""
 
 from __future__ import annotations
 
@@ -45,7 +50,7 @@ class JobDocs(Connection):
                      effective: int | None = None, running: int | None = None) -> None:  # fmt: skip
         """Counts so far; `effective`: the concurrency its consumer runs at, `running`:
         its handlers running now (what a master needs to grant a new shard its share)."""
-        self._db[JOBS].update_one(
+        self._fast[JOBS].update_one(
             {"_id": ObjectId(job_id), "status": {"$in": list(OPEN_JOB_STATES)}},
             {"$set": {"messageCount": handled, "failedCount": failed, "lastModified": now,
                       "effectiveConcurrency": effective, "running": running}},
@@ -95,7 +100,7 @@ class JobDocs(Connection):
             fields["processes"] = processes
         if pids:
             fields["processor.workerPid"], fields["processor.consumerPid"] = pids
-        self._db[JOBS].update_one(
+        self._majority[JOBS].update_one(
             {"_id": ObjectId(job_id), "status": {"$in": list(OPEN_JOB_STATES)}},
             {"$set": fields},
         )
@@ -103,7 +108,7 @@ class JobDocs(Connection):
     @translated
     def interrupt_jobs(self, job_ids: Iterable[str], now: datetime, reason: str) -> int:
         ids = [ObjectId(j) for j in job_ids]
-        result = self._db[JOBS].update_many(
+        result = self._majority[JOBS].update_many(
             {"_id": {"$in": ids}, "status": {"$in": list(OPEN_JOB_STATES)}},
             {"$set": {"status": "interrupted", "endedAt": now, "lastModified": now,
                       "endReason": reason}},

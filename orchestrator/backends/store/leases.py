@@ -1,14 +1,20 @@
-"""The `leases` collection: the master lease."""
+"""The `leases` collection: the master lease.
+
+Every write waits for a majority and the lease is read as a majority has it (MAJORITY in
+base.py): a lease a failover undid could leave two masters each believing it leads.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
+from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
 from orchestrator.backends.store.base import (
     LEASES,
+    MAJORITY_READ,
     Connection,
     translated,
 )
@@ -18,11 +24,15 @@ from orchestrator.models import Lease
 class LeaseDocs(Connection):
     """The `leases` collection: the master lease."""
 
+    @property
+    def _leases(self) -> Collection[dict[str, Any]]:
+        return self._majority.get_collection(LEASES, read_concern=MAJORITY_READ)
+
     @translated
     def renew_lease(self, holder: str, expires: datetime) -> bool:
         """Renew the master lease if `holder` holds it. Every renewal changes `version`:
         other masters judge the holder alive by seeing it change (roles/master.py)."""
-        result = self._db[LEASES].update_one(
+        result = self._leases.update_one(
             {"_id": "master", "holder": holder},
             {"$set": {"expiresAt": expires}, "$inc": {"version": 1}},
         )
@@ -32,7 +42,7 @@ class LeaseDocs(Connection):
     def create_lease(self, holder: str, expires: datetime) -> bool:
         """Take the lease when nobody holds one; False if somebody else was first."""
         try:
-            self._db[LEASES].insert_one(
+            self._leases.insert_one(
                 {"_id": "master", "holder": holder, "version": 1, "expiresAt": expires}
             )
         except DuplicateKeyError:
@@ -46,7 +56,7 @@ class LeaseDocs(Connection):
         """Take over the lease from a holder that stopped renewing it, if it is still as
         we saw it (holder and version): of two masters taking it at once, one wins."""
         version: Any = was_version if was_version is not None else {"$exists": False}
-        result = self._db[LEASES].update_one(
+        result = self._leases.update_one(
             {"_id": "master", "holder": was_holder, "version": version},
             {"$set": {"holder": holder, "expiresAt": expires, "version": (was_version or 0) + 1}},
         )
@@ -54,10 +64,10 @@ class LeaseDocs(Connection):
 
     @translated
     def drop_lease(self, holder: str) -> None:
-        self._db[LEASES].delete_one({"_id": "master", "holder": holder})
+        self._leases.delete_one({"_id": "master", "holder": holder})
 
     @translated
     def lease(self) -> Lease | None:
-        doc = self._db[LEASES].find_one({"_id": "master"})
+        doc = self._leases.find_one({"_id": "master"})
         return Lease.from_doc(doc) if doc else None
 

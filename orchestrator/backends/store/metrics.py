@@ -33,7 +33,7 @@ class MetricDocs(SeriesDocs):  # its counts also feed the charts
         if not writes:
             return
         try:
-            self._db[METRICS].bulk_write(
+            self._fast[METRICS].bulk_write(
                 [UpdateOne(w.filter, w.update, upsert=True) for w in writes], ordered=False
             )
         except BulkWriteError as exc:  # some documents were written: only the rest are kept

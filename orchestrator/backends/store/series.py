@@ -52,7 +52,7 @@ class SeriesDocs(Connection):
         writes += [_doc("worker", w, minute, {"$max": {"load": n}})
                    for w, n in (loads or {}).items()]  # fmt: skip
         if writes:
-            self._db[SERIES].bulk_write(writes, ordered=False)
+            self._fast[SERIES].bulk_write(writes, ordered=False)
 
     @translated
     def series(self, kind: str, names: Iterable[str], now: datetime,

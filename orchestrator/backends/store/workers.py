@@ -28,7 +28,8 @@ class WorkerDocs(Connection):
         self, worker_id: str, now: datetime, consumers: Iterable[ConsumerStats], status: str
     ) -> bool:
         """Refresh the worker's document; False if it is gone (a master declared us dead)."""
-        result = self._db[WORKERS].update_one(
+        # w:1 (FAST in base.py): every few seconds; a lost one is rewritten by the next.
+        result = self._fast[WORKERS].update_one(
             {"_id": worker_id},
             {
                 "$set": {
