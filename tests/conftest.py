@@ -134,7 +134,15 @@ def store(settings: Settings, endpoints: Endpoints) -> Iterator[Store]:
 
 @pytest.fixture
 def sqs(settings: Settings, endpoints: Endpoints) -> Sqs:
+    """The tests' own client: its calls are not the product's (not checked against docs/iam)."""
     return Sqs(endpoints.sqs_endpoint, settings.aws_region, "test", "test")
+
+
+@pytest.fixture
+def daemon_sqs(settings: Settings, endpoints: Endpoints) -> Sqs:
+    """A client as a master or consumer makes it: its calls are checked against
+    docs/iam/daemon.json at the end of the session."""
+    return Sqs.connect(settings, endpoints.sqs_endpoint, caller="daemon")
 
 
 @pytest.fixture
