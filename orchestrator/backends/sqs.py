@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 import boto3
 from botocore.config import Config
@@ -24,6 +25,11 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+# Who a client acts for, and so which IAM policy of docs/iam/ it runs under: the
+# daemon's roles (masters, consumers) or an operator (the CLI, the API beside a master).
+Caller = Literal["daemon", "admin"]
+OPS_LOG_ENV = "ORCHESTRATOR_SQS_OPS_LOG"
 
 MISSING_QUEUE_CODES = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
 PURGE_IN_PROGRESS_CODES = {"AWS.SimpleQueueService.PurgeQueueInProgress", "PurgeQueueInProgress"}
@@ -68,6 +74,36 @@ def _queue_name(args: Iterable[Any]) -> str:
     return "?"
 
 
+class OpsLog:
+    """Appends one JSON line {"operation", "caller", "pid"} to a file the first time this
+    process makes each SQS operation for each caller; after that, a set lookup. One short
+    O_APPEND write is atomic: every process of a test session appends to the same file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.seen: set[tuple[str, str]] = set()
+
+    def record(self, operation: str, caller: str) -> None:
+        key = (operation, caller)
+        if key in self.seen:
+            return
+        self.seen.add(key)  # two threads racing here write a line twice: harmless
+        line = json.dumps({"operation": operation, "caller": caller, "pid": os.getpid()})
+        # A failed write raises, failing the call: a record silently missing would let
+        # the policy check pass on less than the product did.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (line + "\n").encode())
+        finally:
+            os.close(fd)
+
+
+@functools.cache
+def ops_log(path: str) -> OpsLog:
+    """The process's one OpsLog for `path`, shared by its clients."""
+    return OpsLog(path)
+
+
 class Sqs:
     """Owns the boto3 SQS client; returns plain values and typed records."""
 
@@ -82,7 +118,10 @@ class Sqs:
         read_timeout: float = 30,  # above the 20 s long poll
         attempts: int = 3,
         meter: Meter | None = None,
+        caller: Caller | None = None,
     ) -> None:
+        """`caller`: None for the tests' and scripts' own clients, whose calls are not
+        the product's; the product's clients are made by `connect`, which requires it."""
         self.address = endpoint or f"AWS ({region})"
         config = Config(
             connect_timeout=connect_timeout,
@@ -110,14 +149,36 @@ class Sqs:
                 meter.sqs_request(event_name.rsplit(".", 1)[-1])
 
             self.client.meta.events.register("before-send.sqs", count)
+        path = os.environ.get(OPS_LOG_ENV)
+        if caller is not None and path:
+            # Why: docs/iam/ holds the IAM policies each caller runs under, and an action
+            # missing from one shows only in production, as AccessDenied. The test suite
+            # sets this variable, records every operation its daemons, CLI and API make,
+            # and fails when docs/iam/<caller>.json does not allow one (tests/iam.py).
+            # Unset, as in production: no hook at all. before-call comes once per API
+            # call (not per retry), before it is sent, whatever its outcome.
+            log = ops_log(path)
+
+            def record(model: Any, **_: Any) -> None:
+                log.record(model.name, caller)
+
+            self.client.meta.events.register("before-call.sqs", record)
 
     @classmethod
     def connect(
-        cls, settings: Settings, endpoint: str | None, meter: Meter | None = None, **options: Any
+        cls,
+        settings: Settings,
+        endpoint: str | None,
+        meter: Meter | None = None,
+        *,
+        caller: Caller,
+        **options: Any,
     ) -> Sqs:
-        """An Sqs for these settings at `endpoint` (a local server's, or None for AWS)."""
+        """An Sqs for these settings at `endpoint` (a local server's, or None for AWS),
+        acting for `caller` (which IAM policy it needs: docs/iam/)."""
         return cls(endpoint, settings.aws_region, settings.aws_access_key_id,
-                   settings.aws_secret_access_key, meter=meter, **options)  # fmt: skip
+                   settings.aws_secret_access_key, meter=meter, caller=caller,
+                   **options)  # fmt: skip
 
     # --- queues ----------------------------------------------------------------
 

@@ -45,7 +45,7 @@ class App:
     def sqs(self) -> Sqs:
         from orchestrator.backends.sqs import Sqs
 
-        return Sqs.connect(self.settings, self.endpoints.sqs_endpoint)
+        return Sqs.connect(self.settings, self.endpoints.sqs_endpoint, caller="admin")
 
     @functools.cached_property
     def queues(self) -> QueueAdmin:

@@ -36,7 +36,8 @@ class ApiService:
 
     def __init__(self, settings: Settings, endpoints: Endpoints, master: MasterView) -> None:
         self.store = Store.connect(settings, endpoints.mongodb_uri, timeout_ms=DAEMON_TIMEOUT_MS)
-        sqs = Sqs.connect(settings, endpoints.sqs_endpoint, master.meter,
+        # An operator's client, in the master's process: the admin policy's calls.
+        sqs = Sqs.connect(settings, endpoints.sqs_endpoint, master.meter, caller="admin",
                           read_timeout=API_SQS_READ_TIMEOUT, attempts=API_SQS_ATTEMPTS)  # fmt: skip
         self.fleet = Fleet(settings, self.store, sqs)
         registry = exposition.fleet_registry(self.fleet)

@@ -201,7 +201,7 @@ def run(settings: Settings, endpoints: Endpoints, channel_fd: int) -> None:
     """The consumer process: serve assignments from the worker at the other end of the fd."""
     channel = Channel(socket.socket(fileno=channel_fd))
     meter = Meter()
-    sqs = Sqs.connect(settings, endpoints.sqs_endpoint, meter, **SQS_CALL)
+    sqs = Sqs.connect(settings, endpoints.sqs_endpoint, meter, caller="daemon", **SQS_CALL)
     try:
         Consumer(settings, sqs, channel, meter,
                  processes_.boot_document(settings, endpoints)).run()  # fmt: skip

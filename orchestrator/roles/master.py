@@ -257,7 +257,7 @@ def run(
     original_parent = os.getppid()
     meter = Meter()
     store = Store.connect(settings, endpoints.mongodb_uri, timeout_ms=DAEMON_TIMEOUT_MS)
-    sqs = Sqs.connect(settings, endpoints.sqs_endpoint, meter, **SQS_CALL)
+    sqs = Sqs.connect(settings, endpoints.sqs_endpoint, meter, caller="daemon", **SQS_CALL)
     master = Master(settings, store, sqs, meter)
     extra = beside(master) if beside else None
     if extra:

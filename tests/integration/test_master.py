@@ -248,11 +248,11 @@ def test_orphaned_open_jobs_are_closed(settings: Settings, store: Store, sqs: Sq
 
 
 def test_a_queue_sqs_lost_is_recreated_once_it_has_been_missing_for_a_while(
-    settings: Settings, store: Store, sqs: Sqs
+    settings: Settings, store: Store, sqs: Sqs, daemon_sqs: Sqs
 ) -> None:
     admin = admin_for(settings, store, sqs)
     queue = admin.create("synced", dlq=True)
-    master = Master(settings, store, sqs)
+    master = Master(settings, store, daemon_sqs)  # what it calls is checked: docs/iam
     now = utcnow()
     known_alive(master, now, {"w": 0})  # queues are looked at when a worker could take them
     master.tick(now)
@@ -265,11 +265,11 @@ def test_a_queue_sqs_lost_is_recreated_once_it_has_been_missing_for_a_while(
 
 
 def test_a_queue_being_deleted_is_not_brought_back(
-    settings: Settings, store: Store, sqs: Sqs
+    settings: Settings, store: Store, sqs: Sqs, daemon_sqs: Sqs
 ) -> None:
     admin = admin_for(settings, store, sqs)
     queue = admin.create("deleting")
-    master = Master(settings, store, sqs)
+    master = Master(settings, store, daemon_sqs)  # what it calls is checked: docs/iam
     now = utcnow()
     known_alive(master, now, {"w": 0})
     master.tick(now)

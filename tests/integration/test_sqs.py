@@ -92,7 +92,7 @@ def test_unreachable_endpoint_is_a_clear_error() -> None:
 
 def test_requests_are_counted_by_operation(settings: Settings, endpoints: Endpoints) -> None:
     meter = Meter()
-    sqs = Sqs.connect(settings, endpoints.sqs_endpoint, meter)
+    sqs = Sqs.connect(settings, endpoints.sqs_endpoint, meter, caller="admin")
     url, _ = sqs.create_queue("counted", visibility_timeout=30)
     sqs.send_batch(url, ["a", "b"])
     sqs.receive(url, 10, 0)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.backends.sqs import OPS_LOG_ENV
 from tests.conftest import REPO
 from tests.process.conftest import kill_session, wait_for
 
@@ -91,8 +92,8 @@ def test_a_base_install_names_the_extra_the_embedded_servers_need(
 
 
 def env_for(folder: Path) -> dict[str, str]:
-    keep = {k: v for k, v in os.environ.items()
-            if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")}  # fmt: skip
+    keep = {k: v for k, v in os.environ.items()  # the ops log: tests/iam.py
+            if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", OPS_LOG_ENV)}  # fmt: skip
     return {**keep, "EMBEDDED_MONGODB_PORT": "0", "EMBEDDED_SQS_PORT": "0", "PORT": "0",
             "LOG_FORMAT": "json", "XDG_DATA_HOME": str(folder / "xdg")}  # fmt: skip
 
