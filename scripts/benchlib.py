@@ -35,7 +35,9 @@ from orchestrator.embedded import localstack
 from orchestrator.embedded import servers as embedded
 
 ORCHESTRATOR = str(Path(sys.executable).parent / "orchestrator")
-INSTALLED_LOCALSTACK = REPO / ".orchestrator" / "localstack"
+# Where `orchestrator services install-localstack` puts it with the default settings.
+LOCALSTACK_HOME = config.default_data_dir(os.environ)
+INSTALLED_LOCALSTACK = LOCALSTACK_HOME / "localstack"
 RESULTS = REPO / "docs" / "benchmarks.json"
 
 
@@ -191,7 +193,7 @@ def kill_session(sid: int) -> None:
 def sqs_kind() -> str:
     return (
         "localstack"
-        if localstack.localstack_python(REPO / ".orchestrator").exists()
+        if localstack.localstack_python(LOCALSTACK_HOME).exists()
         else "embedded"
     )
 

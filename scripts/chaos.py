@@ -62,7 +62,7 @@ class HostsBench(Bench):
         self.net = Net()
         self.net.build()
         # LocalStack when installed: 30 minutes of load make moto's queues too slow.
-        python = localstack.localstack_python(REPO / ".orchestrator")
+        python = localstack.localstack_python(config.default_data_dir(os.environ))
         self.servers = serve(self.net, self.root / "data", self.root,
                              python if self.sqs_kind == "localstack" else None)  # fmt: skip
         keep = {k: v for k, v in os.environ.items() if k not in config.setting_keys()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,14 +11,15 @@ from orchestrator import config
 from orchestrator.backends.sqs import Sqs
 from orchestrator.embedded import localstack
 from orchestrator.embedded import servers as embedded
-from tests.conftest import REPO, base_environ
+from tests.conftest import base_environ
 
-INSTALLED = REPO / ".orchestrator" / "localstack"
+# Where `orchestrator services install-localstack` puts it with the default settings.
+INSTALLED = config.default_data_dir(os.environ) / "localstack"
 
 
 @pytest.mark.timeout(180)
 @pytest.mark.skipif(
-    not localstack.localstack_python(REPO / ".orchestrator").exists(),
+    not localstack.localstack_python(INSTALLED.parent).exists(),
     reason="LocalStack is not installed: run `orchestrator services install-localstack`",
 )
 def test_localstack_starts_serves_sqs_and_stops(tmp_path: Path) -> None:
