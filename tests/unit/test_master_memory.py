@@ -161,7 +161,10 @@ def test_a_depth_check_that_fails_leaves_the_others_recorded_and_the_cycle_goes_
         master.tick(at(0))  # checks run before any worker is seen alive (it shows depths)
         fleet.beat("w", at(1))
         master.tick(at(1))  # the cycle goes on: SQS failing must not hold the lease up
-    assert [e["event"] for e in logs] == ["master.leading", "service.unavailable"]  # once
+    # Logged once for the outage (master.leading, at INFO, is captured or not depending on
+    # the log level an earlier in-process CLI test configured: the test env's is WARNING).
+    assert [e["event"] for e in logs if e["event"] != "master.leading"] == [
+        "service.unavailable"]
     schedules = master.placement.schedules
     assert schedules[good.queue_url].idle_delay == 2  # found empty: looked at later
     assert schedules.get(bad.queue_url) is None or schedules[bad.queue_url].due(at(1))
