@@ -38,8 +38,8 @@ class DepthDocs(Connection):
     @translated
     def save_fleet_need(self, need: FleetNeed, now: datetime) -> None:
         """The leader's figures, for whichever master's API an autoscaler asks."""
-        self._db[FLEET].update_one({"_id": "need"},
-                                   {"$set": {**need.to_json(), "updatedAt": now}}, upsert=True)
+        self._fast[FLEET].update_one({"_id": "need"},
+                                     {"$set": {**need.to_json(), "updatedAt": now}}, upsert=True)
 
     @translated
     def fleet_need(self) -> tuple[FleetNeed, datetime] | None:
