@@ -77,6 +77,9 @@ def batch_window(seconds: float) -> float:
 
 
 MAX_RATE_LIMIT = 100_000.0  # handler starts per second: beyond any one queue's SQS throughput
+# The slowest rate honoured: one start per ~17 minutes. Slower, a held message's wait for
+# its token would outlast any sensible visibility timeout and assignment.
+MIN_RATE_LIMIT = 0.001
 MAX_PRIORITY = 9
 
 
@@ -84,9 +87,10 @@ def rate_limit(value: float | None) -> float | None:
     """Handler starts per second for the whole queue; None: no limit."""
     if value is None:
         return None
-    if not (math.isfinite(value) and 0 < value <= MAX_RATE_LIMIT):
+    if not (math.isfinite(value) and MIN_RATE_LIMIT <= value <= MAX_RATE_LIMIT):
         raise InvalidValue(f"rate limit {value:g} is out of range: give a number of messages "
-                           f"per second above 0 and at most {MAX_RATE_LIMIT:,.0f}, or none")
+                           f"per second from {MIN_RATE_LIMIT:g} to {MAX_RATE_LIMIT:,.0f}, or "
+                           "none")
     return value
 
 

@@ -8,7 +8,13 @@ from typing import Any
 from orchestrator import __version__
 from orchestrator.config import HANDLER_PATH, Settings
 from orchestrator.models import JOB_STATES
-from orchestrator.validate import MAX_BATCH_SIZE, MAX_BATCH_WINDOW, MAX_PRIORITY, MAX_RATE_LIMIT
+from orchestrator.validate import (
+    MAX_BATCH_SIZE,
+    MAX_BATCH_WINDOW,
+    MAX_PRIORITY,
+    MAX_RATE_LIMIT,
+    MIN_RATE_LIMIT,
+)
 
 _INT = {"type": "integer"}
 _STR = {"type": "string"}
@@ -62,7 +68,7 @@ SCHEMAS: dict[str, Any] = {
                    "batchSize": {"type": "integer", "minimum": 1, "maximum": MAX_BATCH_SIZE},
                    "batchWindow": {"type": "number", "minimum": 0,
                                    "maximum": MAX_BATCH_WINDOW},
-                   "rateLimit": {"type": ["number", "null"], "exclusiveMinimum": 0,
+                   "rateLimit": {"type": ["number", "null"], "minimum": MIN_RATE_LIMIT,
                                  "maximum": MAX_RATE_LIMIT},
                    "priority": {"type": "integer", "minimum": 0, "maximum": MAX_PRIORITY},
                    "adaptive": _BOOL,

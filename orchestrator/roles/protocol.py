@@ -39,6 +39,7 @@ class Reason(enum.StrEnum):
     MEMORY = "memory"  # the consumer passed CONSUMER_MAX_RSS_MB: it is replaced
     PREEMPTED = "preempted"  # gave way to a queue of higher priority
     HANDLER_IMPORT = "handler_import"  # the handler could not be imported
+    EXECUTOR_FAILED = "executor_failed"  # a handler thread died outside the handler (a bug)
     ABANDONED = "abandoned"  # handlers never returned: their messages go back
     CONSUMER_DIED = "consumer_died"
     QUEUE_DELETED = "queue_deleted"
@@ -55,7 +56,8 @@ class Reason(enum.StrEnum):
 
 _COMPLETED = frozenset({Reason.DRAINED, Reason.MAX_TIME, Reason.PAUSED, Reason.PREEMPTED})
 _FAILED = frozenset(
-    {Reason.HANDLER_IMPORT, Reason.ABANDONED, Reason.CONSUMER_DIED, Reason.QUEUE_DELETED}
+    {Reason.HANDLER_IMPORT, Reason.EXECUTOR_FAILED, Reason.ABANDONED, Reason.CONSUMER_DIED,
+     Reason.QUEUE_DELETED}
 )
 
 

@@ -98,3 +98,22 @@ def test_a_backlog_gets_a_second_shard_on_another_worker_within_the_concurrency(
     workers = {j.worker_id for j in jobs if j.shard == 1} | {j.worker_id for j in jobs
                                                              if j.shard == 0}
     assert len(workers) == 2  # two shards, two workers
+
+
+def test_the_slowest_rate_runs_and_lifting_it_lets_the_rest_run_at_once(
+    admin: QueueAdmin, record_dir: Path, start_daemon: Callable[..., Daemon],
+    run_console: Callable[..., Any],
+) -> None:
+    """1e-10/s is refused (it killed every handler thread: a wait of 1e10 s overflowed);
+    the slowest rate taken runs its token's message, and a lifted limit runs the rest (the
+    cap on a waiting thread's wait is tested in test_flow.py)."""
+    refused = run_console("queue", "create", "fc", "--rate-limit", "1e-10")
+    assert refused.returncode == 2 and "out of range" in refused.stderr
+    admin.create("fc", handler="tests.handlers:record", concurrency=5, rate_limit=0.001)
+    admin.send("fc", 5)
+    daemon = start_daemon("--mode", "MW")
+    wait_for(lambda: len(starts(record_dir, "fc")) == 1, 60, "the one token's message")
+    admin.update("fc", rate_limit=None)
+    wait_for(lambda: len(starts(record_dir, "fc")) == 5, 20, "the rest once the limit is lifted")
+    assert not daemon.events("handler_thread.died")
+    assert daemon.stop() == 0

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from orchestrator.models import SqsMessage
-from orchestrator.roles.engine.flow import DELETE_MAX_WAIT, Ask, Flow, Work
+from orchestrator.roles.engine.flow import DELETE_MAX_WAIT, WAIT_CAP, Ask, Flow, Work
 from orchestrator.roles.engine.invoke import Result
 
 
@@ -278,3 +278,14 @@ def test_a_rate_limited_flow_starts_one_message_per_token() -> None:
     assert f.window_wait() == pytest.approx(0.5)  # the next token, at 2 a second
     clock.now += 0.5
     assert f.take() is not None and f.take() is None
+
+
+def test_a_slow_rates_wait_is_capped_so_waiting_threads_look_again() -> None:
+    """1e-10/s meant a wait of 1e10 s: Condition.wait overflowed and killed every handler
+    thread. Every computed wait is capped (a slow token is looked at again meanwhile)."""
+    clock = Clock()
+    f = flow(clock, limit=5)
+    f.set_rate(0.001)
+    receive(f, raw("m0"), raw("m1"))
+    assert f.take() is not None and f.take() is None
+    assert f.window_wait() == WAIT_CAP

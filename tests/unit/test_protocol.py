@@ -47,7 +47,8 @@ def test_a_message_that_is_not_ours_is_refused(doc: dict[str, object], problem: 
     (Reason.SHUTDOWN, "interrupted"), (Reason.RELEASED, "interrupted"),
     (Reason.FENCED, "interrupted"), (Reason.ABORTED, "interrupted"),
     (Reason.WORKER_GONE, "interrupted"), (Reason.MEMORY, "interrupted"),
-    (Reason.HANDLER_IMPORT, "failed"), (Reason.ABANDONED, "failed"),
+    (Reason.HANDLER_IMPORT, "failed"), (Reason.EXECUTOR_FAILED, "failed"),
+    (Reason.ABANDONED, "failed"),
     (Reason.CONSUMER_DIED, "failed"), (Reason.QUEUE_DELETED, "failed"),
 ])  # fmt: skip
 def test_each_reason_has_its_job_status(reason: Reason, status: str) -> None:

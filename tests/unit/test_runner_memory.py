@@ -14,7 +14,7 @@ from orchestrator.message import Message
 from orchestrator.metrics import Meter
 from orchestrator.roles import protocol
 from orchestrator.roles.engine.executors import Executor, MessageMaker, ThreadExecutor
-from orchestrator.roles.engine.flow import Flow
+from orchestrator.roles.engine.flow import Flow, Work
 from orchestrator.roles.engine.runner import Control, JobSpec, Outcome, Runner
 from orchestrator.roles.protocol import Reason
 
@@ -147,3 +147,36 @@ def test_backoff_hides_the_message_for_its_retry_after() -> None:
     assert (outcome.handled, outcome.failed) == (2, 1)
     [hidden] = sqs.queues[url].messages
     assert hidden.visible_at == 42.0  # not the 1 s of a first failure
+
+
+def test_a_handler_thread_that_dies_fails_the_job_instead_of_stalling_it() -> None:
+    """A bug outside the handler (here: making the Message) killed the thread with its work
+    in hand: the work never finished and the job ran to ASSIGNMENT_MAX_SECONDS, `completed`."""
+    sqs = MemorySqs()
+    url = queue(sqs, "q", 5)
+    name = url.rsplit("/", 1)[-1]
+    calls = []
+
+    class Breaking(MessageMaker):
+        def __call__(self, work: Work) -> list[Message]:
+            calls.append(work)
+            if len(calls) == 2:
+                raise OverflowError("timestamp out of range for platform time_t")
+            return super().__call__(work)
+
+    spec = JobSpec.of(protocol.Assign("j", name, url, "unused:handler", 30,
+                                      protocol.Live(concurrency=1)))
+
+    def executor(flow: Flow, processes: int) -> Executor:
+        return ThreadExecutor(flow, lambda m: None, Breaking(name, url))
+
+    runner = Runner(sqs, spec, executor, drain_empty_polls=2, max_seconds=20, grace=5,
+                    control=list, progress=lambda h, f: None, meter=Meter())  # fmt: skip
+    started = time.monotonic()
+    outcome = runner.run()
+    assert outcome.reason is Reason.EXECUTOR_FAILED and outcome.reason.status == "failed"
+    assert outcome.error and "a handler thread died: OverflowError" in outcome.error
+    assert outcome.failed >= 1  # what it held failed: back to SQS, retried
+    assert time.monotonic() - started < 10  # ended at once, not at max_seconds
+    left = sqs.bodies(url)  # the failed one is still there; nothing lost
+    assert json.dumps({"seq": 1}) in left and outcome.handled + len(left) == 5

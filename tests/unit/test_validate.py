@@ -96,3 +96,15 @@ def test_visibility_timeout_and_receive_count_limits() -> None:
         validate.visibility_timeout(43_201)
     with pytest.raises(InvalidValue, match="max receive count 0"):
         validate.max_receive_count(0)
+
+
+@pytest.mark.parametrize(("rate", "ok"), [(1e-10, False), (1e-300, False), (0.0009, False),
+                                          (0.001, True), (2.5, True), (100_000, True),
+                                          (100_001, False), (float("nan"), False)])
+def test_rate_limit_bounds(rate: float, ok: bool) -> None:
+    """A rate below one start per ~17 minutes cannot be honoured (its waits overflowed)."""
+    if ok:
+        assert validate.rate_limit(rate) == rate
+    else:
+        with pytest.raises(InvalidValue, match=r"from 0\.001 to 100,000"):
+            validate.rate_limit(rate)

@@ -16,7 +16,10 @@ import contextlib
 import contextvars
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
+
+import structlog
 
 from orchestrator.message import Message
 
@@ -24,6 +27,17 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 from orchestrator.roles.engine import invoke
 from orchestrator.roles.engine.flow import Flow, Work
+from orchestrator.roles.protocol import Reason
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class Fatal:
+    """Why the job cannot go on with this executor: its end reason and error."""
+
+    reason: Reason
+    error: str
 
 
 class Executor(Protocol):
@@ -33,7 +47,7 @@ class Executor(Protocol):
 
     def resize(self, limit: int, processes: int) -> None: ...
 
-    def maintain(self) -> str | None:
+    def maintain(self) -> Fatal | None:
         """Periodic upkeep (replacing dead handler processes); a fatal error, if any."""
         ...
 
@@ -71,6 +85,7 @@ class ThreadExecutor:
         self.wanted = flow.limit
         self.alive = 0
         self.started = 0
+        self.fatal: Fatal | None = None  # a handler thread died outside the handler
         flow.listeners.append(self._grow)
 
     def start(self) -> None:
@@ -81,8 +96,8 @@ class ThreadExecutor:
             self.wanted = limit
         self._grow()
 
-    def maintain(self) -> str | None:
-        return None
+    def maintain(self) -> Fatal | None:
+        return self.fatal
 
     def retire(self) -> None:
         with self.flow.lock:
@@ -116,12 +131,30 @@ class ThreadExecutor:
         return False
 
     def _loop(self) -> None:
-        while True:
-            work = self.flow.wait_for_work(self._should_exit)
-            if work is None:
-                return
-            result = invoke.call(self.func, self.messages(work), work.batch, self.messages.tracer)
-            self.flow.finished(work, result)
+        work: Work | None = None
+        try:
+            while True:
+                work = self.flow.wait_for_work(self._should_exit)
+                if work is None:
+                    return
+                result = invoke.call(self.func, self.messages(work), work.batch,
+                                     self.messages.tracer)  # fmt: skip
+                self.flow.finished(work, result)
+                work = None
+        except Exception as exc:  # a bug outside the handler (which invoke catches)
+            self._died(work, exc)
+
+    def _died(self, work: Work | None, exc: Exception) -> None:
+        """A thread that dies must not stall the job silently: log the traceback, fail
+        what it held (retried through SQS like any failure) and end the job failed."""
+        log.exception("handler_thread.died")
+        error = f"a handler thread died: {type(exc).__name__}: {exc}"
+        with self.flow.lock:
+            self.alive -= 1
+            self.fatal = self.fatal or Fatal(Reason.EXECUTOR_FAILED, error)
+        if work is not None:
+            ids = frozenset(h.message_id for h in work.messages)
+            self.flow.finished(work, invoke.Result(ids, error, 0.0))  # wakes the runner
 
 
 class AsyncExecutor:
@@ -147,7 +180,7 @@ class AsyncExecutor:
     def resize(self, limit: int, processes: int) -> None:
         """Nothing to do: the flow bounds the tasks."""
 
-    def maintain(self) -> str | None:
+    def maintain(self) -> Fatal | None:
         return None
 
     def retire(self) -> None:

@@ -37,6 +37,7 @@ from orchestrator.roles.engine.rate import Aimd, Bucket
 EXTEND_FRACTION = 0.5  # extend a message's visibility once half of it has passed
 MAX_FAILURES_KEPT = 100  # failures kept between two progress reports
 DELETE_MAX_WAIT = 1.0  # a partial delete batch waits at most this long (s) for more
+WAIT_CAP = 1.0  # s: a handler thread waiting for a token or a batch window looks again
 EWMA = 0.2  # weight of the newest sample in the handler-time and round-trip averages
 
 
@@ -247,7 +248,9 @@ class Flow:
             waits.append(max(0.0, oldest.received + self.batch_window - now))
         if self.bucket is not None and self.running_count < self._limit():
             waits.append(self.bucket.wait(1, now))
-        return max(waits) if waits else None
+        # Capped: a wait is looked at again after WAIT_CAP whatever it was (a slow rate's
+        # next token may be minutes away, and Condition.wait overflows on huge timeouts).
+        return min(max(waits), WAIT_CAP) if waits else None
 
     def _limit(self) -> int:
         """How many messages may run now: the concurrency, or the adaptive one below it."""

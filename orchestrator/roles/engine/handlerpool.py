@@ -25,10 +25,12 @@ from orchestrator import policy
 from orchestrator.roles import processes
 from orchestrator.roles.channel import ChannelClosed
 from orchestrator.roles.engine import handlerproc
+from orchestrator.roles.engine.executors import Fatal
 from orchestrator.roles.engine.flow import Flow, Work
 from orchestrator.roles.engine.handlerproc import Done, ImportFailed, Ready, Run
 from orchestrator.roles.engine.invoke import Result
 from orchestrator.roles.processes import Child
+from orchestrator.roles.protocol import Reason
 
 log = structlog.get_logger()
 
@@ -63,7 +65,7 @@ class HandlerPool:
         self.procs: list[_Proc] = []
         self.cond = threading.Condition()
         self.retired = False
-        self.fatal: str | None = None
+        self.fatal: Fatal | None = None
         self.next_id = 0
         self.deaths_in_a_row = 0
         self.respawn_at = 0.0
@@ -79,7 +81,8 @@ class HandlerPool:
         with self.cond:
             while not self.fatal and not any(p.ready for p in self.procs):
                 if time.monotonic() >= deadline:
-                    self.fatal = f"no handler process was ready within {READY_TIMEOUT:.0f} s"
+                    self.fatal = Fatal(Reason.HANDLER_IMPORT,
+                                       f"no handler process was ready within {READY_TIMEOUT:.0f} s")
                     break
                 self.cond.wait(0.1)
         self.feeder.start()
@@ -94,7 +97,7 @@ class HandlerPool:
                     self._exit(proc)
         self.maintain()
 
-    def maintain(self) -> str | None:
+    def maintain(self) -> Fatal | None:
         """Replace dead processes (backing off when they keep dying); the fatal error."""
         with self.cond:
             live = [p for p in self.procs if p.ended is None and not p.retiring]
@@ -204,7 +207,7 @@ class HandlerPool:
                 self.cond.notify_all()
         elif isinstance(message, ImportFailed):
             with self.cond:
-                self.fatal = message.error
+                self.fatal = Fatal(Reason.HANDLER_IMPORT, message.error)
                 self.cond.notify_all()
         elif isinstance(message, Done):
             with self.cond:

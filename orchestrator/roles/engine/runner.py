@@ -26,7 +26,7 @@ from orchestrator.errors import HandlerImportError
 from orchestrator.metrics import Meter
 from orchestrator.roles import protocol
 from orchestrator.roles.engine.calls import Calls
-from orchestrator.roles.engine.executors import Executor
+from orchestrator.roles.engine.executors import Executor, Fatal
 from orchestrator.roles.engine.flow import Flow
 from orchestrator.roles.protocol import Reason
 
@@ -178,10 +178,10 @@ class Runner:
             self.executor.start()
             fatal = self.executor.maintain()
         except HandlerImportError as exc:
-            fatal = str(exc)
+            fatal = Fatal(Reason.HANDLER_IMPORT, str(exc))
         if fatal:
             self._close_executors(kill=True)
-            return self._end(Outcome(0, 0, Reason.HANDLER_IMPORT, error=fatal))
+            return self._end(Outcome(0, 0, fatal.reason, error=fatal.error))
         return self._end(self._loop())
 
     def _loop(self) -> Outcome:
@@ -195,8 +195,8 @@ class Runner:
                 self._finish(Reason.MAX_TIME)  # yield to queues waiting for capacity
             fatal = self.executor.maintain()
             if fatal and self.reason is None:
-                self.error = fatal
-                self._finish(Reason.HANDLER_IMPORT)
+                self.error = fatal.error
+                self._finish(fatal.reason)
             self._pump()
             if now >= next_extend:
                 self.calls.extend(self.flow.due_extensions(now))
