@@ -56,4 +56,4 @@ def test_each_reason_has_its_job_status(reason: Reason, status: str) -> None:
 
 
 def test_every_reason_is_in_the_table_above() -> None:
-    assert len(Reason) == 14
+    assert len(Reason) == 15
