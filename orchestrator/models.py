@@ -361,6 +361,7 @@ class JobRecord:
     effective_concurrency: int | None = None  # what its consumer runs at (adaptive, shares)
     running: int | None = None  # handlers running at its last report
     shard: int = 0
+    duplicates: int = 0  # copies received again while its consumer had them: not run twice
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> JobRecord:
@@ -386,6 +387,7 @@ class JobRecord:
             effective_concurrency=doc.get("effectiveConcurrency"),
             running=doc.get("running"),
             shard=int(doc.get("shard") or 0),
+            duplicates=int(doc.get("duplicates") or 0),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -413,4 +415,5 @@ class JobRecord:
             "processes": list(self.processes),
             "effectiveConcurrency": self.effective_concurrency,
             "shard": self.shard,
+            "duplicates": self.duplicates,
         }

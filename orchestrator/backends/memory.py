@@ -248,12 +248,13 @@ class MemoryStore(_Failing):
     def job_ended(self, job_id: str, status: str, now: datetime, *, handled: int, failed: int,
                   reason: str, error: str | None = None,
                   processes: list[dict[str, Any]] | None = None,
-                  pids: tuple[int, int] | None = None) -> None:  # fmt: skip
+                  pids: tuple[int, int] | None = None, duplicates: int = 0) -> None:  # fmt: skip
         self._check()
         who = {"worker_pid": pids[0], "consumer_pid": pids[1]} if pids else {}
         self._update_open(job_id, status=status, message_count=handled, failed_count=failed,
                           ended_at=now, last_modified=now, end_reason=reason, error=error,
-                          processes=tuple(processes or ()), **who)  # fmt: skip
+                          processes=tuple(processes or ()), duplicates=duplicates,
+                          **who)  # fmt: skip
 
     def interrupt_jobs(self, job_ids: Iterable[str], now: datetime, reason: str) -> int:
         self._check()

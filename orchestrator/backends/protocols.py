@@ -35,7 +35,8 @@ class OutboxStore(Protocol):
     def job_ended(self, job_id: str, status: str, now: datetime, *, handled: int, failed: int,
                   reason: str, error: str | None = None,
                   processes: list[dict[str, Any]] | None = None,
-                  pids: tuple[int, int] | None = None) -> None: ...  # fmt: skip
+                  pids: tuple[int, int] | None = None,
+                  duplicates: int = 0) -> None: ...  # fmt: skip
 
     def release(self, job_id: str) -> None: ...
 

@@ -151,7 +151,8 @@ class Consumer:
         self._report(protocol.Done(self.current, outcome.handled, outcome.failed, outcome.reason,
                                    outcome.abandoned, outcome.error, tuple(outcome.processes),
                                    self.meter.take(),
-                                   tuple(runner.flow.take_failures())))  # fmt: skip
+                                   tuple(runner.flow.take_failures()),
+                                   outcome.duplicates))  # fmt: skip
         structlog.contextvars.unbind_contextvars("queue", "job_id")
         self.current = None
         if outcome.abandoned:

@@ -32,6 +32,7 @@ class JobEnd:
     error: str | None = None
     processes: tuple[dict[str, Any], ...] = ()  # its handler processes' counts
     pids: tuple[int, int] | None = None  # the worker's and the consumer's, when known
+    duplicates: int = 0  # copies its consumer received again while it still had them
 
     @property
     def status(self) -> str:
@@ -48,8 +49,9 @@ class JobEnd:
                 "and their messages come back after the visibility timeout"
             )
             return cls(job, Reason.ABANDONED, done.handled, done.failed, error, done.processes,
-                       pids)
-        return cls(job, done.reason, done.handled, done.failed, done.error, done.processes, pids)
+                       pids, done.duplicates)
+        return cls(job, done.reason, done.handled, done.failed, done.error, done.processes, pids,
+                   done.duplicates)
 
 
 class Outbox:
@@ -86,7 +88,8 @@ class Outbox:
             end = self.pending[0]
             store.job_ended(end.job.job_id, end.status, utcnow(), handled=end.handled,
                             failed=end.failed, reason=end.reason.value, error=end.error,
-                            processes=list(end.processes), pids=end.pids)  # fmt: skip
+                            processes=list(end.processes), pids=end.pids,
+                            duplicates=end.duplicates)  # fmt: skip
             store.release(end.job.job_id)
             self.pending.pop(0)
             log_event = log.info if end.status == "completed" else log.warning

@@ -162,6 +162,7 @@ class Done:
     processes: tuple[dict[str, Any], ...] = ()  # its handler processes' counts
     metrics: Deltas | None = None
     failures: tuple[dict[str, Any], ...] = ()  # handlers' failures since the last report
+    duplicates: int = 0  # copies of messages it still had, received again and not run
 
 
 Message = Assign | Settings | Stop | Abort | Exit | Started | Progress | Done

@@ -189,3 +189,18 @@ def test_the_dashboard_runs_no_inline_code_and_its_files_are_served() -> None:
         assert path.encode() in page.body
     near_miss = request("GET", "/static/dashboardXcss", host="127.0.0.1:3000")
     assert api.dispatch(near_miss).status == 404  # the dot is a dot
+
+
+@pytest.mark.parametrize(("headers", "admitted"), [
+    ({}, True),  # no body, no media type: a redrive or purge of everything
+    ({"content_length": "0"}, True),
+    ({"content_length": "2"}, False),  # a body must say it is JSON
+    ({"content_length": "0", "content_type": "text/plain"}, False),
+])  # fmt: skip
+def test_a_write_without_a_body_needs_no_media_type(headers: dict[str, str],
+                                                    admitted: bool) -> None:  # fmt: skip
+    api = make_api()
+    answer = api.admit(request("POST", "/api/queues/q/redrive", b"", **headers))
+    assert (answer is None) is admitted
+    if not admitted:
+        assert answer is not None and answer.status == 415

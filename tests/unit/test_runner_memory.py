@@ -12,6 +12,7 @@ import pytest
 from orchestrator.backends.memory import MemorySqs
 from orchestrator.message import Message
 from orchestrator.metrics import Meter
+from orchestrator.models import SqsMessage
 from orchestrator.roles import protocol
 from orchestrator.roles.engine.executors import Executor, MessageMaker, ThreadExecutor
 from orchestrator.roles.engine.flow import Flow, Work
@@ -180,3 +181,36 @@ def test_a_handler_thread_that_dies_fails_the_job_instead_of_stalling_it() -> No
     assert time.monotonic() - started < 10  # ended at once, not at max_seconds
     left = sqs.bodies(url)  # the failed one is still there; nothing lost
     assert json.dumps({"seq": 1}) in left and outcome.handled + len(left) == 5
+
+
+def test_a_message_two_receives_both_got_runs_once_and_the_job_counts_the_copy() -> None:
+    class Racy(MemorySqs):
+        """Hands the first message out again to the next receive (moto's race)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.first: list[object] = []
+
+        def receive(self, url: str, max_messages: int, wait_seconds: int,
+                    visibility_timeout: int | None = None) -> list[SqsMessage]:  # fmt: skip
+            got = super().receive(url, max_messages, wait_seconds, visibility_timeout)
+            if not self.first and got:
+                self.first.append(got[0])
+                return got
+            if len(self.first) == 1:
+                self.first.append(None)
+                return [*got, self.first[0]]  # type: ignore[list-item]
+            return got
+
+    sqs = Racy()
+    url = queue(sqs, "q", 3)
+    gate = threading.Event()
+    seen: list[int] = []
+
+    def handler(m: Message) -> None:
+        seen.append(m.json()["seq"])
+        gate.wait(0.5)  # the first message is still running when its copy comes
+
+    outcome = run(sqs, url, handler)
+    assert sorted(seen) == [0, 1, 2] and outcome.handled == 3
+    assert outcome.duplicates == 1 and sqs.bodies(url) == []

@@ -83,10 +83,12 @@ class JobDocs(Connection):
         error: str | None = None,
         processes: list[dict[str, Any]] | None = None,
         pids: tuple[int, int] | None = None,
+        duplicates: int = 0,
     ) -> None:
         """Close an open job (a closed one is left as it is: the first ending wins).
         `processes`: the counts of its handler processes, when it had any; `pids`: the
-        worker's and the consumer's (a job that failed before it started has no others)."""
+        worker's and the consumer's (a job that failed before it started has no others);
+        `duplicates`: copies its consumer received again while it still had them."""
         fields: dict[str, Any] = {
             "status": status,
             "messageCount": handled,
@@ -95,6 +97,7 @@ class JobDocs(Connection):
             "lastModified": now,
             "endReason": reason,
             "error": error,
+            "duplicates": duplicates,
         }
         if processes:
             fields["processes"] = processes

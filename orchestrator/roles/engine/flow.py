@@ -115,6 +115,7 @@ class Flow:
         self.flush_deletes = False  # send the waiting deletes now, however few
         self.closed = False  # no more receiving or starting: held messages go back
         self.handled = self.failed = 0
+        self.duplicates = 0  # copies of messages already here, received again and dropped
         self.handler_s = 0.0  # average handler-call time
         self.rtt_s = 0.02  # average round trip of a receive that returned messages
         self.max_receives = 1  # receives under way at once, when the queue has a backlog
@@ -168,7 +169,8 @@ class Flow:
             if self.closed:  # stopped while polling: give them back at once, never run late
                 self.io.returns.extend(self._received(raw, now) for raw in raws)
             else:
-                fresh = self._new_on_fifo(raws) if self.fifo else raws
+                fresh = self._new(raws)
+                self.duplicates += len(raws) - len(fresh)
                 for raw in fresh:
                     self.held.add(self._received(raw, now))
                 self._notify(len(fresh))
@@ -178,11 +180,12 @@ class Flow:
             self.wake()
         self._tell(listeners=bool(raws))
 
-    def _new_on_fifo(self, raws: list[SqsMessage]) -> list[SqsMessage]:
-        """The messages not already here. A FIFO message this flow still holds, runs or has
-        yet to delete can come again (its visibility ran out; or moto's race between two
-        receives): a second copy would run after the group's later messages, so the copy
-        here keeps its place and takes the newer receipt, the one its delete needs."""
+    def _new(self, raws: list[SqsMessage]) -> list[SqsMessage]:
+        """The messages not already here. A message this flow still holds, runs or has yet
+        to delete can come again (its visibility ran out; or two receives under way got it
+        both, which SQS allows and moto does): a second copy must not start beside the
+        first (nor, on a FIFO queue, after the group's later messages), so the copy here
+        keeps its place and takes the newer receipt, the one its delete needs."""
         here = {r.message_id: r for r in itertools.chain(
             self.held, (m for w in self.running.values() for m in w.messages), self.io.deletes)}
         fresh = []

@@ -12,6 +12,7 @@ handler returned: at-least-once delivery.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import select
 import time
@@ -81,6 +82,7 @@ class Outcome:
     abandoned: int = 0  # handlers still running when the run gave up waiting for them
     error: str | None = None
     processes: list[dict[str, Any]] = field(default_factory=list)  # handler processes' counts
+    duplicates: int = 0  # copies received while the message was still here: not run twice
 
 
 # Builds the executor for `processes` handler processes (1: in this process).
@@ -224,7 +226,7 @@ class Runner:
     def _end(self, outcome: Outcome) -> Outcome:
         self.calls.close()
         self.waker.close()
-        return outcome
+        return dataclasses.replace(outcome, duplicates=self.flow.duplicates)
 
     def _give_up(self, reason: Reason) -> Outcome:
         """Stop waiting for running handlers: hand their messages back to SQS at once.
