@@ -153,12 +153,21 @@ def message_body(body: str) -> int:
             raise InvalidValue(f"message body is not valid UTF-8 (byte "
                                f"0x{ord(char) - 0xDC00:02x} at character {i})")  # fmt: skip
         raise InvalidValue(f"message body has a character SQS does not allow: U+{ord(char):04X} "
-                           f"at character {i} (tab, newline and carriage return are the only "
-                           "control characters it takes)")  # fmt: skip
+                           f"at character {i} ({_why_refused(char)})")  # fmt: skip
     size = len(body.encode("utf-8"))
     if not 1 <= size <= MAX_BODY_BYTES:
         raise InvalidValue(f"message body is {size:,} bytes; SQS takes 1 to {MAX_BODY_BYTES:,}")
     return size
+
+
+def _why_refused(char: str) -> str:
+    """What kind of character outside SQS's set `char` is, for the message refusing it."""
+    if "\ud800" <= char <= "\udfff":
+        return "a lone surrogate: half of a UTF-16 pair, not a character UTF-8 can carry"
+    if char in "\ufffe\uffff":
+        return "a noncharacter: Unicode reserves U+FFFE and U+FFFF, and SQS refuses them"
+    return ("a control character: tab, newline and carriage return are the only "
+            "control characters SQS takes")  # fmt: skip
 
 
 def positive(value: int, what: str) -> int:

@@ -96,3 +96,27 @@ def test_visibility_timeout_and_receive_count_limits() -> None:
         validate.visibility_timeout(43_201)
     with pytest.raises(InvalidValue, match="max receive count 0"):
         validate.max_receive_count(0)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("a\x00", r"U\+0000 at character 1 \(a control character"),
+        ("\x1b[0m", r"U\+001B at character 0 \(a control character"),
+        ("ok\ufffe", r"U\+FFFE at character 2 \(a noncharacter"),
+        ("\uffff", r"U\+FFFF at character 0 \(a noncharacter"),
+        ("x\ud800", r"U\+D800 at character 1 \(a lone surrogate"),
+        ("\udfff", r"U\+DFFF at character 0 \(a lone surrogate"),
+        ("\udc80", "not valid UTF-8"),  # a byte of argv that was not UTF-8
+    ],
+)
+def test_a_refused_body_character_is_named_for_what_it_is(body: str, message: str) -> None:
+    with pytest.raises(InvalidValue, match=message) as info:
+        validate.message_body(body)
+    if "control" not in message:
+        assert "control" not in str(info.value)
+
+
+@pytest.mark.parametrize("body", ["\t\n\r", "\x7f\x85", "\ufffd", "\U0001fffe", "\U0010ffff"])
+def test_bodies_sqs_takes(body: str) -> None:
+    assert validate.message_body(body) == len(body.encode("utf-8"))
