@@ -71,7 +71,7 @@ def batch_size(value: int) -> int:
 def batch_window(seconds: float) -> float:
     if not (math.isfinite(seconds) and 0 <= seconds <= MAX_BATCH_WINDOW):
         raise InvalidValue(
-            f"batch window {seconds} is out of range 0..{MAX_BATCH_WINDOW:g} seconds"
+            f"batch window {number_text(seconds)} is out of range 0..{MAX_BATCH_WINDOW:g} seconds"
         )
     return seconds
 
@@ -80,13 +80,23 @@ MAX_RATE_LIMIT = 100_000.0  # handler starts per second: beyond any one queue's 
 MAX_PRIORITY = 9
 
 
+def number_text(value: float) -> str:
+    """A number as it was given: `50` for 50.0, else every digit it has (repr). `:g` keeps
+    six digits, and `100000.0000000001 is out of range` would read `100000 is out of range`."""
+    if math.isfinite(value) and value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return repr(value)
+
+
 def rate_limit(value: float | None) -> float | None:
     """Handler starts per second for the whole queue; None: no limit."""
     if value is None:
         return None
     if not (math.isfinite(value) and 0 < value <= MAX_RATE_LIMIT):
-        raise InvalidValue(f"rate limit {value:g} is out of range: give a number of messages "
-                           f"per second above 0 and at most {MAX_RATE_LIMIT:,.0f}, or none")
+        raise InvalidValue(
+            f"rate limit {number_text(value)} is out of range: give a number of messages "
+            f"per second above 0 and at most {MAX_RATE_LIMIT:,.0f}, or none"
+        )
     return value
 
 

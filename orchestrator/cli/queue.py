@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from orchestrator import validate
 from orchestrator.cli import render
 from orchestrator.cli.app import App, Group, json_option, pass_app
 from orchestrator.cli.types import INT, NO_LIMIT, NUMBER, RATE, QueueName, StrictInt
@@ -99,9 +100,10 @@ def create(
     if record.processes > 1:
         notes += f", {record.processes} processes"
     if record.batch_size > 1:
-        notes += f", batches of {record.batch_size} within {record.batch_window:g} s"
+        window = validate.number_text(record.batch_window)
+        notes += f", batches of {record.batch_size} within {window} s"
     if record.rate_limit is not None:
-        notes += f", at most {record.rate_limit:g} starts/s"
+        notes += f", at most {validate.number_text(record.rate_limit)} starts/s"
     if record.priority:
         notes += f", priority {record.priority}"
     if record.adaptive:
@@ -220,7 +222,7 @@ def _shown(record: QueueRecord, key: str) -> str:
     value = getattr(record, key)
     if value is None:
         return "none"
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return validate.number_text(value) if isinstance(value, float) else str(value)
 
 
 @queue.command("set-concurrency", context_settings=NUMBER_ARGS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from orchestrator import validate
@@ -120,3 +122,20 @@ def test_a_refused_body_character_is_named_for_what_it_is(body: str, message: st
 @pytest.mark.parametrize("body", ["\t\n\r", "\x7f\x85", "\ufffd", "\U0001fffe", "\U0010ffff"])
 def test_bodies_sqs_takes(body: str) -> None:
     assert validate.message_body(body) == len(body.encode("utf-8"))
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(100_000.0000000001, "100000.0000000001"), (1e9, "1000000000"), (0.0, "0"),
+     (-2.0, "-2"), (float("inf"), "inf"), (1e300, "1e+300")],
+)
+def test_an_out_of_range_rate_limit_is_shown_with_every_digit(value: float, shown: str) -> None:
+    with pytest.raises(InvalidValue, match=rf"^rate limit {re.escape(shown)} is out of range"):
+        validate.rate_limit(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"), [(50.0, "50"), (0.5, "0.5"), (12345.67, "12345.67"), (1e-07, "1e-07")]
+)
+def test_number_text_keeps_every_digit(value: float, text: str) -> None:
+    assert validate.number_text(value) == text
