@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
+from typing import Any
 
 from orchestrator.config import HANDLER_PATH, handler_allowed
 from orchestrator.errors import InvalidValue
@@ -18,7 +20,9 @@ MAX_RECEIVE_COUNT = 1000  # SQS's limit for a redrive policy
 MAX_BATCH_SIZE = 100
 MAX_BATCH_WINDOW = 20.0  # seconds
 MAX_SEND_COUNT = 1_000_000  # `queue send` is for test messages, not a load generator
-MAX_BODY_BYTES = 262_144  # SQS's limit for a message, and for a batch in all
+# SQS's limit for a message, its attributes included, and for a batch in all: 1 MiB since
+# August 2025 (256 KiB before). The one constant for it: sends and redrives batch by it.
+MAX_BODY_BYTES = 1_048_576
 # SQS's characters: #x9 | #xA | #xD | #x20 to #xD7FF | #xE000 to #xFFFD | #x10000 to #x10FFFF
 _SQS_CHAR = re.compile("[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
@@ -154,8 +158,20 @@ def send_count(value: int) -> int:
     return value
 
 
-def message_body(body: str) -> int:
-    """Check a body as SQS will: its characters, then 1 byte to 256 KiB. Its size in bytes."""
+def attributes_size(attributes: Mapping[str, Mapping[str, Any]] | None) -> int:
+    """What SQS counts of a message's attributes toward MAX_BODY_BYTES: every name, data
+    type and value, in bytes."""
+    total = 0
+    for name, attribute in (attributes or {}).items():
+        value = attribute.get("StringValue", attribute.get("BinaryValue", b""))
+        raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
+        total += len(name.encode("utf-8")) + len(str(attribute["DataType"]).encode()) + len(raw)
+    return total
+
+
+def message_body(body: str, attributes_bytes: int = 0) -> int:
+    """Check a body as SQS will: its characters, then 1 byte, and at most MAX_BODY_BYTES
+    with its attributes (`attributes_bytes`, from attributes_size). The message's size."""
     for i, char in enumerate(body):
         if _SQS_CHAR.fullmatch(char):
             continue
@@ -165,9 +181,14 @@ def message_body(body: str) -> int:
         raise InvalidValue(f"message body has a character SQS does not allow: U+{ord(char):04X} "
                            f"at character {i} ({_why_refused(char)})")  # fmt: skip
     size = len(body.encode("utf-8"))
-    if not 1 <= size <= MAX_BODY_BYTES:
+    if size < 1:
         raise InvalidValue(f"message body is {size:,} bytes; SQS takes 1 to {MAX_BODY_BYTES:,}")
-    return size
+    if size + attributes_bytes > MAX_BODY_BYTES:
+        with_attributes = (f" and its attributes {attributes_bytes:,}" if attributes_bytes
+                           else "")  # fmt: skip
+        raise InvalidValue(f"message body is {size:,} bytes{with_attributes}; SQS takes a "
+                           f"message of 1 to {MAX_BODY_BYTES:,} bytes, attributes included")
+    return size + attributes_bytes
 
 
 def _why_refused(char: str) -> str:

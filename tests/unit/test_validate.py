@@ -139,3 +139,17 @@ def test_an_out_of_range_rate_limit_is_shown_with_every_digit(value: float, show
 )
 def test_number_text_keeps_every_digit(value: float, text: str) -> None:
     assert validate.number_text(value) == text
+
+
+def test_attributes_count_toward_the_message_limit() -> None:
+    attributes = {"traceparent": {"DataType": "String", "StringValue": "00-" + "a" * 52},
+                  "bin": {"DataType": "Binary", "BinaryValue": b"\x00\x01"}}  # fmt: skip
+    assert validate.attributes_size(attributes) == 11 + 6 + 55 + 3 + 6 + 2
+    assert validate.message_body("x" * (validate.MAX_BODY_BYTES - 83), 83) == 1_048_576
+    with pytest.raises(InvalidValue, match="1,048,494 bytes and its attributes 83"):
+        validate.message_body("x" * (validate.MAX_BODY_BYTES - 82), 83)
+
+
+def test_the_message_limit_is_sqs_s_1_mib() -> None:
+    assert validate.MAX_BODY_BYTES == 1_048_576
+    assert validate.message_body("x" * 262_145) == 262_145
