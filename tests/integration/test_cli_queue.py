@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -454,4 +458,51 @@ def test_a_handler_outside_handler_modules_is_refused(
     result = run_cli(*args, env=env)
     assert result.exit_code == 2, result.output
     assert "is outside HANDLER_MODULES (myapp, orchestrator.handlers)" in result.stderr
+    assert snapshot(store, sqs) == before
+
+
+def test_send_reads_a_long_body_from_a_file_or_standard_input(
+    run_cli: Run, environ: dict[str, str], store: Store, sqs: Sqs, tmp_path: Path
+) -> None:
+    """A body over ~128 KiB cannot be one argument (execve: Argument list too long):
+    --body-file takes it from a file, or from standard input with `-`."""
+    assert run_cli("queue", "create", "long").exit_code == 0
+    url = store.get_queue("long").queue_url
+    from_file = tmp_path / "body.json"
+    from_file.write_bytes(b'{"k": "' + b"f" * (validate.MAX_BODY_BYTES - 10) + b'"}\n')
+    sent = run_cli("queue", "send", "long", "1", "--body-file", str(from_file))
+    assert sent.exit_code == 0, sent.output
+    piped = "\u00e9" * 300_000  # 600,000 bytes, through the real console script's stdin
+    done = subprocess.run(
+        [sys.executable, "-c", "from orchestrator.cli.main import main; main()",
+         "queue", "send", "long", "2", "--body-file", "-"],
+        input=piped.encode(), env={**os.environ, **environ}, capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    bodies = sorted(m.body for m in sqs.peek(url, 10))
+    assert bodies == sorted([from_file.read_text(), piped, piped])
+
+
+@pytest.mark.parametrize(
+    ("content", "extra", "message"),
+    [
+        (b"x", ("--body", "y"), "give either --body or --body-file, not both"),
+        (b"", (), "message body is 0 bytes"),
+        (b"ab\xff", (), "not valid UTF-8 (byte 0xff at character 2)"),
+        (b"x" * 1_048_577, (), "is over 1,048,576 bytes"),
+        (None, (), "cannot read"),
+    ],
+)
+def test_a_bad_body_file_exits_2_and_sends_nothing(
+    run_cli: Run, store: Store, sqs: Sqs, tmp_path: Path,
+    content: bytes | None, extra: tuple[str, ...], message: str,
+) -> None:  # fmt: skip
+    assert run_cli("queue", "create", "long").exit_code == 0
+    path = tmp_path / "body"
+    if content is not None:
+        path.write_bytes(content)
+    before = snapshot(store, sqs)
+    result = run_cli("queue", "send", "long", "1", "--body-file", str(path), *extra)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
     assert snapshot(store, sqs) == before
