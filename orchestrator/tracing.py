@@ -21,6 +21,8 @@ import secrets
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.models import MAX_ERROR_BYTES, clip
+
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
 
@@ -128,14 +130,17 @@ def processing(
         yield span
 
 
-def failed(span: Span | None, error: str, exc: BaseException | None) -> None:
-    """Record a handler's failure on its span."""
+def failed(span: Span | None, error: str, exc: BaseException | None,
+           trace: str | None = None) -> None:  # fmt: skip
+    """Record a handler's failure on its span: `error` and `trace` as the failure keeps
+    them (cut to a few KiB), not the exception's whole text."""
     if span is None:
         return
     from opentelemetry.trace import Status, StatusCode
 
     if exc is not None:
-        span.record_exception(exc)
+        cut = {"exception.message": clip(str(exc), MAX_ERROR_BYTES)}
+        span.record_exception(exc, cut | ({"exception.stacktrace": trace} if trace else {}))
     span.set_attribute("error.type", error.partition(":")[0])
     span.set_status(Status(StatusCode.ERROR, error))
 
