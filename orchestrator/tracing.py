@@ -21,6 +21,8 @@ import secrets
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 from orchestrator.models import MAX_ERROR_BYTES, clip
 
 if TYPE_CHECKING:
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
 TRACEPARENT = "traceparent"  # the message attribute with the producer's trace context
 SYSTEM = "aws_sqs"
 _provider: Any = None
-_warned = False
+_disabled = ""  # why tracing is off in this process (said once)
 
 
 def configured(environ: Mapping[str, str] | None = None) -> bool:
@@ -45,47 +47,78 @@ def configured(environ: Mapping[str, str] | None = None) -> bool:
                 or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))  # fmt: skip
 
 
-def tracer(role: str) -> Tracer | None:
-    """This process's tracer, set up once; None when traces are off or not installed."""
-    global _provider
+def check() -> None:
+    """The daemon's one look at its tracing configuration, in the supervisor before any
+    role starts. When tracing cannot be used (the extra is not installed, or the SDK
+    refuses an OTEL_* value such as OTEL_BSP_SCHEDULE_DELAY=-5) it says why once,
+    `tracing.unavailable` or `tracing.disabled`, and sets OTEL_SDK_DISABLED=true for
+    every process it starts (they inherit its environment): each then runs without
+    traces, saying nothing. Tracing is optional: it never stops the daemon."""
     if not configured():
+        return
+    try:
+        import opentelemetry.sdk.trace  # noqa: F401
+    except ImportError:
+        structlog.get_logger().warning(
+            "tracing.unavailable", reason="OTEL_* is set but the opentelemetry packages are "
+            "not installed", fix="pip install 'orchestrator[otel]'")
+        os.environ["OTEL_SDK_DISABLED"] = "true"
+        return
+    try:
+        _build("supervisor").shutdown()  # nothing buffered: only a check
+    except Exception as exc:  # whatever the SDK raises about its configuration
+        _disable(exc)
+        os.environ["OTEL_SDK_DISABLED"] = "true"
+
+
+def tracer(role: str) -> Tracer | None:
+    """This process's tracer, set up once; None when traces are off, not installed, or
+    configured in a way the SDK refuses (said once, as `tracing.disabled`)."""
+    global _provider
+    if not configured() or _disabled:
         return None
     try:
         from opentelemetry import trace
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
-    except ImportError:
-        _warn_missing()
+    except ImportError:  # the supervisor said so, once for the daemon
         return None
     if _provider is None:
-        names = os.environ.get("OTEL_TRACES_EXPORTER", "otlp").lower().split(",")
-        _provider = TracerProvider(resource=Resource.create(
-            {"service.name": os.environ.get("OTEL_SERVICE_NAME", "orchestrator"),
-             "orchestrator.role": role}))  # fmt: skip
-        for name in (n.strip() for n in names):
-            if name == "console":
-                _provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
-            elif name == "otlp":
-                from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-                    OTLPSpanExporter,
-                )
-
-                _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        try:
+            _provider = _build(role)
+        except Exception as exc:  # tracing is optional: run without it
+            _disable(exc)
+            return None
         trace.set_tracer_provider(_provider)
     return trace.get_tracer("orchestrator")
 
 
-def _warn_missing() -> None:
-    """Configured but not installed: say so once, and run without traces."""
-    global _warned
-    if not _warned:
-        _warned = True
-        import structlog
+def _build(role: str) -> Any:
+    """A TracerProvider with a batch processor per exporter OTEL_TRACES_EXPORTER names
+    (otlp by default); raises what the SDK raises about a bad OTEL_* value."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
-        structlog.get_logger().warning(
-            "tracing.unavailable", reason="OTEL_* is set but the opentelemetry packages are "
-            "not installed", fix="pip install 'orchestrator[otel]'")
+    names = os.environ.get("OTEL_TRACES_EXPORTER", "otlp").lower().split(",")
+    provider = TracerProvider(resource=Resource.create(
+        {"service.name": os.environ.get("OTEL_SERVICE_NAME", "orchestrator"),
+         "orchestrator.role": role}))  # fmt: skip
+    for name in (n.strip() for n in names):
+        if name == "console":
+            provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+        elif name == "otlp":
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    return provider
+
+
+def _disable(exc: BaseException) -> None:
+    """Say once in this process why tracing is off; the daemon runs on without it."""
+    global _disabled
+    if not _disabled:
+        _disabled = f"{type(exc).__name__}: {exc}"
+        structlog.get_logger().warning("tracing.disabled", reason=_disabled,
+                                       fix="correct or unset the OTEL_* variable it names")
 
 
 def shutdown() -> None:

@@ -5,6 +5,7 @@ the messaging attributes, and failures recorded; a span per job in the worker.""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -61,3 +62,40 @@ def test_handled_messages_are_consumer_spans_in_their_producers_traces(
     assert daemon.stop() == 0
     jobs = [s for s in spans(daemon.log()) if s["name"] == "job traced"]
     assert jobs and jobs[0]["attributes"]["orchestrator.job.reason"]
+
+
+@pytest.mark.parametrize("bad", [{"OTEL_BSP_SCHEDULE_DELAY": "-5"},
+                                 {"OTEL_BSP_MAX_QUEUE_SIZE": "0"}])  # fmt: skip
+def test_a_configuration_the_sdk_refuses_disables_tracing_not_the_daemon(
+    admin: QueueAdmin, record_dir: Path, start_daemon: Callable[..., Daemon],
+    bad: dict[str, str],
+) -> None:  # fmt: skip
+    """It was a ValueError in tracing's set-up: three crashes, supervisor.giving_up, exit 1."""
+    admin.create("plain", handler="tests.handlers:record")
+    admin.send("plain", 5)
+    daemon = start_daemon("--mode", "MW", env={**OTEL, **bad})
+    wait_for(lambda: len(records(record_dir)) >= 5, 60, "the messages handled untraced")
+    [said] = daemon.events("tracing.disabled")  # once for the daemon, by the supervisor
+    assert said["role"] == "supervisor" and "ValueError" in said["reason"]
+    assert daemon.stop() == 0
+    assert not daemon.events("supervisor.giving_up") and not daemon.events("process.crashed")
+    assert not spans(daemon.log())
+
+
+def test_without_the_extra_tracing_unavailable_is_said_once_per_daemon(
+    admin: QueueAdmin, record_dir: Path, start_daemon: Callable[..., Daemon], tmp_path: Path,
+    daemon_env: dict[str, str],
+) -> None:  # fmt: skip
+    shadow = tmp_path / "shadow" / "opentelemetry"  # the packages, as if not installed
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('raise ImportError("not installed (test)")\n')
+    path = os.pathsep.join([str(shadow.parent), daemon_env["PYTHONPATH"]])
+    for name in ("a", "b", "c"):
+        admin.create(name, handler="tests.handlers:record")
+        admin.send(name, 3)
+    daemon = start_daemon("--mode", "MW", "--workers", "2", env={**OTEL, "PYTHONPATH": path})
+    wait_for(lambda: len(records(record_dir)) >= 9, 60, "every queue's messages handled")
+    assert len(daemon.events("consumer.spawned")) >= 2  # processes that would each have said it
+    assert daemon.stop() == 0
+    [said] = daemon.events("tracing.unavailable")
+    assert said["role"] == "supervisor"
