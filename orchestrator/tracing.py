@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import threading
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +33,10 @@ if TYPE_CHECKING:
 
 TRACEPARENT = "traceparent"  # the message attribute with the producer's trace context
 SYSTEM = "aws_sqs"
+FLUSH_SECONDS = 1.0  # the most a process's last export may take at shutdown (a healthy
+# collector takes milliseconds; a worker flushes after its consumers: the waits add up)
 _provider: Any = None
+_exporters: list[Any] = []  # this process's, to stop a flush that outlives its budget
 _disabled = ""  # why tracing is off in this process (said once)
 
 
@@ -99,17 +103,43 @@ def _build(role: str) -> Any:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
     names = os.environ.get("OTEL_TRACES_EXPORTER", "otlp").lower().split(",")
+    # shutdown() below is bounded; the SDK's own at exit is not.
     provider = TracerProvider(resource=Resource.create(
         {"service.name": os.environ.get("OTEL_SERVICE_NAME", "orchestrator"),
-         "orchestrator.role": role}))  # fmt: skip
+         "orchestrator.role": role}), shutdown_on_exit=False)  # fmt: skip
     for name in (n.strip() for n in names):
         if name == "console":
-            provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+            provider.add_span_processor(BatchSpanProcessor(_stoppable(ConsoleSpanExporter())))
         elif name == "otlp":
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+            provider.add_span_processor(BatchSpanProcessor(_stoppable(OTLPSpanExporter())))
     return provider
+
+
+def _stoppable(exporter: Any) -> Any:
+    """`exporter` behind a stop: shutdown() ends an export that retries against an
+    unreachable endpoint (its backoff waits on the exporter's shutdown), and after it
+    exports and shutdowns are quiet no-ops (the SDK would log a warning for each)."""
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    class Stoppable(SpanExporter):
+        stopped = False
+
+        def export(self, spans: Any) -> Any:
+            return SpanExportResult.FAILURE if self.stopped else exporter.export(spans)
+
+        def shutdown(self) -> None:
+            if not self.stopped:
+                self.stopped = True
+                exporter.shutdown()
+
+        def force_flush(self, timeout_millis: int = 30_000) -> bool:
+            return bool(exporter.force_flush(timeout_millis))
+
+    stoppable = Stoppable()
+    _exporters.append(stoppable)
+    return stoppable
 
 
 def _disable(exc: BaseException) -> None:
@@ -121,10 +151,21 @@ def _disable(exc: BaseException) -> None:
                                        fix="correct or unset the OTEL_* variable it names")
 
 
-def shutdown() -> None:
-    """Export what is still buffered (a process's last act)."""
-    if _provider is not None:
-        _provider.shutdown()
+def shutdown(grace: float) -> None:
+    """Export what is still buffered (a process's last act), for at most FLUSH_SECONDS
+    and never beyond `grace` (SHUTDOWN_GRACE): an unreachable endpoint made the SDK retry
+    for 10 s and more. What is not exported by then is dropped."""
+    if _provider is None:
+        return
+    budget = max(0.0, min(FLUSH_SECONDS, grace))
+    flush = threading.Thread(target=_provider.shutdown, name="tracing-flush", daemon=True)
+    flush.start()
+    flush.join(budget)
+    if flush.is_alive():
+        for exporter in _exporters:
+            exporter.shutdown()  # ends the export's retries; the flush thread then returns
+        flush.join(0.5)
+        structlog.get_logger().warning("tracing.flush_cut", seconds=budget)
 
 
 @contextlib.contextmanager
