@@ -99,7 +99,9 @@ def configure(settings: Settings, **context: Any) -> None:
     # Libraries' own INFO and DEBUG records (botocore's per request, urllib3's) are noise
     # here: from the standard library WARNING and above, or LOG_LEVEL if it is higher.
     root = logging.getLogger()
-    root.handlers = [ToStructlog(dict(context))]
+    for handler in [h for h in root.handlers if isinstance(h, ToStructlog)]:
+        root.removeHandler(handler)  # configured again (in-process CLI tests): one of ours
+    root.addHandler(ToStructlog(dict(context)))
     root.setLevel(max(logging.WARNING, logging.getLevelNamesMapping()[settings.log_level]))
 
 
