@@ -12,10 +12,11 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, unquote_plus
 
 from orchestrator.errors import ConfigError
 
@@ -28,6 +29,17 @@ MODES = ("M", "W", "MW")  # what `orchestrator run --mode` takes
 HANDLER_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 _MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 _USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^@/?#]*@)")
+# Query options whose values are credentials: pymongo's SENSITIVE_OPTIONS_FOR_REPR and its
+# old tls alias, and in any URL a name that says password, secret, token or signature.
+_SECRET_OPTIONS = frozenset({"proxyusername", "proxypassword", "tlscertificatekeyfilepassword",
+                             "sslpemkeypassword", "sslclientcertificatekeypassword"})  # fmt: skip
+_SECRET_WORDS = re.compile(r"password|passwd|secret|token|signature|credential", re.IGNORECASE)
+# authMechanismProperties holds KEY:value pairs; these keys are not credentials (pymongo's
+# _SAFE_AUTH_MECHANISM_PROPS_FOR_REPR); any other's value (AWS_SESSION_TOKEN's) is hidden.
+_SAFE_AUTH_PROPERTIES = frozenset({"ALLOWED_HOSTS", "CANONICALIZE_HOST_NAME", "ENVIRONMENT",
+                                   "SERVICE_HOST", "SERVICE_NAME", "SERVICE_REALM",
+                                   "TOKEN_RESOURCE"})  # fmt: skip
+_AUTH_PROPERTIES = "authmechanismproperties"
 # Numbers as people type them, in ASCII: int() and float() would also take " 5", "+5",
 # "\\u0665" (a digit of another script) and "5_0" (50). Use with fullmatch.
 _INTEGER = re.compile(r"-?[0-9]+")
@@ -59,10 +71,12 @@ def _key(
     hi: float | None = None,
     choices: tuple[str, ...] = (),
     secret: bool = False,
+    url: bool = False,
 ) -> Any:
-    """A settings field; the metadata drives parsing, validation and redaction."""
-    meta = {"lo": lo, "hi": hi, "choices": choices, "secret": secret}
-    return field(default=default, metadata=meta, repr=not secret)
+    """A settings field; the metadata drives parsing, validation and redaction. A `url`
+    may carry credentials (userinfo, query options): it is shown through redact_uri."""
+    meta = {"lo": lo, "hi": hi, "choices": choices, "secret": secret, "url": url}
+    return field(default=default, metadata=meta, repr=not (secret or url))
 
 
 @dataclass(frozen=True)
@@ -81,8 +95,8 @@ class Settings:
     aws_region: str = _key("us-east-1")
     aws_access_key_id: str = _key("test", secret=True)
     aws_secret_access_key: str = _key("test", secret=True)
-    aws_sqs_endpoint: str = _key("embedded")
-    mongodb_uri: str = _key("embedded", secret=True)  # may carry a password
+    aws_sqs_endpoint: str = _key("embedded", url=True)
+    mongodb_uri: str = _key("embedded", url=True)
     mongodb_name: str = _key("orchestrator")
     # Empty: the per-user default (default_data_dir); load() always makes it absolute.
     data_dir: str = _key("")
@@ -149,13 +163,17 @@ class Settings:
         """The settings by key, with secrets hidden: safe to print or log."""
         out: dict[str, Any] = {}
         for f in settings_fields():
-            value = getattr(self, f.name)
-            if f.name == "mongodb_uri":
-                value = redact_uri(value)
-            elif f.metadata["secret"] and value:
-                value = REDACTED
-            out[f.name.upper()] = value
+            out[f.name.upper()] = shown_setting(f, getattr(self, f.name))
         return out
+
+
+def shown_setting(f: dataclasses.Field[Any], value: Any) -> Any:
+    """A setting's value as it may be printed or logged."""
+    if f.metadata["url"] and isinstance(value, str):
+        return redact_uri(value)
+    if f.metadata["secret"] and value:
+        return REDACTED
+    return value
 
 
 def settings_fields() -> list[dataclasses.Field[Any]]:
@@ -167,26 +185,66 @@ def setting_keys() -> list[str]:
 
 
 def redact_uri(uri: str) -> str:
-    """Hide the user and password of a URI such as mongodb://user:pw@h1,h2/db.
+    """`uri` with its credentials hidden: the user and password of mongodb://user:pw@h1,h2/db
+    and the values of credential options (tlsCertificateKeyFilePassword=,
+    authMechanismProperties=AWS_SESSION_TOKEN:…).
 
     A regex, not urlsplit: replica-set host lists and odd ports must not make
-    redaction itself fail. Something that is not a URI at all is hidden whole.
+    redaction itself fail. Something with an @ that is not a URI is hidden whole.
     """
-    if "@" not in uri:
-        return uri
     match = _USERINFO.match(uri)
-    if not match:
+    if "@" in uri and not match:
         return REDACTED
-    return match["scheme"] + REDACTED + "@" + uri[match.end() :]
+    if match:
+        uri = match["scheme"] + REDACTED + "@" + uri[match.end() :]
+    head, mark, query = uri.partition("?")
+    if not mark:
+        return uri
+    query, hash_mark, fragment = query.partition("#")
+    options = re.split(r"([&;])", query)  # keeps the separators
+    for i in range(0, len(options), 2):
+        name, eq, value = options[i].partition("=")
+        if eq:
+            options[i] = name + "=" + _redacted_option(name, value)
+    return head + "?" + "".join(options) + hash_mark + fragment
+
+
+def _secret_option(name: str) -> bool:
+    name = unquote_plus(name)
+    return name.lower() in _SECRET_OPTIONS or bool(_SECRET_WORDS.search(name))
+
+
+def _redacted_option(name: str, value: str) -> str:
+    if name.lower() == _AUTH_PROPERTIES:
+        pairs = [p.partition(":") for p in unquote(value).split(",")]
+        return ",".join(k + sep + (v if k.upper() in _SAFE_AUTH_PROPERTIES else REDACTED)
+                        for k, sep, v in pairs)  # fmt: skip
+    return REDACTED if value and _secret_option(name) else value
+
+
+def _secrets(uri: str) -> Iterator[str]:
+    """The credentials in `uri` as they are written and as they are meant (unescaped)."""
+    match = _USERINFO.match(uri)
+    raw: list[str] = match["userinfo"].rstrip("@").split(":") if match else []
+    query = uri.partition("?")[2].partition("#")[0]
+    for option in re.split(r"[&;]", query) if query else []:
+        name, _, value = option.partition("=")
+        if name.lower() == _AUTH_PROPERTIES:
+            for pair in unquote(value).split(","):
+                key, _, prop = pair.partition(":")
+                if key.upper() not in _SAFE_AUTH_PROPERTIES:
+                    raw.append(prop)
+        elif _secret_option(name):
+            raw.append(value)
+    for secret in raw:
+        yield from {secret, unquote(secret), unquote_plus(secret)}
 
 
 def scrub(text: str, uri: str) -> str:
-    """`text` (an error message about `uri`) with the URI's user and password hidden."""
-    match = _USERINFO.match(uri)
-    if match:
-        for secret in match["userinfo"].rstrip("@").split(":"):
-            if secret:
-                text = text.replace(secret, REDACTED)
+    """`text` (an error message about `uri`) with the URI's credentials hidden."""
+    for secret in sorted(set(_secrets(uri)), key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, REDACTED)
     return text
 
 
@@ -304,7 +362,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _parse(f: dataclasses.Field[Any], key: str, value: Any, *, from_env: bool) -> Any:
     kind = type(f.default)
-    shown = REDACTED if f.metadata["secret"] else repr(value)
+    shown = repr(shown_setting(f, value))
     parsed = _coerce(kind, value, from_env)
     if parsed is None:
         noun = {int: "an integer", float: "a number", str: "a string"}[kind]
@@ -362,7 +420,7 @@ def _check_together(s: Settings) -> None:
     if s.sqs_kind == "url" and not s.aws_sqs_endpoint.startswith(("http://", "https://")):
         raise ConfigError(
             "setting AWS_SQS_ENDPOINT must be 'embedded', 'localstack', an http(s) URL "
-            f"or empty, got {s.aws_sqs_endpoint!r}"
+            f"or empty, got {redact_uri(s.aws_sqs_endpoint)!r}"
         )
     if not s.mongodb_name or "/" in s.mongodb_name or "." in s.mongodb_name:
         raise ConfigError(f"setting MONGODB_NAME is not a database name: {s.mongodb_name!r}")

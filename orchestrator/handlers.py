@@ -12,6 +12,7 @@ import structlog
 from orchestrator.config import HANDLER_PATH, Settings, handler_allowed
 from orchestrator.errors import HandlerImportError
 from orchestrator.message import Message
+from orchestrator.models import MAX_ERROR_BYTES, clip
 
 Handler = Callable[[Message], object]
 
@@ -27,7 +28,9 @@ def import_handler(path: str, allowed: tuple[str, ...] = ()) -> Handler:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # any error while importing user code is the handler's fault
-        raise HandlerImportError(path, f"{type(exc).__name__}: {exc}") from exc
+        # Cut: the reason becomes the job's error, a log line and the consumer's report.
+        reason = clip(f"{type(exc).__name__}: {exc}", MAX_ERROR_BYTES)
+        raise HandlerImportError(path, reason) from exc
     func = getattr(module, func_name, None)
     if not callable(func):
         raise HandlerImportError(path, f"module {module_name} has no function {func_name}")

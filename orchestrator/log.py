@@ -49,8 +49,31 @@ class LineLogger:
     log = msg
 
 
+class ToStructlog(logging.Handler):
+    """Hands the records of libraries that log through the standard library (the
+    OpenTelemetry SDK's `Transient error … retrying`) to structlog: they come out like
+    every other line, in the same format, with `role` and `pid` (also from threads that
+    do not have this process's context variables), in one write."""
+
+    def __init__(self, context: dict[str, Any]) -> None:
+        super().__init__()
+        self.context = context
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            event = record.getMessage()
+            bound = structlog.contextvars.get_contextvars()  # this thread's, if any: they win
+            missing = {k: v for k, v in self.context.items() if k not in bound}
+            structlog.get_logger().log(record.levelno, event, logger=record.name,
+                                       exc_info=record.exc_info or False,
+                                       **missing)  # fmt: skip
+        except Exception:
+            self.handleError(record)
+
+
 def configure(settings: Settings, **context: Any) -> None:
-    """Configure logging for this process; bind `context` (role, pid, …) to every line."""
+    """Configure logging for this process; bind `context` (role, pid, …) to every line,
+    the standard library's records included."""
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if settings.log_format == "json"
@@ -73,6 +96,22 @@ def configure(settings: Settings, **context: Any) -> None:
     )
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(**context)
+    # Libraries' own INFO and DEBUG records (botocore's per request, urllib3's) are noise
+    # here: from the standard library WARNING and above, or LOG_LEVEL if it is higher.
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, ToStructlog)]:
+        root.removeHandler(handler)  # configured again (in-process CLI tests): one of ours
+    root.addHandler(ToStructlog(dict(context)))
+    root.setLevel(max(logging.WARNING, logging.getLevelNamesMapping()[settings.log_level]))
+
+
+def bind_process(**context: Any) -> None:
+    """Bind `context` to every later line of this process (`run` turns the CLI process
+    into the supervisor), the standard library's records included."""
+    structlog.contextvars.bind_contextvars(**context)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, ToStructlog):
+            handler.context.update(context)
 
 
 def get(name: str | None = None) -> Any:

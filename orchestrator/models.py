@@ -300,6 +300,27 @@ class Lease:
         return cls(doc["holder"], None if version is None else int(version), doc.get("expiresAt"))
 
 
+# What a failure keeps of a handler's error text, traceback and message body. A handler
+# raising ValueError("E" * 9_000_000) made 18 MB documents (MongoDB refuses 16 MiB), an
+# 18 MB API answer and 18 MB log lines: the error is cut where it is made (the engine's
+# invoke), and the body where the failure is noted.
+MAX_ERROR_BYTES = 4096
+MAX_TRACEBACK_BYTES = 8192
+MAX_FAILURE_BODY_BYTES = 65_536
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to its first `limit` bytes of UTF-8 (never inside a character), marked
+    `…[truncated N bytes]` with the number of bytes cut; unchanged when it fits."""
+    if len(text) * 4 <= limit:  # a UTF-8 character is at most 4 bytes: no need to encode
+        return text
+    raw = text.encode("utf-8", "surrogatepass")
+    if len(raw) <= limit:
+        return text
+    head = raw[:limit].decode("utf-8", "ignore")  # drops a character cut in two
+    return f"{head}…[truncated {len(raw) - len(head.encode('utf-8', 'surrogatepass')):,} bytes]"
+
+
 @dataclass(frozen=True)
 class Failure:
     """A handler's failure on one message, kept JOB_TTL_DAYS for the dead-letter browser.

@@ -18,8 +18,13 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import threading
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from orchestrator.models import MAX_ERROR_BYTES, clip
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
@@ -28,8 +33,11 @@ if TYPE_CHECKING:
 
 TRACEPARENT = "traceparent"  # the message attribute with the producer's trace context
 SYSTEM = "aws_sqs"
+FLUSH_SECONDS = 1.0  # the most a process's last export may take at shutdown (a healthy
+# collector takes milliseconds; a worker flushes after its consumers: the waits add up)
 _provider: Any = None
-_warned = False
+_exporters: list[Any] = []  # this process's, to stop a flush that outlives its budget
+_disabled = ""  # why tracing is off in this process (said once)
 
 
 def configured(environ: Mapping[str, str] | None = None) -> bool:
@@ -43,53 +51,121 @@ def configured(environ: Mapping[str, str] | None = None) -> bool:
                 or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))  # fmt: skip
 
 
-def tracer(role: str) -> Tracer | None:
-    """This process's tracer, set up once; None when traces are off or not installed."""
-    global _provider
+def check() -> None:
+    """The daemon's one look at its tracing configuration, in the supervisor before any
+    role starts. When tracing cannot be used (the extra is not installed, or the SDK
+    refuses an OTEL_* value such as OTEL_BSP_SCHEDULE_DELAY=-5) it says why once,
+    `tracing.unavailable` or `tracing.disabled`, and sets OTEL_SDK_DISABLED=true for
+    every process it starts (they inherit its environment): each then runs without
+    traces, saying nothing. Tracing is optional: it never stops the daemon."""
     if not configured():
+        return
+    try:
+        import opentelemetry.sdk.trace  # noqa: F401
+    except ImportError:
+        structlog.get_logger().warning(
+            "tracing.unavailable", reason="OTEL_* is set but the opentelemetry packages are "
+            "not installed", fix="pip install 'orchestrator[otel]'")
+        os.environ["OTEL_SDK_DISABLED"] = "true"
+        return
+    try:
+        _build("supervisor").shutdown()  # nothing buffered: only a check
+    except Exception as exc:  # whatever the SDK raises about its configuration
+        _disable(exc)
+        os.environ["OTEL_SDK_DISABLED"] = "true"
+
+
+def tracer(role: str) -> Tracer | None:
+    """This process's tracer, set up once; None when traces are off, not installed, or
+    configured in a way the SDK refuses (said once, as `tracing.disabled`)."""
+    global _provider
+    if not configured() or _disabled:
         return None
     try:
         from opentelemetry import trace
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
-    except ImportError:
-        _warn_missing()
+    except ImportError:  # the supervisor said so, once for the daemon
         return None
     if _provider is None:
-        names = os.environ.get("OTEL_TRACES_EXPORTER", "otlp").lower().split(",")
-        _provider = TracerProvider(resource=Resource.create(
-            {"service.name": os.environ.get("OTEL_SERVICE_NAME", "orchestrator"),
-             "orchestrator.role": role}))  # fmt: skip
-        for name in (n.strip() for n in names):
-            if name == "console":
-                _provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
-            elif name == "otlp":
-                from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-                    OTLPSpanExporter,
-                )
-
-                _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        try:
+            _provider = _build(role)
+        except Exception as exc:  # tracing is optional: run without it
+            _disable(exc)
+            return None
         trace.set_tracer_provider(_provider)
     return trace.get_tracer("orchestrator")
 
 
-def _warn_missing() -> None:
-    """Configured but not installed: say so once, and run without traces."""
-    global _warned
-    if not _warned:
-        _warned = True
-        import structlog
+def _build(role: str) -> Any:
+    """A TracerProvider with a batch processor per exporter OTEL_TRACES_EXPORTER names
+    (otlp by default); raises what the SDK raises about a bad OTEL_* value."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
-        structlog.get_logger().warning(
-            "tracing.unavailable", reason="OTEL_* is set but the opentelemetry packages are "
-            "not installed", fix="pip install 'orchestrator[otel]'")
+    names = os.environ.get("OTEL_TRACES_EXPORTER", "otlp").lower().split(",")
+    # shutdown() below is bounded; the SDK's own at exit is not.
+    provider = TracerProvider(resource=Resource.create(
+        {"service.name": os.environ.get("OTEL_SERVICE_NAME", "orchestrator"),
+         "orchestrator.role": role}), shutdown_on_exit=False)  # fmt: skip
+    for name in (n.strip() for n in names):
+        if name == "console":
+            provider.add_span_processor(BatchSpanProcessor(_stoppable(ConsoleSpanExporter())))
+        elif name == "otlp":
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            provider.add_span_processor(BatchSpanProcessor(_stoppable(OTLPSpanExporter())))
+    return provider
 
 
-def shutdown() -> None:
-    """Export what is still buffered (a process's last act)."""
-    if _provider is not None:
-        _provider.shutdown()
+def _stoppable(exporter: Any) -> Any:
+    """`exporter` behind a stop: shutdown() ends an export that retries against an
+    unreachable endpoint (its backoff waits on the exporter's shutdown), and after it
+    exports and shutdowns are quiet no-ops (the SDK would log a warning for each)."""
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    class Stoppable(SpanExporter):
+        stopped = False
+
+        def export(self, spans: Any) -> Any:
+            return SpanExportResult.FAILURE if self.stopped else exporter.export(spans)
+
+        def shutdown(self) -> None:
+            if not self.stopped:
+                self.stopped = True
+                exporter.shutdown()
+
+        def force_flush(self, timeout_millis: int = 30_000) -> bool:
+            return bool(exporter.force_flush(timeout_millis))
+
+    stoppable = Stoppable()
+    _exporters.append(stoppable)
+    return stoppable
+
+
+def _disable(exc: BaseException) -> None:
+    """Say once in this process why tracing is off; the daemon runs on without it."""
+    global _disabled
+    if not _disabled:
+        _disabled = f"{type(exc).__name__}: {exc}"
+        structlog.get_logger().warning("tracing.disabled", reason=_disabled,
+                                       fix="correct or unset the OTEL_* variable it names")
+
+
+def shutdown(grace: float) -> None:
+    """Export what is still buffered (a process's last act), for at most FLUSH_SECONDS
+    and never beyond `grace` (SHUTDOWN_GRACE): an unreachable endpoint made the SDK retry
+    for 10 s and more. What is not exported by then is dropped."""
+    if _provider is None:
+        return
+    budget = max(0.0, min(FLUSH_SECONDS, grace))
+    flush = threading.Thread(target=_provider.shutdown, name="tracing-flush", daemon=True)
+    flush.start()
+    flush.join(budget)
+    if flush.is_alive():
+        for exporter in _exporters:
+            exporter.shutdown()  # ends the export's retries; the flush thread then returns
+        flush.join(0.5)
+        structlog.get_logger().warning("tracing.flush_cut", seconds=budget)
 
 
 @contextlib.contextmanager
@@ -128,14 +204,17 @@ def processing(
         yield span
 
 
-def failed(span: Span | None, error: str, exc: BaseException | None) -> None:
-    """Record a handler's failure on its span."""
+def failed(span: Span | None, error: str, exc: BaseException | None,
+           trace: str | None = None) -> None:  # fmt: skip
+    """Record a handler's failure on its span: `error` and `trace` as the failure keeps
+    them (cut to a few KiB), not the exception's whole text."""
     if span is None:
         return
     from opentelemetry.trace import Status, StatusCode
 
     if exc is not None:
-        span.record_exception(exc)
+        cut = {"exception.message": clip(str(exc), MAX_ERROR_BYTES)}
+        span.record_exception(exc, cut | ({"exception.stacktrace": trace} if trace else {}))
     span.set_attribute("error.type", error.partition(":")[0])
     span.set_status(Status(StatusCode.ERROR, error))
 

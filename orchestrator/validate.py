@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
+from typing import Any
 
 from orchestrator.config import HANDLER_PATH, handler_allowed
 from orchestrator.errors import InvalidValue
@@ -18,7 +20,9 @@ MAX_RECEIVE_COUNT = 1000  # SQS's limit for a redrive policy
 MAX_BATCH_SIZE = 100
 MAX_BATCH_WINDOW = 20.0  # seconds
 MAX_SEND_COUNT = 1_000_000  # `queue send` is for test messages, not a load generator
-MAX_BODY_BYTES = 262_144  # SQS's limit for a message, and for a batch in all
+# SQS's limit for a message, its attributes included, and for a batch in all: 1 MiB since
+# August 2025 (256 KiB before). The one constant for it: sends and redrives batch by it.
+MAX_BODY_BYTES = 1_048_576
 # SQS's characters: #x9 | #xA | #xD | #x20 to #xD7FF | #xE000 to #xFFFD | #x10000 to #x10FFFF
 _SQS_CHAR = re.compile("[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
@@ -71,7 +75,7 @@ def batch_size(value: int) -> int:
 def batch_window(seconds: float) -> float:
     if not (math.isfinite(seconds) and 0 <= seconds <= MAX_BATCH_WINDOW):
         raise InvalidValue(
-            f"batch window {seconds} is out of range 0..{MAX_BATCH_WINDOW:g} seconds"
+            f"batch window {number_text(seconds)} is out of range 0..{MAX_BATCH_WINDOW:g} seconds"
         )
     return seconds
 
@@ -83,14 +87,23 @@ MIN_RATE_LIMIT = 0.001
 MAX_PRIORITY = 9
 
 
+def number_text(value: float) -> str:
+    """A number as it was given: `50` for 50.0, else every digit it has (repr). `:g` keeps
+    six digits, and `100000.0000000001 is out of range` would read `100000 is out of range`."""
+    if math.isfinite(value) and value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return repr(value)
+
+
 def rate_limit(value: float | None) -> float | None:
     """Handler starts per second for the whole queue; None: no limit."""
     if value is None:
         return None
     if not (math.isfinite(value) and MIN_RATE_LIMIT <= value <= MAX_RATE_LIMIT):
-        raise InvalidValue(f"rate limit {value:g} is out of range: give a number of messages "
-                           f"per second from {MIN_RATE_LIMIT:g} to {MAX_RATE_LIMIT:,.0f}, or "
-                           "none")
+        raise InvalidValue(
+            f"rate limit {number_text(value)} is out of range: give a number of messages "
+            f"per second from {MIN_RATE_LIMIT:g} to {MAX_RATE_LIMIT:,.0f}, or none"
+        )
     return value
 
 
@@ -148,8 +161,20 @@ def send_count(value: int) -> int:
     return value
 
 
-def message_body(body: str) -> int:
-    """Check a body as SQS will: its characters, then 1 byte to 256 KiB. Its size in bytes."""
+def attributes_size(attributes: Mapping[str, Mapping[str, Any]] | None) -> int:
+    """What SQS counts of a message's attributes toward MAX_BODY_BYTES: every name, data
+    type and value, in bytes."""
+    total = 0
+    for name, attribute in (attributes or {}).items():
+        value = attribute.get("StringValue", attribute.get("BinaryValue", b""))
+        raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
+        total += len(name.encode("utf-8")) + len(str(attribute["DataType"]).encode()) + len(raw)
+    return total
+
+
+def message_body(body: str, attributes_bytes: int = 0) -> int:
+    """Check a body as SQS will: its characters, then 1 byte, and at most MAX_BODY_BYTES
+    with its attributes (`attributes_bytes`, from attributes_size). The message's size."""
     for i, char in enumerate(body):
         if _SQS_CHAR.fullmatch(char):
             continue
@@ -157,12 +182,26 @@ def message_body(body: str) -> int:
             raise InvalidValue(f"message body is not valid UTF-8 (byte "
                                f"0x{ord(char) - 0xDC00:02x} at character {i})")  # fmt: skip
         raise InvalidValue(f"message body has a character SQS does not allow: U+{ord(char):04X} "
-                           f"at character {i} (tab, newline and carriage return are the only "
-                           "control characters it takes)")  # fmt: skip
+                           f"at character {i} ({_why_refused(char)})")  # fmt: skip
     size = len(body.encode("utf-8"))
-    if not 1 <= size <= MAX_BODY_BYTES:
+    if size < 1:
         raise InvalidValue(f"message body is {size:,} bytes; SQS takes 1 to {MAX_BODY_BYTES:,}")
-    return size
+    if size + attributes_bytes > MAX_BODY_BYTES:
+        with_attributes = (f" and its attributes {attributes_bytes:,}" if attributes_bytes
+                           else "")  # fmt: skip
+        raise InvalidValue(f"message body is {size:,} bytes{with_attributes}; SQS takes a "
+                           f"message of 1 to {MAX_BODY_BYTES:,} bytes, attributes included")
+    return size + attributes_bytes
+
+
+def _why_refused(char: str) -> str:
+    """What kind of character outside SQS's set `char` is, for the message refusing it."""
+    if "\ud800" <= char <= "\udfff":
+        return "a lone surrogate: half of a UTF-16 pair, not a character UTF-8 can carry"
+    if char in "\ufffe\uffff":
+        return "a noncharacter: Unicode reserves U+FFFE and U+FFFF, and SQS refuses them"
+    return ("a control character: tab, newline and carriage return are the only "
+            "control characters SQS takes")  # fmt: skip
 
 
 def positive(value: int, what: str) -> int:

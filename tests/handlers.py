@@ -115,3 +115,8 @@ def backoff_while_flagged(message: Message) -> None:
         raise Backoff(retry_after=1)
     time.sleep(message.json().get("ms", 100) / 1000)
     _record(message, start, ok=True)
+
+
+def huge_error(message: Message) -> None:
+    """Fail with an error text of 9,000,000 characters (its traceback repeats it)."""
+    raise ValueError("E" * 9_000_000)

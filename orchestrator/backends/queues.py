@@ -246,10 +246,13 @@ class QueueAdmin:
         that trace.
         """
         validate.send_count(count)
-        size = validate.message_body(body) if body is not None else len(_seq_body(count - 1))
+        extra = validate.attributes_size(_traceparent()) if trace else 0  # all of one size
+        size = (validate.message_body(body, extra) if body is not None
+                else len(_seq_body(count - 1)) + extra)  # fmt: skip
         group_of = self._groups(name, group_id, groups)
         url = self.store.get_queue(name).queue_url
-        per_batch = min(BATCH, validate.MAX_BODY_BYTES // size)  # a batch is <= 256 KiB too
+        # A batch, attributes included, is within SQS's message limit too.
+        per_batch = min(BATCH, validate.MAX_BODY_BYTES // size)
         for start in range(0, count, per_batch):
             seqs = range(start, min(start + per_batch, count))
             bodies = [_seq_body(i) if body is None else body for i in seqs]

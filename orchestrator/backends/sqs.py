@@ -14,7 +14,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from orchestrator.config import Settings
+from orchestrator.config import Settings, redact_uri, scrub
 from orchestrator.errors import AlreadyRunning, ConfigError, QueueNotFound, ServiceUnavailable
 from orchestrator.metrics import Meter
 from orchestrator.models import QueueDepth, SqsMessage
@@ -57,11 +57,11 @@ def translated(method: Callable[P, R]) -> Callable[P, R]:
             if code in PURGE_IN_PROGRESS_CODES:
                 raise AlreadyRunning(f"queue '{_queue_name(args)}' was purged less than 60 s "
                                      "ago; SQS allows one purge a minute: try again then") from exc
-            raise ServiceUnavailable(
+            raise ServiceUnavailable(sqs.scrub(
                 f"SQS at {sqs.address} refused {exc.operation_name}: {code}: {error.get('Message')}"
-            ) from exc
-        except BotoCoreError as exc:
-            raise ServiceUnavailable(f"SQS at {sqs.address} failed: {exc}") from exc
+            )) from exc
+        except BotoCoreError as exc:  # its text may quote the endpoint URL, password and all
+            raise ServiceUnavailable(sqs.scrub(f"SQS at {sqs.address} failed: {exc}")) from exc
 
     return wrapper
 
@@ -122,7 +122,8 @@ class Sqs:
     ) -> None:
         """`caller`: None for the tests' and scripts' own clients, whose calls are not
         the product's; the product's clients are made by `connect`, which requires it."""
-        self.address = endpoint or f"AWS ({region})"
+        self._endpoint = endpoint or ""
+        self.address = redact_uri(endpoint) if endpoint else f"AWS ({region})"
         config = Config(
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
@@ -141,7 +142,7 @@ class Sqs:
             )
         except (ValueError, BotoCoreError) as exc:  # e.g. "Invalid endpoint: http://"
             raise ConfigError(
-                f"setting AWS_SQS_ENDPOINT or AWS_REGION is not usable: {exc}"
+                self.scrub(f"setting AWS_SQS_ENDPOINT or AWS_REGION is not usable: {exc}")
             ) from exc
         if meter is not None:
             # Every HTTP attempt, retries included: what SQS bills.
@@ -163,6 +164,10 @@ class Sqs:
                 log.record(model.name, caller)
 
             self.client.meta.events.register("before-call.sqs", record)
+
+    def scrub(self, text: str) -> str:
+        """`text` (about this client's calls) without the endpoint's credentials."""
+        return scrub(text, self._endpoint)
 
     @classmethod
     def connect(

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from orchestrator import validate
 from orchestrator.cli import render
 from orchestrator.cli.app import App, Group, json_option, pass_app
 from orchestrator.cli.types import INT, NO_LIMIT, NUMBER, RATE, QueueName, StrictInt
@@ -99,9 +100,10 @@ def create(
     if record.processes > 1:
         notes += f", {record.processes} processes"
     if record.batch_size > 1:
-        notes += f", batches of {record.batch_size} within {record.batch_window:g} s"
+        window = validate.number_text(record.batch_window)
+        notes += f", batches of {record.batch_size} within {window} s"
     if record.rate_limit is not None:
-        notes += f", at most {record.rate_limit:g} starts/s"
+        notes += f", at most {validate.number_text(record.rate_limit)} starts/s"
     if record.priority:
         notes += f", priority {record.priority}"
     if record.adaptive:
@@ -150,6 +152,9 @@ def list_(app: App, as_json: bool) -> None:
 @NAME
 @click.argument("count", type=INT)
 @click.option("--body", help='Message body (default: {"seq": i}).')
+@click.option("--body-file", type=click.Path(dir_okay=False, allow_dash=True), metavar="PATH",
+              help="Read the body from PATH (- for standard input), byte for byte: for "
+                   "bodies too long for the command line. Not with --body.")
 @click.option("--group-id", metavar="G", help="FIFO queues: the message group (default 'default').")
 @click.option("--groups", type=INT, metavar="N",
               help="FIFO queues: spread the messages round-robin over groups g0..gN-1.")
@@ -157,9 +162,13 @@ def list_(app: App, as_json: bool) -> None:
               help="Give each message a traceparent attribute: its handler's span joins "
                    "that trace.")
 @pass_app
-def send(app: App, name: str, count: int, body: str | None, group_id: str | None,
-         groups: int | None, trace: bool) -> None:  # fmt: skip
+def send(app: App, name: str, count: int, body: str | None, body_file: str | None,
+         group_id: str | None, groups: int | None, trace: bool) -> None:  # fmt: skip
     """Send COUNT test messages to NAME, 10 per request."""
+    if body is not None and body_file is not None:
+        raise click.UsageError("give either --body or --body-file, not both")
+    if body_file is not None:
+        body = _read_body(body_file)
 
     def send_all(progress: Callable[[int], None]) -> None:
         app.queues.send(name, count, body, progress, group_id=group_id, groups=groups,
@@ -171,6 +180,22 @@ def send(app: App, name: str, count: int, body: str | None, group_id: str | None
     else:
         send_all(lambda n: None)
     click.echo(f"sent {count} messages to {name}")
+
+
+def _read_body(path: str) -> str:
+    """A body file's text (`-`: standard input). Bytes that are not UTF-8 are kept as argv's
+    are (surrogateescape), so that the body check names them the same way. No more than a
+    byte over SQS's limit is read: the check refuses it whatever follows."""
+    try:
+        with click.open_file(path, "rb") as file:
+            data: bytes = file.read(validate.MAX_BODY_BYTES + 1)
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {path!r}: {exc.strerror or exc}",
+                                 param_hint="'--body-file'") from exc  # fmt: skip
+    if len(data) > validate.MAX_BODY_BYTES:
+        raise click.BadParameter(f"{path!r} is over {validate.MAX_BODY_BYTES:,} bytes, SQS's "
+                                 "limit for a message", param_hint="'--body-file'")  # fmt: skip
+    return data.decode("utf-8", "surrogateescape")
 
 
 @queue.command()
@@ -220,7 +245,7 @@ def _shown(record: QueueRecord, key: str) -> str:
     value = getattr(record, key)
     if value is None:
         return "none"
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return validate.number_text(value) if isinstance(value, float) else str(value)
 
 
 @queue.command("set-concurrency", context_settings=NUMBER_ARGS)

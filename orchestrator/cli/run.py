@@ -29,12 +29,12 @@ from orchestrator.config import MODES
 @pass_app
 def run(app: App, mode: str, workers: int | None) -> None:
     """Run the daemon until SIGTERM or Ctrl-C (a second one stops at once)."""
-    import structlog
-
+    from orchestrator import log, tracing
     from orchestrator.roles.supervisor import Supervisor
 
-    structlog.contextvars.bind_contextvars(role="supervisor", pid=os.getpid())
+    log.bind_process(role="supervisor", pid=os.getpid())
     _refuse_a_newer_schema(app)
+    tracing.check()  # before any role starts: they inherit what it decides
     supervisor = Supervisor(
         app.settings, app.endpoints, mode.upper(), workers or app.settings.worker_instances
     )

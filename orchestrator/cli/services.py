@@ -22,7 +22,7 @@ def start(app: App) -> None:
     """Start what the settings call for (or reuse it) and wait until it answers."""
     ends = app.endpoints
     click.echo(f"mongodb: {redact_uri(ends.mongodb_uri)}")
-    click.echo(f"sqs:     {ends.sqs_endpoint or 'AWS'}")
+    click.echo(f"sqs:     {redact_uri(ends.sqs_endpoint) if ends.sqs_endpoint else 'AWS'}")
 
 
 @services.command()

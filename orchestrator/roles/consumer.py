@@ -158,7 +158,7 @@ class Consumer:
         if outcome.abandoned:
             # Handler threads that would not finish cannot be stopped: end the process.
             log.warning("consumer.exiting_with_stuck_handlers", stuck=outcome.abandoned)
-            tracing.shutdown()
+            tracing.shutdown(self.settings.shutdown_grace)
             os._exit(0)
 
     def _executors(self, spec: JobSpec) -> ExecutorFactory:
@@ -207,5 +207,5 @@ def run(settings: Settings, endpoints: Endpoints, channel_fd: int) -> None:
         Consumer(settings, sqs, channel, meter,
                  processes_.boot_document(settings, endpoints)).run()  # fmt: skip
     finally:
-        tracing.shutdown()  # export the spans still buffered
+        tracing.shutdown(settings.shutdown_grace)  # export the spans still buffered
     log.info("consumer.stopped")

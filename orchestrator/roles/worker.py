@@ -385,7 +385,7 @@ def run(settings: Settings, endpoints: Endpoints, reporter: Reporter | None = No
         _watch_channels(selector, worker)
     log.info("worker.stopping", grace=settings.shutdown_grace)
     worker.shutdown(settings.shutdown_grace, selector, signals)
-    tracing.shutdown()
+    tracing.shutdown(settings.shutdown_grace)
 
 
 def _watch_channels(selector: selectors.BaseSelector, worker: Worker) -> None:

@@ -116,6 +116,33 @@ def test_a_poison_message_goes_to_the_dlq_and_the_rest_is_handled(
     assert sum(j.failed_count for j in store.jobs(queue="pq")) >= 2  # tried twice first
 
 
+def test_a_huge_error_is_kept_and_logged_cut_to_a_few_kib(
+    admin: QueueAdmin, store: Store, sqs: Sqs, start_daemon: Callable[..., Daemon]
+) -> None:
+    """ValueError("E" * 9_000_000) made 18 MB failure documents (MongoDB refuses 16 MiB),
+    18 MB API answers and 18 MB log lines."""
+    queue = admin.create("huge", handler="tests.handlers:huge_error", dlq=True,
+                         max_receive_count=1, failure_bodies=True)  # fmt: skip
+    body = json.dumps({"pad": "b" * 200_000})
+    sqs.send_batch(queue.queue_url, [body])
+    daemon = start_daemon("--mode", "MW")
+
+    [doc] = wait_for(lambda: list(store._db["failures"].find({"queueName": "huge"})), 60,
+                     "the failure recorded")  # fmt: skip
+    assert doc["errorType"] == "ValueError"
+    assert doc["error"].startswith("EEEE") and doc["error"].endswith(" bytes]")
+    assert "…[truncated 8,99" in doc["error"] and len(doc["error"]) < 4200
+    assert "…[truncated" in doc["traceback"] and len(doc["traceback"]) < 8300
+    assert doc["body"].startswith(body[:1000]) and "…[truncated 13" in doc["body"]
+    assert len(doc["body"]) < 66_000
+    [line] = wait_for(lambda: daemon.events("message.failed"), 10, "the failure logged")
+    assert len(line["error"]) < 4200
+    assert max(len(x) for x in daemon.log().splitlines()) < 20_000
+    wait_for(lambda: sqs.depth(queue.dlq_url or "").visible == 1, 60, "the message in the DLQ")
+    daemon.stop()
+    assert daemon.log_path.stat().st_size < 1_000_000
+
+
 def test_a_handler_that_does_not_import_fails_its_job_with_backoff(
     admin: QueueAdmin, store: Store, record_dir: Path, start_daemon: Callable[..., Daemon]
 ) -> None:

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from orchestrator import config
+from orchestrator.backends.sqs import Sqs
+from orchestrator.backends.store.base import Connection
 from orchestrator.config import Settings
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, ServiceUnavailable
 
 ENV_DIR = Path(__file__).resolve().parents[2] / "env"
 
@@ -206,6 +208,61 @@ def test_secrets_are_redacted_everywhere(tmp_path: Path) -> None:
     assert s.redacted()["MONGODB_URI"] == "mongodb://***@db.example:27017/x"
 
 
+def test_credentials_in_url_settings_are_redacted(tmp_path: Path) -> None:
+    s = load(
+        tmp_path,
+        AWS_SQS_ENDPOINT="http://sqsuser:sqs-pw@sqs.example:4566",
+        MONGODB_URI="mongodb://db.example/x?tls=true&tlsCertificateKeyFilePassword=key-pw"
+        "&authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:sess-tok",
+    )
+    shown = json.dumps(s.redacted()) + repr(s)
+    for secret in ("sqsuser", "sqs-pw", "key-pw", "sess-tok"):
+        assert secret not in shown
+    assert s.redacted()["AWS_SQS_ENDPOINT"] == "http://***@sqs.example:4566"
+
+
+def test_a_bad_sqs_endpoint_is_shown_redacted(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="AWS_SQS_ENDPOINT must be") as info:
+        load(tmp_path, AWS_SQS_ENDPOINT="ftp://u:s3cret@sqs.example")
+    assert "s3cret" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("uri", "text"),
+    [
+        ("http://us%40er:p%2Fw@h:1", "cannot reach http://us%40er:p%2Fw@h:1/ as us@er, p/w"),
+        ("mongodb://h/?tlsCertificateKeyFilePassword=a+b%21", "password a b! or a+b%21"),
+        ("mongodb://h/?authMechanismProperties=AWS_SESSION_TOKEN:t%2Bk", "token t+k"),
+    ],
+)
+def test_scrub_hides_credentials_as_written_and_as_meant(uri: str, text: str) -> None:
+    scrubbed = config.scrub(text, uri)
+    for secret in ("us@er", "us%40er", "p/w", "p%2Fw", "a b!", "a+b%21", "t+k"):
+        assert secret not in scrubbed
+
+
+def test_an_sqs_error_does_not_show_the_endpoint_password() -> None:
+    # A closed local port: botocore's error quotes the endpoint URL, userinfo and all.
+    sqs = Sqs("http://sqsuser:sqs-pw@127.0.0.1:9", "us-east-1", "a", "b",
+              attempts=1, connect_timeout=1)  # fmt: skip
+    with pytest.raises(ServiceUnavailable) as info:
+        sqs.list_queue_urls()
+    assert "sqs-pw" not in str(info.value) and "sqsuser" not in str(info.value)
+    assert "http://***@127.0.0.1:9" in str(info.value)
+
+
+def test_a_mongodb_error_does_not_show_uri_credentials() -> None:
+    uri = ("mongodb://127.0.0.1:9/?authMechanism=MONGODB-AWS"
+           "&authMechanismProperties=AWS_SESSION_TOKEN:sess-tok")  # fmt: skip
+    store = Connection(uri, "x", job_ttl_days=1, timeout_ms=200)
+    try:
+        with pytest.raises(ServiceUnavailable) as info:
+            store.ping()
+    finally:
+        store.close()
+    assert "sess-tok" not in str(info.value)
+
+
 def test_a_malformed_mongodb_uri_is_not_echoed(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="MONGODB_URI must be") as info:
         load(tmp_path, MONGODB_URI="user:s3cret@db.example")
@@ -229,6 +286,24 @@ def test_empty_secret_is_shown_as_empty(tmp_path: Path) -> None:
         ),
         ("mongodb://u:p@h:99999/", "mongodb://***@h:99999/"),
         ("user:pw@host", "***"),
+        ("http://user:pw@sqs.example:4566", "http://***@sqs.example:4566"),
+        (
+            "mongodb://h/db?tls=true&tlsCertificateKeyFile=/k.pem&tlsCertificateKeyFilePassword=pw",
+            "mongodb://h/db?tls=true&tlsCertificateKeyFile=/k.pem&tlsCertificateKeyFilePassword=***",
+        ),
+        ("mongodb://h/?TLSCERTIFICATEKEYFILEPASSWORD=pw;w=1",
+         "mongodb://h/?TLSCERTIFICATEKEYFILEPASSWORD=***;w=1"),
+        ("mongodb://h/?proxyHost=p&proxyUsername=u&proxyPassword=pw",
+         "mongodb://h/?proxyHost=p&proxyUsername=***&proxyPassword=***"),
+        (
+            "mongodb://h/?authMechanism=MONGODB-AWS"
+            "&authMechanismProperties=AWS_SESSION_TOKEN:tok,SERVICE_NAME:mongodb",
+            "mongodb://h/?authMechanism=MONGODB-AWS"
+            "&authMechanismProperties=AWS_SESSION_TOKEN:***,SERVICE_NAME:mongodb",
+        ),
+        ("mongodb://h/?authMechanismProperties=AWS_SESSION_TOKEN%3Atok",
+         "mongodb://h/?authMechanismProperties=AWS_SESSION_TOKEN:***"),
+        ("http://sqs.example/?X-Amz-Security-Token=tok#f", "http://sqs.example/?X-Amz-Security-Token=***#f"),
     ],
 )
 def test_redact_uri(uri: str, shown: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from orchestrator import validate
@@ -99,8 +101,8 @@ def test_visibility_timeout_and_receive_count_limits() -> None:
 
 
 @pytest.mark.parametrize(("rate", "ok"), [(1e-10, False), (1e-300, False), (0.0009, False),
-                                          (0.001, True), (2.5, True), (100_000, True),
-                                          (100_001, False), (float("nan"), False)])
+                                          (0.001, True), (2.5, True), (100_000.0, True),
+                                          (100_001.0, False), (float("nan"), False)])
 def test_rate_limit_bounds(rate: float, ok: bool) -> None:
     """A rate below one start per ~17 minutes cannot be honoured (its waits overflowed)."""
     if ok:
@@ -108,3 +110,58 @@ def test_rate_limit_bounds(rate: float, ok: bool) -> None:
     else:
         with pytest.raises(InvalidValue, match=r"from 0\.001 to 100,000"):
             validate.rate_limit(rate)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("a\x00", r"U\+0000 at character 1 \(a control character"),
+        ("\x1b[0m", r"U\+001B at character 0 \(a control character"),
+        ("ok\ufffe", r"U\+FFFE at character 2 \(a noncharacter"),
+        ("\uffff", r"U\+FFFF at character 0 \(a noncharacter"),
+        ("x\ud800", r"U\+D800 at character 1 \(a lone surrogate"),
+        ("\udfff", r"U\+DFFF at character 0 \(a lone surrogate"),
+        ("\udc80", "not valid UTF-8"),  # a byte of argv that was not UTF-8
+    ],
+)
+def test_a_refused_body_character_is_named_for_what_it_is(body: str, message: str) -> None:
+    with pytest.raises(InvalidValue, match=message) as info:
+        validate.message_body(body)
+    if "control" not in message:
+        assert "control" not in str(info.value)
+
+
+@pytest.mark.parametrize("body", ["\t\n\r", "\x7f\x85", "\ufffd", "\U0001fffe", "\U0010ffff"])
+def test_bodies_sqs_takes(body: str) -> None:
+    assert validate.message_body(body) == len(body.encode("utf-8"))
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(100_000.0000000001, "100000.0000000001"), (1e9, "1000000000"), (0.0, "0"),
+     (-2.0, "-2"), (float("inf"), "inf"), (1e300, "1e+300")],
+)
+def test_an_out_of_range_rate_limit_is_shown_with_every_digit(value: float, shown: str) -> None:
+    with pytest.raises(InvalidValue, match=rf"^rate limit {re.escape(shown)} is out of range"):
+        validate.rate_limit(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"), [(50.0, "50"), (0.5, "0.5"), (12345.67, "12345.67"), (1e-07, "1e-07")]
+)
+def test_number_text_keeps_every_digit(value: float, text: str) -> None:
+    assert validate.number_text(value) == text
+
+
+def test_attributes_count_toward_the_message_limit() -> None:
+    attributes = {"traceparent": {"DataType": "String", "StringValue": "00-" + "a" * 52},
+                  "bin": {"DataType": "Binary", "BinaryValue": b"\x00\x01"}}  # fmt: skip
+    assert validate.attributes_size(attributes) == 11 + 6 + 55 + 3 + 6 + 2
+    assert validate.message_body("x" * (validate.MAX_BODY_BYTES - 83), 83) == 1_048_576
+    with pytest.raises(InvalidValue, match="1,048,494 bytes and its attributes 83"):
+        validate.message_body("x" * (validate.MAX_BODY_BYTES - 82), 83)
+
+
+def test_the_message_limit_is_sqs_s_1_mib() -> None:
+    assert validate.MAX_BODY_BYTES == 1_048_576
+    assert validate.message_body("x" * 262_145) == 262_145

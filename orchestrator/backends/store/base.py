@@ -98,15 +98,17 @@ def translated(method: Callable[P, R]) -> Callable[P, R]:
         try:
             return method(*args, **kwargs)
         except PyMongoError as exc:
-            raise ServiceUnavailable(f"MongoDB at {store.address} failed: {_short(exc)}") from exc
+            raise ServiceUnavailable(
+                store.scrub(f"MongoDB at {store.address} failed: {_short(exc)}")
+            ) from exc
         except (KeyError, TypeError, ValueError) as exc:
             if not _raised_in_pymongo(exc):
                 raise
-            raise ServiceUnavailable(
+            raise ServiceUnavailable(store.scrub(
                 f"MongoDB at {store.address} failed: its answer made no sense to the client "
                 f"({type(exc).__name__} {exc}); if MONGODB_URI has credentials, does the "
                 "server support authentication?"
-            ) from exc
+            )) from exc
 
     return wrapper
 
@@ -117,6 +119,7 @@ class Connection:
     def __init__(self, uri: str, db_name: str, *, job_ttl_days: float, timeout_ms: int = 5000,
                  listeners: Sequence[CommandListener] = ()):  # fmt: skip
         """`listeners`: pymongo command listeners (tests record the commands sent)."""
+        self._uri = uri  # only for scrub: never shown
         self.address = redact_uri(uri)
         self.job_ttl_seconds = int(job_ttl_days * 86400)
         try:
@@ -158,6 +161,10 @@ class Connection:
             pymongo.common.MIN_HEARTBEAT_INTERVAL = 0.02
         return cls(uri, settings.mongodb_name, job_ttl_days=settings.job_ttl_days,
                    timeout_ms=timeout_ms)  # fmt: skip
+
+    def scrub(self, text: str) -> str:
+        """`text` (about this client's calls) without the URI's credentials."""
+        return scrub(text, self._uri)
 
     def close(self) -> None:
         self._client.close()

@@ -38,7 +38,7 @@ class MetricDocs(SeriesDocs):  # its counts also feed the charts
             )
         except BulkWriteError as exc:  # some documents were written: only the rest are kept
             failed = [writes[e["index"]] for e in exc.details.get("writeErrors", [])]
-            message = f"MongoDB at {self.address} refused some metrics: {_short(exc)}"
+            message = self.scrub(f"MongoDB at {self.address} refused some metrics: {_short(exc)}")
             raise MetricsPartlyWritten(message, metrics.unwritten(failed)) from exc
         self._chart(deltas, now)
 

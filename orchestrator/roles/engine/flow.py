@@ -28,7 +28,7 @@ from typing import Any
 
 from orchestrator import policy
 from orchestrator.metrics import Meter
-from orchestrator.models import SqsMessage
+from orchestrator.models import MAX_FAILURE_BODY_BYTES, SqsMessage, clip
 from orchestrator.policy import RECEIVE_BATCH as BATCH
 from orchestrator.roles.engine.held import Held, Received
 from orchestrator.roles.engine.invoke import Result
@@ -347,7 +347,8 @@ class Flow:
         self.failures.append({"messageId": received.message_id,
                               "receiveCount": received.receive_count, "errorType": error_type,
                               "error": error or error_type, "traceback": result.trace or "",
-                              "body": received.message.body if self.keep_bodies else None})
+                              "body": clip(received.message.body, MAX_FAILURE_BODY_BYTES)
+                              if self.keep_bodies else None})
 
     def take_failures(self) -> list[dict[str, Any]]:
         with self.lock:

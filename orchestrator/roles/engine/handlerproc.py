@@ -219,4 +219,4 @@ def run(settings: Settings, boot: dict[str, Any]) -> None:
         HandlerProcess(channel, func, boot["queueName"], boot["queueUrl"],
                        settings.max_concurrency).serve()  # fmt: skip
     finally:
-        tracing.shutdown()  # export the spans still buffered
+        tracing.shutdown(settings.shutdown_grace)  # export the spans still buffered

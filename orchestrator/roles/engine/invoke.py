@@ -19,6 +19,7 @@ import structlog
 from orchestrator import tracing
 from orchestrator.errors import Backoff
 from orchestrator.message import Message
+from orchestrator.models import MAX_ERROR_BYTES, MAX_TRACEBACK_BYTES, clip
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
@@ -75,7 +76,7 @@ async def call_async(func: Callable[..., Any], messages: list[Message], batch: b
 
 def _traced(span: Span | None, result: Result, exc: BaseException | None) -> Result:
     if result.failed:
-        tracing.failed(span, result.error or "failed", exc)
+        tracing.failed(span, result.error or "failed", exc, result.trace)
     return result
 
 
@@ -86,11 +87,13 @@ def _failed_all(messages: list[Message], exc: BaseException, started: float) -> 
     ids = frozenset(m.message_id for m in messages)
     seconds = time.perf_counter() - started
     lines = "".join(traceback.format_exception(exc)).rstrip().splitlines()[-TRACE_LINES:]
-    trace = "\n".join(lines)
+    # Cut here, where they are made: the log line, the span, the consumer's report to its
+    # worker, the failure document and the job's error all carry them.
+    trace = clip("\n".join(lines), MAX_TRACEBACK_BYTES)
     if isinstance(exc, Backoff):
-        return Result(ids, f"Backoff: {exc}", seconds, backoff=True, retry_after=exc.retry_after,
-                      trace=trace)  # fmt: skip
-    return Result(ids, f"{type(exc).__name__}: {exc}", seconds, trace=trace)
+        return Result(ids, clip(f"Backoff: {exc}", MAX_ERROR_BYTES), seconds, backoff=True,
+                      retry_after=exc.retry_after, trace=trace)  # fmt: skip
+    return Result(ids, clip(f"{type(exc).__name__}: {exc}", MAX_ERROR_BYTES), seconds, trace=trace)
 
 
 def _judged(messages: list[Message], batch: bool, returned: object, started: float) -> Result:
