@@ -14,7 +14,7 @@ from typing import Any
 
 from orchestrator import tracing, validate
 from orchestrator.backends.protocols import SyncSqs, SyncStore
-from orchestrator.backends.sqs import BATCH, Sqs
+from orchestrator.backends.sqs import BATCH, Sqs, message_size, sized_batches
 from orchestrator.backends.store import Store
 from orchestrator.config import Settings
 from orchestrator.errors import (
@@ -238,7 +238,8 @@ class QueueAdmin:
         groups: int | None = None,
         trace: bool = False,
     ) -> int:
-        """Send `count` test messages in batches of 10; default bodies are {"seq": i}.
+        """Send `count` test messages in batches of up to 10 within SQS's limit for a batch;
+        default bodies are {"seq": i}.
 
         On a FIFO queue the messages go to group `group_id` (default "default"), or
         round-robin over `groups` groups named g0, g1, ... With `trace`, each message
@@ -246,16 +247,17 @@ class QueueAdmin:
         that trace.
         """
         validate.send_count(count)
-        size = validate.message_body(body) if body is not None else len(_seq_body(count - 1))
+        if body is not None:
+            validate.message_body(body)
         group_of = self._groups(name, group_id, groups)
         url = self.store.get_queue(name).queue_url
-        per_batch = min(BATCH, validate.MAX_BODY_BYTES // size)  # a batch is <= 256 KiB too
-        for start in range(0, count, per_batch):
-            seqs = range(start, min(start + per_batch, count))
-            bodies = [_seq_body(i) if body is None else body for i in seqs]
-            attributes = [_traceparent() for _ in seqs] if trace else None
-            self.sqs.send_batch(url, bodies, attributes, [group_of(i) for i in seqs])
-            progress(len(seqs))
+        messages = ((i, _seq_body(i) if body is None else body, _traceparent() if trace else None)
+                    for i in range(count))  # fmt: skip
+        for batch in sized_batches(messages, lambda m: message_size(m[1], m[2])):
+            attributes = [m[2] for m in batch] if trace else None
+            self.sqs.send_batch(url, [m[1] for m in batch], attributes,
+                                [group_of(m[0]) for m in batch])  # fmt: skip
+            progress(len(batch))
         return count
 
     @staticmethod

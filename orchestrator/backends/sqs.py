@@ -7,13 +7,14 @@ import functools
 import json
 import os
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from orchestrator import validate
 from orchestrator.config import Settings
 from orchestrator.errors import AlreadyRunning, ConfigError, QueueNotFound, ServiceUnavailable
 from orchestrator.metrics import Meter
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 # Who a client acts for, and so which IAM policy of docs/iam/ it runs under: the
 # daemon's roles (masters, consumers) or an operator (the CLI, the API beside a master).
@@ -37,6 +39,35 @@ BATCH = 10  # SQS's limit for send, delete and receive
 SEND_ATTEMPTS = 3
 PEEK_HIDE_SECONDS = 2  # a peek hides what it read this long, then hands it back
 DLQ_RETENTION_SECONDS = 14 * 86400  # the most SQS keeps a message: time to look at poison
+
+
+def message_size(body: str, attributes: Mapping[str, Any] | None = None) -> int:
+    """What SQS counts of a message against its size limits: the body's UTF-8 bytes plus
+    each message attribute's name, data type and value."""
+    size = len(body.encode("utf-8", "surrogatepass"))
+    for name, attribute in (attributes or {}).items():
+        value = attribute.get("StringValue") or attribute.get("BinaryValue") or ""
+        size += len(name.encode()) + len(str(attribute.get("DataType", "")).encode())
+        size += len(value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value)
+    return size
+
+
+def sized_batches(items: Iterable[T], size: Callable[[T], int]) -> Iterator[list[T]]:
+    """The items in order, in send batches of at most 10 whose sizes add up to at most
+    SQS's limit for a batch (validate.MAX_BODY_BYTES, read at each call). An item over the
+    limit on its own goes alone: it is SQS's to refuse (or, from a DLQ, it took it before)."""
+    limit = validate.MAX_BODY_BYTES
+    batch: list[T] = []
+    total = 0
+    for item in items:
+        n = size(item)
+        if batch and (len(batch) == BATCH or total + n > limit):
+            yield batch
+            batch, total = [], 0
+        batch.append(item)
+        total += n
+    if batch:
+        yield batch
 
 
 def translated(method: Callable[P, R]) -> Callable[P, R]:
@@ -286,14 +317,17 @@ class Sqs:
         moved = 0
         for batch in self._dlq_batches(dlq_url, limit):
             chosen = [m for m in batch if ids is None or m.message_id in ids]
-            if chosen:
+            # Ten received messages may be more than a send batch takes in all.
+            for part in sized_batches(chosen, lambda m: message_size(m.body,
+                                                                     m.message_attributes)):
                 self.send_batch(
                     url,
-                    [m.body for m in chosen],
-                    [m.message_attributes or None for m in chosen],
+                    [m.body for m in part],
+                    [m.message_attributes or None for m in part],
                     # A FIFO message goes back to its own group (in the order the DLQ had).
-                    [m.group or "default" for m in chosen],
+                    [m.group or "default" for m in part],
                 )
+            if chosen:
                 self.delete_batch(dlq_url, [m.receipt for m in chosen])
                 moved += len(chosen)
             if ids is not None and moved >= len(ids):

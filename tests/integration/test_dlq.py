@@ -122,3 +122,23 @@ def test_the_api_does_the_same_behind_the_token(
     assert call("POST", "/api/queues/api-dlq/dlq/purge", {}).status == 200  # all of it
     again = call("POST", "/api/queues/api-dlq/dlq/purge", {})  # SQS: one purge a minute
     assert again.status == 409 and "less than 60 s ago" in json.loads(again.body)["message"]
+
+
+def test_redrive_sizes_its_batches_so_large_messages_go_back(
+    run_cli: Run, admin: QueueAdmin, store: Store, sqs: Sqs
+) -> None:
+    """Three 400 KB messages each fit a message (moto takes up to 1 MiB, as SQS does now)
+    but not one batch together: redrive sends them in batches within the batch limit."""
+    queue = admin.create("large", dlq=True)
+    assert queue.dlq_url
+    bodies = [c * 400_000 for c in "abc"]
+    for body in bodies:
+        sqs.send_batch(queue.dlq_url, [body])
+    moved = run_cli("queue", "redrive", "large")
+    assert moved.exit_code == 0, moved.output
+    assert "moved 3 messages" in moved.stdout
+    back = []
+    while len(back) < 3:
+        back += [m.body for m in sqs.receive(queue.queue_url, 10, 1)]
+    assert sorted(back) == bodies
+    assert sqs.depth(queue.dlq_url).visible == 0
