@@ -47,6 +47,24 @@ class DeadLetter:
 
 
 @dataclass(frozen=True)
+class DlqLook:
+    """What a look at a DLQ found, and about how many messages the DLQ held when asked
+    (fewer found than held and asked for: in a FIFO DLQ, SQS's group lock; README)."""
+
+    letters: list[DeadLetter]
+    held: int
+
+
+@dataclass(frozen=True)
+class DlqChange:
+    """What a redrive or a delete of DLQ messages did: how many it moved or deleted (None:
+    all, by SQS's purge, which does not count) and the ids asked for but not found."""
+
+    count: int | None
+    not_found: list[str]
+
+
+@dataclass(frozen=True)
 class QueueView:
     """A queue as listings show it: its settings, SQS depth and assigned worker."""
 
@@ -192,29 +210,34 @@ class QueueAdmin:
     def purge(self, name: str) -> None:
         self.sqs.purge(self.store.get_queue(name).queue_url)
 
-    def redrive(self, name: str, ids: Iterable[str] | None = None) -> int:
-        """Move the queue's DLQ messages (only `ids`, when given) back to it; how many."""
+    def redrive(self, name: str, ids: Iterable[str] | None = None) -> DlqChange:
+        """Move the queue's DLQ messages (only `ids`, when given) back to it."""
         queue, dlq_url = self._with_dlq(name)
-        chosen = None if ids is None else {validate.message_id(i) for i in ids}
-        return self.sqs.redrive(dlq_url, queue.queue_url, self._dlq_span(dlq_url), chosen)
+        chosen = None if ids is None else _unique(validate.message_id(i) for i in ids)
+        moved = self.sqs.redrive(dlq_url, queue.queue_url, self._dlq_span(dlq_url),
+                                 None if chosen is None else set(chosen))  # fmt: skip
+        return DlqChange(len(moved), _missing(chosen, moved))
 
-    def dlq_purge(self, name: str, ids: Iterable[str] | None = None) -> int | None:
-        """Delete the DLQ's messages (only `ids`, when given): how many (None for all:
-        SQS's purge does not say)."""
+    def dlq_purge(self, name: str, ids: Iterable[str] | None = None) -> DlqChange:
+        """Delete the DLQ's messages (only `ids`, when given); the count is None for all
+        (SQS's purge does not say)."""
         _, dlq_url = self._with_dlq(name)
         if ids is None:
             self.sqs.purge(dlq_url)
-            return None
-        chosen = {validate.message_id(i) for i in ids}
-        return self.sqs.delete_some(dlq_url, chosen, self._dlq_span(dlq_url))
+            return DlqChange(None, [])
+        chosen = _unique(validate.message_id(i) for i in ids)
+        deleted = self.sqs.delete_some(dlq_url, set(chosen), self._dlq_span(dlq_url))
+        return DlqChange(len(deleted), _missing(chosen, deleted))
 
-    def dlq(self, name: str, limit: int) -> list[DeadLetter]:
+    def dlq(self, name: str, limit: int) -> DlqLook:
         """Up to `limit` of the DLQ's messages, each with its last failure when one was
         kept. Reading a message is a receive: its receive count goes up by one."""
         queue, dlq_url = self._with_dlq(name)
-        found = self.sqs.peek(dlq_url, validate.dlq_limit(limit))
+        wanted = validate.dlq_limit(limit)
+        held = self.sqs.depth(dlq_url).visible
+        found = self.sqs.peek(dlq_url, wanted)
         failures = self.store.last_failures(queue.name, [m.message_id for m in found])
-        return [DeadLetter(m, failures.get(m.message_id)) for m in found]
+        return DlqLook([DeadLetter(m, failures.get(m.message_id)) for m in found], held)
 
     def _with_dlq(self, name: str) -> tuple[QueueRecord, str]:
         queue = self.store.get_queue(name)
@@ -327,6 +350,18 @@ def sync_queues(store: SyncStore, sqs: SyncSqs) -> list[QueueRecord]:
         store.mark_synced(queue.id, fresh.queue_url, fresh.dlq_url)
         created.append(fresh)
     return created
+
+
+def _unique(ids: Iterable[str]) -> list[str]:
+    """The ids in the order given, each once."""
+    return list(dict.fromkeys(ids))
+
+
+def _missing(asked: list[str] | None, found: list[str]) -> list[str]:
+    """The ids asked for that an operation did not find (in a FIFO DLQ, also those SQS's
+    group lock kept from it: README, "Dead letters")."""
+    done = set(found)
+    return [i for i in asked or [] if i not in done]
 
 
 def _traceparent() -> dict[str, dict[str, str]]:

@@ -309,12 +309,12 @@ class Sqs:
         raise ServiceUnavailable(f"SQS at {self.address} did not accept {len(entries)} message(s)")
 
     @translated
-    def redrive(self, dlq_url: str, url: str, limit: int, ids: set[str] | None = None) -> int:
+    def redrive(self, dlq_url: str, url: str, limit: int, ids: set[str] | None = None) -> list[str]:
         """Move up to `limit` DLQ messages (only those of `ids`, when given) back to their
-        queue: send first, then delete (never lose one). The limit keeps messages that fail
-        straight back into the DLQ from being moved round and round. Messages looked at
-        and not chosen are handed back at once."""
-        moved = 0
+        queue: send first, then delete (never lose one); the ids moved. The limit keeps
+        messages that fail straight back into the DLQ from being moved round and round.
+        Messages looked at and not chosen are handed back at once."""
+        moved: list[str] = []
         for batch in self._dlq_batches(dlq_url, limit):
             chosen = [m for m in batch if ids is None or m.message_id in ids]
             # Ten received messages may be more than a send batch takes in all.
@@ -329,20 +329,21 @@ class Sqs:
                 )
             if chosen:
                 self.delete_batch(dlq_url, [m.receipt for m in chosen])
-                moved += len(chosen)
-            if ids is not None and moved >= len(ids):
+                moved += [m.message_id for m in chosen]
+            if ids is not None and len(moved) >= len(ids):
                 break
         return moved
 
     @translated
-    def delete_some(self, dlq_url: str, ids: set[str], limit: int) -> int:
-        """Delete the DLQ messages of `ids` (looking at up to `limit`); how many went."""
-        deleted = 0
+    def delete_some(self, dlq_url: str, ids: set[str], limit: int) -> list[str]:
+        """Delete the DLQ messages of `ids` (looking at up to `limit`); the ids deleted."""
+        deleted: list[str] = []
         for batch in self._dlq_batches(dlq_url, limit):
-            chosen = [m.receipt for m in batch if m.message_id in ids]
+            chosen = [m for m in batch if m.message_id in ids]
             if chosen:
-                deleted += len(chosen) - self.delete_batch(dlq_url, chosen)
-            if deleted >= len(ids):
+                failed = self._delete(dlq_url, [m.receipt for m in chosen])
+                deleted += [m.message_id for i, m in enumerate(chosen) if i not in failed]
+            if len(deleted) >= len(ids):
                 break
         return deleted
 
@@ -397,11 +398,15 @@ class Sqs:
     @translated
     def delete_batch(self, url: str, receipts: list[str]) -> int:
         """Delete up to 10 messages; return how many SQS refused (they will come back)."""
+        return len(self._delete(url, receipts))
+
+    def _delete(self, url: str, receipts: list[str]) -> set[int]:
+        """Delete up to 10 messages; the indexes of those SQS refused."""
         result = self.client.delete_message_batch(
             QueueUrl=url,
             Entries=[{"Id": str(i), "ReceiptHandle": r} for i, r in enumerate(receipts)],
         )
-        return len(result.get("Failed", []))
+        return {int(f["Id"]) for f in result.get("Failed", [])}
 
     @translated
     def set_visibility(self, url: str, receipts: list[str], seconds: int) -> int:

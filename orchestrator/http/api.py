@@ -295,7 +295,8 @@ class Api:
     def redrive(self, request: Request) -> Response:
         ids = _ids(request.json())  # any body must be a JSON object; none is {}
         result = self.fleet.redrive(request.params["name"], ids)
-        log.info("api.queue_redriven", queue=result["name"], moved=result["moved"])
+        log.info("api.queue_redriven", queue=result["name"], moved=result["moved"],
+                 not_found=len(result["notFound"]))
         return json_response(result)
 
     def series(self, request: Request) -> Response:
@@ -308,7 +309,8 @@ class Api:
     def dlq_purge(self, request: Request) -> Response:
         ids = _ids(request.json())
         result = self.fleet.dlq_purge(request.params["name"], ids)
-        log.info("api.dlq_purged", queue=result["name"], deleted=result["deleted"])
+        log.info("api.dlq_purged", queue=result["name"], deleted=result["deleted"],
+                 not_found=len(result["notFound"]))
         return json_response(result)
 
     def dlq(self, request: Request) -> Response:

@@ -113,15 +113,17 @@ class Fleet:
 
     def redrive(self, name: str, ids: list[str] | None = None) -> dict[str, Any]:
         with self._dlq_busy(name):
-            return {"name": name, "moved": self.admin.redrive(name, ids)}
+            done = self.admin.redrive(name, ids)
+            return {"name": name, "moved": done.count, "notFound": done.not_found}
 
     def dlq_purge(self, name: str, ids: list[str] | None = None) -> dict[str, Any]:
         with self._dlq_busy(name):
-            return {"name": name, "deleted": self.admin.dlq_purge(name, ids)}
+            done = self.admin.dlq_purge(name, ids)
+            return {"name": name, "deleted": done.count, "notFound": done.not_found}
 
     def dlq(self, name: str, limit: int) -> list[dict[str, Any]]:
         with self._dlq_busy(name):
-            return [d.to_json() for d in self.admin.dlq(name, limit)]
+            return [d.to_json() for d in self.admin.dlq(name, limit).letters]
 
     @contextlib.contextmanager
     def _dlq_busy(self, name: str) -> Iterator[None]:

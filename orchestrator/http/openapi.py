@@ -14,6 +14,7 @@ _INT = {"type": "integer"}
 _STR = {"type": "string"}
 _BOOL = {"type": "boolean"}
 _NULL_INT = {"type": ["integer", "null"]}
+_IDS = {"type": "array", "items": {"type": "string"}}
 _NULL_STR = {"type": ["string", "null"]}
 _TIME = {"type": "string", "format": "date-time"}
 _NULL_TIME = {"type": ["string", "null"], "format": "date-time"}
@@ -79,7 +80,8 @@ SCHEMAS: dict[str, Any] = {
     "FleetNeed": _object({"liveWorkers": _INT, "capacity": _INT, "wanted": _INT,
                           "desiredWorkers": {"type": "integer", "minimum": 1},
                           "updatedAt": {"type": ["string", "null"], "format": "date-time"}}),
-    "Redrive": _object({"name": _STR, "moved": _INT}),
+    "Redrive": _object({"name": _STR, "moved": _INT, "notFound": _IDS}),
+    "DlqPurge": _object({"name": _STR, "deleted": _NULL_INT, "notFound": _IDS}),
     "Ids": {**_object({"ids": {"type": "array", "minItems": 1, "items": {
         "type": "string", "pattern": "^[A-Za-z0-9-]{1,100}$"}}}, required=False),
         "additionalProperties": False},
@@ -206,7 +208,7 @@ PATHS: dict[str, Any] = {
             "security": _WRITE,
             "requestBody": {"required": True, "content": {"application/json": {
                 "schema": _ref("Ids")}}},
-            "responses": {"200": _json(_object({"name": _STR, "deleted": _NULL_INT})),
+            "responses": {"200": _json(_ref("DlqPurge")),
                           **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503)},
         },
     },

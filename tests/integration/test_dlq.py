@@ -55,9 +55,9 @@ def test_the_cli_lists_redrives_and_deletes_chosen_dead_letters(
     assert "ValueError: bad total" in table
 
     moved = run_cli("queue", "redrive", "orders", "--id", ids[0])
-    assert moved.exit_code == 0 and "moved 1 messages" in moved.stdout
+    assert moved.exit_code == 0 and "orders: moved 1 message back" in moved.stdout
     deleted = run_cli("queue", "dlq-purge", "orders", "--id", ids[1], "--id", ids[2])
-    assert deleted.exit_code == 0 and "deleted 2 message(s)" in deleted.stdout
+    assert deleted.exit_code == 0 and "deleted 2 messages" in deleted.stdout
     left = json.loads(run_cli("queue", "dlq", "orders", "--json").stdout)
     assert [d["messageId"] for d in left] == [ids[3]]
     queue = store.get_queue("orders")
@@ -113,13 +113,17 @@ def test_the_api_does_the_same_behind_the_token(
     assert call("POST", "/api/queues/api-dlq/redrive", {"ids": None}).status == 400  # not "all"
     assert call("POST", "/api/queues/api-dlq/dlq/purge", {"ids": None}).status == 400
     assert call("POST", "/api/queues/api-dlq/redrive", {"ids": ["no good"]}).status == 422
-    moved = call("POST", "/api/queues/api-dlq/redrive", {"ids": [ids[0]]})
-    assert moved.status == 200 and json.loads(moved.body)["moved"] == 1
+    moved = call("POST", "/api/queues/api-dlq/redrive", {"ids": [ids[0], "bogus-1"]})
+    assert moved.status == 200
+    assert json.loads(moved.body) == {"name": "api-dlq", "moved": 1, "notFound": ["bogus-1"]}
     purged = call("POST", "/api/queues/api-dlq/dlq/purge", {"ids": [ids[1]]})
-    assert purged.status == 200 and json.loads(purged.body)["deleted"] == 1
+    assert purged.status == 200
+    assert json.loads(purged.body) == {"name": "api-dlq", "deleted": 1, "notFound": []}
     left = json.loads(call("GET", "/api/queues/api-dlq/dlq").body)
     assert [d["messageId"] for d in left] == [ids[2]]
-    assert call("POST", "/api/queues/api-dlq/dlq/purge", {}).status == 200  # all of it
+    everything = call("POST", "/api/queues/api-dlq/dlq/purge", {})
+    assert everything.status == 200
+    assert json.loads(everything.body) == {"name": "api-dlq", "deleted": None, "notFound": []}
     again = call("POST", "/api/queues/api-dlq/dlq/purge", {})  # SQS: one purge a minute
     assert again.status == 409 and "less than 60 s ago" in json.loads(again.body)["message"]
 
@@ -142,3 +146,46 @@ def test_redrive_sizes_its_batches_so_large_messages_go_back(
         back += [m.body for m in sqs.receive(queue.queue_url, 10, 1)]
     assert sorted(back) == bodies
     assert sqs.depth(queue.dlq_url).visible == 0
+
+
+def test_ids_not_found_are_named_and_exit_1(run_cli: Run, admin: QueueAdmin, sqs: Sqs) -> None:
+    ids = dead_letters(admin, sqs, "missing", 2)
+    for command, did in (("redrive", "moved 0 messages back"), ("dlq-purge", "deleted 0 messages")):
+        result = run_cli("queue", command, "missing", "--id", "bogus")
+        assert result.exit_code == 1, result.output
+        assert did in result.stdout
+        assert "not found in its DLQ: bogus" in result.stderr
+    partly = run_cli("queue", "redrive", "missing", "--id", ids[0], "--id", "gone-1")
+    assert partly.exit_code == 1
+    assert "missing: moved 1 message back" in partly.stdout
+    assert "1 message id not found in its DLQ: gone-1" in partly.stderr
+    left = json.loads(run_cli("queue", "dlq", "missing", "--json").stdout)
+    assert [d["messageId"] for d in left] == [ids[1]]
+
+
+def test_send_says_message_for_one(run_cli: Run, admin: QueueAdmin) -> None:
+    admin.create("one")
+    assert run_cli("queue", "send", "one", "1").stdout.strip() == "sent 1 message to one"
+
+
+def test_a_fifo_dlq_shows_ten_of_a_group_and_says_so(run_cli: Run, admin: QueueAdmin,
+                                                      sqs: Sqs) -> None:
+    """SQS's group lock: while a look holds a group's first 10 messages, the rest of that
+    group is not returned. The look says it saw fewer than the DLQ holds; an id past the
+    first 10 is reported not found, never a silent 0; a redrive of all moves them all."""
+    queue = admin.create("locked.fifo", dlq=True)
+    assert queue.dlq_url
+    ids: list[str] = []
+    for start in range(0, 25, 10):
+        sent = sqs.client.send_message_batch(QueueUrl=queue.dlq_url, Entries=[
+            {"Id": str(i), "MessageBody": f"m{i}", "MessageGroupId": "g",
+             "MessageDeduplicationId": f"d{i}"} for i in range(start, min(start + 10, 25))])
+        ids += [s["MessageId"] for s in sorted(sent["Successful"], key=lambda s: int(s["Id"]))]
+    listed = run_cli("queue", "dlq", "locked.fifo", "--limit", "50", "--json")
+    assert listed.exit_code == 0, listed.output
+    assert [d["messageId"] for d in json.loads(listed.stdout)] == ids[:10]
+    assert "showing 10 of about 25" in listed.stderr and "group" in listed.stderr
+    late = run_cli("queue", "redrive", "locked.fifo", "--id", ids[14])
+    assert late.exit_code == 1 and f"not found in its DLQ: {ids[14]}" in late.stderr
+    everything = run_cli("queue", "redrive", "locked.fifo")
+    assert everything.exit_code == 0 and "moved 25 messages" in everything.stdout

@@ -597,7 +597,10 @@
     try {
       const body = await write("POST", path, { ids });
       const n = action === "redrive" ? body.moved : body.deleted;
-      showMessage(`${action === "redrive" ? "redrove" : "deleted"} ${plural(n || 0, "message")} of ${name}'s DLQ`, "ok");
+      const done = `${action === "redrive" ? "redrove" : "deleted"} ${plural(n || 0, "message")} of ${name}'s DLQ`;
+      const missing = body && Array.isArray(body.notFound) ? body.notFound : [];
+      if (missing.length) showMessage(`${done}; not found (gone, or held by another look): ${missing.join(", ")}`, "error");
+      else showMessage(done, "ok");
     } catch (e) {
       showMessage(e.message, "error");
     }
