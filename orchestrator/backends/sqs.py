@@ -6,6 +6,7 @@ import contextlib
 import functools
 import json
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
@@ -37,7 +38,8 @@ MISSING_QUEUE_CODES = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotE
 PURGE_IN_PROGRESS_CODES = {"AWS.SimpleQueueService.PurgeQueueInProgress", "PurgeQueueInProgress"}
 BATCH = 10  # SQS's limit for send, delete and receive
 SEND_ATTEMPTS = 3
-PEEK_HIDE_SECONDS = 2  # a peek hides what it read this long, then hands it back
+SCAN_HIDE_SECONDS = 30  # a DLQ scan hides what it read this long, renewed while it runs
+SCAN_RENEW_SECONDS = 10  # renewed when less than this is left (a receive takes at most ~7 s)
 DLQ_RETENTION_SECONDS = 14 * 86400  # the most SQS keeps a message: time to look at poison
 
 
@@ -313,66 +315,55 @@ class Sqs:
         """Move up to `limit` DLQ messages (only those of `ids`, when given) back to their
         queue: send first, then delete (never lose one); the ids moved. The limit keeps
         messages that fail straight back into the DLQ from being moved round and round.
-        Messages looked at and not chosen are handed back at once."""
+        Messages looked at and not chosen are handed back when the scan ends."""
         moved: list[str] = []
-        for batch in self._dlq_batches(dlq_url, limit):
-            chosen = [m for m in batch if ids is None or m.message_id in ids]
-            # Ten received messages may be more than a send batch takes in all.
-            for part in sized_batches(chosen, lambda m: message_size(m.body,
-                                                                     m.message_attributes)):
-                self.send_batch(
-                    url,
-                    [m.body for m in part],
-                    [m.message_attributes or None for m in part],
-                    # A FIFO message goes back to its own group (in the order the DLQ had).
-                    [m.group or "default" for m in part],
-                )
-            if chosen:
-                self.delete_batch(dlq_url, [m.receipt for m in chosen])
-                moved += [m.message_id for m in chosen]
-            if ids is not None and len(moved) >= len(ids):
-                break
+        with DlqScan(self, dlq_url, limit) as scan:
+            for batch in scan.batches():
+                chosen = [m for m in batch if ids is None or m.message_id in ids]
+                # Ten received messages may be more than a send batch takes in all.
+                for part in sized_batches(chosen, lambda m: message_size(m.body,
+                                                                         m.message_attributes)):
+                    self.send_batch(
+                        url,
+                        [m.body for m in part],
+                        [m.message_attributes or None for m in part],
+                        # A FIFO message goes back to its own group (in the DLQ's order).
+                        [m.group or "default" for m in part],
+                    )
+                if chosen:
+                    self.delete_batch(dlq_url, [m.receipt for m in chosen])
+                    scan.forget(m.message_id for m in chosen)
+                    moved += [m.message_id for m in chosen]
+                if ids is not None and len(moved) >= len(ids):
+                    break
         return moved
 
     @translated
     def delete_some(self, dlq_url: str, ids: set[str], limit: int) -> list[str]:
         """Delete the DLQ messages of `ids` (looking at up to `limit`); the ids deleted."""
         deleted: list[str] = []
-        for batch in self._dlq_batches(dlq_url, limit):
-            chosen = [m for m in batch if m.message_id in ids]
-            if chosen:
-                failed = self._delete(dlq_url, [m.receipt for m in chosen])
-                deleted += [m.message_id for i, m in enumerate(chosen) if i not in failed]
-            if len(deleted) >= len(ids):
-                break
+        with DlqScan(self, dlq_url, limit) as scan:
+            for batch in scan.batches():
+                chosen = [m for m in batch if m.message_id in ids]
+                if chosen:
+                    failed = self._delete(dlq_url, [m.receipt for m in chosen])
+                    gone = [m.message_id for i, m in enumerate(chosen) if i not in failed]
+                    scan.forget(gone)
+                    deleted += gone
+                if len(deleted) >= len(ids):
+                    break
         return deleted
 
     @translated
     def peek(self, url: str, limit: int) -> list[SqsMessage]:
-        """Up to `limit` messages, looked at and handed back at once (SQS has no other way
-        to read a message: each look raises its receive count by one)."""
-        seen: dict[str, SqsMessage] = {}
-        for batch in self._dlq_batches(url, limit, hide_for=PEEK_HIDE_SECONDS):
-            seen.update((m.message_id, m) for m in batch)
-        return list(seen.values())
-
-    def _dlq_batches(self, url: str, limit: int, hide_for: int = 60) -> Iterator[list[SqsMessage]]:
-        """Receive batches of up to 10, at most `limit` messages in all, hidden `hide_for`
-        seconds while the caller decides; whatever it leaves goes back at once (visibility
-        0) when the iteration ends."""
-        looked: list[SqsMessage] = []
-        try:
-            while len(looked) < limit:
-                batch = self.receive(url, min(BATCH, limit - len(looked)), 1, hide_for)
-                if not batch:
-                    return
-                looked.extend(batch)
-                yield batch
-        finally:
-            for start in range(0, len(looked), BATCH):
-                receipts = [m.receipt for m in looked[start : start + BATCH]]
-                with contextlib.suppress(ServiceUnavailable, QueueNotFound):
-                    self.set_visibility(url, receipts, 0)  # deleted ones: refused, harmlessly
+        """Up to `limit` messages, each read once and all handed back when the look ends
+        (SQS has no other way to read a message: each look raises its receive count by
+        one)."""
+        found: list[SqsMessage] = []
+        with DlqScan(self, url, limit) as scan:
+            for batch in scan.batches():
+                found += batch
+        return found
 
     # --- consuming -------------------------------------------------------------
 
@@ -419,3 +410,71 @@ class Sqs:
             ],
         )
         return len(result.get("Failed", []))
+
+
+class DlqScan:
+    """One pass over a DLQ that reads each message at most once: what it has received stays
+    hidden until the pass ends (renewed while it runs, which does not raise receive counts)
+    and then goes back all at once. A message received twice means a renewal was missed:
+    the pass stops there rather than show or touch it again."""
+
+    def __init__(self, sqs: Sqs, url: str, limit: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self.sqs = sqs
+        self.url = url
+        self.limit = limit
+        self.clock = clock
+        self.seen: set[str] = set()
+        self.held: dict[str, str] = {}  # message id -> latest receipt, until handed back
+        self.hidden_until: list[tuple[float, list[str]]] = []  # per receive, its ids
+
+    def __enter__(self) -> DlqScan:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.hand_back()
+
+    def batches(self) -> Iterator[list[SqsMessage]]:
+        """Batches of up to 10 messages never yielded before, `limit` in all; the caller
+        calls `forget` for those it deleted."""
+        while len(self.seen) < self.limit:
+            self._renew()
+            started = self.clock()
+            batch = self.sqs.receive(self.url, min(BATCH, self.limit - len(self.seen)), 1,
+                                     SCAN_HIDE_SECONDS)  # fmt: skip
+            self.held.update((m.message_id, m.receipt) for m in batch)
+            self.hidden_until.append((started + SCAN_HIDE_SECONDS,
+                                      [m.message_id for m in batch]))  # fmt: skip
+            fresh = [m for m in batch if m.message_id not in self.seen]
+            self.seen.update(m.message_id for m in fresh)
+            if fresh:
+                yield fresh
+            if not fresh or len(fresh) < len(batch):  # nothing more, or come round again
+                return
+
+    def forget(self, message_ids: Iterable[str]) -> None:
+        """These are gone (deleted): neither renewed nor handed back."""
+        for message_id in message_ids:
+            self.held.pop(message_id, None)
+
+    def _renew(self) -> None:
+        """Hide again, for SCAN_HIDE_SECONDS, what would show within SCAN_RENEW_SECONDS."""
+        now = self.clock()
+        due = [ids for until, ids in self.hidden_until if until - now < SCAN_RENEW_SECONDS]
+        if not due:
+            return
+        self.hidden_until = [(u, ids) for u, ids in self.hidden_until
+                             if u - now >= SCAN_RENEW_SECONDS]  # fmt: skip
+        ids = [i for group in due for i in group if i in self.held]
+        for start in range(0, len(ids), BATCH):
+            self.sqs.set_visibility(self.url, [self.held[i] for i in ids[start:start + BATCH]],
+                                    SCAN_HIDE_SECONDS)  # fmt: skip
+        self.hidden_until.append((now + SCAN_HIDE_SECONDS, ids))
+
+    def hand_back(self) -> None:
+        """Everything still held back to the DLQ at once (visibility 0)."""
+        receipts = list(self.held.values())
+        self.held.clear()
+        for start in range(0, len(receipts), BATCH):
+            with contextlib.suppress(ServiceUnavailable, QueueNotFound):
+                self.sqs.set_visibility(self.url, receipts[start : start + BATCH], 0)

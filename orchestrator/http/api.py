@@ -317,7 +317,10 @@ class Api:
         raw_limit = request.query.get("limit", ["50"])[-1]
         if not DIGITS.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_JOBS:
             raise HttpError(400, f"limit must be from 1 to {MAX_JOBS} (got {raw_limit!r})")
-        return json_response(self.fleet.dlq(request.params["name"], int(raw_limit)))
+        look = self.fleet.dlq(request.params["name"], int(raw_limit))
+        log.info("api.dlq_looked", queue=request.params["name"], seen=len(look.letters),
+                 held=look.held)  # fmt: skip
+        return json_response([d.to_json() for d in look.letters])
 
     def jobs(self, request: Request) -> Response:
         status = request.arg("status")  # present but empty is a bad value, not "any"

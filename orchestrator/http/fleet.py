@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
-from orchestrator.backends.queues import QueueAdmin, QueueView
+from orchestrator.backends.queues import DlqLook, QueueAdmin, QueueView
 from orchestrator.backends.sqs import Sqs
 from orchestrator.backends.store import Store
 from orchestrator.config import Settings
@@ -121,9 +121,9 @@ class Fleet:
             done = self.admin.dlq_purge(name, ids)
             return {"name": name, "deleted": done.count, "notFound": done.not_found}
 
-    def dlq(self, name: str, limit: int) -> list[dict[str, Any]]:
+    def dlq(self, name: str, limit: int) -> DlqLook:
         with self._dlq_busy(name):
-            return [d.to_json() for d in self.admin.dlq(name, limit).letters]
+            return self.admin.dlq(name, limit)
 
     @contextlib.contextmanager
     def _dlq_busy(self, name: str) -> Iterator[None]:

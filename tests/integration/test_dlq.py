@@ -4,6 +4,7 @@ all or chosen ones (CLI and API), against the real servers."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -189,3 +190,24 @@ def test_a_fifo_dlq_shows_ten_of_a_group_and_says_so(run_cli: Run, admin: QueueA
     assert late.exit_code == 1 and f"not found in its DLQ: {ids[14]}" in late.stderr
     everything = run_cli("queue", "redrive", "locked.fifo")
     assert everything.exit_code == 0 and "moved 25 messages" in everything.stdout
+
+
+def test_a_look_shows_each_message_once_and_receives_each_once(admin: QueueAdmin,
+                                                                sqs: Sqs) -> None:
+    """A look at 100 messages from an SQS that answers each receive in 0.3 s takes longer
+    than any fixed short hide: what it has read stays hidden until it ends (renewed while
+    it runs), then is handed back at once."""
+    queue = admin.create("deep", dlq=True)
+    assert queue.dlq_url
+    for start in range(0, 100, 10):
+        sqs.send_batch(queue.dlq_url, [f"m{i}" for i in range(start, start + 10)])
+    # SQS's latency, simulated: not a wait for anything.
+    sqs.client.meta.events.register("before-send.sqs.ReceiveMessage",
+                                    lambda **_: time.sleep(0.3))  # fmt: skip
+    first = admin.dlq("deep", 1000)
+    assert len(first.letters) == 100
+    assert len({d.message.message_id for d in first.letters}) == 100
+    assert sorted(d.message.body for d in first.letters) == sorted(f"m{i}" for i in range(100))
+    assert sqs.depth(queue.dlq_url).visible == 100  # all handed back at once
+    second = admin.dlq("deep", 1000)
+    assert sorted(d.message.receive_count for d in second.letters) == [2] * 100
