@@ -142,10 +142,14 @@ class Route:
     pattern: re.Pattern[str]
     call: Callable[[Request], Response]
     write: bool = False
+    # Needs the token (when API_TOKEN is set) and a same-site origin without being a write:
+    # a DLQ look receives messages, raising their receive counts.
+    guarded: bool = False
 
 
 class Api:
-    """Routes requests to the fleet; writes need the token when API_TOKEN is set."""
+    """Routes requests to the fleet; writes and DLQ looks need the token when API_TOKEN
+    is set."""
 
     def __init__(
         self,
@@ -169,7 +173,7 @@ class Api:
             Route("GET", _path("/api/queues/{name}"), self.get_queue),
             Route("PATCH", _path("/api/queues/{name}"), self.patch_queue, write=True),
             Route("POST", _path("/api/queues/{name}/redrive"), self.redrive, write=True),
-            Route("GET", _path("/api/queues/{name}/dlq"), self.dlq),
+            Route("GET", _path("/api/queues/{name}/dlq"), self.dlq, guarded=True),
             Route("GET", _path("/api/series"), self.series),
             Route("POST", _path("/api/queues/{name}/dlq/purge"), self.dlq_purge, write=True),
             Route("GET", _path("/api/fleet"), lambda r: json_response(self.fleet.need())),
@@ -180,9 +184,9 @@ class Api:
 
     def admit(self, request: Request) -> Response | None:
         """The checks that need only the request line and headers (host, route, and for
-        writes origin, token and media type): an error answer, or None to go on. The
-        server runs them before it reads a body or takes one of its request slots, so
-        that a client without the token can hold neither."""
+        writes origin, token and media type; origin and token for DLQ looks): an error
+        answer, or None to go on. The server runs them before it reads a body or takes one
+        of its request slots, so that a client without the token can hold neither."""
         try:
             self._admitted_route(request)
         except HttpError as exc:
@@ -192,9 +196,10 @@ class Api:
     def _admitted_route(self, request: Request) -> Route:
         self._check_host(request)
         route = self._route(request)
-        if route.write:
+        if route.write or route.guarded:
             self._check_origin(request)
             self._authorize(request)
+        if route.write:
             request.require_json()
         return route
 
@@ -253,7 +258,8 @@ class Api:
         if scheme.lower() != "bearer" or not hmac.compare_digest(given_token, token.encode()):
             raise HttpError(
                 401,
-                "this API requires 'Authorization: Bearer <API_TOKEN>' for changes",
+                "this API requires 'Authorization: Bearer <API_TOKEN>' for changes and DLQ "
+                "looks",
                 {"WWW-Authenticate": 'Bearer realm="orchestrator"'},
             )
 

@@ -120,8 +120,9 @@ SCHEMAS: dict[str, Any] = {
 
 ERRORS = {
     400: "Malformed request: bad JSON, unknown field, wrong type or bad query parameter",
-    401: "A write without the API token (when API_TOKEN is set)",
-    403: "A request addressed to another host name, or a write from another site's page",
+    401: "A write or a DLQ look without the API token (when API_TOKEN is set)",
+    403: "A request addressed to another host name, or a write or DLQ look from another "
+         "site's page",
     404: "No such queue, job or path",
     405: "The path exists, not with this method",
     409: "A conflict: redrive of a queue without a DLQ, or while another redrive runs",
@@ -194,11 +195,13 @@ PATHS: dict[str, Any] = {
         "parameters": [_NAME],
         "get": {
             "summary": "Messages in the queue's DLQ with the last failure of each (reading "
-                       "one is a receive: its receive count goes up by one)",
+                       "one is a receive: its receive count goes up by one, so a look needs "
+                       "the token like a write)",
+            "security": _WRITE,
             "parameters": [{"name": "limit", "in": "query", "schema": {
                 "type": "integer", "minimum": 1, "maximum": 1000, "default": 50}}],
             "responses": {"200": _json({"type": "array", "items": _ref("DeadLetter")}),
-                          **_errors(400, 404, 409, 503)},
+                          **_errors(400, 401, 403, 404, 409, 503)},
         },
     },
     "/api/queues/{name}/dlq/purge": {
@@ -252,7 +255,7 @@ PATHS: dict[str, Any] = {
 
 def spec(settings: Settings) -> dict[str, Any]:
     """The description for these settings: their concurrency limit, and whether writes
-    need the token."""
+    and DLQ looks need the token."""
     paths = copy.deepcopy(PATHS)
     schemas = copy.deepcopy(SCHEMAS)
     schemas["QueuePatch"]["properties"]["concurrency"]["maximum"] = settings.max_concurrency
@@ -266,7 +269,8 @@ def spec(settings: Settings) -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "orchestrator", "version": __version__,
                  "description": "Queues, workers and jobs of an orchestrator fleet. Reads are "
-                                "open; writes need a bearer token when API_TOKEN is set."},
+                                "open; writes and DLQ looks (which receive messages) need "
+                                "a bearer token when API_TOKEN is set."},
         "paths": paths,
         "components": {
             "schemas": schemas,

@@ -106,6 +106,7 @@ def test_the_api_does_the_same_behind_the_token(
         raw = json.dumps(body).encode() if body is not None else b""
         return app.dispatch(Request(method, path, {}, headers, raw))
 
+    assert call("GET", "/api/queues/api-dlq/dlq", token=False).status == 401
     listed = call("GET", "/api/queues/api-dlq/dlq")
     assert listed.status == 200 and len(json.loads(listed.body)) == 3
     assert call("POST", "/api/queues/api-dlq/redrive", {"ids": [ids[0]]},
