@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterable
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any
 
 from orchestrator import tracing, validate
@@ -18,13 +23,20 @@ from orchestrator.backends.sqs import BATCH, Sqs, message_size, sized_batches
 from orchestrator.backends.store import Store
 from orchestrator.config import Settings
 from orchestrator.errors import (
+    AlreadyRunning,
     InvalidValue,
     NameTaken,
     NoDeadLetterQueue,
     QueueExists,
     QueueNotFound,
+    ServiceUnavailable,
 )
-from orchestrator.models import Failure, QueueDepth, QueueRecord, SqsMessage
+from orchestrator.models import Failure, QueueDepth, QueueRecord, SqsMessage, utcnow
+
+# One operation on a queue's DLQ at a time, fleet-wide: a `locks` document that lasts this
+# long, renewed every third of it while the operation runs; a crashed holder's lock
+# frees itself after it (its scan's messages are back sooner: SCAN_HIDE_SECONDS).
+DLQ_LOCK_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -212,32 +224,61 @@ class QueueAdmin:
 
     def redrive(self, name: str, ids: Iterable[str] | None = None) -> DlqChange:
         """Move the queue's DLQ messages (only `ids`, when given) back to it."""
-        queue, dlq_url = self._with_dlq(name)
         chosen = None if ids is None else _unique(validate.message_id(i) for i in ids)
-        moved = self.sqs.redrive(dlq_url, queue.queue_url, self._dlq_span(dlq_url),
-                                 None if chosen is None else set(chosen))  # fmt: skip
+        queue, dlq_url = self._with_dlq(name)
+        with self.dlq_lock(name):
+            moved = self.sqs.redrive(dlq_url, queue.queue_url, self._dlq_span(dlq_url),
+                                     None if chosen is None else set(chosen))  # fmt: skip
         return DlqChange(len(moved), _missing(chosen, moved))
 
     def dlq_purge(self, name: str, ids: Iterable[str] | None = None) -> DlqChange:
         """Delete the DLQ's messages (only `ids`, when given); the count is None for all
         (SQS's purge does not say)."""
+        chosen = None if ids is None else _unique(validate.message_id(i) for i in ids)
         _, dlq_url = self._with_dlq(name)
-        if ids is None:
-            self.sqs.purge(dlq_url)
-            return DlqChange(None, [])
-        chosen = _unique(validate.message_id(i) for i in ids)
-        deleted = self.sqs.delete_some(dlq_url, set(chosen), self._dlq_span(dlq_url))
+        with self.dlq_lock(name):
+            if chosen is None:
+                self.sqs.purge(dlq_url)
+                return DlqChange(None, [])
+            deleted = self.sqs.delete_some(dlq_url, set(chosen), self._dlq_span(dlq_url))
         return DlqChange(len(deleted), _missing(chosen, deleted))
 
     def dlq(self, name: str, limit: int) -> DlqLook:
         """Up to `limit` of the DLQ's messages, each with its last failure when one was
         kept. Reading a message is a receive: its receive count goes up by one."""
-        queue, dlq_url = self._with_dlq(name)
         wanted = validate.dlq_limit(limit)
-        held = self.sqs.depth(dlq_url).visible
-        found = self.sqs.peek(dlq_url, wanted)
+        queue, dlq_url = self._with_dlq(name)
+        with self.dlq_lock(name):
+            held = self.sqs.depth(dlq_url).visible
+            found = self.sqs.peek(dlq_url, wanted)
         failures = self.store.last_failures(queue.name, [m.message_id for m in found])
         return DlqLook([DeadLetter(m, failures.get(m.message_id)) for m in found], held)
+
+    @contextlib.contextmanager
+    def dlq_lock(self, name: str, seconds: float = DLQ_LOCK_SECONDS) -> Iterator[None]:
+        """Hold queue `name`'s DLQ for one operation, fleet-wide (each moves its messages
+        about: a look beside a redrive would leave messages behind). AlreadyRunning (CLI
+        exit 1, API 409) while another process holds it."""
+        store, key = self.store, f"dlq:{name}"
+        holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        now = utcnow()
+        held = store.take_lock(key, holder, now, now + timedelta(seconds=seconds))
+        if held is not None:
+            raise AlreadyRunning(
+                f"an operation on queue '{name}'s DLQ is already running (by {held[0]}; "
+                f"its lock lasts until {held[1]:%H:%M:%S} UTC unless renewed): try again "
+                "when it ends")
+        stop = threading.Event()
+        renewer = threading.Thread(target=_renew, args=(store, key, holder, seconds, stop),
+                                   name="dlq-lock", daemon=True)  # fmt: skip
+        renewer.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            renewer.join()
+            with contextlib.suppress(ServiceUnavailable):  # else it expires by itself
+                store.release_lock(key, holder)
 
     def _with_dlq(self, name: str) -> tuple[QueueRecord, str]:
         queue = self.store.get_queue(name)
@@ -350,6 +391,17 @@ def sync_queues(store: SyncStore, sqs: SyncSqs) -> list[QueueRecord]:
         store.mark_synced(queue.id, fresh.queue_url, fresh.dlq_url)
         created.append(fresh)
     return created
+
+
+def _renew(store: Store, key: str, holder: str, seconds: float, stop: threading.Event) -> None:
+    """Keep a lock while its operation runs: renew it every third of its length (a renewal
+    MongoDB missed is tried again at the next; a lock taken over meanwhile is not ours)."""
+    while not stop.wait(seconds / 3):
+        try:
+            if not store.renew_lock(key, holder, utcnow() + timedelta(seconds=seconds)):
+                return
+        except ServiceUnavailable:
+            continue
 
 
 def _unique(ids: Iterable[str]) -> list[str]:

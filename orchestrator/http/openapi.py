@@ -125,7 +125,8 @@ ERRORS = {
          "site's page",
     404: "No such queue, job or path",
     405: "The path exists, not with this method",
-    409: "A conflict: redrive of a queue without a DLQ, or while another redrive runs",
+    409: "A conflict: a DLQ operation on a queue without a DLQ, or while another DLQ "
+         "operation runs on that queue anywhere in the fleet",
     413: "A body over 64 KiB",
     415: "A write whose body is not application/json",
     422: "A value the CLI would refuse too (e.g. concurrency above MAX_CONCURRENCY)",

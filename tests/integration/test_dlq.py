@@ -4,6 +4,7 @@ all or chosen ones (CLI and API), against the real servers."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +15,7 @@ from click.testing import Result
 from orchestrator.backends.queues import QueueAdmin
 from orchestrator.backends.sqs import Sqs
 from orchestrator.backends.store import Store
-from orchestrator.config import Settings
+from orchestrator.config import Endpoints, Settings
 from orchestrator.models import Failure, utcnow
 
 Run = Callable[..., Result]
@@ -212,3 +213,65 @@ def test_a_look_shows_each_message_once_and_receives_each_once(admin: QueueAdmin
     assert sqs.depth(queue.dlq_url).visible == 100  # all handed back at once
     second = admin.dlq("deep", 1000)
     assert sorted(d.message.receive_count for d in second.letters) == [2] * 100
+
+
+def test_one_dlq_operation_at_a_time_across_processes(
+    run_cli: Run, admin: QueueAdmin, store: Store, sqs: Sqs, settings: Settings,
+    endpoints: Endpoints,
+) -> None:  # fmt: skip
+    """A redrive by one API process holds the queue's DLQ for the fleet: the CLI (exit 1)
+    and another API process (409) are refused until it ends, and it leaves nothing behind."""
+    from orchestrator.http.api import Api, Request
+    from orchestrator.http.fleet import Fleet
+
+    queue = admin.create("shared", dlq=True)
+    assert queue.dlq_url
+    for start in range(0, 30, 10):
+        sqs.send_batch(queue.dlq_url, [f"m{i}" for i in range(start, start + 10)])
+    slow = Sqs(endpoints.sqs_endpoint, settings.aws_region, "test", "test")
+    receiving = threading.Event()
+
+    def latency(**_: Any) -> None:  # SQS's latency, simulated: not a wait for anything
+        receiving.set()
+        time.sleep(0.5)
+
+    slow.client.meta.events.register("before-send.sqs.ReceiveMessage", latency)
+    first = Fleet(settings, store, slow)
+    other_store = Store(endpoints.mongodb_uri, settings.mongodb_name, job_ttl_days=1)
+    second = Api(settings, Fleet(settings, other_store, sqs), None,  # type: ignore[arg-type]
+                 lambda: {"status": "ok"})  # fmt: skip
+    result: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: result.update(first.redrive("shared")))
+    worker.start()
+    try:
+        assert receiving.wait(10)
+        refused = run_cli("queue", "dlq", "shared")
+        assert refused.exit_code == 1, refused.output
+        assert "already running" in refused.stderr
+        answer = second.dispatch(Request("POST", "/api/queues/shared/redrive", {},
+                                         {"host": "127.0.0.1:3000",
+                                          "content-type": "application/json"}, b"{}"))
+        assert answer.status == 409, answer.body
+    finally:
+        worker.join(30)
+        other_store.close()
+    assert result["moved"] == 30
+    assert sqs.depth(queue.dlq_url).visible == 0
+    assert sqs.depth(queue.queue_url).visible == 30
+    assert run_cli("queue", "dlq", "shared").exit_code == 0  # released
+
+
+def test_a_dlq_lock_is_renewed_while_its_operation_runs(admin: QueueAdmin, store: Store) -> None:
+    """Held past its length, a lock stays its holder's: renewed every third of it."""
+    from datetime import timedelta
+
+    from orchestrator.models import utcnow
+
+    with admin.dlq_lock("long", seconds=1.5):
+        deadline = time.monotonic() + 3.5
+        while time.monotonic() < deadline:  # twice its length: taking it must keep failing
+            now = utcnow()
+            assert store.take_lock("dlq:long", "other", now, now + timedelta(seconds=1))
+            time.sleep(0.25)  # polling a condition that must hold throughout
+    now = utcnow()
+    assert store.take_lock("dlq:long", "other", now, now + timedelta(seconds=1)) is None
