@@ -18,8 +18,9 @@ from datetime import timedelta
 from typing import Any
 
 from orchestrator import tracing, validate
+from orchestrator.backends.batches import BATCH, message_size, sized_batches
 from orchestrator.backends.protocols import SyncSqs, SyncStore
-from orchestrator.backends.sqs import BATCH, Sqs, message_size, sized_batches
+from orchestrator.backends.sqs import Sqs
 from orchestrator.backends.store import Store
 from orchestrator.config import Settings
 from orchestrator.errors import (

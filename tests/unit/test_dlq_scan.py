@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from orchestrator.backends.sqs import SCAN_HIDE_SECONDS, DlqScan, Sqs
+from orchestrator.backends.batches import SCAN_HIDE_SECONDS, DlqScan, ScanSqs
 from orchestrator.models import SqsMessage
 
 
@@ -33,7 +33,7 @@ class StubDlq:
 def scan_with(script: list[list[str]], step: float, limit: int = 1000) -> tuple[DlqScan, StubDlq]:
     now = [0.0]
     stub = StubDlq(script, now, step)
-    return DlqScan(cast(Sqs, stub), "url", limit, clock=lambda: now[0]), stub
+    return DlqScan(cast(ScanSqs, stub), "url", limit, clock=lambda: now[0]), stub
 
 
 def test_a_scan_renews_what_it_holds_and_hands_all_back_once() -> None:

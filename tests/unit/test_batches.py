@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator import validate
-from orchestrator.backends.sqs import message_size, sized_batches
+from orchestrator.backends.batches import message_size, sized_batches
 
 LIMIT = validate.MAX_BODY_BYTES
 
