@@ -8,23 +8,36 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterable
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any
 
 from orchestrator import tracing, validate
+from orchestrator.backends.batches import BATCH, message_size, sized_batches
 from orchestrator.backends.protocols import SyncSqs, SyncStore
-from orchestrator.backends.sqs import BATCH, Sqs
+from orchestrator.backends.sqs import Sqs
 from orchestrator.backends.store import Store
 from orchestrator.config import Settings
 from orchestrator.errors import (
+    AlreadyRunning,
     InvalidValue,
     NameTaken,
     NoDeadLetterQueue,
     QueueExists,
     QueueNotFound,
+    ServiceUnavailable,
 )
-from orchestrator.models import Failure, QueueDepth, QueueRecord, SqsMessage
+from orchestrator.models import Failure, QueueDepth, QueueRecord, SqsMessage, utcnow
+
+# One operation on a queue's DLQ at a time, fleet-wide: a `locks` document that lasts this
+# long, renewed every third of it while the operation runs; a crashed holder's lock
+# frees itself after it (its scan's messages are back sooner: SCAN_HIDE_SECONDS).
+DLQ_LOCK_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -44,6 +57,24 @@ class DeadLetter:
             "group": self.message.group or None,
             "lastFailure": self.failure.to_json() if self.failure else None,
         }
+
+
+@dataclass(frozen=True)
+class DlqLook:
+    """What a look at a DLQ found, and about how many messages the DLQ held when asked
+    (fewer found than held and asked for: in a FIFO DLQ, SQS's group lock; README)."""
+
+    letters: list[DeadLetter]
+    held: int
+
+
+@dataclass(frozen=True)
+class DlqChange:
+    """What a redrive or a delete of DLQ messages did: how many it moved or deleted (None:
+    all, by SQS's purge, which does not count) and the ids asked for but not found."""
+
+    count: int | None
+    not_found: list[str]
 
 
 @dataclass(frozen=True)
@@ -192,29 +223,63 @@ class QueueAdmin:
     def purge(self, name: str) -> None:
         self.sqs.purge(self.store.get_queue(name).queue_url)
 
-    def redrive(self, name: str, ids: Iterable[str] | None = None) -> int:
-        """Move the queue's DLQ messages (only `ids`, when given) back to it; how many."""
+    def redrive(self, name: str, ids: Iterable[str] | None = None) -> DlqChange:
+        """Move the queue's DLQ messages (only `ids`, when given) back to it."""
+        chosen = None if ids is None else _unique(validate.message_id(i) for i in ids)
         queue, dlq_url = self._with_dlq(name)
-        chosen = None if ids is None else {validate.message_id(i) for i in ids}
-        return self.sqs.redrive(dlq_url, queue.queue_url, self._dlq_span(dlq_url), chosen)
+        with self.dlq_lock(name):
+            moved = self.sqs.redrive(dlq_url, queue.queue_url, self._dlq_span(dlq_url),
+                                     None if chosen is None else set(chosen))  # fmt: skip
+        return DlqChange(len(moved), _missing(chosen, moved))
 
-    def dlq_purge(self, name: str, ids: Iterable[str] | None = None) -> int | None:
-        """Delete the DLQ's messages (only `ids`, when given): how many (None for all:
-        SQS's purge does not say)."""
+    def dlq_purge(self, name: str, ids: Iterable[str] | None = None) -> DlqChange:
+        """Delete the DLQ's messages (only `ids`, when given); the count is None for all
+        (SQS's purge does not say)."""
+        chosen = None if ids is None else _unique(validate.message_id(i) for i in ids)
         _, dlq_url = self._with_dlq(name)
-        if ids is None:
-            self.sqs.purge(dlq_url)
-            return None
-        chosen = {validate.message_id(i) for i in ids}
-        return self.sqs.delete_some(dlq_url, chosen, self._dlq_span(dlq_url))
+        with self.dlq_lock(name):
+            if chosen is None:
+                self.sqs.purge(dlq_url)
+                return DlqChange(None, [])
+            deleted = self.sqs.delete_some(dlq_url, set(chosen), self._dlq_span(dlq_url))
+        return DlqChange(len(deleted), _missing(chosen, deleted))
 
-    def dlq(self, name: str, limit: int) -> list[DeadLetter]:
+    def dlq(self, name: str, limit: int) -> DlqLook:
         """Up to `limit` of the DLQ's messages, each with its last failure when one was
         kept. Reading a message is a receive: its receive count goes up by one."""
+        wanted = validate.dlq_limit(limit)
         queue, dlq_url = self._with_dlq(name)
-        found = self.sqs.peek(dlq_url, validate.dlq_limit(limit))
+        with self.dlq_lock(name):
+            held = self.sqs.depth(dlq_url).visible
+            found = self.sqs.peek(dlq_url, wanted)
         failures = self.store.last_failures(queue.name, [m.message_id for m in found])
-        return [DeadLetter(m, failures.get(m.message_id)) for m in found]
+        return DlqLook([DeadLetter(m, failures.get(m.message_id)) for m in found], held)
+
+    @contextlib.contextmanager
+    def dlq_lock(self, name: str, seconds: float = DLQ_LOCK_SECONDS) -> Iterator[None]:
+        """Hold queue `name`'s DLQ for one operation, fleet-wide (each moves its messages
+        about: a look beside a redrive would leave messages behind). AlreadyRunning (CLI
+        exit 1, API 409) while another process holds it."""
+        store, key = self.store, f"dlq:{name}"
+        holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        now = utcnow()
+        held = store.take_lock(key, holder, now, now + timedelta(seconds=seconds))
+        if held is not None:
+            raise AlreadyRunning(
+                f"an operation on queue '{name}'s DLQ is already running (by {held[0]}; "
+                f"its lock lasts until {held[1]:%H:%M:%S} UTC unless renewed): try again "
+                "when it ends")
+        stop = threading.Event()
+        renewer = threading.Thread(target=_renew, args=(store, key, holder, seconds, stop),
+                                   name="dlq-lock", daemon=True)  # fmt: skip
+        renewer.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            renewer.join()
+            with contextlib.suppress(ServiceUnavailable):  # else it expires by itself
+                store.release_lock(key, holder)
 
     def _with_dlq(self, name: str) -> tuple[QueueRecord, str]:
         queue = self.store.get_queue(name)
@@ -238,7 +303,8 @@ class QueueAdmin:
         groups: int | None = None,
         trace: bool = False,
     ) -> int:
-        """Send `count` test messages in batches of 10; default bodies are {"seq": i}.
+        """Send `count` test messages in batches of up to 10 within SQS's limit for a batch;
+        default bodies are {"seq": i}.
 
         On a FIFO queue the messages go to group `group_id` (default "default"), or
         round-robin over `groups` groups named g0, g1, ... With `trace`, each message
@@ -246,19 +312,17 @@ class QueueAdmin:
         that trace.
         """
         validate.send_count(count)
-        extra = validate.attributes_size(_traceparent()) if trace else 0  # all of one size
-        size = (validate.message_body(body, extra) if body is not None
-                else len(_seq_body(count - 1)) + extra)  # fmt: skip
+        if body is not None:  # attributes count toward SQS's limit too (all of one size)
+            validate.message_body(body, validate.attributes_size(_traceparent()) if trace else 0)
         group_of = self._groups(name, group_id, groups)
         url = self.store.get_queue(name).queue_url
-        # A batch, attributes included, is within SQS's message limit too.
-        per_batch = min(BATCH, validate.MAX_BODY_BYTES // size)
-        for start in range(0, count, per_batch):
-            seqs = range(start, min(start + per_batch, count))
-            bodies = [_seq_body(i) if body is None else body for i in seqs]
-            attributes = [_traceparent() for _ in seqs] if trace else None
-            self.sqs.send_batch(url, bodies, attributes, [group_of(i) for i in seqs])
-            progress(len(seqs))
+        messages = ((i, _seq_body(i) if body is None else body, _traceparent() if trace else None)
+                    for i in range(count))  # fmt: skip
+        for batch in sized_batches(messages, lambda m: message_size(m[1], m[2])):
+            attributes = [m[2] for m in batch] if trace else None
+            self.sqs.send_batch(url, [m[1] for m in batch], attributes,
+                                [group_of(m[0]) for m in batch])  # fmt: skip
+            progress(len(batch))
         return count
 
     @staticmethod
@@ -328,6 +392,29 @@ def sync_queues(store: SyncStore, sqs: SyncSqs) -> list[QueueRecord]:
         store.mark_synced(queue.id, fresh.queue_url, fresh.dlq_url)
         created.append(fresh)
     return created
+
+
+def _renew(store: Store, key: str, holder: str, seconds: float, stop: threading.Event) -> None:
+    """Keep a lock while its operation runs: renew it every third of its length (a renewal
+    MongoDB missed is tried again at the next; a lock taken over meanwhile is not ours)."""
+    while not stop.wait(seconds / 3):
+        try:
+            if not store.renew_lock(key, holder, utcnow() + timedelta(seconds=seconds)):
+                return
+        except ServiceUnavailable:
+            continue
+
+
+def _unique(ids: Iterable[str]) -> list[str]:
+    """The ids in the order given, each once."""
+    return list(dict.fromkeys(ids))
+
+
+def _missing(asked: list[str] | None, found: list[str]) -> list[str]:
+    """The ids asked for that an operation did not find (in a FIFO DLQ, also those SQS's
+    group lock kept from it: README, "Dead letters")."""
+    done = set(found)
+    return [i for i in asked or [] if i not in done]
 
 
 def _traceparent() -> dict[str, dict[str, str]]:

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from orchestrator.backends.batches import BATCH as BATCH  # the consumer's engine uses it
+from orchestrator.backends.batches import DlqScan, message_size, sized_batches
 from orchestrator.config import Settings, redact_uri, scrub
 from orchestrator.errors import AlreadyRunning, ConfigError, QueueNotFound, ServiceUnavailable
 from orchestrator.metrics import Meter
@@ -33,9 +34,7 @@ OPS_LOG_ENV = "ORCHESTRATOR_SQS_OPS_LOG"
 
 MISSING_QUEUE_CODES = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
 PURGE_IN_PROGRESS_CODES = {"AWS.SimpleQueueService.PurgeQueueInProgress", "PurgeQueueInProgress"}
-BATCH = 10  # SQS's limit for send, delete and receive
 SEND_ATTEMPTS = 3
-PEEK_HIDE_SECONDS = 2  # a peek hides what it read this long, then hands it back
 DLQ_RETENTION_SECONDS = 14 * 86400  # the most SQS keeps a message: time to look at poison
 
 
@@ -283,66 +282,59 @@ class Sqs:
         raise ServiceUnavailable(f"SQS at {self.address} did not accept {len(entries)} message(s)")
 
     @translated
-    def redrive(self, dlq_url: str, url: str, limit: int, ids: set[str] | None = None) -> int:
+    def redrive(self, dlq_url: str, url: str, limit: int, ids: set[str] | None = None) -> list[str]:
         """Move up to `limit` DLQ messages (only those of `ids`, when given) back to their
-        queue: send first, then delete (never lose one). The limit keeps messages that fail
-        straight back into the DLQ from being moved round and round. Messages looked at
-        and not chosen are handed back at once."""
-        moved = 0
-        for batch in self._dlq_batches(dlq_url, limit):
-            chosen = [m for m in batch if ids is None or m.message_id in ids]
-            if chosen:
-                self.send_batch(
-                    url,
-                    [m.body for m in chosen],
-                    [m.message_attributes or None for m in chosen],
-                    # A FIFO message goes back to its own group (in the order the DLQ had).
-                    [m.group or "default" for m in chosen],
-                )
-                self.delete_batch(dlq_url, [m.receipt for m in chosen])
-                moved += len(chosen)
-            if ids is not None and moved >= len(ids):
-                break
+        queue: send first, then delete (never lose one); the ids moved. The limit keeps
+        messages that fail straight back into the DLQ from being moved round and round.
+        Messages looked at and not chosen are handed back when the scan ends."""
+        moved: list[str] = []
+        with DlqScan(self, dlq_url, limit) as scan:
+            for batch in scan.batches():
+                chosen = [m for m in batch if ids is None or m.message_id in ids]
+                # Ten received messages may be more than a send batch takes in all.
+                for part in sized_batches(chosen, lambda m: message_size(m.body,
+                                                                         m.message_attributes)):
+                    self.send_batch(
+                        url,
+                        [m.body for m in part],
+                        [m.message_attributes or None for m in part],
+                        # A FIFO message goes back to its own group (in the DLQ's order).
+                        [m.group or "default" for m in part],
+                    )
+                if chosen:
+                    self.delete_batch(dlq_url, [m.receipt for m in chosen])
+                    scan.forget(m.message_id for m in chosen)
+                    moved += [m.message_id for m in chosen]
+                if ids is not None and len(moved) >= len(ids):
+                    break
         return moved
 
     @translated
-    def delete_some(self, dlq_url: str, ids: set[str], limit: int) -> int:
-        """Delete the DLQ messages of `ids` (looking at up to `limit`); how many went."""
-        deleted = 0
-        for batch in self._dlq_batches(dlq_url, limit):
-            chosen = [m.receipt for m in batch if m.message_id in ids]
-            if chosen:
-                deleted += len(chosen) - self.delete_batch(dlq_url, chosen)
-            if deleted >= len(ids):
-                break
+    def delete_some(self, dlq_url: str, ids: set[str], limit: int) -> list[str]:
+        """Delete the DLQ messages of `ids` (looking at up to `limit`); the ids deleted."""
+        deleted: list[str] = []
+        with DlqScan(self, dlq_url, limit) as scan:
+            for batch in scan.batches():
+                chosen = [m for m in batch if m.message_id in ids]
+                if chosen:
+                    failed = self._delete(dlq_url, [m.receipt for m in chosen])
+                    gone = [m.message_id for i, m in enumerate(chosen) if i not in failed]
+                    scan.forget(gone)
+                    deleted += gone
+                if len(deleted) >= len(ids):
+                    break
         return deleted
 
     @translated
     def peek(self, url: str, limit: int) -> list[SqsMessage]:
-        """Up to `limit` messages, looked at and handed back at once (SQS has no other way
-        to read a message: each look raises its receive count by one)."""
-        seen: dict[str, SqsMessage] = {}
-        for batch in self._dlq_batches(url, limit, hide_for=PEEK_HIDE_SECONDS):
-            seen.update((m.message_id, m) for m in batch)
-        return list(seen.values())
-
-    def _dlq_batches(self, url: str, limit: int, hide_for: int = 60) -> Iterator[list[SqsMessage]]:
-        """Receive batches of up to 10, at most `limit` messages in all, hidden `hide_for`
-        seconds while the caller decides; whatever it leaves goes back at once (visibility
-        0) when the iteration ends."""
-        looked: list[SqsMessage] = []
-        try:
-            while len(looked) < limit:
-                batch = self.receive(url, min(BATCH, limit - len(looked)), 1, hide_for)
-                if not batch:
-                    return
-                looked.extend(batch)
-                yield batch
-        finally:
-            for start in range(0, len(looked), BATCH):
-                receipts = [m.receipt for m in looked[start : start + BATCH]]
-                with contextlib.suppress(ServiceUnavailable, QueueNotFound):
-                    self.set_visibility(url, receipts, 0)  # deleted ones: refused, harmlessly
+        """Up to `limit` messages, each read once and all handed back when the look ends
+        (SQS has no other way to read a message: each look raises its receive count by
+        one)."""
+        found: list[SqsMessage] = []
+        with DlqScan(self, url, limit) as scan:
+            for batch in scan.batches():
+                found += batch
+        return found
 
     # --- consuming -------------------------------------------------------------
 
@@ -368,11 +360,15 @@ class Sqs:
     @translated
     def delete_batch(self, url: str, receipts: list[str]) -> int:
         """Delete up to 10 messages; return how many SQS refused (they will come back)."""
+        return len(self._delete(url, receipts))
+
+    def _delete(self, url: str, receipts: list[str]) -> set[int]:
+        """Delete up to 10 messages; the indexes of those SQS refused."""
         result = self.client.delete_message_batch(
             QueueUrl=url,
             Entries=[{"Id": str(i), "ReceiptHandle": r} for i, r in enumerate(receipts)],
         )
-        return len(result.get("Failed", []))
+        return {int(f["Id"]) for f in result.get("Failed", [])}
 
     @translated
     def set_visibility(self, url: str, receipts: list[str], seconds: int) -> int:
@@ -385,3 +381,4 @@ class Sqs:
             ],
         )
         return len(result.get("Failed", []))
+

@@ -179,7 +179,7 @@ def send(app: App, name: str, count: int, body: str | None, body_file: str | Non
             send_all(bar.update)
     else:
         send_all(lambda n: None)
-    click.echo(f"sent {count} messages to {name}")
+    click.echo(f"sent {render.counted(count, 'message')} to {name}")
 
 
 def _read_body(path: str) -> str:
@@ -306,8 +306,9 @@ IDS = click.option("--id", "ids", multiple=True, metavar="ID",
 @pass_app
 def redrive(app: App, name: str, ids: tuple[str, ...]) -> None:
     """Move the messages of NAME's DLQ (all, or those of --id) back to NAME."""
-    moved = app.queues.redrive(name, ids or None)
-    click.echo(f"{name}: moved {moved} messages back from its DLQ")
+    done = app.queues.redrive(name, ids or None)
+    click.echo(f"{name}: moved {render.counted(done.count or 0, 'message')} back from its DLQ")
+    _fail_on_not_found(name, done.not_found)
 
 
 @queue.command()
@@ -319,7 +320,13 @@ def redrive(app: App, name: str, ids: tuple[str, ...]) -> None:
 def dlq(app: App, name: str, limit: int, as_json: bool) -> None:
     """List the messages in NAME's DLQ with the last failure of each. Reading a DLQ
     message is a receive: each look raises its receive count by one."""
-    found = [d.to_json(preview=80 if not as_json else 2048) for d in app.queues.dlq(name, limit)]
+    look = app.queues.dlq(name, limit)
+    found = [d.to_json(preview=80 if not as_json else 2048) for d in look.letters]
+    if len(found) < min(limit, look.held):
+        why = (": a FIFO DLQ shows at most the first 10 messages of each group (SQS's group "
+               "lock; README, \"Dead letters\")" if name.endswith(".fifo") else "")
+        click.echo(f"{name}: showing {len(found)} of about {look.held} messages in its DLQ"
+                   f"{why}", err=True)  # fmt: skip
     if as_json:
         render.emit_json(found)
         return
@@ -342,9 +349,20 @@ def _last_error(failure: dict[str, Any] | None) -> str:
 @pass_app
 def dlq_purge(app: App, name: str, ids: tuple[str, ...]) -> None:
     """Delete the messages of NAME's DLQ (all, or those of --id)."""
-    deleted = app.queues.dlq_purge(name, ids or None)
-    what = "every message" if deleted is None else f"{deleted} message(s)"
+    done = app.queues.dlq_purge(name, ids or None)
+    what = "every message" if done.count is None else render.counted(done.count, "message")
     click.echo(f"{name}: deleted {what} from its DLQ")
+    _fail_on_not_found(name, done.not_found)
+
+
+def _fail_on_not_found(name: str, not_found: list[str]) -> None:
+    """Ids asked for and not found: named on stderr, exit 1 (what was found was done)."""
+    if not_found:
+        why = (" (in a FIFO DLQ, also a message behind the first 10 of its group: SQS's group "
+               "lock; README, \"Dead letters\")" if name.endswith(".fifo") else "")
+        click.echo(f"Error: {name}: {render.counted(len(not_found), 'message id')} not found "
+                   f"in its DLQ: {', '.join(not_found)}{why}", err=True)  # fmt: skip
+        click.get_current_context().exit(1)
 
 
 @queue.command()

@@ -9,6 +9,11 @@ from typing import Any
 import click
 
 
+def counted(n: int, word: str) -> str:
+    """`1 message`, `2 messages`: a count with its noun, singular for one."""
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
+
+
 def emit_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
 

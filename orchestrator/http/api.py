@@ -146,10 +146,14 @@ class Route:
     pattern: re.Pattern[str]
     call: Callable[[Request], Response]
     write: bool = False
+    # Needs the token (when API_TOKEN is set) and a same-site origin without being a write:
+    # a DLQ look receives messages, raising their receive counts.
+    guarded: bool = False
 
 
 class Api:
-    """Routes requests to the fleet; writes need the token when API_TOKEN is set."""
+    """Routes requests to the fleet; writes and DLQ looks need the token when API_TOKEN
+    is set."""
 
     def __init__(
         self,
@@ -173,7 +177,7 @@ class Api:
             Route("GET", _path("/api/queues/{name}"), self.get_queue),
             Route("PATCH", _path("/api/queues/{name}"), self.patch_queue, write=True),
             Route("POST", _path("/api/queues/{name}/redrive"), self.redrive, write=True),
-            Route("GET", _path("/api/queues/{name}/dlq"), self.dlq),
+            Route("GET", _path("/api/queues/{name}/dlq"), self.dlq, guarded=True),
             Route("GET", _path("/api/series"), self.series),
             Route("POST", _path("/api/queues/{name}/dlq/purge"), self.dlq_purge, write=True),
             Route("GET", _path("/api/fleet"), lambda r: json_response(self.fleet.need())),
@@ -184,9 +188,9 @@ class Api:
 
     def admit(self, request: Request) -> Response | None:
         """The checks that need only the request line and headers (host, route, and for
-        writes origin, token and media type): an error answer, or None to go on. The
-        server runs them before it reads a body or takes one of its request slots, so
-        that a client without the token can hold neither."""
+        writes origin, token and media type; origin and token for DLQ looks): an error
+        answer, or None to go on. The server runs them before it reads a body or takes one
+        of its request slots, so that a client without the token can hold neither."""
         try:
             self._admitted_route(request)
         except HttpError as exc:
@@ -196,9 +200,10 @@ class Api:
     def _admitted_route(self, request: Request) -> Route:
         self._check_host(request)
         route = self._route(request)
-        if route.write:
+        if route.write or route.guarded:
             self._check_origin(request)
             self._authorize(request)
+        if route.write:
             request.require_json()
         return route
 
@@ -257,7 +262,8 @@ class Api:
         if scheme.lower() != "bearer" or not hmac.compare_digest(given_token, token.encode()):
             raise HttpError(
                 401,
-                "this API requires 'Authorization: Bearer <API_TOKEN>' for changes",
+                "this API requires 'Authorization: Bearer <API_TOKEN>' for changes and DLQ "
+                "looks",
                 {"WWW-Authenticate": 'Bearer realm="orchestrator"'},
             )
 
@@ -299,7 +305,8 @@ class Api:
     def redrive(self, request: Request) -> Response:
         ids = _ids(request.json())  # any body must be a JSON object; none is {}
         result = self.fleet.redrive(request.params["name"], ids)
-        log.info("api.queue_redriven", queue=result["name"], moved=result["moved"])
+        log.info("api.queue_redriven", queue=result["name"], moved=result["moved"],
+                 not_found=len(result["notFound"]))
         return json_response(result)
 
     def series(self, request: Request) -> Response:
@@ -312,14 +319,18 @@ class Api:
     def dlq_purge(self, request: Request) -> Response:
         ids = _ids(request.json())
         result = self.fleet.dlq_purge(request.params["name"], ids)
-        log.info("api.dlq_purged", queue=result["name"], deleted=result["deleted"])
+        log.info("api.dlq_purged", queue=result["name"], deleted=result["deleted"],
+                 not_found=len(result["notFound"]))
         return json_response(result)
 
     def dlq(self, request: Request) -> Response:
         raw_limit = request.query.get("limit", ["50"])[-1]
         if not DIGITS.fullmatch(raw_limit) or not 1 <= int(raw_limit) <= MAX_JOBS:
             raise HttpError(400, f"limit must be from 1 to {MAX_JOBS} (got {raw_limit!r})")
-        return json_response(self.fleet.dlq(request.params["name"], int(raw_limit)))
+        look = self.fleet.dlq(request.params["name"], int(raw_limit))
+        log.info("api.dlq_looked", queue=request.params["name"], seen=len(look.letters),
+                 held=look.held)  # fmt: skip
+        return json_response([d.to_json() for d in look.letters])
 
     def jobs(self, request: Request) -> Response:
         status = request.arg("status")  # present but empty is a bad value, not "any"

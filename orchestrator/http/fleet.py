@@ -3,19 +3,18 @@ and SQS, and the few changes they may make (through QueueAdmin, as the CLI does)
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
-from orchestrator.backends.queues import QueueAdmin, QueueView
+from orchestrator.backends.queues import DlqLook, QueueAdmin, QueueView
 from orchestrator.backends.sqs import Sqs
 from orchestrator.backends.store import Store
 from orchestrator.config import Settings
-from orchestrator.errors import AlreadyRunning, QueueNotFound
+from orchestrator.errors import QueueNotFound
 from orchestrator.handlers import import_warning
 from orchestrator.metrics import QueueCounts, Totals
 from orchestrator.models import Assignment, FleetNeed, QueueDepth, QueueRecord, utcnow
@@ -82,8 +81,6 @@ class Fleet:
         self.store = store
         self.admin = QueueAdmin(settings, lambda: store, lambda: sqs)
         self.depths = DepthCache(sqs)
-        self.lock = threading.Lock()
-        self.redriving: set[str] = set()
 
     def close(self) -> None:
         self.depths.close()
@@ -112,29 +109,15 @@ class Fleet:
         return {**self.queue(name), "warnings": [warning] if warning else []}
 
     def redrive(self, name: str, ids: list[str] | None = None) -> dict[str, Any]:
-        with self._dlq_busy(name):
-            return {"name": name, "moved": self.admin.redrive(name, ids)}
+        done = self.admin.redrive(name, ids)  # one DLQ operation at a time, fleet-wide
+        return {"name": name, "moved": done.count, "notFound": done.not_found}
 
     def dlq_purge(self, name: str, ids: list[str] | None = None) -> dict[str, Any]:
-        with self._dlq_busy(name):
-            return {"name": name, "deleted": self.admin.dlq_purge(name, ids)}
+        done = self.admin.dlq_purge(name, ids)
+        return {"name": name, "deleted": done.count, "notFound": done.not_found}
 
-    def dlq(self, name: str, limit: int) -> list[dict[str, Any]]:
-        with self._dlq_busy(name):
-            return [d.to_json() for d in self.admin.dlq(name, limit)]
-
-    @contextlib.contextmanager
-    def _dlq_busy(self, name: str) -> Iterator[None]:
-        """One operation on a queue's DLQ at a time (each moves its messages about)."""
-        with self.lock:
-            if name in self.redriving:
-                raise AlreadyRunning(f"an operation on queue '{name}'s DLQ is already running")
-            self.redriving.add(name)
-        try:
-            yield
-        finally:
-            with self.lock:
-                self.redriving.discard(name)
+    def dlq(self, name: str, limit: int) -> DlqLook:
+        return self.admin.dlq(name, limit)
 
     def _queue_views(self, queues: list[QueueRecord]) -> list[dict[str, Any]]:
         shards: dict[str, list[Assignment]] = {}

@@ -20,6 +20,7 @@ _INT = {"type": "integer"}
 _STR = {"type": "string"}
 _BOOL = {"type": "boolean"}
 _NULL_INT = {"type": ["integer", "null"]}
+_IDS = {"type": "array", "items": {"type": "string"}}
 _NULL_STR = {"type": ["string", "null"]}
 _TIME = {"type": "string", "format": "date-time"}
 _NULL_TIME = {"type": ["string", "null"], "format": "date-time"}
@@ -89,7 +90,8 @@ SCHEMAS: dict[str, Any] = {
     "FleetNeed": _object({"liveWorkers": _INT, "capacity": _INT, "wanted": _INT,
                           "desiredWorkers": {"type": "integer", "minimum": 1},
                           "updatedAt": {"type": ["string", "null"], "format": "date-time"}}),
-    "Redrive": _object({"name": _STR, "moved": _INT}),
+    "Redrive": _object({"name": _STR, "moved": _INT, "notFound": _IDS}),
+    "DlqPurge": _object({"name": _STR, "deleted": _NULL_INT, "notFound": _IDS}),
     "Ids": {**_object({"ids": {"type": "array", "minItems": 1, "items": {
         "type": "string", "pattern": "^[A-Za-z0-9-]{1,100}$"}}}, required=False),
         "additionalProperties": False},
@@ -129,11 +131,13 @@ SCHEMAS: dict[str, Any] = {
 
 ERRORS = {
     400: "Malformed request: bad JSON, unknown field, wrong type or bad query parameter",
-    401: "A write without the API token (when API_TOKEN is set)",
-    403: "A request addressed to another host name, or a write from another site's page",
+    401: "A write or a DLQ look without the API token (when API_TOKEN is set)",
+    403: "A request addressed to another host name, or a write or DLQ look from another "
+         "site's page",
     404: "No such queue, job or path",
     405: "The path exists, not with this method",
-    409: "A conflict: redrive of a queue without a DLQ, or while another redrive runs",
+    409: "A conflict: a DLQ operation on a queue without a DLQ, or while another DLQ "
+         "operation runs on that queue anywhere in the fleet",
     413: "A body over 64 KiB",
     415: "A write whose body is not application/json",
     422: "A value the CLI would refuse too (e.g. concurrency above MAX_CONCURRENCY)",
@@ -204,11 +208,13 @@ PATHS: dict[str, Any] = {
         "parameters": [_NAME],
         "get": {
             "summary": "Messages in the queue's DLQ with the last failure of each (reading "
-                       "one is a receive: its receive count goes up by one)",
+                       "one is a receive: its receive count goes up by one, so a look needs "
+                       "the token like a write)",
+            "security": _WRITE,
             "parameters": [{"name": "limit", "in": "query", "schema": {
                 "type": "integer", "minimum": 1, "maximum": 1000, "default": 50}}],
             "responses": {"200": _json({"type": "array", "items": _ref("DeadLetter")}),
-                          **_errors(400, 404, 409, 503)},
+                          **_errors(400, 401, 403, 404, 409, 503)},
         },
     },
     "/api/queues/{name}/dlq/purge": {
@@ -218,7 +224,7 @@ PATHS: dict[str, Any] = {
             "security": _WRITE,
             "requestBody": {"required": False, "content": {"application/json": {
                 "schema": _ref("Ids")}}},
-            "responses": {"200": _json(_object({"name": _STR, "deleted": _NULL_INT})),
+            "responses": {"200": _json(_ref("DlqPurge")),
                           **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503)},
         },
     },
@@ -262,7 +268,7 @@ PATHS: dict[str, Any] = {
 
 def spec(settings: Settings) -> dict[str, Any]:
     """The description for these settings: their concurrency limit, and whether writes
-    need the token."""
+    and DLQ looks need the token."""
     paths = copy.deepcopy(PATHS)
     schemas = copy.deepcopy(SCHEMAS)
     schemas["QueuePatch"]["properties"]["concurrency"]["maximum"] = settings.max_concurrency
@@ -276,7 +282,8 @@ def spec(settings: Settings) -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "orchestrator", "version": __version__,
                  "description": "Queues, workers and jobs of an orchestrator fleet. Reads are "
-                                "open; writes need a bearer token when API_TOKEN is set."},
+                                "open; writes and DLQ looks (which receive messages) need "
+                                "a bearer token when API_TOKEN is set."},
         "paths": paths,
         "components": {
             "schemas": schemas,

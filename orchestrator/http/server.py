@@ -83,7 +83,8 @@ class ApiServer:
     def _announce(self, server: _Server) -> None:
         bound_host, bound_port = server.server_address[:2]
         url = f"http://{_url_host(str(bound_host))}:{bound_port}/"
-        token = "required for changes" if self.settings.api_token else "none (changes are open)"
+        token = ("required for changes and DLQ looks" if self.settings.api_token
+                 else "none (changes are open)")  # fmt: skip
         if self.api.loopback_only:
             log.info("api.listening", url=url, reachable_from="this host only (loopback)",
                      token=token)  # fmt: skip

@@ -33,7 +33,7 @@ def test_localstack_starts_serves_sqs_and_stops(tmp_path: Path) -> None:
         url, dlq_url = sqs.create_queue("ls", visibility_timeout=30, dlq_name="ls-dlq")
         assert dlq_url
         sqs.send_batch(dlq_url, [str(i) for i in range(10)])
-        assert sqs.redrive(dlq_url, url, 100) == 10
+        assert len(sqs.redrive(dlq_url, url, 100)) == 10
         assert sqs.depth(url).visible == 10
     finally:
         assert embedded.stop(settings) == ["sqs"]

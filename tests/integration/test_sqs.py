@@ -56,7 +56,7 @@ def test_redrive_moves_every_message_back(sqs: Sqs) -> None:
     assert dlq_url
     for start in range(0, 25, 10):
         sqs.send_batch(dlq_url, [f"m{i}" for i in range(start, min(start + 10, 25))])
-    assert sqs.redrive(dlq_url, url, 100) == 25
+    assert len(sqs.redrive(dlq_url, url, 100)) == 25
     assert sqs.depth(dlq_url).visible == 0
     bodies = set()
     while len(bodies) < 25:
@@ -71,7 +71,7 @@ def test_redrive_stops_at_its_limit(sqs: Sqs) -> None:
     assert dlq_url
     sqs.send_batch(dlq_url, [f"m{i}" for i in range(10)])
     sqs.send_batch(dlq_url, [f"n{i}" for i in range(5)])
-    assert sqs.redrive(dlq_url, url, 12) == 12
+    assert len(sqs.redrive(dlq_url, url, 12)) == 12
     assert sqs.depth(dlq_url).visible == 3 and sqs.depth(url).visible == 12
 
 

@@ -33,6 +33,7 @@ def test_indexes_of_the_contract_exist(store: Store) -> None:
     jobs = index_keys(store, "jobs")
     assert ("status", "createdAt") in jobs and ("queueUrl", "status") in jobs
     assert jobs[("lastModified",)]["expireAfterSeconds"] == store.job_ttl_seconds == 5 * 86400
+    assert index_keys(store, "locks")[("expiresAt",)]["expireAfterSeconds"] == 3600
 
 
 def test_the_unique_queue_index_of_assignments_before_shards_is_replaced(store: Store) -> None:
@@ -112,3 +113,28 @@ def test_unreachable_server_is_a_clear_error() -> None:
     message = str(info.value)
     assert f"127.0.0.1:{port}" in message and "secret" not in message
     assert "Topology" not in message
+
+
+def test_a_lock_is_taken_once_renewed_released_and_taken_over_when_expired(
+    store: Store,
+) -> None:
+    from datetime import timedelta
+
+    now = utcnow()
+    later = now + timedelta(seconds=60)
+    assert store.take_lock("dlq:q", "a", now, later) is None
+    assert store.take_lock("dlq:q", "b", now, later) == ("a", later)
+    assert store.take_lock("dlq:other", "b", now, later) is None  # locks are per name
+    assert store.renew_lock("dlq:q", "a", later + timedelta(seconds=5))
+    assert not store.renew_lock("dlq:q", "b", later)
+    store.release_lock("dlq:q", "b")  # not b's: stays
+    assert store.take_lock("dlq:q", "b", now, later) is not None
+    store.release_lock("dlq:q", "a")
+    assert store.take_lock("dlq:q", "b", now, later) is None
+    # b crashed: its lock has expired by c's clock, and c takes it over; a renewal by b
+    # then fails, and so does its release
+    after = later + timedelta(seconds=1)
+    assert store.take_lock("dlq:q", "c", after, after + timedelta(seconds=60)) is None
+    assert not store.renew_lock("dlq:q", "b", after)
+    store.release_lock("dlq:q", "b")
+    assert store.take_lock("dlq:q", "d", after, after)[0] == "c"  # type: ignore[index]

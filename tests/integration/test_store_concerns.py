@@ -83,6 +83,23 @@ def test_lease_writes_wait_for_a_majority_and_the_lease_is_read_from_one(
     assert store.lease() is None
 
 
+def test_lock_writes_wait_for_a_majority_and_locks_are_read_from_one(
+    recorded: tuple[Store, Recorder],
+) -> None:
+    store, rec = recorded
+    now = utcnow()
+    later = now + timedelta(seconds=30)
+    assert store.take_lock("dlq:q", "a", now, later) is None
+    assert concerns(rec.sent("insert", "locks")) == [MAJORITY]
+    assert store.take_lock("dlq:q", "b", now, later) == ("a", later)
+    [find] = rec.sent("find", "locks")
+    assert find["readConcern"] == {"level": "majority"}
+    assert store.renew_lock("dlq:q", "a", later)
+    assert concerns(rec.sent("update", "locks")) == [MAJORITY]
+    store.release_lock("dlq:q", "a")
+    assert concerns(rec.sent("delete", "locks")) == [MAJORITY]
+
+
 def test_assignment_writes_and_job_ends_wait_for_a_majority(
     recorded: tuple[Store, Recorder],
 ) -> None:
@@ -163,6 +180,9 @@ def test_the_store_sends_only_commands_the_documented_role_grants(
         list(store.queue_pages_by_id(None, 1))
         store.create_lease("m1", now)
         store.lease()
+        store.take_lock("dlq:q", "a", now, now)
+        store.take_lock("dlq:q", "b", now, now)  # expired: taken over
+        store.release_lock("dlq:q", "b")
         store.release_worker("w1", now, "gone")
         store.delete_queue("q")
         store.ping()

@@ -172,7 +172,7 @@ def test_reads_writes_and_errors_over_http(
     sqs.send_batch(stored.dlq_url, ["back-1", "back-2", "back-3"])
     wait_for(lambda: get(f"{base}/api/queues/api-q")["dlqVisible"] == 3, 10, "the DLQ depth")
     status, doc = call("POST", f"{patch}/redrive", {}, token=TOKEN)
-    assert status == 200 and doc == {"name": "api-q", "moved": 3}
+    assert status == 200 and doc == {"name": "api-q", "moved": 3, "notFound": []}
     assert call("PATCH", patch, {"paused": False}, token=TOKEN)[0] == 200
     wait_for(lambda: get(patch)["handled"] >= 23, 60, "the redriven messages to be handled")
 

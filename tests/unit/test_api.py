@@ -65,6 +65,38 @@ def test_writes_need_the_token_before_anything_else(headers: dict[str, str], sta
 
 
 @pytest.mark.parametrize(
+    ("headers", "status"),
+    [({}, 401), ({"authorization": "Bearer wrong"}, 401),
+     ({"authorization": "Bearer t0ken"}, PASSED),
+     ({"authorization": "Bearer t0ken", "origin": "http://evil.example"}, 403)],
+)  # fmt: skip
+def test_a_dlq_look_needs_the_token_like_a_write(headers: dict[str, str], status: int) -> None:
+    """A look receives the DLQ's messages (raising their receive counts): not a read."""
+    api = make_api(API_TOKEN="t0ken")
+    response = api.dispatch(request("GET", "/api/queues/q/dlq", host="127.0.0.1:3000",
+                                    **headers))  # fmt: skip
+    assert response.status == status
+    if status == 401:
+        assert b"DLQ looks" in response.body
+
+
+def test_without_a_token_a_dlq_look_is_open() -> None:
+    api = make_api()
+    assert api.dispatch(request("GET", "/api/queues/q/dlq")).status == PASSED
+
+
+def test_the_description_says_which_operations_need_the_token() -> None:
+    paths = spec(config.load("development", {"API_TOKEN": "t0ken"}))["paths"]
+    secured = {(path, method) for path, item in paths.items() for method, op in item.items()
+               if isinstance(op, dict) and op.get("security")}  # fmt: skip
+    assert secured == {("/api/queues/{name}", "patch"), ("/api/queues/{name}/redrive", "post"),
+                       ("/api/queues/{name}/dlq", "get"),
+                       ("/api/queues/{name}/dlq/purge", "post")}  # fmt: skip
+    open_paths = spec(config.load("development", {}))["paths"]
+    assert "security" not in open_paths["/api/queues/{name}/dlq"]["get"]
+
+
+@pytest.mark.parametrize(
     ("host", "status"),
     [("evil.example", 403), ("evil.example:3000", 403), ("127.0.0.1.evil.example", 403),
      ("localhost:3000", 401), ("127.0.0.1:3000", 401), ("[::1]:3000", 401)],

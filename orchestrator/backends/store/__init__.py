@@ -20,6 +20,8 @@ from orchestrator.backends.store.base import (
     FAILURES,
     INDEX_OPTIONS_CONFLICT,
     JOBS,
+    LOCK_LEFTOVER_SECONDS,
+    LOCKS,
     METRICS,
     QUEUES,
     SERIES,
@@ -30,6 +32,7 @@ from orchestrator.backends.store.depths import DepthDocs
 from orchestrator.backends.store.failures import FailureDocs
 from orchestrator.backends.store.jobs import JobDocs
 from orchestrator.backends.store.leases import LeaseDocs
+from orchestrator.backends.store.locks import LockDocs
 from orchestrator.backends.store.metrics import MetricDocs
 from orchestrator.backends.store.queues import QueueDocs
 from orchestrator.backends.store.schema import SCHEMA_VERSION, SchemaDocs
@@ -45,8 +48,8 @@ from orchestrator.models import (
 __all__ = ["DAEMON_TIMEOUT_MS", "INDEX_OPTIONS_CONFLICT", "SCHEMA_VERSION", "Store"]
 
 
-class Store(QueueDocs, AssignmentDocs, WorkerDocs, JobDocs, LeaseDocs, MetricDocs, DepthDocs,
-            FailureDocs, SeriesDocs, SchemaDocs):
+class Store(QueueDocs, AssignmentDocs, WorkerDocs, JobDocs, LeaseDocs, LockDocs, MetricDocs,
+            DepthDocs, FailureDocs, SeriesDocs, SchemaDocs):
     """Owns the MongoDB connection and every query against the collections of
     docs/design.md §4."""
 
@@ -72,6 +75,8 @@ class Store(QueueDocs, AssignmentDocs, WorkerDocs, JobDocs, LeaseDocs, MetricDoc
         db[SERIES].create_index([("kind", 1), ("name", 1), ("minute", 1)])
         self._ensure_ttl(SERIES, "minute", SERIES_TTL_SECONDS)
         self._ensure_ttl(FAILURES, "at", self.job_ttl_seconds)
+        # Locks are judged by their expiresAt; the index only clears a crashed holder's.
+        self._ensure_ttl(LOCKS, "expiresAt", LOCK_LEFTOVER_SECONDS)
         self.record_schema(found)  # last: the number says the layout is complete
 
     @translated

@@ -37,6 +37,8 @@ SERIES = "series"  # a minute's figures per queue and worker, for the charts (TT
 DEPTHS = "depths"  # the leading master's latest depth check of each queue
 FLEET = "fleet"  # one document, "need": what the fleet needs, by the leader's last cycle
 META = "meta"  # {_id: "schema", version}: the layout of the collections (schema.py)
+LOCKS = "locks"  # {_id: "dlq:<queue>", holder, expiresAt}: one DLQ operation at a time
+LOCK_LEFTOVER_SECONDS = 3600  # a crashed holder's expired lock is purged this much later
 INDEX_OPTIONS_CONFLICT = (85, 86)
 # Daemons give up on an unreachable server sooner than the CLI: their loops retry
 # anyway, and a long wait stalls everything else they do.

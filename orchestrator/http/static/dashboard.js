@@ -8,7 +8,7 @@
   })();
   const READ_TIMEOUT_MS = Math.max(10000, REFRESH_MS);
   const TOKEN_KEY = "orchestrator.token";
-  const TOKEN_MSG = "this API requires a token for changes: enter it above";
+  const TOKEN_MSG = "this API requires a token for changes and DLQ looks: enter it above";
   const DASH = "\u2014";
 
   const $ = (id) => document.getElementById(id);
@@ -217,7 +217,7 @@
     const timer = setTimeout(() => ctl.abort(), READ_TIMEOUT_MS);
     let res;
     try {
-      res = await fetch(path, { headers: { Accept: "application/json" }, cache: "no-store", signal: ctl.signal });
+      res = await fetch(path, { headers: authorized({ Accept: "application/json" }), cache: "no-store", signal: ctl.signal });
     } catch (e) {
       throw new HttpError(ctl.signal.aborted ? `no answer in ${READ_TIMEOUT_MS / 1000} s` : e.message, 0, true);
     } finally {
@@ -225,14 +225,22 @@
     }
     let body;
     try { body = await readBody(res); } catch (e) { throw new HttpError(e.message, res.status, true); }
+    if (res.status === 401) {
+      ui.token.classList.add("needed");
+      throw new HttpError(TOKEN_MSG, 401, false);
+    }
     if (!res.ok && !(lenient && lenient(body))) throw new HttpError(errorText(res, body), res.status, false);
     return body;
   }
-
-  async function write(method, path, payload) {
-    const headers = { "Content-Type": "application/json", Accept: "application/json" };
+  /** The headers plus the token, when one is entered (writes and DLQ looks need it). */
+  function authorized(headers) {
     const token = ui.token.value.trim();
     if (token) headers.Authorization = "Bearer " + token;
+    return headers;
+  }
+
+  async function write(method, path, payload) {
+    const headers = authorized({ "Content-Type": "application/json", Accept: "application/json" });
     let res;
     try {
       res = await fetch(path, { method, headers, body: JSON.stringify(payload), cache: "no-store" });
@@ -597,7 +605,10 @@
     try {
       const body = await write("POST", path, { ids });
       const n = action === "redrive" ? body.moved : body.deleted;
-      showMessage(`${action === "redrive" ? "redrove" : "deleted"} ${plural(n || 0, "message")} of ${name}'s DLQ`, "ok");
+      const done = `${action === "redrive" ? "redrove" : "deleted"} ${plural(n || 0, "message")} of ${name}'s DLQ`;
+      const missing = body && Array.isArray(body.notFound) ? body.notFound : [];
+      if (missing.length) showMessage(`${done}; not found (gone, or held by another look): ${missing.join(", ")}`, "error");
+      else showMessage(done, "ok");
     } catch (e) {
       showMessage(e.message, "error");
     }
