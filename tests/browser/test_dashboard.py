@@ -43,7 +43,9 @@ def test_the_dashboard_shows_the_queue_draining_and_changes_its_concurrency(
 
     # The depth falls as the daemon works
     first = wait_for(lambda: depth(page, "web"), 30, "the queue's depth on the page")
-    wait_for(lambda: (depth(page, "web") or first) < first, 60, "the depth to fall on the page")
+    # 0 is a fall too (`or first` took a drained queue's 0 for "not shown" and waited on)
+    wait_for(lambda: (d := depth(page, "web")) is not None and d < first, 60,
+             "the depth to fall on the page")  # fmt: skip
     row = page.locator('tr[data-queue="web"]')
     wait_for(lambda: row.locator('td[data-field="worker"]').text_content() != "—", 30,
              "the assigned worker on the page")  # fmt: skip
