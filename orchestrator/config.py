@@ -258,6 +258,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def url_host(host: str) -> str:
+    """`host` as a URL has it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
 def default_data_dir(environ: Mapping[str, str]) -> Path:
     """The per-user folder of the embedded servers' files: the same whatever the working
     directory (XDG base directories: $XDG_DATA_HOME, else ~/.local/share)."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from orchestrator.config import Settings
+from orchestrator.config import Settings, url_host
 from orchestrator.errors import OrchestratorError
 
 log = structlog.get_logger()
@@ -41,8 +41,8 @@ class ProbeServer:
     def start(self) -> None:
         self.thread.start()
         host, port = str(self.server.server_address[0]), int(self.server.server_address[1])
-        host = f"[{host}]" if ":" in host else host
-        log.info("probes.listening", url=f"http://{host}:{port}/", paths=["/livez", "/readyz"])
+        log.info("probes.listening", url=f"http://{url_host(host)}:{port}/",
+                 paths=["/livez", "/readyz"])  # fmt: skip
 
     def stop(self) -> None:
         self.server.shutdown()

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import structlog
 
-from orchestrator.config import Settings
+from orchestrator.config import Settings, url_host
 from orchestrator.http.api import DIGITS, Api, Request, Response, error_response
 
 log = structlog.get_logger()
@@ -82,7 +82,7 @@ class ApiServer:
 
     def _announce(self, server: _Server) -> None:
         bound_host, bound_port = server.server_address[:2]
-        url = f"http://{_url_host(str(bound_host))}:{bound_port}/"
+        url = f"http://{url_host(str(bound_host))}:{bound_port}/"
         token = ("required for changes and DLQ looks" if self.settings.api_token
                  else "none (changes are open)")  # fmt: skip
         if self.api.loopback_only:
@@ -90,10 +90,6 @@ class ApiServer:
                      token=token)  # fmt: skip
         else:
             log.warning("api.listening", url=url, reachable_from="the network", token=token)
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 class _Server(ThreadingHTTPServer):

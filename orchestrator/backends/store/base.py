@@ -15,6 +15,7 @@ from typing import Any, ParamSpec, Self, TypeVar
 import pymongo
 import pymongo.common
 from bson import ObjectId
+from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import OperationFailure, PyMongoError
 from pymongo.monitoring import CommandListener
@@ -147,6 +148,12 @@ class Connection:
             db_name, write_concern=MAJORITY)
         self._fast: Database[dict[str, Any]] = self._client.get_database(
             db_name, write_concern=FAST)
+
+    def _coordinating(self, name: str) -> Collection[dict[str, Any]]:
+        """Collection `name` for the documents processes coordinate by (the lease, locks):
+        written for a majority and read as a majority has it, so that no failover can undo
+        what another process already acted on."""
+        return self._majority.get_collection(name, read_concern=MAJORITY_READ)
 
     @classmethod
     def connect(

@@ -14,7 +14,6 @@ from pymongo.errors import DuplicateKeyError
 
 from orchestrator.backends.store.base import (
     LEASES,
-    MAJORITY_READ,
     Connection,
     translated,
 )
@@ -26,7 +25,7 @@ class LeaseDocs(Connection):
 
     @property
     def _leases(self) -> Collection[dict[str, Any]]:
-        return self._majority.get_collection(LEASES, read_concern=MAJORITY_READ)
+        return self._coordinating(LEASES)
 
     @translated
     def renew_lease(self, holder: str, expires: datetime) -> bool:

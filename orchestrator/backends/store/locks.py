@@ -16,7 +16,7 @@ from typing import Any
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
-from orchestrator.backends.store.base import LOCKS, MAJORITY_READ, Connection, translated
+from orchestrator.backends.store.base import LOCKS, Connection, translated
 
 TAKE_ATTEMPTS = 3  # a lock may change between our insert, read and swap; then look again
 
@@ -26,7 +26,7 @@ class LockDocs(Connection):
 
     @property
     def _locks(self) -> Collection[dict[str, Any]]:
-        return self._majority.get_collection(LOCKS, read_concern=MAJORITY_READ)
+        return self._coordinating(LOCKS)
 
     @translated
     def take_lock(self, name: str, holder: str, now: datetime,
