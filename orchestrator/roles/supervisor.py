@@ -70,7 +70,7 @@ class Supervisor:
             readable, _, _ = select.select([self.signals.read_fd, *pipes], [], [], 0.5)
             for fd in readable:
                 if fd in pipes:
-                    self._take_notes(pipes[fd])
+                    self._take_notes(pipes[fd], fd)
             for sig in self.signals.drain():
                 if sig in STOP:
                     if self.stopping_since is not None:
@@ -126,21 +126,20 @@ class Supervisor:
 
     def _forget(self, slot: _Slot) -> None:
         """Its child is gone: close our end of its status pipe."""
-        if slot.child is not None and slot.child.status_fd is not None:
-            os.close(slot.child.status_fd)
+        if slot.child is not None:
+            _close_status(slot.child)
         slot.child = None
 
-    def _take_notes(self, slot: _Slot) -> None:
-        notes, closed = read_notes(slot.child.status_fd) if slot.child and \
-            slot.child.status_fd is not None else ([], False)  # fmt: skip
+    def _take_notes(self, slot: _Slot, fd: int) -> None:
+        """Read what its child noted (roles/status.py), stamped with our clock."""
+        notes, closed = read_notes(fd)
         now = time.monotonic()
         for note in notes:
             slot.notes[note] = now
             if note is Note.HEARTBEAT:  # a heartbeat that got through ends a fence
                 slot.notes.pop(Note.FENCED, None)
-        if closed and slot.child is not None and slot.child.status_fd is not None:
-            os.close(slot.child.status_fd)  # it is exiting; reaping will say how
-            slot.child.status_fd = None
+        if closed and slot.child is not None:
+            _close_status(slot.child)  # it is exiting; reaping will say how
 
     # --- probes (from the probe server's thread: they only read) -------------------------
 
@@ -209,3 +208,10 @@ class Supervisor:
             child.kill_group()  # with its consumers; their unfinished messages reappear in SQS
         processes.stop_all(children, 0)
         return 1
+
+
+def _close_status(child: processes.Child) -> None:
+    """Close our end of a child's status pipe, once."""
+    if child.status_fd is not None:
+        os.close(child.status_fd)
+        child.status_fd = None
