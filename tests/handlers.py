@@ -42,6 +42,14 @@ def slow_record(message: Message) -> None:
     _record(message, start)
 
 
+def hold(message: Message) -> None:
+    """Record the start at once, sleep the body's `ms` (default 100), record the end."""
+    start = time.time()
+    _record(message, start, phase="start")
+    time.sleep(message.json().get("ms", 100) / 1000)
+    _record(message, start, phase="end")
+
+
 def poison(message: Message) -> None:
     """Fail on bodies that say "poison"; record the rest."""
     if "poison" in message.body:
