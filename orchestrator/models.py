@@ -18,7 +18,8 @@ def utcnow() -> datetime:
 
 @dataclass(frozen=True)
 class QueueRecord:
-    """A managed queue: the source of truth for its settings."""
+    """A queue the fleet runs: the source of truth for its settings. Managed queues the
+    product created and owns in SQS; adopted ones (`managed` False) it only consumes."""
 
     name: str
     queue_url: str
@@ -37,6 +38,10 @@ class QueueRecord:
     adaptive: bool = False  # the effective concurrency follows AIMD below `concurrency`
     max_shards: int = 1  # workers that may serve the queue at once
     failure_bodies: bool = False  # a failure's record keeps the message body (DLQ browser)
+    managed: bool = True  # False: adopted; never created, changed, purged or deleted in SQS
+    region: str | None = None  # None: AWS_REGION (documents from before regions)
+    account: str | None = None  # the AWS account its URL names
+    role_arn: str | None = None  # assumed (STS) for every call on it; None: own credentials
     id: str | None = None  # the document's ObjectId, as hex
     created_at: datetime | None = None
     updated_at: datetime | None = None
@@ -44,7 +49,12 @@ class QueueRecord:
 
     @property
     def fifo(self) -> bool:
-        return self.name.endswith(".fifo")
+        return self.sqs_name.endswith(".fifo")
+
+    @property
+    def sqs_name(self) -> str:
+        """Its name in SQS (an adopted queue's `name` may differ: `adopt --name`)."""
+        return self.queue_url.rstrip("/").rsplit("/", 1)[-1] if self.queue_url else self.name
 
     def to_doc(self) -> dict[str, Any]:
         """The document without `_id` (the store owns ObjectId conversion)."""
@@ -66,6 +76,10 @@ class QueueRecord:
             "adaptive": self.adaptive,
             "maxShards": self.max_shards,
             "failureBodies": self.failure_bodies,
+            "managed": self.managed,
+            "region": self.region,
+            "account": self.account,
+            "roleArn": self.role_arn,
             "createdAt": self.created_at,
             "updatedAt": self.updated_at,
             "syncedAt": self.synced_at,
@@ -94,6 +108,10 @@ class QueueRecord:
             adaptive=bool(doc.get("adaptive", False)),
             max_shards=int(doc.get("maxShards") or 1),
             failure_bodies=bool(doc.get("failureBodies", False)),
+            managed=bool(doc.get("managed", True)),
+            region=doc.get("region"),
+            account=doc.get("account"),
+            role_arn=doc.get("roleArn"),
             created_at=doc.get("createdAt"),
             updated_at=doc.get("updatedAt"),
             synced_at=doc.get("syncedAt"),
