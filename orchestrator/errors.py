@@ -92,6 +92,10 @@ class ServiceUnavailable(OrchestratorError):
     """MongoDB or SQS could not be reached or refused the request."""
 
 
+class RoleUnavailable(ServiceUnavailable):
+    """A queue's IAM role could not be assumed: an outage of the queues behind it only."""
+
+
 class EmbeddedServerError(OrchestratorError):
     """An embedded server could not be started, reused or stopped."""
 

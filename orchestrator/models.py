@@ -157,6 +157,7 @@ class QueueDepth:
     visible: int
     in_flight: int
     delayed: int
+    missing: bool = False  # SQS has no such queue (counted as empty)
 
 
 @dataclass(frozen=True)

@@ -361,6 +361,9 @@ class MemorySqs(_Failing):
         self.seq = itertools.count()
         self.requests: dict[str, int] = {}  # operation → calls, as SQS would bill them
 
+    def of(self, queue: QueueRecord) -> MemorySqs:
+        return self  # one region, one account
+
     def _queue(self, url: str, operation: str) -> _Queue:
         self._check()
         self.requests[operation] = self.requests.get(operation, 0) + 1

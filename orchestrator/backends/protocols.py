@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from orchestrator.metrics import Meter
 from orchestrator.models import (
@@ -138,6 +138,10 @@ class MasterStore(SyncStore, Protocol):
 
 class SyncSqs(Protocol):
     """SQS queues, for the DB → SQS sync."""
+
+    def of(self, queue: QueueRecord) -> Self:
+        """The client for this queue's region and role."""
+        ...
 
     def list_queue_urls(self, page_size: int = 1000) -> list[str]: ...
 

@@ -113,10 +113,17 @@ class FleetCollector(Collector):
             "Messages in the queue's dead-letter queue",
             labels=["queue"],
         )
+        missing = GaugeMetricFamily(
+            "orchestrator_queue_missing",
+            "1 when the master's last check found no such queue in SQS (an adopted queue is "
+            "never recreated)",
+            labels=["queue"],
+        )
         for queue, depth, dlq_depth in self.fleet.queue_depths():
             if depth is not None:
                 visible.add_metric([queue.name], depth.visible)
                 in_flight.add_metric([queue.name], depth.in_flight)
+                missing.add_metric([queue.name], int(depth.missing))
             if dlq_depth is not None:
                 dlq.add_metric([queue.name], dlq_depth.visible)
         effective = GaugeMetricFamily(
@@ -127,7 +134,7 @@ class FleetCollector(Collector):
         )
         for name, value in sorted(self.fleet.effective().items()):
             effective.add_metric([name], value)
-        yield from (visible, in_flight, dlq, effective)
+        yield from (visible, in_flight, missing, dlq, effective)
 
 
 class MasterMetrics:

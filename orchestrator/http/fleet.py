@@ -43,29 +43,32 @@ class DepthCache:
     One refresh at a time: callers who arrive meanwhile wait and then find fresh
     depths, so slow SQS answers never pile up requests, whatever the viewers."""
 
-    def __init__(self, sqs: Sqs, ttl: float = DEPTH_TTL_SECONDS) -> None:
-        self.sqs = sqs
+    def __init__(self, ttl: float = DEPTH_TTL_SECONDS) -> None:
         self.ttl = ttl
         self.pool = ThreadPoolExecutor(DEPTH_THREADS, thread_name_prefix="api-depth")
         self.refresh = threading.Lock()
         self.cache: dict[str, tuple[float, QueueDepth | None]] = {}
 
-    def get(self, urls: Iterable[str]) -> dict[str, QueueDepth | None]:
-        wanted = set(urls)
+    def get(self, urls: Iterable[tuple[str, Sqs]]) -> dict[str, QueueDepth | None]:
+        """The depths of these queues, each asked of its own client (region, role)."""
+        clients = dict(urls)
+        wanted = set(clients)
         with self.refresh:
             now = time.monotonic()
             fresh = {u: e[1] for u in wanted if (e := self.cache.get(u)) and now - e[0] < self.ttl}
             stale = sorted(wanted - fresh.keys())
-            for url, depth in zip(stale, self.pool.map(self._fetch, stale), strict=True):
+            found = self.pool.map(self._fetch, stale, [clients[u] for u in stale])
+            for url, depth in zip(stale, found, strict=True):
                 fresh[url] = depth
                 self.cache[url] = (now, depth)
             # Forget what nobody asked about for a while (deleted queues).
             self.cache = {u: e for u, e in self.cache.items() if now - e[0] < 10 * self.ttl}
         return fresh
 
-    def _fetch(self, url: str) -> QueueDepth | None:
+    @staticmethod
+    def _fetch(url: str, sqs: Sqs) -> QueueDepth | None:
         try:
-            return self.sqs.depth(url)
+            return sqs.depth(url)
         except QueueNotFound:
             return None
 
@@ -79,11 +82,16 @@ class Fleet:
     def __init__(self, settings: Settings, store: Store, sqs: Sqs) -> None:
         self.settings = settings
         self.store = store
+        self.sqs = sqs
         self.admin = QueueAdmin(settings, lambda: store, lambda: sqs)
-        self.depths = DepthCache(sqs)
+        self.depths = DepthCache()
 
     def close(self) -> None:
         self.depths.close()
+
+    def _dlq_depths(self, queues: list[QueueRecord]) -> dict[str, QueueDepth | None]:
+        """The DLQs' depths, each asked in its queue's region, as its role."""
+        return self.depths.get((q.dlq_url, self.sqs.of(q)) for q in queues if q.dlq_url)
 
     # --- queues -------------------------------------------------------------------
 
@@ -128,7 +136,7 @@ class Fleet:
                                                       for a in held])  # fmt: skip
         totals = self.store.metric_totals(q.name for q in queues).queues
         checked = self.store.depths(q.queue_url for q in queues)  # the master's checks
-        dlqs = self.depths.get(q.dlq_url for q in queues if q.dlq_url)
+        dlqs = self._dlq_depths(queues)
         views = []
         for q in queues:
             a = assigned.get(q.queue_url)
@@ -158,6 +166,7 @@ class Fleet:
                 "effectiveConcurrency": _sum_or_none(
                     effective.get(a.job_id) for a in shards.get(q.queue_url, ())),
                 "depthChangedAt": depth_at.isoformat() if depth_at else None,
+                "missing": depth.missing if depth else None,
             })  # fmt: skip
         return views
 
@@ -229,7 +238,7 @@ class Fleet:
         """Every queue with its depth (the master's last check) and its DLQ's (from SQS)."""
         queues = self.store.list_queues()
         checked = self.store.depths()
-        dlqs = self.depths.get(q.dlq_url for q in queues if q.dlq_url)
+        dlqs = self._dlq_depths(queues)
         return [(q, _depth(checked.get(q.queue_url)), dlqs.get(q.dlq_url) if q.dlq_url else None)
                 for q in queues]  # fmt: skip
 

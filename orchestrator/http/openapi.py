@@ -63,6 +63,10 @@ QUEUE: dict[str, Any] = {
         "maxShards": _INT, "shards": _INT, "effectiveConcurrency": _NULL_INT,
         "failureBodies": _BOOL,
         "depthChangedAt": {"type": ["string", "null"], "format": "date-time"},
+        # Where it lives (region null: AWS_REGION; documents from before regions), and
+        # whether the product owns it in SQS (false: adopted) or found it missing there.
+        "managed": _BOOL, "region": _NULL_STR, "account": _NULL_STR, "roleArn": _NULL_STR,
+        "missing": {"type": ["boolean", "null"]},
 }
 
 SCHEMAS: dict[str, Any] = {

@@ -228,7 +228,7 @@ class Master:
                 self.placement.resynced(queue, found=current is not None)
                 continue
             try:
-                fresh = create_in_sqs(self.sqs, current)
+                fresh = create_in_sqs(self.sqs.of(current), current)
             except ServiceUnavailable as exc:
                 self.placement.sqs_outage.failed(exc)
                 return

@@ -260,7 +260,7 @@ class Placement:
             if check.done():
                 del self.checking[url]
                 if isinstance(exc := check.exception(), QueueNotFound):
-                    found[url] = QueueDepth(0, 0, 0)
+                    found[url] = QueueDepth(0, 0, 0, missing=True)
                     self._missing(now, url)
                 elif exc is not None:
                     failed = exc
@@ -274,7 +274,7 @@ class Placement:
         return found
 
     def _depth(self, queue: QueueRecord) -> QueueDepth:
-        return self.sqs.depth(queue.queue_url)
+        return self.sqs.of(queue).depth(queue.queue_url)
 
     # --- queues missing in SQS ----------------------------------------------------------
 
@@ -282,7 +282,9 @@ class Placement:
         if url not in self.lost:
             self.lost[url] = now
             queue = self.known.get(url)
-            log.warning("queue.missing_in_sqs", queue=queue.name if queue else url)
+            # An adopted queue is its team's: it is reported, never recreated.
+            log.warning("queue.missing_in_sqs", queue=queue.name if queue else url,
+                        recreated=bool(queue and queue.managed))  # fmt: skip
 
     def _present(self, url: str) -> None:
         self.lost.pop(url, None)
@@ -293,7 +295,8 @@ class Placement:
         for url in [u for u in self.lost if u not in self.known]:
             del self.lost[url]  # its document is gone (or has another URL now)
         return [self.known[url] for url, since in self.lost.items()
-                if (now - since).total_seconds() >= RESYNC_AFTER][:RESYNCS_PER_CYCLE]
+                if self.known[url].managed
+                and (now - since).total_seconds() >= RESYNC_AFTER][:RESYNCS_PER_CYCLE]
 
     def resynced(self, old: QueueRecord, found: bool) -> None:
         """`old` was recreated in SQS, or not found in MongoDB (deleted meanwhile)."""

@@ -22,7 +22,8 @@ class DepthDocs(Connection):
             return
         self._fast[DEPTHS].bulk_write([
             UpdateOne({"_id": url}, {"$set": {"visible": d.visible, "inFlight": d.in_flight,
-                                              "delayed": d.delayed, "checkedAt": at}},
+                                              "delayed": d.delayed, "missing": d.missing,
+                                              "checkedAt": at}},
                       upsert=True)
             for url, (d, at) in found.items()
         ], ordered=False)  # fmt: skip
@@ -32,7 +33,8 @@ class DepthDocs(Connection):
         """The last depth checked of these queues (None: of every queue checked)."""
         query = {} if urls is None else {"_id": {"$in": list(urls)}}
         cursor = self._db[DEPTHS].find(query).batch_size(5000)
-        return {d["_id"]: (QueueDepth(int(d["visible"]), int(d["inFlight"]), int(d["delayed"])),
+        return {d["_id"]: (QueueDepth(int(d["visible"]), int(d["inFlight"]), int(d["delayed"]),
+                                      bool(d.get("missing", False))),
                            d["checkedAt"]) for d in cursor}  # fmt: skip
 
     @translated

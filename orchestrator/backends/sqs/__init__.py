@@ -1,4 +1,4 @@
-"""Sqs: every SQS request of the project. The only module that imports boto3."""
+"""Sqs: every SQS request of the project. This package alone imports boto3."""
 
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
-import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from orchestrator.backends.batches import BATCH as BATCH  # the consumer's engine uses it
 from orchestrator.backends.batches import DlqScan, message_size, sized_batches
+from orchestrator.backends.sqs.sessions import Family, make_session
 from orchestrator.config import Settings, redact_uri, scrub
 from orchestrator.errors import AlreadyRunning, ConfigError, QueueNotFound, ServiceUnavailable
 from orchestrator.metrics import Meter
-from orchestrator.models import QueueDepth, SqsMessage
+from orchestrator.models import QueueDepth, QueueRecord, SqsMessage
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -118,27 +118,30 @@ class Sqs:
         attempts: int = 3,
         meter: Meter | None = None,
         caller: Caller | None = None,
+        role_arn: str | None = None,
+        _roles: Family[Sqs] | None = None,
     ) -> None:
         """`caller`: None for the tests' and scripts' own clients, whose calls are not
-        the product's; the product's clients are made by `connect`, which requires it."""
+        the product's; the product's clients are made by `connect`, which requires it.
+        `role_arn`: the calls act as that IAM role (assumed through STS)."""
         self._endpoint = endpoint or ""
+        self.region, self.role_arn = region, role_arn
         self.address = redact_uri(endpoint) if endpoint else f"AWS ({region})"
+        self._options: dict[str, Any] = dict(
+            access_key_id=access_key_id, secret_access_key=secret_access_key,
+            connect_timeout=connect_timeout, read_timeout=read_timeout, attempts=attempts,
+            meter=meter, caller=caller)  # fmt: skip
+        self._family: Family[Sqs] = _roles or Family()
         config = Config(
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             retries={"mode": "standard", "max_attempts": attempts},
             max_pool_connections=50,
         )
-        # Empty keys mean boto3's own chain (instance role, profile, ...).
         try:
-            self.client: SQSClient = boto3.session.Session().client(
-                "sqs",
-                endpoint_url=endpoint,
-                region_name=region,
-                config=config,
-                aws_access_key_id=access_key_id or None,
-                aws_secret_access_key=secret_access_key or None,
-            )
+            role = self._family.role(role_arn, self._sts) if role_arn else None
+            session = make_session(role, region, access_key_id, secret_access_key)
+            self.client: SQSClient = session.client("sqs", endpoint_url=endpoint, config=config)
         except (ValueError, BotoCoreError) as exc:  # e.g. "Invalid endpoint: http://"
             raise ConfigError(
                 self.scrub(f"setting AWS_SQS_ENDPOINT or AWS_REGION is not usable: {exc}")
@@ -163,6 +166,31 @@ class Sqs:
                 log.record(model.name, caller)
 
             self.client.meta.events.register("before-call.sqs", record)
+
+    def at(self, region: str | None, role_arn: str | None = None) -> Sqs:
+        """The Sqs for a queue in `region` (None: this one's), reached through `role_arn`
+        (None: this one's own credentials): this one, or one made on first use and kept
+        (one per region and role per process)."""
+        key = (region or self.region, role_arn)
+        if key == (self.region, self.role_arn):
+            return self
+        return self._family.get(key, lambda: Sqs(self._endpoint or None, key[0],
+                                                 role_arn=role_arn, _roles=self._family,
+                                                 **self._options))  # fmt: skip
+
+    def of(self, queue: QueueRecord) -> Sqs:
+        """The Sqs for this queue's calls: its region, its role."""
+        return self.at(queue.region, queue.role_arn)
+
+    def _sts(self) -> Any:
+        """An STS client with this process's own credentials (where local servers serve
+        SQS they serve STS too: the same endpoint)."""
+        opts = self._options
+        session = make_session(None, self.region, opts["access_key_id"],
+                               opts["secret_access_key"])  # fmt: skip
+        return session.client("sts", endpoint_url=self._endpoint or None,
+                              config=Config(connect_timeout=opts["connect_timeout"],
+                                            read_timeout=opts["read_timeout"]))  # fmt: skip
 
     def scrub(self, text: str) -> str:
         """`text` (about this client's calls) without the endpoint's credentials."""
@@ -381,4 +409,3 @@ class Sqs:
             ],
         )
         return len(result.get("Failed", []))
-
