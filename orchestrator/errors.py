@@ -58,6 +58,19 @@ class QueueExists(OrchestratorError):
         self.name = name
 
 
+class MadeElsewhere(OrchestratorError):
+    """`queue create` of a name SQS already has, with other attributes: adopt it instead."""
+
+    exit_code = 2
+
+
+class NotOurs(OrchestratorError):
+    """A purge of an adopted queue's (or its DLQ's) messages, not confirmed: they are the
+    owning team's. Nothing was deleted."""
+
+    exit_code = 2
+
+
 class NameTaken(OrchestratorError):
     """A queue or DLQ name is already used by another managed queue's DLQ or queue."""
 

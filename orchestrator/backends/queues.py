@@ -17,8 +17,9 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
-from orchestrator import tracing, validate
+from orchestrator import queueref, tracing, validate
 from orchestrator.backends.batches import BATCH, message_size, sized_batches
+from orchestrator.backends.dlq import DeadLetter, DlqChange, DlqLook, missing, renew, unique
 from orchestrator.backends.protocols import SyncSqs, SyncStore
 from orchestrator.backends.sqs import Sqs
 from orchestrator.backends.store import Store
@@ -26,55 +27,21 @@ from orchestrator.config import Settings
 from orchestrator.errors import (
     AlreadyRunning,
     InvalidValue,
+    MadeElsewhere,
     NameTaken,
     NoDeadLetterQueue,
+    NotOurs,
     QueueExists,
     QueueNotFound,
     ServiceUnavailable,
 )
-from orchestrator.models import Failure, QueueDepth, QueueRecord, SqsMessage, utcnow
+from orchestrator.models import QueueDepth, QueueRecord, utcnow
 
 # One operation on a queue's DLQ at a time, fleet-wide: a `locks` document that lasts this
 # long, renewed every third of it while the operation runs; a crashed holder's lock
 # frees itself after it (its scan's messages are back sooner: SCAN_HIDE_SECONDS).
 DLQ_LOCK_SECONDS = 60
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """A message in a dead-letter queue, with the last failure kept for it."""
-
-    message: SqsMessage
-    failure: Failure | None
-
-    def to_json(self, preview: int = 2048) -> dict[str, Any]:
-        body = self.message.body
-        return {
-            "messageId": self.message.message_id,
-            "body": body[:preview],
-            "bodyTruncated": len(body) > preview,
-            "receiveCount": self.message.receive_count,
-            "group": self.message.group or None,
-            "lastFailure": self.failure.to_json() if self.failure else None,
-        }
-
-
-@dataclass(frozen=True)
-class DlqLook:
-    """What a look at a DLQ found, and about how many messages the DLQ held when asked
-    (fewer found than held and asked for: in a FIFO DLQ, SQS's group lock; README)."""
-
-    letters: list[DeadLetter]
-    held: int
-
-
-@dataclass(frozen=True)
-class DlqChange:
-    """What a redrive or a delete of DLQ messages did: how many it moved or deleted (None:
-    all, by SQS's purge, which does not count) and the ids asked for but not found."""
-
-    count: int | None
-    not_found: list[str]
+__all__ = ["DeadLetter", "DlqChange", "DlqLook", "QueueAdmin", "QueueView"]
 
 
 @dataclass(frozen=True)
@@ -156,7 +123,61 @@ class QueueAdmin:
         if self.store.find_queue(name) is not None:
             raise QueueExists(name)
         self._check_dlq_names(record)
-        return self.store.insert_queue(create_in_sqs(self.sqs, record))
+        self._check_not_made_elsewhere(record)
+        made = create_in_sqs(self.sqs, replace(record, region=s.aws_region))
+        return self.store.insert_queue(replace(made, account=_account(made.queue_url)))
+
+    def adopt(self, ref: str, *, name: str | None = None, region: str | None = None,
+              role_arn: str | None = None, **settings: Any) -> QueueRecord:  # fmt: skip
+        """Register a queue that exists in SQS (a URL or ARN; in `region` where its URL names
+        none; reached as `role_arn`) without changing it: its DLQ is read from its redrive
+        policy; the product never creates, changes, purges or deletes it (docs/design.md §3)."""
+        s = self.settings
+        where = queueref.parse(ref, s.aws_region, region)
+        role = queueref.check_role_arn(role_arn) if role_arn else None
+        own = validate.queue_name(name or where.name)
+        if own.endswith(validate.FIFO_SUFFIX) != where.name.endswith(validate.FIFO_SUFFIX):
+            raise InvalidValue(f"name {own!r} must end in .fifo exactly when the queue's "
+                               f"does ({where.name!r}): FIFO handling follows the name")
+        given = {key: value for key, value in settings.items() if value is not None}
+        tuned = self._checked({"concurrency": s.default_concurrency,
+                               "handler": s.default_handler, **given})  # fmt: skip
+        if self.store.find_queue(own) is not None:
+            raise QueueExists(own)
+        sqs = self.sqs.at(where.region, role)
+        url = where.url or sqs.find_queue_url(where.name, where.account)
+        if url is None:
+            raise QueueNotFound(f"{where.name} ({where.arn})", "SQS")
+        if (known := self.store.find_queue_by_url(url)) is not None:
+            raise NameTaken(f"{url} is already queue '{known.name}'")
+        attributes = sqs.attributes(url)  # QueueNotFound when there is no such queue
+        dlq_url, max_receive_count = _dead_letters(sqs, attributes, where.region)
+        record = QueueRecord(
+            name=own, queue_url=url, visibility_timeout=int(attributes["VisibilityTimeout"]),
+            dlq_name=queueref.name_of(dlq_url) if dlq_url else None, dlq_url=dlq_url,
+            max_receive_count=max_receive_count, managed=False, region=where.region,
+            account=where.account, role_arn=role, **tuned)  # fmt: skip
+        return self.store.insert_queue(record)
+
+    def _check_not_made_elsewhere(self, record: QueueRecord) -> None:
+        """A queue of that name made outside the product, with other attributes than create
+        would give it: creating would change it (or fail), and a later delete would delete
+        a team's queue. Refused, pointing at `adopt`."""
+        url = self.sqs.find_queue_url(record.name)
+        if url is None:
+            return
+        attributes = self.sqs.attributes(url)
+        differ = [what for what, same in (
+            (f"VisibilityTimeout {attributes.get('VisibilityTimeout')}",
+             attributes.get("VisibilityTimeout") == str(record.visibility_timeout)),
+            ("a redrive policy" if "RedrivePolicy" in attributes else "no redrive policy",
+             ("RedrivePolicy" in attributes) == (record.dlq_name is not None)),
+        ) if not same]  # fmt: skip
+        if differ:
+            raise MadeElsewhere(
+                f"queue '{record.name}' already exists in SQS with other attributes "
+                f"({', '.join(differ)}): to run it as it is, adopt it: "
+                f"orchestrator queue adopt {url}")
 
     def _checked(self, settings: dict[str, Any]) -> dict[str, Any]:
         """The tunable settings, each checked (InvalidValue names the first bad one)."""
@@ -175,36 +196,37 @@ class QueueAdmin:
 
 
     def delete(self, name: str) -> QueueRecord:
-        """Delete the queue (and its DLQ) from SQS, then forget it.
+        """Delete the queue (and its DLQ) from SQS, then forget it; an adopted queue is
+        only forgotten (it and its DLQ are its team's).
 
         SQS first: should that fail, the document remains and the command can be
         run again; the other order could leave an SQS queue nothing manages.
         """
         queue = self.store.get_queue(name)
-        for url in (queue.queue_url, queue.dlq_url):
+        for url in (queue.queue_url, queue.dlq_url) if queue.managed else ():
             if url:
                 # Already gone from SQS is the outcome the user asked for.
                 with contextlib.suppress(QueueNotFound):
-                    self.sqs.delete_queue(url)
+                    self.sqs.of(queue).delete_queue(url)
         self.store.delete_queue(name)
         return queue
 
     def views(self) -> list[QueueView]:
         workers = self.store.assigned_workers()  # the first shard's worker is shown
         return [
-            QueueView(q, self._depth_or_none(q.queue_url), (workers.get(q.queue_url) or [""])[0]
-                      or None)
+            QueueView(q, self._depth_or_none(q), (workers.get(q.queue_url) or [""])[0] or None)
             for q in self.store.list_queues()
         ]
 
-    def _depth_or_none(self, url: str) -> QueueDepth | None:
+    def _depth_or_none(self, queue: QueueRecord) -> QueueDepth | None:
         try:
-            return self.sqs.depth(url)
+            return self.sqs.of(queue).depth(queue.queue_url)
         except QueueNotFound:
             return None
 
     def depth(self, name: str) -> QueueDepth:
-        return self.sqs.depth(self.store.get_queue(name).queue_url)
+        queue = self.store.get_queue(name)
+        return self.sqs.of(queue).depth(queue.queue_url)
 
     def update(self, name: str, **changes: Any) -> QueueRecord:
         """Change several settings at once (concurrency=4, rate_limit=None for no limit,
@@ -224,38 +246,46 @@ class QueueAdmin:
     def set_paused(self, name: str, paused: bool) -> QueueRecord:
         return self.store.update_queue(name, {"paused": paused})
 
-    def purge(self, name: str) -> None:
-        self.sqs.purge(self.store.get_queue(name).queue_url)
+    def purge(self, name: str, yes_really: bool = False) -> None:
+        """Delete every message of the queue (an adopted one's only with `yes_really`)."""
+        queue = self.store.get_queue(name)
+        _confirmed(queue, yes_really, "its messages")
+        self.sqs.of(queue).purge(queue.queue_url)
 
     def redrive(self, name: str, ids: Iterable[str] | None = None) -> DlqChange:
         """Move the queue's DLQ messages (only `ids`, when given) back to it."""
-        chosen = None if ids is None else _unique(validate.message_id(i) for i in ids)
+        chosen = None if ids is None else unique(validate.message_id(i) for i in ids)
         queue, dlq_url = self._with_dlq(name)
+        sqs = self.sqs.of(queue)
         with self.dlq_lock(name):
-            moved = self.sqs.redrive(dlq_url, queue.queue_url, self._dlq_span(dlq_url),
-                                     None if chosen is None else set(chosen))  # fmt: skip
-        return DlqChange(len(moved), _missing(chosen, moved))
+            moved = sqs.redrive(dlq_url, queue.queue_url, _dlq_span(sqs, dlq_url),
+                                None if chosen is None else set(chosen))  # fmt: skip
+        return DlqChange(len(moved), missing(chosen, moved))
 
-    def dlq_purge(self, name: str, ids: Iterable[str] | None = None) -> DlqChange:
-        """Delete the DLQ's messages (only `ids`, when given); the count is None for all
-        (SQS's purge does not say)."""
-        chosen = None if ids is None else _unique(validate.message_id(i) for i in ids)
-        _, dlq_url = self._with_dlq(name)
+    def dlq_purge(self, name: str, ids: Iterable[str] | None = None,
+                  yes_really: bool = False) -> DlqChange:  # fmt: skip
+        """Delete the DLQ's messages (only `ids`, when given; an adopted queue's only with
+        `yes_really`); the count is None for all (SQS's purge does not say)."""
+        chosen = None if ids is None else unique(validate.message_id(i) for i in ids)
+        queue, dlq_url = self._with_dlq(name)
+        _confirmed(queue, yes_really, "its DLQ's messages")
+        sqs = self.sqs.of(queue)
         with self.dlq_lock(name):
             if chosen is None:
-                self.sqs.purge(dlq_url)
+                sqs.purge(dlq_url)
                 return DlqChange(None, [])
-            deleted = self.sqs.delete_some(dlq_url, set(chosen), self._dlq_span(dlq_url))
-        return DlqChange(len(deleted), _missing(chosen, deleted))
+            deleted = sqs.delete_some(dlq_url, set(chosen), _dlq_span(sqs, dlq_url))
+        return DlqChange(len(deleted), missing(chosen, deleted))
 
     def dlq(self, name: str, limit: int) -> DlqLook:
         """Up to `limit` of the DLQ's messages, each with its last failure when one was
         kept. Reading a message is a receive: its receive count goes up by one."""
         wanted = validate.dlq_limit(limit)
         queue, dlq_url = self._with_dlq(name)
+        sqs = self.sqs.of(queue)
         with self.dlq_lock(name):
-            held = self.sqs.depth(dlq_url).visible
-            found = self.sqs.peek(dlq_url, wanted)
+            held = sqs.depth(dlq_url).visible
+            found = sqs.peek(dlq_url, wanted)
         failures = self.store.last_failures(queue.name, [m.message_id for m in found])
         return DlqLook([DeadLetter(m, failures.get(m.message_id)) for m in found], held)
 
@@ -274,7 +304,7 @@ class QueueAdmin:
                 f"its lock lasts until {held[1]:%H:%M:%S} UTC unless renewed): try again "
                 "when it ends")
         stop = threading.Event()
-        renewer = threading.Thread(target=_renew, args=(store, key, holder, seconds, stop),
+        renewer = threading.Thread(target=renew, args=(store, key, holder, seconds, stop),
                                    name="dlq-lock", daemon=True)  # fmt: skip
         renewer.start()
         try:
@@ -291,10 +321,6 @@ class QueueAdmin:
             raise NoDeadLetterQueue(name)
         return queue, queue.dlq_url
 
-    def _dlq_span(self, dlq_url: str) -> int:
-        """How many DLQ messages an operation looks at: what is there now (at least a
-        batch: the count is approximate), not what fails back into the DLQ meanwhile."""
-        return max(self.sqs.depth(dlq_url).visible, BATCH)
 
     def send(
         self,
@@ -319,12 +345,13 @@ class QueueAdmin:
         if body is not None:  # attributes count toward SQS's limit too (all of one size)
             validate.message_body(body, validate.attributes_size(_traceparent()) if trace else 0)
         group_of = self._groups(name, group_id, groups)
-        url = self.store.get_queue(name).queue_url
+        queue = self.store.get_queue(name)
+        url, sqs = queue.queue_url, self.sqs.of(queue)
         messages = ((i, _seq_body(i) if body is None else body, _traceparent() if trace else None)
                     for i in range(count))  # fmt: skip
         for batch in sized_batches(messages, lambda m: message_size(m[1], m[2])):
             attributes = [m[2] for m in batch] if trace else None
-            self.sqs.send_batch(url, [m[1] for m in batch], attributes,
+            sqs.send_batch(url, [m[1] for m in batch], attributes,
                                 [group_of(m[0]) for m in batch])  # fmt: skip
             progress(len(batch))
         return count
@@ -387,38 +414,45 @@ def sync_queues(store: SyncStore, sqs: SyncSqs) -> list[QueueRecord]:
     """DB → SQS: create every queue whose SQS queue is missing, keeping its `_id`."""
     existing = set(sqs.list_queue_urls())
     created = []
-    for queue in store.list_queues():
+    for queue in (q for q in store.list_queues() if q.managed):  # adopted: never recreated
         missing_dlq = queue.dlq_name is not None and queue.dlq_url not in existing
         if queue.queue_url in existing and not missing_dlq:
             continue
-        fresh = create_in_sqs(sqs, queue)
+        fresh = create_in_sqs(sqs.of(queue), queue)
         assert queue.id is not None
         store.mark_synced(queue.id, fresh.queue_url, fresh.dlq_url)
         created.append(fresh)
     return created
 
 
-def _renew(store: Store, key: str, holder: str, seconds: float, stop: threading.Event) -> None:
-    """Keep a lock while its operation runs: renew it every third of its length (a renewal
-    MongoDB missed is tried again at the next; a lock taken over meanwhile is not ours)."""
-    while not stop.wait(seconds / 3):
-        try:
-            if not store.renew_lock(key, holder, utcnow() + timedelta(seconds=seconds)):
-                return
-        except ServiceUnavailable:
-            continue
+def _dlq_span(sqs: Sqs, dlq_url: str) -> int:
+    """How many DLQ messages an operation looks at: what is there now (at least a
+    batch: the count is approximate), not what fails back into the DLQ meanwhile."""
+    return max(sqs.depth(dlq_url).visible, BATCH)
 
 
-def _unique(ids: Iterable[str]) -> list[str]:
-    """The ids in the order given, each once."""
-    return list(dict.fromkeys(ids))
+def _confirmed(queue: QueueRecord, yes_really: bool, what: str) -> None:
+    if not queue.managed and not yes_really:
+        raise NotOurs(f"queue '{queue.name}' is adopted: {what} are its team's; purge them "
+                      "only with --yes-really (API: \"yesReally\": true)")
 
 
-def _missing(asked: list[str] | None, found: list[str]) -> list[str]:
-    """The ids asked for that an operation did not find (in a FIFO DLQ, also those SQS's
-    group lock kept from it: README, "Dead letters")."""
-    done = set(found)
-    return [i for i in asked or [] if i not in done]
+def _account(url: str) -> str | None:
+    """The account a queue URL names (None: a URL of another shape)."""
+    parts = url.rstrip("/").split("/")
+    return parts[-2] if len(parts) >= 2 and parts[-2].isdigit() else None
+
+
+def _dead_letters(sqs: Sqs, attributes: dict[str, str],
+                  region: str) -> tuple[str | None, int | None]:  # fmt: skip
+    """An adopted queue's DLQ URL and maxReceiveCount, from its RedrivePolicy (None, None
+    without one). Its DLQ is in its region, maybe in another account."""
+    if "RedrivePolicy" not in attributes:
+        return None, None
+    redrive = json.loads(attributes["RedrivePolicy"])
+    dlq = queueref.parse(redrive["deadLetterTargetArn"], region)
+    url = sqs.find_queue_url(dlq.name, dlq.account)
+    return url, int(redrive["maxReceiveCount"])
 
 
 def _traceparent() -> dict[str, dict[str, str]]:

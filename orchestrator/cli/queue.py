@@ -15,6 +15,8 @@ from orchestrator.cli.types import INT, NO_LIMIT, NUMBER, RATE, QueueName, Stric
 from orchestrator.models import QueueRecord
 
 NAME = click.argument("name", type=QueueName())
+YES_REALLY = click.option("--yes-really", is_flag=True,
+                          help="Needed for an adopted queue: its messages are its team's.")
 # So that `send q -5` reports a bad count rather than an unknown option "-5".
 NUMBER_ARGS = {"ignore_unknown_options": True}
 
@@ -96,6 +98,33 @@ def create(
         visibility_timeout=visibility_timeout,
         **given(options),
     )
+    click.echo(f"created {record.name} ({_describe(record)})")
+    app.warn_if_unimportable(options.get("handler"))
+
+
+@queue.command()
+@click.argument("ref", metavar="URL_OR_ARN")
+@click.option("--name", type=QueueName(), help="Its name here (default: its name in SQS); "
+              "lets same-named queues of other accounts or regions live side by side.")
+@click.option("--region", metavar="R", help="Its region, where the URL names none (local "
+              "servers' URLs do not; default AWS_REGION).")
+@click.option("--role-arn", metavar="ARN", help="An IAM role to assume for every call on it "
+              "(another account's queue).")
+@tuning_options
+@pass_app
+def adopt(app: App, /, ref: str, name: str | None, region: str | None, role_arn: str | None,
+          **options: Any) -> None:  # fmt: skip
+    """Run a queue that exists in SQS (made by Terraform or CloudFormation) as it is:
+    the product never creates, changes, purges or deletes it."""
+    record = app.queues.adopt(ref, name=name, region=region, role_arn=role_arn,
+                              **given(options))  # fmt: skip
+    role = f", as {record.role_arn}" if record.role_arn else ""
+    click.echo(f"adopted {record.name}: {record.queue_url} ({record.region}, account "
+               f"{record.account}{role}; {_describe(record)})")
+    app.warn_if_unimportable(options.get("handler"))
+
+
+def _describe(record: QueueRecord) -> str:
     notes = ""
     if record.processes > 1:
         notes += f", {record.processes} processes"
@@ -114,20 +143,21 @@ def create(
         notes += ", failures keep bodies"
     if record.dlq_name:
         notes += f", DLQ {record.dlq_name} after {record.max_receive_count} receives"
-    click.echo(
-        f"created {record.name} (concurrency {record.concurrency}, "
-        f"handler {record.handler}{notes})"
-    )
-    app.warn_if_unimportable(options.get("handler"))
+    return f"concurrency {record.concurrency}, handler {record.handler}{notes}"
 
 
 @queue.command()
 @NAME
 @pass_app
 def delete(app: App, name: str) -> None:
-    """Delete queue NAME (and its DLQ) from SQS and MongoDB."""
-    app.queues.delete(name)
-    click.echo(f"deleted {name}")
+    """Delete queue NAME (and its DLQ) from SQS and MongoDB; an adopted queue is only
+    forgotten (it and its DLQ stay in SQS)."""
+    record = app.queues.delete(name)
+    if record.managed:
+        click.echo(f"deleted {name}")
+    else:
+        click.echo(f"forgot {name}: it is adopted, so it and its DLQ stay in SQS "
+                   f"({record.queue_url})")
 
 
 @queue.command("list")
@@ -289,10 +319,11 @@ def resume(app: App, name: str) -> None:
 
 @queue.command()
 @NAME
+@YES_REALLY
 @pass_app
-def purge(app: App, name: str) -> None:
+def purge(app: App, name: str, yes_really: bool) -> None:
     """Delete every message in NAME."""
-    app.queues.purge(name)
+    app.queues.purge(name, yes_really)
     click.echo(f"{name}: purged")
 
 
@@ -346,10 +377,11 @@ def _last_error(failure: dict[str, Any] | None) -> str:
 @queue.command("dlq-purge")
 @NAME
 @IDS
+@YES_REALLY
 @pass_app
-def dlq_purge(app: App, name: str, ids: tuple[str, ...]) -> None:
+def dlq_purge(app: App, name: str, ids: tuple[str, ...], yes_really: bool) -> None:
     """Delete the messages of NAME's DLQ (all, or those of --id)."""
-    done = app.queues.dlq_purge(name, ids or None)
+    done = app.queues.dlq_purge(name, ids or None, yes_really)
     what = "every message" if done.count is None else render.counted(done.count, "message")
     click.echo(f"{name}: deleted {what} from its DLQ")
     _fail_on_not_found(name, done.not_found)

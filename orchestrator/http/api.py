@@ -25,6 +25,7 @@ from orchestrator.errors import (
     InvalidValue,
     NameTaken,
     NoDeadLetterQueue,
+    NotOurs,
     OrchestratorError,
     QueueExists,
     QueueNotFound,
@@ -53,6 +54,7 @@ STATUS_BY_ERROR: list[tuple[type[OrchestratorError], int]] = [
     (InvalidValue, 422),
     (QueueExists, 409),
     (NameTaken, 409),
+    (NotOurs, 409),
     (NoDeadLetterQueue, 409),
     (AlreadyRunning, 409),
     (ServiceUnavailable, 503),
@@ -317,8 +319,12 @@ class Api:
         return json_response(self.fleet.series(queues, workers))
 
     def dlq_purge(self, request: Request) -> Response:
-        ids = _ids(request.json())
-        result = self.fleet.dlq_purge(request.params["name"], ids)
+        body = request.json()
+        ids = _ids(body, ("ids", "yesReally"))
+        yes_really = body.get("yesReally", False)
+        if not isinstance(yes_really, bool):
+            raise HttpError(400, "yesReally must be true or false")
+        result = self.fleet.dlq_purge(request.params["name"], ids, yes_really)
         log.info("api.dlq_purged", queue=result["name"], deleted=result["deleted"],
                  not_found=len(result["notFound"]))
         return json_response(result)
@@ -352,11 +358,12 @@ class Api:
         return json_response(found)
 
 
-def _ids(body: dict[str, Any]) -> list[str] | None:
+def _ids(body: dict[str, Any], allowed: tuple[str, ...] = ("ids",)) -> list[str] | None:
     """The optional `ids` of a DLQ operation's body: a list of message ids (None: all)."""
-    unknown = sorted(set(body) - {"ids"})
+    unknown = sorted(set(body) - set(allowed))
     if unknown:
-        raise HttpError(400, f"unknown field(s) {', '.join(unknown)}; allowed: ids")
+        raise HttpError(400, f"unknown field(s) {', '.join(unknown)}; "
+                             f"allowed: {', '.join(allowed)}")  # fmt: skip
     if "ids" not in body:
         return None
     ids = body["ids"]

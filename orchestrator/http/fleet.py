@@ -120,8 +120,9 @@ class Fleet:
         done = self.admin.redrive(name, ids)  # one DLQ operation at a time, fleet-wide
         return {"name": name, "moved": done.count, "notFound": done.not_found}
 
-    def dlq_purge(self, name: str, ids: list[str] | None = None) -> dict[str, Any]:
-        done = self.admin.dlq_purge(name, ids)
+    def dlq_purge(self, name: str, ids: list[str] | None = None,
+                  yes_really: bool = False) -> dict[str, Any]:  # fmt: skip
+        done = self.admin.dlq_purge(name, ids, yes_really)
         return {"name": name, "deleted": done.count, "notFound": done.not_found}
 
     def dlq(self, name: str, limit: int) -> DlqLook:

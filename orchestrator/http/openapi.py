@@ -99,6 +99,10 @@ SCHEMAS: dict[str, Any] = {
     "Ids": {**_object({"ids": {"type": "array", "minItems": 1, "items": {
         "type": "string", "pattern": "^[A-Za-z0-9-]{1,100}$"}}}, required=False),
         "additionalProperties": False},
+    # An adopted queue's DLQ messages are its team's: their purge needs yesReally (409).
+    "PurgeIds": {**_object({"ids": {"type": "array", "minItems": 1, "items": {
+        "type": "string", "pattern": "^[A-Za-z0-9-]{1,100}$"}}, "yesReally": _BOOL},
+        required=False), "additionalProperties": False},
     "DeadLetter": _object({
         "messageId": _STR, "body": _STR, "bodyTruncated": _BOOL, "receiveCount": _INT,
         "group": _NULL_STR,
@@ -227,7 +231,7 @@ PATHS: dict[str, Any] = {
             "summary": "Delete the queue's DLQ messages (all, or those of `ids`)",
             "security": _WRITE,
             "requestBody": {"required": False, "content": {"application/json": {
-                "schema": _ref("Ids")}}},
+                "schema": _ref("PurgeIds")}}},
             "responses": {"200": _json(_ref("DlqPurge")),
                           **_errors(400, 401, 403, 404, 409, 413, 415, 422, 503)},
         },

@@ -129,7 +129,7 @@ class Consumer:
         log.info("consumer.job_started", concurrency=spec.concurrency, processes=spec.processes,
                  batch_size=spec.batch_size)  # fmt: skip
         runner = Runner(
-            self.sqs,
+            self.sqs.at(assign.region, assign.role_arn),  # the queue's region, its role
             spec,
             self._executors(spec),
             drain_empty_polls=self.settings.drain_empty_polls,

@@ -193,7 +193,8 @@ class ConsumerPool:
         slot.last_event, slot.live = now, Live.of(queue, job.share)
         self.send(slot, protocol.Assign(job.job_id, queue.name, queue.queue_url, queue.handler,
                                         queue.visibility_timeout, slot.live,
-                                        queue.failure_bodies))  # fmt: skip
+                                        queue.failure_bodies, queue.region,
+                                        queue.role_arn))  # fmt: skip
         log.info("job.assigned_to_consumer", queue=queue.name, job_id=job.job_id,
                  consumer_pid=slot.pid)  # fmt: skip
 

@@ -43,6 +43,7 @@ class Reason(enum.StrEnum):
     ABANDONED = "abandoned"  # handlers never returned: their messages go back
     CONSUMER_DIED = "consumer_died"
     QUEUE_DELETED = "queue_deleted"
+    ROLE_UNAVAILABLE = "role_unavailable"  # the queue's IAM role could not be assumed
 
     @property
     def status(self) -> str:
@@ -57,7 +58,7 @@ class Reason(enum.StrEnum):
 _COMPLETED = frozenset({Reason.DRAINED, Reason.MAX_TIME, Reason.PAUSED, Reason.PREEMPTED})
 _FAILED = frozenset(
     {Reason.HANDLER_IMPORT, Reason.EXECUTOR_FAILED, Reason.ABANDONED, Reason.CONSUMER_DIED,
-     Reason.QUEUE_DELETED}
+     Reason.QUEUE_DELETED, Reason.ROLE_UNAVAILABLE}
 )
 
 
@@ -96,6 +97,8 @@ class Assign:
     visibility_timeout: int
     live: Live
     failure_bodies: bool = False  # failures keep the message body (the queue opted in)
+    region: str | None = None  # the queue's region (None: AWS_REGION)
+    role_arn: str | None = None  # the IAM role its calls act as (None: the worker's own)
 
 
 @dataclass(frozen=True)

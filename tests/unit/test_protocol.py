@@ -50,10 +50,11 @@ def test_a_message_that_is_not_ours_is_refused(doc: dict[str, object], problem: 
     (Reason.HANDLER_IMPORT, "failed"), (Reason.EXECUTOR_FAILED, "failed"),
     (Reason.ABANDONED, "failed"),
     (Reason.CONSUMER_DIED, "failed"), (Reason.QUEUE_DELETED, "failed"),
+    (Reason.ROLE_UNAVAILABLE, "failed"),
 ])  # fmt: skip
 def test_each_reason_has_its_job_status(reason: Reason, status: str) -> None:
     assert reason.status == status
 
 
 def test_every_reason_is_in_the_table_above() -> None:
-    assert len(Reason) == 15
+    assert len(Reason) == 16

@@ -249,6 +249,24 @@ class Sqs:
         return url, dlq_url
 
     @translated
+    def find_queue_url(self, name: str, account: str | None = None) -> str | None:
+        """The URL of queue `name` (in `account`: another's, reached through a role or a
+        queue policy), or None when SQS has none."""
+        options = {"QueueOwnerAWSAccountId": account} if account else {}
+        try:
+            return self.client.get_queue_url(QueueName=name, **options)["QueueUrl"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in MISSING_QUEUE_CODES:
+                return None
+            raise
+
+    @translated
+    def attributes(self, url: str) -> dict[str, str]:
+        """All the queue's attributes (VisibilityTimeout, RedrivePolicy, QueueArn, ...)."""
+        found = self.client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])
+        return {str(key): value for key, value in found["Attributes"].items()}
+
+    @translated
     def delete_queue(self, url: str) -> None:
         self.client.delete_queue(QueueUrl=url)
 

@@ -58,6 +58,11 @@ class QueueDocs(Connection):
         return {str(d["_id"]): QueueRecord.from_doc(d) for d in cursor}
 
     @translated
+    def find_queue_by_url(self, url: str) -> QueueRecord | None:
+        doc = self._db[QUEUES].find_one({"queueUrl": url})
+        return QueueRecord.from_doc(doc) if doc else None
+
+    @translated
     def find_queue_by_dlq(self, dlq_name: str) -> QueueRecord | None:
         doc = self._db[QUEUES].find_one({"dlqName": dlq_name})
         return QueueRecord.from_doc(doc) if doc else None

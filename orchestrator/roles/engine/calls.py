@@ -20,10 +20,12 @@ import structlog
 from orchestrator import policy
 from orchestrator.backends.protocols import ConsumerSqs
 from orchestrator.backends.sqs import BATCH
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import OrchestratorError, RoleUnavailable
+from orchestrator.roles.engine.executors import Fatal
 from orchestrator.roles.engine.flow import Ask, Flow, Io
 from orchestrator.roles.engine.held import Received
 from orchestrator.roles.loop import Outage
+from orchestrator.roles.protocol import Reason
 
 if TYPE_CHECKING:
     from orchestrator.roles.engine.runner import JobSpec
@@ -53,6 +55,7 @@ class Calls:
         self.deleting = 0  # delete requests under way
         self.unlocked = False  # a delete landed since the last receive was planned
         self.outage = Outage()  # receives: one log line per problem, capped backoff
+        self.fatal: Fatal | None = None  # the queue's role could not be assumed
         self.receive_after = 0.0
 
     def receive(self, now: float) -> None:
@@ -109,6 +112,8 @@ class Calls:
             messages = self.sqs.receive(self.url, ask.count, RECEIVE_WAIT_SECONDS,
                                         self.visibility)  # fmt: skip
         except Exception as exc:  # Outage logs an outage once, and a bug with its traceback
+            if isinstance(exc, RoleUnavailable):  # this queue's alone: the job fails
+                self.fatal = self.fatal or Fatal(Reason.ROLE_UNAVAILABLE, str(exc))
             with self.lock:
                 self.receive_after = time.monotonic() + self.outage.failed(exc)
             self.flow.receive_failed(ask)

@@ -195,7 +195,7 @@ class Runner:
             now = time.monotonic()
             if now >= self.deadline:
                 self._finish(Reason.MAX_TIME)  # yield to queues waiting for capacity
-            fatal = self.executor.maintain()
+            fatal = self.executor.maintain() or self.calls.fatal
             if fatal and self.reason is None:
                 self.error = fatal.error
                 self._finish(fatal.reason)
