@@ -200,8 +200,8 @@ class _Reader:
     def value(self, node: yaml.Node) -> Any:
         try:
             return self._loader.construct_object(node, deep=True)
-        except yaml.YAMLError as exc:
-            self.problem(node, f"not a value: {exc}")
+        except yaml.MarkedYAMLError as exc:  # a tag SafeLoader builds nothing for
+            self.problem(node, f"not a value: {exc.problem}")
             return _BAD
 
     def mapping(self, node: yaml.Node, what: str) -> dict[str, tuple[yaml.Node, yaml.Node]] | None:
@@ -232,7 +232,7 @@ class _Reader:
         # bool is an int in Python; `concurrency: true` is not a concurrency.
         if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
             null = " or null" if nullable else ""
-            shown = repr(value) if isinstance(value, str) else text(value)
+            shown = repr(value) if isinstance(value, (str, float)) else text(value)
             self.problem(node, f"{key} must be {_TYPE_NAMES[kind]}{null}, not {shown}")
             return _BAD
         return value
@@ -281,9 +281,9 @@ class _Reader:
         """(Create, (None,) * 4) or (None, (adopt, ref, region, roleArn)), else _BAD."""
         if ("create" in keys) == ("adopt" in keys):
             both = "create" in keys
-            self.problem(keys["adopt"][0] if both else node,
-                         f"queue {name if isinstance(name, str) else ''!r}: give either create "
-                         f"or adopt{', not both' if both else ''}")  # fmt: skip
+            label = f"queue {name!r}" if isinstance(name, str) else "a queue"
+            self.problem(keys["adopt"][0] if both else node, f"{label}: give either create or "
+                         f"adopt{', not both' if both else ''}")  # fmt: skip
             return _BAD
         if "create" in keys:
             for key in ("region", "roleArn"):

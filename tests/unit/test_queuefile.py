@@ -117,6 +117,12 @@ def test_three_errors_are_all_reported_with_their_lines(settings: Settings) -> N
         ("- name: a\n    create: true\n    rateLimit: fast", 4, "rateLimit must be a number"),
         ("- name: a\n    create: true\n    handler: nope", 4, "package.module:function"),
         ("- name: a\n    create: true\n    paused: 1", 4, "paused must be true or false"),
+        ("- name: a\n    create: true\n    concurrency: 8.0", 4, "an integer, not 8.0"),
+        (
+            "- name: a\n    create: true\n    handler: !!python/object/apply:os.system [x]",
+            4,
+            "could not determine a constructor",
+        ),  # safe loading: no object is built
         ("- name: a\n    create: true\n    name: b", 4, "name is given twice"),
         ("- name: a\n    create: {dlq: true}\n  - name: a-dlq\n    create: true", 3, "DLQ"),
     ],
