@@ -391,6 +391,7 @@ def plan(specs: Sequence[Spec], records: Iterable[QueueRecord], prune: bool, *,
     for spec in specs:
         record = existing.get(spec.name)
         if record is None:
+            problems += _taken(spec, existing)
             changes.append(Change("create" if spec.create else "adopt", spec.name, spec=spec))
             continue
         fixed = _fixed(spec, record, default_region)
@@ -407,6 +408,19 @@ def plan(specs: Sequence[Spec], records: Iterable[QueueRecord], prune: bool, *,
         changes += [Change("remove", r.name, record=r) for r in existing.values()
                     if r.name not in named]  # fmt: skip
     return changes
+
+
+def _taken(spec: Spec, existing: dict[str, QueueRecord]) -> list[str]:
+    """A new queue may not be named like a queue's DLQ, nor get a DLQ named like a queue
+    (deleting one would delete the other in SQS): found here, not half-way through."""
+    owner = next((r.name for r in existing.values() if r.dlq_name == spec.name), None)
+    if owner is not None:
+        return [f"{spec.at('name')}: name {spec.name!r} is taken: it is queue {owner!r}'s DLQ"]
+    dlq = validate.dlq_name(spec.name) if spec.create and spec.create.dlq else None
+    if dlq is not None and dlq in existing:
+        return [f"{spec.at('create')}: queue {spec.name!r}'s DLQ name {dlq!r} is taken by a "
+                "queue"]  # fmt: skip
+    return []
 
 
 def _fixed(spec: Spec, record: QueueRecord, default_region: str) -> list[tuple[str, str]]:

@@ -221,6 +221,24 @@ def test_what_cannot_change_in_place_is_an_error_of_the_plan(
     assert f"{what}" in found and "cannot change in place" in found, found
 
 
+@pytest.mark.parametrize(
+    ("entry", "record", "message"),
+    [
+        ("name: a-dlq\n    create: true", managed("a", dlq_name="a-dlq"),
+         "q.yaml:2: name 'a-dlq' is taken: it is queue 'a''s DLQ"),
+        ("name: b\n    create: {dlq: true}", managed("b-dlq"),
+         "q.yaml:3: queue 'b''s DLQ name 'b-dlq' is taken by a queue"),
+    ],
+)  # fmt: skip
+def test_names_taken_by_dlqs_are_errors_of_the_plan(
+    settings: Settings, entry: str, record: QueueRecord, message: str
+) -> None:
+    specs = load(f"queues:\n  - {entry}\n", settings)
+    with pytest.raises(QueueFileInvalid) as caught:
+        queuefile.plan(specs, [record], False, default_region="us-east-1")
+    assert caught.value.problems == [message]
+
+
 def test_a_region_of_none_is_the_default_region(settings: Settings) -> None:
     specs = load(f"queues:\n  - name: q\n    adopt: {URL}\n", settings)
     record = adopted("q", region=None)
