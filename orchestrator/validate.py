@@ -247,8 +247,7 @@ TUNABLE = {  # by QueueRecord attribute name
     "processes": Tunable("processes", lambda s, v: processes(v, s.max_processes)),
     "batch_size": Tunable("batchSize", lambda s, v: batch_size(v)),
     "batch_window": Tunable("batchWindow", lambda s, v: batch_window(float(v))),
-    "rate_limit": Tunable("rateLimit", lambda s, v: rate_limit(
-        None if v is None else float(v))),
+    "rate_limit": Tunable("rateLimit", lambda s, v: rate_limit(None if v is None else float(v))),
     "priority": Tunable("priority", lambda s, v: priority(v)),
     "adaptive": Tunable("adaptive", lambda s, v: bool(v)),
     "max_shards": Tunable("maxShards", lambda s, v: max_shards(v, s.max_shards)),
