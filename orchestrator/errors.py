@@ -39,6 +39,15 @@ class InvalidValue(OrchestratorError):
     exit_code = 2
 
 
+class QueueFileInvalid(InvalidValue):
+    """A queue file (`queue apply`) has problems, or asks for changes that cannot be made
+    in place: every one, each `FILE:LINE: message`."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
 class QueueNotFound(OrchestratorError):
     """The named queue has no document in MongoDB (or no SQS queue)."""
 

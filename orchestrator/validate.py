@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.config import HANDLER_PATH, handler_allowed
+from orchestrator.config import HANDLER_PATH, Settings, handler_allowed
 from orchestrator.errors import InvalidValue
 
 NAME_MAX = 80
@@ -228,3 +229,27 @@ def max_receive_count(value: int) -> int:
     if not 1 <= value <= MAX_RECEIVE_COUNT:
         raise InvalidValue(f"max receive count {value} is out of range 1..{MAX_RECEIVE_COUNT}")
     return value
+
+
+@dataclass(frozen=True)
+class Tunable:
+    """A queue setting that `queue set`, PATCH and `queue apply` may change: its document
+    field and check. Here, not in backends/, so that the pure queue-file check uses them."""
+
+    field: str
+    check: Callable[[Settings, Any], Any]
+
+
+TUNABLE = {  # by QueueRecord attribute name
+    "concurrency": Tunable("concurrency", lambda s, v: concurrency(v, s.max_concurrency)),
+    "handler": Tunable("handler", lambda s, v: handler_path(v, s.handler_prefixes)),
+    "paused": Tunable("paused", lambda s, v: bool(v)),
+    "processes": Tunable("processes", lambda s, v: processes(v, s.max_processes)),
+    "batch_size": Tunable("batchSize", lambda s, v: batch_size(v)),
+    "batch_window": Tunable("batchWindow", lambda s, v: batch_window(float(v))),
+    "rate_limit": Tunable("rateLimit", lambda s, v: rate_limit(None if v is None else float(v))),
+    "priority": Tunable("priority", lambda s, v: priority(v)),
+    "adaptive": Tunable("adaptive", lambda s, v: bool(v)),
+    "max_shards": Tunable("maxShards", lambda s, v: max_shards(v, s.max_shards)),
+    "failure_bodies": Tunable("failureBodies", lambda s, v: bool(v)),
+}

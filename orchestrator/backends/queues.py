@@ -36,6 +36,7 @@ from orchestrator.errors import (
     ServiceUnavailable,
 )
 from orchestrator.models import QueueDepth, QueueRecord, utcnow
+from orchestrator.validate import TUNABLE
 
 # One operation on a queue's DLQ at a time, fleet-wide: a `locks` document that lasts this
 # long, renewed every third of it while the operation runs; a crashed holder's lock
@@ -243,6 +244,13 @@ class QueueAdmin:
         validate.handler_path(path, self.settings.handler_prefixes)
         return self.store.update_queue(name, {"handler": path})
 
+    def set_role(self, name: str, role_arn: str | None) -> QueueRecord:
+        """The IAM role an adopted queue's calls act as (None: the fleet's own credentials)."""
+        role = queueref.check_role_arn(role_arn) if role_arn else None
+        if self.store.get_queue(name).managed and role:
+            raise InvalidValue(f"queue '{name}' was created here: its calls need no role")
+        return self.store.update_queue(name, {"roleArn": role})
+
     def set_paused(self, name: str, paused: bool) -> QueueRecord:
         return self.store.update_queue(name, {"paused": paused})
 
@@ -373,30 +381,6 @@ class QueueAdmin:
     def sync(self) -> list[QueueRecord]:
         """DB → SQS: create every queue whose SQS queue is missing, keeping its `_id`."""
         return sync_queues(self.store, self.sqs)
-
-
-@dataclass(frozen=True)
-class Tunable:
-    """A queue setting that `queue set` and PATCH may change: its document field and check."""
-
-    field: str
-    check: Callable[[Settings, Any], Any]
-
-
-TUNABLE = {  # by QueueRecord attribute name
-    "concurrency": Tunable("concurrency", lambda s, v: validate.concurrency(v, s.max_concurrency)),
-    "handler": Tunable("handler", lambda s, v: validate.handler_path(v, s.handler_prefixes)),
-    "paused": Tunable("paused", lambda s, v: bool(v)),
-    "processes": Tunable("processes", lambda s, v: validate.processes(v, s.max_processes)),
-    "batch_size": Tunable("batchSize", lambda s, v: validate.batch_size(v)),
-    "batch_window": Tunable("batchWindow", lambda s, v: validate.batch_window(float(v))),
-    "rate_limit": Tunable("rateLimit", lambda s, v: validate.rate_limit(
-        None if v is None else float(v))),
-    "priority": Tunable("priority", lambda s, v: validate.priority(v)),
-    "adaptive": Tunable("adaptive", lambda s, v: bool(v)),
-    "max_shards": Tunable("maxShards", lambda s, v: validate.max_shards(v, s.max_shards)),
-    "failure_bodies": Tunable("failureBodies", lambda s, v: bool(v)),
-}
 
 
 def create_in_sqs(sqs: SyncSqs, record: QueueRecord) -> QueueRecord:

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from orchestrator import validate
-from orchestrator.cli import render
+from orchestrator.cli import queuefile, render
 from orchestrator.cli.app import App, Group, json_option, pass_app
 from orchestrator.cli.types import INT, NO_LIMIT, NUMBER, RATE, QueueName, StrictInt
 from orchestrator.models import QueueRecord
@@ -405,3 +405,7 @@ def sync(app: App) -> None:
     for record in created:
         click.echo(f"created {record.name} in SQS")
     click.echo(f"synced: {len(created)} queue(s) created")
+
+
+queue.add_command(queuefile.apply)  # queues as code: orchestrator/cli/queuefile.py
+queue.add_command(queuefile.export)
