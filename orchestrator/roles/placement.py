@@ -30,7 +30,7 @@ import structlog
 from orchestrator import policy
 from orchestrator.backends.protocols import MasterSqs, MasterStore
 from orchestrator.config import Settings
-from orchestrator.errors import QueueNotFound, ServiceUnavailable
+from orchestrator.errors import QueueNotFound, RoleUnavailable, ServiceUnavailable
 from orchestrator.metrics import Meter
 from orchestrator.models import (
     Assignment,
@@ -262,6 +262,8 @@ class Placement:
                 if isinstance(exc := check.exception(), QueueNotFound):
                     found[url] = QueueDepth(0, 0, 0, missing=True)
                     self._missing(now, url)
+                elif isinstance(exc, RoleUnavailable):
+                    pass  # its queues' outage alone, logged by the role: SQS is fine
                 elif exc is not None:
                     failed = exc
                 else:

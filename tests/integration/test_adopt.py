@@ -25,9 +25,9 @@ def client(endpoints: Endpoints, service: str = "sqs", region: str = "us-east-1"
     return boto3.client(service, endpoint_url=endpoints.sqs_endpoint, region_name=region, **keys)
 
 
-def as_role(endpoints: Endpoints, region: str = "us-east-1") -> Any:
-    """An SQS client acting as ROLE: moto runs its calls in the role's account."""
-    creds = client(endpoints, "sts").assume_role(RoleArn=ROLE,
+def as_role(endpoints: Endpoints, region: str = "us-east-1", role: str = ROLE) -> Any:
+    """An SQS client acting as `role`: moto runs its calls in the role's account."""
+    creds = client(endpoints, "sts").assume_role(RoleArn=role,
                                                  RoleSessionName="team")["Credentials"]  # fmt: skip
     return client(endpoints, region=region, aws_access_key_id=creds["AccessKeyId"],
                   aws_secret_access_key=creds["SecretAccessKey"],

@@ -1,5 +1,4 @@
-"""`queue apply` and `queue export` against real servers (managed queues; adopting waits for
-QueueAdmin.adopt)."""
+"""`queue apply` and `queue export` against real servers: created and adopted queues."""
 
 from __future__ import annotations
 
@@ -11,6 +10,8 @@ from click.testing import CliRunner, Result
 from orchestrator.backends.sqs import Sqs
 from orchestrator.backends.store import Store
 from orchestrator.cli.main import cli
+from orchestrator.config import Endpoints
+from tests.integration.test_adopt import ROLE, as_role, client, team_queue
 from tests.integration.test_cli_queue import snapshot
 
 Run = Callable[..., Result]
@@ -163,3 +164,42 @@ def test_dry_run_changes_nothing(run_cli: Run, store: Store, sqs: Sqs, tmp_path:
     ]
     assert result.stdout.count("+ create") == 2
     assert snapshot(store, sqs) == before
+
+
+def test_adopted_queues_of_other_regions_and_accounts_apply_export_and_prune(
+    run_cli: Run, store: Store, environ: dict[str, str], endpoints: Endpoints, tmp_path: Path
+) -> None:
+    eu_url = team_queue(client(endpoints, region="eu-west-1"), "payments", dlq=False)
+    theirs = as_role(endpoints)
+    their_url = team_queue(theirs, "billing")
+    path = write(tmp_path, FILE + f"""\
+  - name: payments-eu
+    adopt: {eu_url}
+    region: eu-west-1
+    handler: orchestrator.handlers:noop
+  - name: billing
+    adopt: arn:aws:sqs:us-east-1:111111111111:billing
+    roleArn: {ROLE}
+    concurrency: 2
+""")
+    applied = run_cli("queue", "apply", path)
+    assert applied.exit_code == 0, applied.output
+    assert f"+ adopt payments-eu ({eu_url})" in applied.stdout
+    assert applied.stdout.splitlines()[-1] == "Applied: 2 created, 2 adopted, 0 updated, 0 removed."
+    billing = store.get_queue("billing")
+    assert (billing.queue_url, billing.managed, billing.role_arn) == (their_url, False, ROLE)
+    assert run_cli("queue", "apply", path).stdout == f"No changes: 4 queues match {path}.\n"
+
+    exported = run_cli("queue", "export")
+    assert f"adopt: {eu_url}" in exported.stdout and f"roleArn: {ROLE}" in exported.stdout
+    again = CliRunner().invoke(cli, ["queue", "apply", "-", "--dry-run"], env=environ,
+                               input=exported.stdout, catch_exceptions=False)  # fmt: skip
+    assert again.stdout == "No changes: 4 queues match <stdin>.\n", again.output
+
+    # Pruned from the file: an adopted queue is forgotten, never deleted in SQS.
+    pruned = run_cli("queue", "apply", write(tmp_path, FILE, "two.yaml"), "--prune")
+    assert pruned.exit_code == 0, pruned.output
+    assert sorted(q.name for q in store.list_queues()) == ["events.fifo", "orders"]
+    assert theirs.get_queue_url(QueueName="billing")["QueueUrl"] == their_url
+    assert theirs.get_queue_url(QueueName="billing-dead")["QueueUrl"]
+    assert client(endpoints, region="eu-west-1").get_queue_url(QueueName="payments")

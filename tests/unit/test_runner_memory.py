@@ -110,6 +110,21 @@ def test_sqs_unreachable_is_ridden_out() -> None:
     assert outcome.handled == 10 and sqs.bodies(url) == []
 
 
+def test_a_role_that_cannot_be_assumed_fails_the_job_and_loses_nothing() -> None:
+    """Unlike an outage, which is ridden out: the queue's role (its credentials) is gone,
+    so the job fails with the reason, and the master's backoff for failed jobs applies."""
+    from orchestrator.errors import RoleUnavailable
+
+    sqs = MemorySqs()
+    url = queue(sqs, "q", 10)
+    sqs.fail_with = RoleUnavailable("could not assume role arn:aws:iam::1:role/x: AccessDenied")
+    outcome = run(sqs, url, lambda m: None)
+    assert (outcome.reason, outcome.handled) == (Reason.ROLE_UNAVAILABLE, 0)
+    assert outcome.error and "AccessDenied" in outcome.error
+    sqs.fail_with = None
+    assert len(sqs.bodies(url)) == 10
+
+
 def test_a_rate_limit_bounds_the_starts_in_every_second() -> None:
     sqs = MemorySqs()
     url = queue(sqs, "q", 50)

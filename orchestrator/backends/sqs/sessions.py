@@ -73,7 +73,8 @@ class AssumedRole:
             raise self._refused(exc) from exc
         with self.lock:
             if self.failures:
-                log.info("sqs.role_assumed_again", role=self.role_arn, after_failures=self.failures)
+                log.info("sqs.role_assumed_again", role_arn=self.role_arn,
+                         after_failures=self.failures)  # fmt: skip
             self.failures, self.retry_at, self.problem = 0, float("-inf"), ""
         return {"access_key": answer["AccessKeyId"], "secret_key": answer["SecretAccessKey"],
                 "token": answer["SessionToken"],
@@ -91,7 +92,7 @@ class AssumedRole:
             delay = policy.backoff(self.failures, ROLE_BACKOFF_BASE, ROLE_BACKOFF_CAP)
             self.retry_at = self.clock() + delay
             if problem != self.problem:
-                log.warning("sqs.role_refused", role=self.role_arn, error=problem,
+                log.warning("sqs.role_refused", role_arn=self.role_arn, error=problem,
                             retry_in=round(delay, 1))  # fmt: skip
             self.problem = problem
         return RoleUnavailable(problem)
