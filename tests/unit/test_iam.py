@@ -4,6 +4,7 @@ against them (tests/iam.py) finds what they lack."""
 from __future__ import annotations
 
 import ast
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -103,3 +104,19 @@ def test_the_product_makes_its_clients_through_connect_with_a_caller() -> None:
             if isinstance(called, ast.Name) and called.id == "Sqs":
                 direct.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
     assert direct == []
+
+
+def test_the_cross_account_role_policies_grant_what_an_adopted_queue_needs_and_no_more() -> None:
+    """docs/iam/queue-role*.json: the role a team makes in its own account for an adopted
+    queue. Never CreateQueue, DeleteQueue or SetQueueAttributes: adopted queues are not
+    changed (PurgeQueue is left for the team to add if it wants --yes-really purges)."""
+    trust = json.loads((iam.POLICY_DIR / "queue-role-trust.json").read_text())
+    [statement] = trust["Statement"]
+    assert statement["Action"] == "sts:AssumeRole" and "AWS" in statement["Principal"]
+    role = json.loads((iam.POLICY_DIR / "queue-role.json").read_text())
+    granted = iam.allowed_actions(role)
+    daemon = iam.allowed_actions(iam.load_policies()["daemon"])
+    assert daemon - {"sqs:createqueue", "sts:assumerole"} <= granted
+    assert {"sqs:getqueueurl", "sqs:sendmessage"} <= granted
+    assert not granted & {"sqs:createqueue", "sqs:deletequeue", "sqs:setqueueattributes",
+                          "sqs:purgequeue"}  # fmt: skip

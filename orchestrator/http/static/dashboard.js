@@ -330,7 +330,7 @@
     const adaptive = el("input", { type: "checkbox", "data-action": "toggle-adaptive", "aria-label": `adaptive concurrency of ${name}` });
     c.save = save; c.paused = paused; c.adaptive = adaptive;
     const tr = el("tr", { "data-queue": name },
-      td("name", "name"), td("visible", "num"), td("inFlight", "num"), td("delayed", "num"),
+      td("name", "name"), td("where", "mono"), td("visible", "num"), td("inFlight", "num"), td("delayed", "num"),
       td("worker", "mono"), td("rate", "num"), td("handled", "num"), td("failed", "num"),
       el("td", { class: "spark" }, (c.spark = chart(120, 24, "spark"))),
       td("effective", "num"), ...cells, el("td", { class: "save" }, save),
@@ -352,6 +352,11 @@
     setText(c.name, q.name);
     setTitle(c.name, [q.queueUrl, `visibility timeout ${q.visibilityTimeout} s`,
       q.visible === null || q.visible === undefined ? "queue not found in SQS" : ""].filter(Boolean).join("\n"));
+    setText(c.where, [q.region || "default region", q.account, q.managed === false ? "adopted" : ""]
+      .filter(Boolean).join(" · "));
+    setTitle(c.where, [q.managed === false ? "adopted: made outside orchestrator; never created, changed, purged or deleted by it" : "created by orchestrator",
+      q.roleArn ? `reached as ${q.roleArn}` : "", q.missing ? "not found in SQS at the last check" : ""].filter(Boolean).join("\n"));
+    c.where.classList.toggle("bad", !!q.missing);
     setText(c.visible, num(q.visible));
     setText(c.inFlight, num(q.inFlight));
     setText(c.delayed, num(q.delayed));
@@ -371,7 +376,7 @@
     if (s) drawChart(c.spark, [perSecond(s.handled), s.depth],
       `last hour: messages handled per second (line) and depth (dashed); now ${perSecond(s.handled).slice(-1)[0].toFixed(2)}/s`);
     tr.classList.toggle("paused", !!q.paused);
-    tr.classList.toggle("missing", q.visible === null || q.visible === undefined);
+    tr.classList.toggle("missing", q.visible === null || q.visible === undefined || !!q.missing);
 
     // Settings: never overwrite what the user is editing.
     for (const { field } of EDITABLE) {
