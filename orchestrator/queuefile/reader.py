@@ -1,15 +1,10 @@
-"""Queues as code: a file of queues read, checked and compared with the queues MongoDB has.
-
-Pure (no Store, no Sqs): `queue apply` checks the whole file, naming every problem with
-its line, before any connection is made; `plan` says what applying it changes; `dump`
-writes queues in the same format (`queue export`). README, "Queues as code".
-"""
+"""Reads a queue file: PyYAML's nodes (which know their lines), every problem noted with
+its line before anything is compared or changed."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -17,11 +12,13 @@ import yaml
 from orchestrator import queueref, validate
 from orchestrator.config import Settings
 from orchestrator.errors import InvalidValue, QueueFileInvalid
-from orchestrator.models import QueueRecord
-from orchestrator.queueref import QueueRef
+from orchestrator.queuefile.specs import (
+    TUNING,
+    Create,
+    Spec,
+    text,
+)
 
-# The tuning fields: the file's key (PATCH's) → the QueueRecord attribute.
-TUNING = {tunable.field: attribute for attribute, tunable in validate.TUNABLE.items()}
 _KINDS: dict[str, type] = {
     "concurrency": int, "handler": str, "paused": bool, "processes": int, "batchSize": int,
     "batchWindow": float, "rateLimit": float, "priority": int, "adaptive": bool,
@@ -34,96 +31,7 @@ _CREATE_CHECKS: dict[str, Callable[[int], int]] = {
 }
 _ENTRY_KEYS = ("name", "create", "adopt", "region", "roleArn", *TUNING)
 _TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-DEFAULT_VISIBILITY_TIMEOUT = 30
-DEFAULT_MAX_RECEIVE_COUNT = 5
 _BAD = object()  # a value that failed its check (the problem is noted already)
-
-
-@dataclass(frozen=True)
-class Create:
-    """A `create:` entry's SQS attributes; None: not written (a default on a new queue,
-    left as it is on an existing one)."""
-
-    visibility_timeout: int | None = None
-    dlq: bool | None = None
-    max_receive_count: int | None = None
-
-
-@dataclass(frozen=True)
-class Spec:
-    """One queue of the file, checked: what it asks for, and where each key was written."""
-
-    name: str
-    source: str
-    lines: dict[str, int]  # key → its line (1-based); "" → the entry's first line
-    create: Create | None  # exactly one of create and adopt
-    adopt: str | None  # the URL or ARN as written
-    ref: QueueRef | None
-    region: str | None  # as written (None: not written)
-    role_arn: str | None
-    role_arn_given: bool
-    tuning: dict[str, Any]  # QueueRecord attribute → checked value; only those written
-
-    def at(self, key: str = "") -> str:
-        return f"{self.source}:{self.lines.get(key, self.lines[''])}"
-
-
-@dataclass(frozen=True)
-class Change:
-    """One step of a plan: create, adopt, update (field by field) or remove a queue."""
-
-    action: str  # "create", "adopt", "update" or "remove"
-    name: str
-    spec: Spec | None = None  # None for a removal
-    record: QueueRecord | None = None  # None for a creation or an adoption
-    updates: tuple[tuple[str, Any, Any], ...] = ()  # (file key, old, new)
-
-    def lines(self) -> list[str]:
-        """The plan's lines for it, `terraform plan`-like."""
-        if self.action == "update":
-            return [f"~ update {self.name} {key}: {text(old)} → {text(new)}"
-                    for key, old, new in self.updates]  # fmt: skip
-        if self.action == "remove":
-            assert self.record is not None
-            return [f"- remove {self.name} ({_removal(self.record)})"]
-        assert self.spec is not None
-        sets = ", ".join(f"{key}: {text(value)}" for key, value in _sets(self.spec))
-        what = f"{self.action} {self.name}" + (f" ({self.spec.adopt})" if self.spec.adopt else "")
-        return [f"+ {what}" + (f" with {sets}" if sets else "")]
-
-
-def text(value: Any) -> str:
-    """A value as the file would write it."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return validate.number_text(value)
-    return str(value)
-
-
-def _sets(spec: Spec) -> list[tuple[str, Any]]:
-    """What a new queue gets beside the defaults (a created one's SQS attributes always)."""
-    out: list[tuple[str, Any]] = []
-    if spec.create is not None:
-        c = spec.create
-        out.append(("visibilityTimeout", c.visibility_timeout or DEFAULT_VISIBILITY_TIMEOUT))
-        out.append(("dlq", bool(c.dlq)))
-        if c.dlq:
-            out.append(("maxReceiveCount", c.max_receive_count or DEFAULT_MAX_RECEIVE_COUNT))
-    else:
-        out += [("region", spec.region)] if spec.region else []
-        out += [("roleArn", spec.role_arn)] if spec.role_arn else []
-    tuned = [(validate.TUNABLE[attr].field, value) for attr, value in spec.tuning.items()]
-    return out + tuned
-
-
-def _removal(record: QueueRecord) -> str:
-    if not record.managed:
-        return "adopted: only forgotten here, the queue stays in SQS"
-    return "managed: deleted in SQS" + (f" with its DLQ {record.dlq_name}" if record.dlq_name
-                                         else "")  # fmt: skip
 
 
 def load(text: str, source: str, settings: Settings) -> list[Spec]:
@@ -380,108 +288,3 @@ class _Reader:
                                    f"{self.names[dlq]})"))  # fmt: skip
 
 
-def plan(specs: Sequence[Spec], records: Iterable[QueueRecord], prune: bool, *,
-         default_region: str) -> list[Change]:  # fmt: skip
-    """What applying the file changes, in order: the file's queues, then (`prune`) the
-    removal of those it lacks. QueueFileInvalid names what cannot change in place.
-    `default_region`: an older document's (None) region, AWS_REGION."""
-    existing = {record.name: record for record in records}
-    changes: list[Change] = []
-    problems: list[str] = []
-    for spec in specs:
-        record = existing.get(spec.name)
-        if record is None:
-            problems += _taken(spec, existing)
-            changes.append(Change("create" if spec.create else "adopt", spec.name, spec=spec))
-            continue
-        fixed = _fixed(spec, record, default_region)
-        problems += [f"{where}: queue {spec.name!r}: {what} cannot change in place: remove the "
-                     "queue (queue delete, or apply --prune without it) and apply again"
-                     for where, what in fixed]  # fmt: skip
-        updates = _updates(spec, record)
-        if updates:
-            changes.append(Change("update", spec.name, spec, record, tuple(updates)))
-    if problems:
-        raise QueueFileInvalid(problems)
-    if prune:
-        named = {spec.name for spec in specs}
-        changes += [Change("remove", r.name, record=r) for r in existing.values()
-                    if r.name not in named]  # fmt: skip
-    return changes
-
-
-def _taken(spec: Spec, existing: dict[str, QueueRecord]) -> list[str]:
-    """A new queue may not be named like a queue's DLQ, nor get a DLQ named like a queue
-    (deleting one would delete the other in SQS): found here, not half-way through."""
-    owner = next((r.name for r in existing.values() if r.dlq_name == spec.name), None)
-    if owner is not None:
-        return [f"{spec.at('name')}: name {spec.name!r} is taken: it is queue {owner!r}'s DLQ"]
-    dlq = validate.dlq_name(spec.name) if spec.create and spec.create.dlq else None
-    if dlq is not None and dlq in existing:
-        return [f"{spec.at('create')}: queue {spec.name!r}'s DLQ name {dlq!r} is taken by a "
-                "queue"]  # fmt: skip
-    return []
-
-
-def _fixed(spec: Spec, record: QueueRecord, default_region: str) -> list[tuple[str, str]]:
-    """(where, what) for each difference that would need the queue made anew."""
-    if (spec.create is not None) != record.managed:
-        was, now = ("created", "adopted") if record.managed else ("adopted", "created")
-        return [(spec.at("create" if spec.create else "adopt"), f"{was} → {now}")]
-    if spec.create is not None:
-        c, had_dlq = spec.create, record.dlq_name is not None
-        out: list[tuple[str, Any, Any]] = []
-        if c.visibility_timeout is not None and c.visibility_timeout != record.visibility_timeout:
-            out.append(("visibilityTimeout", record.visibility_timeout, c.visibility_timeout))
-        if c.dlq is not None and c.dlq != had_dlq:
-            out.append(("dlq", had_dlq, c.dlq))
-        wanted = c.max_receive_count
-        if c.dlq and had_dlq and wanted is not None and wanted != record.max_receive_count:
-            out.append(("maxReceiveCount", record.max_receive_count, wanted))
-        return [(spec.at("create"), f"create.{key} {text(old)} → {text(new)}")
-                for key, old, new in out]  # fmt: skip
-    ref = spec.ref
-    assert ref is not None
-    had = (record.account, record.region or default_region, record.sqs_name)
-    if had != (ref.account, ref.region, ref.name):
-        return [(spec.at("adopt"), f"the queue it adopts, {_where(*had)} → "
-                 f"{_where(ref.account, ref.region, ref.name)}")]  # fmt: skip
-    return []
-
-
-def _where(account: str | None, region: str, name: str) -> str:
-    return f"{name} (account {account or '?'}, {region})"
-
-
-def _updates(spec: Spec, record: QueueRecord) -> list[tuple[str, Any, Any]]:
-    out = [(validate.TUNABLE[attribute].field, getattr(record, attribute), value)
-           for attribute, value in spec.tuning.items()
-           if getattr(record, attribute) != value]  # fmt: skip
-    if spec.role_arn_given and spec.role_arn != record.role_arn:
-        out.append(("roleArn", record.role_arn, spec.role_arn))
-    return out
-
-
-def dump(records: Iterable[QueueRecord], default_region: str) -> str:
-    """The queues as a file `load` reads back: every field, so that applying it to the
-    same queues changes nothing."""
-    entries = [entry(record, default_region) for record in records]
-    return str(yaml.safe_dump({"queues": entries}, sort_keys=False, allow_unicode=True))
-
-
-def entry(record: QueueRecord, default_region: str) -> dict[str, Any]:
-    doc: dict[str, Any] = {"name": record.name}
-    if record.managed:
-        create: dict[str, Any] = {"visibilityTimeout": record.visibility_timeout,
-                                  "dlq": record.dlq_name is not None}  # fmt: skip
-        if record.dlq_name is not None:
-            create["maxReceiveCount"] = record.max_receive_count or DEFAULT_MAX_RECEIVE_COUNT
-        doc["create"] = create
-    else:
-        doc["adopt"] = record.queue_url
-        doc["region"] = record.region or default_region
-        if record.role_arn:
-            doc["roleArn"] = record.role_arn
-    for attribute, tunable in validate.TUNABLE.items():
-        doc[tunable.field] = getattr(record, attribute)
-    return doc
