@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from orchestrator import queueref
 from orchestrator.message import Message
 
 
@@ -54,7 +55,7 @@ class QueueRecord:
     @property
     def sqs_name(self) -> str:
         """Its name in SQS (an adopted queue's `name` may differ: `adopt --name`)."""
-        return self.queue_url.rstrip("/").rsplit("/", 1)[-1] if self.queue_url else self.name
+        return queueref.name_of(self.queue_url) if self.queue_url else self.name
 
     def to_doc(self) -> dict[str, Any]:
         """The document without `_id` (the store owns ObjectId conversion)."""

@@ -103,3 +103,9 @@ def check_role_arn(arn: str) -> str:
 def name_of(url: str) -> str:
     """A queue URL's last part: the queue's name in SQS."""
     return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def account_of(url: str) -> str | None:
+    """The account a queue URL names (None: a URL of another shape)."""
+    parts = url.rstrip("/").split("/")
+    return parts[-2] if len(parts) >= 2 and _ACCOUNT.fullmatch(parts[-2]) else None

@@ -126,7 +126,7 @@ class QueueAdmin:
         self._check_dlq_names(record)
         self._check_not_made_elsewhere(record)
         made = create_in_sqs(self.sqs, replace(record, region=s.aws_region))
-        return self.store.insert_queue(replace(made, account=_account(made.queue_url)))
+        return self.store.insert_queue(replace(made, account=queueref.account_of(made.queue_url)))
 
     def adopt(self, ref: str, *, name: str | None = None, region: str | None = None,
               role_arn: str | None = None, **settings: Any) -> QueueRecord:  # fmt: skip
@@ -419,12 +419,6 @@ def _confirmed(queue: QueueRecord, yes_really: bool, what: str) -> None:
     if not queue.managed and not yes_really:
         raise NotOurs(f"queue '{queue.name}' is adopted: {what} are its team's; purge them "
                       "only with --yes-really (API: \"yesReally\": true)")
-
-
-def _account(url: str) -> str | None:
-    """The account a queue URL names (None: a URL of another shape)."""
-    parts = url.rstrip("/").split("/")
-    return parts[-2] if len(parts) >= 2 and parts[-2].isdigit() else None
 
 
 def _dead_letters(sqs: Sqs, attributes: dict[str, str],

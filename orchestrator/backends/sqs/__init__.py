@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from orchestrator import queueref
 from orchestrator.backends.batches import BATCH as BATCH  # the consumer's engine uses it
 from orchestrator.backends.batches import DlqScan, message_size, sized_batches
 from orchestrator.backends.sqs.sessions import Family, make_session
@@ -69,7 +70,7 @@ def _queue_name(args: Iterable[Any]) -> str:
     """The queue a failed call was about, from its first string argument (a name or URL)."""
     for arg in args:
         if isinstance(arg, str):
-            return arg.rstrip("/").rsplit("/", 1)[-1]
+            return queueref.name_of(arg)
     return "?"
 
 
