@@ -14,8 +14,18 @@ from orchestrator.backends.store import Store
 from orchestrator.config import Settings
 from orchestrator.errors import ServiceUnavailable
 from orchestrator.models import WorkerRecord, utcnow
+from orchestrator.roles import placement
 from orchestrator.roles.master import Master
 from orchestrator.roles.placement import RESYNC_AFTER
+
+
+@pytest.fixture(autouse=True)
+def patient_checks(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
+    """A tick waits up to 10 s for its queue scan and depth checks (not a part of the
+    test's MASTER_INTERVAL): these tests drive single ticks and must see the answers
+    however loaded the machine is (a daemon's next cycle would collect late ones)."""
+    monkeypatch.setattr(placement, "SCAN_BUDGET", 10 / settings.master_interval)
+    monkeypatch.setattr(placement, "CHECK_BUDGET", 10 / settings.master_interval)
 
 
 def admin_for(settings: Settings, store: Store, sqs: Sqs) -> QueueAdmin:
