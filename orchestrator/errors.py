@@ -95,7 +95,7 @@ class SchemaTooNew(OrchestratorError):
     """The database was upgraded by a newer orchestrator to a layout this one does not know.
 
     Nothing was written. A daemon's process that meets it exits with this code at once:
-    restarting cannot help (roles/child.py, roles/supervisor.py).
+    restarting cannot help (roles/process/child.py, roles/process/supervisor.py).
     """
 
     exit_code = 2

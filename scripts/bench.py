@@ -41,7 +41,7 @@ from benchlib import (
 )
 
 from orchestrator.models import QueueDepth, WorkerRecord, utcnow
-from orchestrator.roles.master import Master
+from orchestrator.roles.master.master import Master
 
 NOOP = "orchestrator.handlers:noop"
 STAMP = "benchhandlers:stamp"
@@ -139,7 +139,7 @@ def _rss(supervisor_pid: int) -> dict[str, float]:
     for child in sup.children(recursive=True):
         try:
             cmd = " ".join(child.cmdline())
-            role = cmd.rsplit(" ", 1)[-1] if "orchestrator.roles.child" in cmd else None
+            role = cmd.rsplit(" ", 1)[-1] if "orchestrator.roles.process.child" in cmd else None
             if role in out:
                 out[role].append(child.memory_info().rss / 2**20)
         except psutil.Error:

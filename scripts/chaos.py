@@ -113,14 +113,14 @@ def local_server_pids(bench: Bench) -> dict[str, int]:
 
 
 def roles(daemon_pid: int) -> dict[str, list[int]]:
-    """pids under a daemon by role (from `python -m orchestrator.roles.child ROLE`)."""
+    """pids under a daemon by role (from `python -m orchestrator.roles.process.child ROLE`)."""
     out: dict[str, list[int]] = defaultdict(list)
     for child in psutil.Process(daemon_pid).children(recursive=True):
         try:
             cmd = child.cmdline()
         except psutil.Error:
             continue
-        if "orchestrator.roles.child" in cmd:
+        if "orchestrator.roles.process.child" in cmd:
             out[cmd[-1]].append(child.pid)
     return out
 

@@ -30,7 +30,7 @@ from orchestrator.config import MODES
 def run(app: App, mode: str, workers: int | None) -> None:
     """Run the daemon until SIGTERM or Ctrl-C (a second one stops at once)."""
     from orchestrator import log, tracing
-    from orchestrator.roles.supervisor import Supervisor
+    from orchestrator.roles.process.supervisor import Supervisor
 
     log.bind_process(role="supervisor", pid=os.getpid())
     _refuse_a_newer_schema(app)

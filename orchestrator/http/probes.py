@@ -2,7 +2,7 @@
 API_HOST:HEALTH_PORT, JSON bodies, 200 or 503 (docs/design.md §11).
 
 Served by the supervisor's process from a thread of its own; the answers come from the
-supervisor, which knows its children and the notes they send (roles/status.py).
+supervisor, which knows its children and the notes they send (roles/process/status.py).
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ from orchestrator.backends.store import Store
 from orchestrator.config import Settings
 from orchestrator.errors import ServiceUnavailable
 from orchestrator.models import WorkerRecord, utcnow
-from orchestrator.roles import placement
-from orchestrator.roles.master import Master
-from orchestrator.roles.placement import RESYNC_AFTER
+from orchestrator.roles.master import placement
+from orchestrator.roles.master.master import Master
+from orchestrator.roles.master.placement import RESYNC_AFTER
 
 
 @pytest.fixture(autouse=True)

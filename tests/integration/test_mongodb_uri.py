@@ -16,7 +16,7 @@ from orchestrator.backends.store import Store
 from orchestrator.config import Endpoints
 from orchestrator.embedded import servers as embedded
 from orchestrator.errors import ConfigError, ServiceUnavailable
-from orchestrator.roles.master import Master
+from orchestrator.roles.master.master import Master
 
 pytestmark = pytest.mark.timeout(60)
 Run = Callable[..., Result]

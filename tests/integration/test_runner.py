@@ -15,17 +15,17 @@ import pytest
 from orchestrator.backends.sqs import Sqs
 from orchestrator.message import Message
 from orchestrator.metrics import BUCKETS, Meter
-from orchestrator.roles import protocol
-from orchestrator.roles.engine import invoke
-from orchestrator.roles.engine.executors import (
+from orchestrator.roles.consumer.engine import invoke
+from orchestrator.roles.consumer.engine.executors import (
     AsyncExecutor,
     Executor,
     MessageMaker,
     ThreadExecutor,
 )
-from orchestrator.roles.engine.flow import Flow
-from orchestrator.roles.engine.runner import Control, JobSpec, Outcome, Runner
-from orchestrator.roles.protocol import Reason
+from orchestrator.roles.consumer.engine.flow import Flow
+from orchestrator.roles.consumer.engine.runner import Control, JobSpec, Outcome, Runner
+from orchestrator.roles.process import protocol
+from orchestrator.roles.process.protocol import Reason
 
 
 def job(

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.timeout(120)
 # (as a broken install or a role crashing before its loop would), the rest start as usual.
 CRASH_WORKERS = """
 import os, sys
-if sys.orig_argv[-2:] == ["orchestrator.roles.child", "worker"]:
+if sys.orig_argv[-2:] == ["orchestrator.roles.process.child", "worker"]:
     os._exit(70)
 """
 

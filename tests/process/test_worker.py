@@ -13,11 +13,11 @@ from orchestrator.backends.queues import QueueAdmin
 from orchestrator.backends.store import Store
 from orchestrator.config import Endpoints, Settings
 from orchestrator.models import utcnow
-from orchestrator.roles import processes, protocol
-from orchestrator.roles.outbox import JobEnd
-from orchestrator.roles.processes import Child
-from orchestrator.roles.protocol import Reason
-from orchestrator.roles.worker import Worker
+from orchestrator.roles.process import processes, protocol
+from orchestrator.roles.process.processes import Child
+from orchestrator.roles.process.protocol import Reason
+from orchestrator.roles.worker.outbox import JobEnd
+from orchestrator.roles.worker.worker import Worker
 from tests.process.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(120)

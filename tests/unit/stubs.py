@@ -8,8 +8,8 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.roles import protocol
-from orchestrator.roles.channel import ChannelClosed
+from orchestrator.roles.process import protocol
+from orchestrator.roles.process.channel import ChannelClosed
 
 _pids = itertools.count(1000)
 

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from orchestrator.roles.channel import Channel, ChannelClosed
+from orchestrator.roles.process.channel import Channel, ChannelClosed
 
 
 def test_the_last_messages_before_the_end_of_the_stream_are_not_lost() -> None:

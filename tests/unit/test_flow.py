@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from orchestrator.models import SqsMessage
-from orchestrator.roles.engine.flow import DELETE_MAX_WAIT, WAIT_CAP, Ask, Flow, Work
-from orchestrator.roles.engine.invoke import Result
+from orchestrator.roles.consumer.engine.flow import DELETE_MAX_WAIT, WAIT_CAP, Ask, Flow, Work
+from orchestrator.roles.consumer.engine.invoke import Result
 
 
 class Clock:

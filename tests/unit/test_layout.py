@@ -2,7 +2,10 @@
 
     cli/    (the console script)
       ↓
-    roles/  (the processes; roles/child.py, the process entry, also starts the API)
+    roles/  (the processes; roles/process/child.py, the process entry, also starts the API):
+            master/  worker/  consumer/  (none imports another)
+              ↓
+            process/ (the plumbing every process shares; only its child.py imports a role)
       ↓
     http/   (API, dashboard, /metrics)
       ↓
@@ -32,7 +35,7 @@ MAY_IMPORT = {
     "cli": {"core", "backends", "embedded", "http", "roles"},
 }
 CLI = "orchestrator.cli"  # the console script's package: the top, imported by nothing
-ENTRY = "orchestrator.roles.child"  # the process entry: the one role module that uses http
+ENTRY = "orchestrator.roles.process.child"  # the process entry: the one role module that uses http
 
 
 def layer(module: str) -> str:
@@ -86,6 +89,27 @@ def _is_package_module(target: str) -> bool:
     """Whether `target` names a module or package of ours (not a name inside one)."""
     path = PACKAGE.parent.joinpath(*target.split("."))
     return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def role_of(module: str) -> str | None:
+    """`master`, `worker`, `consumer` or `process` for a module under orchestrator.roles."""
+    parts = module.split(".")
+    return parts[2] if len(parts) > 2 and parts[:2] == ["orchestrator", "roles"] else None
+
+
+@pytest.mark.parametrize("path", [p for p in MODULES if role_of(module_name(p))],
+                         ids=lambda p: module_name(p))  # fmt: skip
+def test_roles_import_only_the_process_plumbing(path: Path) -> None:
+    name = module_name(path)
+    own = role_of(name)
+    wrong = []
+    for target in imports(path):
+        other = role_of(target) if _is_package_module(target) else None
+        if other is None or other == own or other == "process":
+            continue
+        if name != ENTRY:  # the entry starts whichever role it is asked for
+            wrong.append(target)
+    assert not wrong, f"{name} imports another role: {sorted(wrong)}"
 
 
 @pytest.mark.parametrize(("library", "owner"), [("pymongo", "orchestrator.backends.store"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from orchestrator.roles.liveness import Watch
+from orchestrator.roles.master.liveness import Watch
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

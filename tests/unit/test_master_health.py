@@ -12,7 +12,7 @@ from orchestrator.backends.sqs import Sqs
 from orchestrator.backends.store import Store
 from orchestrator.errors import ServiceUnavailable
 from orchestrator.models import utcnow
-from orchestrator.roles.master import STALLED_SECONDS, Master
+from orchestrator.roles.master.master import STALLED_SECONDS, Master
 
 
 def make_master() -> tuple[Master, Store]:

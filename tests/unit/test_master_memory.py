@@ -15,7 +15,7 @@ from orchestrator import config, policy
 from orchestrator.backends.memory import MemorySqs, MemoryStore
 from orchestrator.errors import ServiceUnavailable
 from orchestrator.models import QueueRecord, Share, WorkerRecord
-from orchestrator.roles.master import Master
+from orchestrator.roles.master.master import Master
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 SETTINGS = config.load("development", {"WORKER_TIMEOUT": "10", "LEASE_TTL": "9",

@@ -12,8 +12,9 @@ import pytest
 from orchestrator import config
 from orchestrator.metrics import Meter
 from orchestrator.models import Assignment, QueueRecord
-from orchestrator.roles import protocol
-from orchestrator.roles.pool import (
+from orchestrator.roles.process import protocol
+from orchestrator.roles.process.protocol import Reason
+from orchestrator.roles.worker.pool import (
     STALL_SECONDS,
     TRANSITIONS,
     ConsumerPool,
@@ -22,7 +23,6 @@ from orchestrator.roles.pool import (
     SlotState,
     transition,
 )
-from orchestrator.roles.protocol import Reason
 from tests.unit.stubs import Spawner, StubProcess
 
 S, E = SlotState, SlotEvent

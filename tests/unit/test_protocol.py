@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from orchestrator.roles import protocol
-from orchestrator.roles.protocol import Live, ProtocolError, Reason
+from orchestrator.roles.process import protocol
+from orchestrator.roles.process.protocol import Live, ProtocolError, Reason
 
 LIVE = Live(concurrency=3, paused=False, processes=2, batch_size=5, batch_window=0.5)
 MESSAGES: list[protocol.Message] = [

@@ -15,8 +15,8 @@ import pytest
 from orchestrator.backends.memory import MemoryStore
 from orchestrator.errors import ServiceUnavailable
 from orchestrator.models import QueueRecord
-from orchestrator.roles import queuecache
-from orchestrator.roles.queuecache import RESCAN_SECONDS, QueueCache
+from orchestrator.roles.master import queuecache
+from orchestrator.roles.master.queuecache import RESCAN_SECONDS, QueueCache
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.roles.engine.rate import Aimd, Bucket
+from orchestrator.roles.consumer.engine.rate import Aimd, Bucket
 
 
 def starts_per_second(rate: float, seconds: int, batch: int = 1) -> list[int]:

@@ -13,11 +13,11 @@ from orchestrator.backends.memory import MemorySqs
 from orchestrator.message import Message
 from orchestrator.metrics import Meter
 from orchestrator.models import SqsMessage
-from orchestrator.roles import protocol
-from orchestrator.roles.engine.executors import Executor, MessageMaker, ThreadExecutor
-from orchestrator.roles.engine.flow import Flow, Work
-from orchestrator.roles.engine.runner import Control, JobSpec, Outcome, Runner
-from orchestrator.roles.protocol import Reason
+from orchestrator.roles.consumer.engine.executors import Executor, MessageMaker, ThreadExecutor
+from orchestrator.roles.consumer.engine.flow import Flow, Work
+from orchestrator.roles.consumer.engine.runner import Control, JobSpec, Outcome, Runner
+from orchestrator.roles.process import protocol
+from orchestrator.roles.process.protocol import Reason
 
 pytestmark = pytest.mark.timeout(30)
 

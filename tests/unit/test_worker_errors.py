@@ -12,9 +12,9 @@ from orchestrator import config
 from orchestrator.errors import ServiceUnavailable
 from orchestrator.metrics import Meter
 from orchestrator.models import Assignment
-from orchestrator.roles.outbox import JobEnd, Outbox
-from orchestrator.roles.protocol import Reason
-from orchestrator.roles.worker import Worker
+from orchestrator.roles.process.protocol import Reason
+from orchestrator.roles.worker.outbox import JobEnd, Outbox
+from orchestrator.roles.worker.worker import Worker
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

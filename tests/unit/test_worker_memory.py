@@ -9,10 +9,10 @@ from orchestrator import config
 from orchestrator.backends.memory import MemoryStore
 from orchestrator.errors import ServiceUnavailable
 from orchestrator.models import QueueRecord, Share
-from orchestrator.roles import protocol
-from orchestrator.roles.pool import SlotState
-from orchestrator.roles.protocol import Reason
-from orchestrator.roles.worker import Worker
+from orchestrator.roles.process import protocol
+from orchestrator.roles.process.protocol import Reason
+from orchestrator.roles.worker.pool import SlotState
+from orchestrator.roles.worker.worker import Worker
 from tests.unit.stubs import Spawner
 
 SETTINGS = config.load("development", {"WORKER_TIMEOUT": "10", "HEARTBEAT_INTERVAL": "2"})

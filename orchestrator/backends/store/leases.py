@@ -30,7 +30,7 @@ class LeaseDocs(Connection):
     @translated
     def renew_lease(self, holder: str, expires: datetime) -> bool:
         """Renew the master lease if `holder` holds it. Every renewal changes `version`:
-        other masters judge the holder alive by seeing it change (roles/master.py)."""
+        other masters judge the holder alive by seeing it change (roles/master/master.py)."""
         result = self._leases.update_one(
             {"_id": "master", "holder": holder},
             {"$set": {"expiresAt": expires}, "$inc": {"version": 1}},

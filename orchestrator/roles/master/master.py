@@ -29,12 +29,12 @@ from orchestrator.config import Endpoints, Settings
 from orchestrator.errors import OrchestratorError, ServiceUnavailable
 from orchestrator.metrics import Meter
 from orchestrator.models import WorkerRecord, utcnow
-from orchestrator.roles import processes
-from orchestrator.roles.liveness import Watch
-from orchestrator.roles.loop import Outage, retry, wait
-from orchestrator.roles.placement import Placement
-from orchestrator.roles.signals import STOP, SignalQueue
-from orchestrator.roles.status import Note, Reporter
+from orchestrator.roles.master.liveness import Watch
+from orchestrator.roles.master.placement import Placement
+from orchestrator.roles.process import processes
+from orchestrator.roles.process.loop import Outage, retry, wait
+from orchestrator.roles.process.signals import STOP, SignalQueue
+from orchestrator.roles.process.status import Note, Reporter
 
 log = structlog.get_logger()
 

@@ -17,7 +17,7 @@ from orchestrator.backends.protocols import OutboxStore
 from orchestrator.errors import ServiceUnavailable
 from orchestrator.metrics import Meter
 from orchestrator.models import Assignment, utcnow
-from orchestrator.roles.protocol import Done, Reason
+from orchestrator.roles.process.protocol import Done, Reason
 
 log = structlog.get_logger()
 

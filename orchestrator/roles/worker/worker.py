@@ -2,9 +2,9 @@
 
 Each tick reconciles: the assignments MongoDB gives this worker are the wanted
 state, the consumers running them the actual state. The consumer processes
-themselves are the pool's (orchestrator/roles/pool.py); the worker owns every
+themselves are the pool's (orchestrator/roles/worker/pool.py); the worker owns every
 MongoDB write about its jobs, which consumers report over their channels. A
-job's outcome goes through an outbox (orchestrator/roles/outbox.py).
+job's outcome goes through an outbox (orchestrator/roles/worker/outbox.py).
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ from orchestrator.config import Endpoints, Settings
 from orchestrator.errors import OrchestratorError, ServiceUnavailable
 from orchestrator.metrics import Meter
 from orchestrator.models import Assignment, Failure, WorkerRecord, utcnow
-from orchestrator.roles import processes, protocol
-from orchestrator.roles.loop import Outage, retry
-from orchestrator.roles.outbox import JobEnd, Outbox
-from orchestrator.roles.pool import ConsumerPool, Death, Process, Slot, SlotState
-from orchestrator.roles.protocol import Live, Reason
-from orchestrator.roles.signals import HANDLED, STOP, SignalQueue
-from orchestrator.roles.status import Note, Reporter
+from orchestrator.roles.process import processes, protocol
+from orchestrator.roles.process.loop import Outage, retry
+from orchestrator.roles.process.protocol import Live, Reason
+from orchestrator.roles.process.signals import HANDLED, STOP, SignalQueue
+from orchestrator.roles.process.status import Note, Reporter
+from orchestrator.roles.worker.outbox import JobEnd, Outbox
+from orchestrator.roles.worker.pool import ConsumerPool, Death, Process, Slot, SlotState
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer

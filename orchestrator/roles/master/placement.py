@@ -41,8 +41,8 @@ from orchestrator.models import (
     Share,
     WorkerRecord,
 )
-from orchestrator.roles.loop import Outage
-from orchestrator.roles.queuecache import QueueCache
+from orchestrator.roles.master.queuecache import QueueCache
+from orchestrator.roles.process.loop import Outage
 from orchestrator.validate import MAX_PRIORITY
 
 log = structlog.get_logger()

@@ -10,7 +10,7 @@ import structlog
 
 from orchestrator import policy
 from orchestrator.errors import OrchestratorError, SchemaTooNew
-from orchestrator.roles.signals import STOP, SignalQueue
+from orchestrator.roles.process.signals import STOP, SignalQueue
 
 log = structlog.get_logger()
 

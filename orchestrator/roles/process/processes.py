@@ -1,6 +1,6 @@
 """Spawn, reap, measure and stop child processes.
 
-Children are fresh interpreters (`python -P -m orchestrator.roles.child ROLE`), never
+Children are fresh interpreters (`python -P -m orchestrator.roles.process.child ROLE`), never
 forks, so no client or lock is carried across. Their boot document (settings,
 endpoints, role arguments) arrives on stdin: unlike argv or the environment,
 a pipe is not visible to other users through `ps` or /proc, and it carries
@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import psutil
 
 from orchestrator.config import Endpoints, Settings
-from orchestrator.roles.channel import Channel
+from orchestrator.roles.process.channel import Channel
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Child:
     role: str
     proc: subprocess.Popen[bytes]
     channel: Channel | None = None
-    status_fd: int | None = None  # our end of its status pipe (roles/status.py), if any
+    status_fd: int | None = None  # our end of its status pipe (roles/process/status.py), if any
     started: float = field(default_factory=time.monotonic)
     _stats: psutil.Process | None = None
     _kids: dict[int, psutil.Process] = field(default_factory=dict)
@@ -133,8 +133,8 @@ def spawn(
     role: str, boot: dict[str, Any], *, channel: bool = False, own_group: bool = False,
     status: bool = False,
 ) -> Child:
-    """Start `python -m orchestrator.roles.child ROLE`, hand it `boot`, optionally with a channel
-    and a status pipe (roles/status.py).
+    """Start `python -m orchestrator.roles.process.child ROLE`, hand it `boot`, optionally
+    with a channel and a status pipe (roles/process/status.py).
 
     `own_group` puts it in a process group of its own, so that a Ctrl-C on the
     terminal reaches only the supervisor, which then stops children in order.
@@ -154,7 +154,7 @@ def spawn(
     proc = subprocess.Popen(
         # -P: the working directory is not put on sys.path, so what imports (a handler)
         # never depends on where the daemon was started (HANDLER_PYTHONPATH says where).
-        [sys.executable, "-P", "-m", "orchestrator.roles.child", role],
+        [sys.executable, "-P", "-m", "orchestrator.roles.process.child", role],
         stdin=subprocess.PIPE,
         pass_fds=tuple(passed),
         process_group=0 if own_group else None,

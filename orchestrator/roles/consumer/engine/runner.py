@@ -25,11 +25,11 @@ import structlog
 from orchestrator.backends.protocols import ConsumerSqs
 from orchestrator.errors import HandlerImportError
 from orchestrator.metrics import Meter
-from orchestrator.roles import protocol
-from orchestrator.roles.engine.calls import Calls
-from orchestrator.roles.engine.executors import Executor, Fatal
-from orchestrator.roles.engine.flow import Flow
-from orchestrator.roles.protocol import Reason
+from orchestrator.roles.consumer.engine.calls import Calls
+from orchestrator.roles.consumer.engine.executors import Executor, Fatal
+from orchestrator.roles.consumer.engine.flow import Flow
+from orchestrator.roles.process import protocol
+from orchestrator.roles.process.protocol import Reason
 
 PROGRESS_SECONDS = 1.0
 LOOP_SECONDS = 0.1  # the longest the runner sleeps between looks

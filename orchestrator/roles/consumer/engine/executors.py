@@ -5,7 +5,7 @@
   a pool, a future or a result queue per message.
 - AsyncExecutor: `async def` handlers as tasks on one event loop thread, however
   high the concurrency.
-- HandlerPool (orchestrator/roles/engine/handlerpool.py): either of these in handler
+- HandlerPool (orchestrator/roles/consumer/engine/handlerpool.py): either of these in handler
   processes, for handlers that need more than one core.
 """
 
@@ -25,9 +25,9 @@ from orchestrator.message import Message
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
-from orchestrator.roles.engine import invoke
-from orchestrator.roles.engine.flow import Flow, Work
-from orchestrator.roles.protocol import Reason
+from orchestrator.roles.consumer.engine import invoke
+from orchestrator.roles.consumer.engine.flow import Flow, Work
+from orchestrator.roles.process.protocol import Reason
 
 log = structlog.get_logger()
 

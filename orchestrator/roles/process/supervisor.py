@@ -4,7 +4,7 @@ Signal handlers only record; the loop dispatches: the first SIGTERM/SIGINT
 starts a graceful stop, a second one kills the children at once. A child
 that dies is logged with its exit code or signal and restarted with backoff, unless
 restarting cannot help: a role that keeps failing to boot (exit 1), or one that refused
-the database's newer schema (exit 2, roles/child.py REFUSED_EXIT) stops the daemon.
+the database's newer schema (exit 2, roles/process/child.py REFUSED_EXIT) stops the daemon.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import structlog
 
 from orchestrator import policy
 from orchestrator.config import Endpoints, Settings
-from orchestrator.roles import processes
-from orchestrator.roles.child import REFUSED_EXIT
-from orchestrator.roles.processes import Child
-from orchestrator.roles.signals import STOP, SignalQueue
-from orchestrator.roles.status import Note, read_notes
+from orchestrator.roles.process import processes
+from orchestrator.roles.process.child import REFUSED_EXIT
+from orchestrator.roles.process.processes import Child
+from orchestrator.roles.process.signals import STOP, SignalQueue
+from orchestrator.roles.process.status import Note, read_notes
 
 log = structlog.get_logger()
 
@@ -131,7 +131,7 @@ class Supervisor:
         slot.child = None
 
     def _take_notes(self, slot: _Slot, fd: int) -> None:
-        """Read what its child noted (roles/status.py), stamped with our clock."""
+        """Read what its child noted (roles/process/status.py), stamped with our clock."""
         notes, closed = read_notes(fd)
         now = time.monotonic()
         for note in notes:

@@ -30,9 +30,9 @@ from orchestrator import policy
 from orchestrator.metrics import Meter
 from orchestrator.models import MAX_FAILURE_BODY_BYTES, SqsMessage, clip
 from orchestrator.policy import RECEIVE_BATCH as BATCH
-from orchestrator.roles.engine.held import Held, Received
-from orchestrator.roles.engine.invoke import Result
-from orchestrator.roles.engine.rate import Aimd, Bucket
+from orchestrator.roles.consumer.engine.held import Held, Received
+from orchestrator.roles.consumer.engine.invoke import Result
+from orchestrator.roles.consumer.engine.rate import Aimd, Bucket
 
 EXTEND_FRACTION = 0.5  # extend a message's visibility once half of it has passed
 MAX_FAILURES_KEPT = 100  # failures kept between two progress reports

@@ -21,22 +21,22 @@ from orchestrator.backends.sqs import Sqs
 from orchestrator.config import Endpoints, Settings
 from orchestrator.handlers import import_handler
 from orchestrator.metrics import Meter
-from orchestrator.roles import processes as processes_
-from orchestrator.roles import protocol
-from orchestrator.roles.channel import Channel, ChannelClosed
-from orchestrator.roles.engine import invoke
-from orchestrator.roles.engine.calls import RECEIVE_WAIT_SECONDS
-from orchestrator.roles.engine.executors import (
+from orchestrator.roles.consumer.engine import invoke
+from orchestrator.roles.consumer.engine.calls import RECEIVE_WAIT_SECONDS
+from orchestrator.roles.consumer.engine.executors import (
     AsyncExecutor,
     Executor,
     MessageMaker,
     ThreadExecutor,
 )
-from orchestrator.roles.engine.flow import Flow
-from orchestrator.roles.engine.handlerpool import HandlerPool
-from orchestrator.roles.engine.runner import Control, ExecutorFactory, JobSpec, Runner
-from orchestrator.roles.protocol import ProtocolError, Reason
-from orchestrator.roles.signals import SignalQueue
+from orchestrator.roles.consumer.engine.flow import Flow
+from orchestrator.roles.consumer.engine.handlerpool import HandlerPool
+from orchestrator.roles.consumer.engine.runner import Control, ExecutorFactory, JobSpec, Runner
+from orchestrator.roles.process import processes as processes_
+from orchestrator.roles.process import protocol
+from orchestrator.roles.process.channel import Channel, ChannelClosed
+from orchestrator.roles.process.protocol import ProtocolError, Reason
+from orchestrator.roles.process.signals import SignalQueue
 
 # An SQS call that hangs must fail well inside the worker's 30 s stall watchdog, as an
 # outage the consumer reports and rides out: 2 attempts of (2 s connect + a 1 s long
@@ -47,7 +47,7 @@ log = structlog.get_logger()
 
 
 class Consumer:
-    """Runs one assignment at a time, as its worker asks (orchestrator/roles/protocol.py).
+    """Runs one assignment at a time, as its worker asks (orchestrator/roles/process/protocol.py).
 
     `Settings` and `Stop` are for the current job (one naming another job is stale and
     ignored); an `Assign` or `Exit` that comes while a job runs waits for its end.

@@ -21,14 +21,14 @@ from orchestrator import policy
 from orchestrator.backends.protocols import ConsumerSqs
 from orchestrator.backends.sqs import BATCH
 from orchestrator.errors import OrchestratorError, RoleUnavailable
-from orchestrator.roles.engine.executors import Fatal
-from orchestrator.roles.engine.flow import Ask, Flow, Io
-from orchestrator.roles.engine.held import Received
-from orchestrator.roles.loop import Outage
-from orchestrator.roles.protocol import Reason
+from orchestrator.roles.consumer.engine.executors import Fatal
+from orchestrator.roles.consumer.engine.flow import Ask, Flow, Io
+from orchestrator.roles.consumer.engine.held import Received
+from orchestrator.roles.process.loop import Outage
+from orchestrator.roles.process.protocol import Reason
 
 if TYPE_CHECKING:
-    from orchestrator.roles.engine.runner import JobSpec
+    from orchestrator.roles.consumer.engine.runner import JobSpec
 
 RECEIVE_WAIT_SECONDS = 1  # short enough to notice pause/stop and drain quickly
 IO_THREADS = 16  # receives, deletes and visibility changes under way at once

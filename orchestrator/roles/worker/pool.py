@@ -23,10 +23,10 @@ from orchestrator import policy
 from orchestrator.config import Settings
 from orchestrator.metrics import Meter
 from orchestrator.models import Assignment, ConsumerStats, QueueRecord
-from orchestrator.roles import protocol
-from orchestrator.roles.channel import ChannelClosed
-from orchestrator.roles.processes import describe_exit
-from orchestrator.roles.protocol import Live, ProtocolError, Reason
+from orchestrator.roles.process import protocol
+from orchestrator.roles.process.channel import ChannelClosed
+from orchestrator.roles.process.processes import describe_exit
+from orchestrator.roles.process.protocol import Live, ProtocolError, Reason
 
 log = structlog.get_logger()
 

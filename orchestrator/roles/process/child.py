@@ -1,4 +1,4 @@
-"""Entry point of every child process: `python -m orchestrator.roles.child ROLE`.
+"""Entry point of every child process: `python -m orchestrator.roles.process.child ROLE`.
 
 The boot document (settings, endpoints, role arguments) arrives on stdin.
 """
@@ -12,12 +12,12 @@ import structlog
 
 from orchestrator import handlers, log
 from orchestrator.errors import SchemaTooNew
-from orchestrator.roles import processes, signals
-from orchestrator.roles.status import Reporter
+from orchestrator.roles.process import processes, signals
+from orchestrator.roles.process.status import Reporter
 
 CRASH_EXIT = 70  # an unexpected error ended the process (EX_SOFTWARE)
 # The database has a newer schema than this code (SchemaTooNew): a restart cannot help,
-# and the supervisor stops the daemon with this code (roles/supervisor.py).
+# and the supervisor stops the daemon with this code (roles/process/supervisor.py).
 REFUSED_EXIT = SchemaTooNew.exit_code
 
 
@@ -32,21 +32,21 @@ def main() -> None:
     try:
         if role == "master":
             from orchestrator.http.service import ApiService
-            from orchestrator.roles import master
+            from orchestrator.roles.master import master
 
             # The process that runs a master serves the HTTP API beside it.
             master.run(settings, endpoints,
                        lambda m: ApiService(settings, endpoints, m), reporter)  # fmt: skip
         elif role == "worker":
-            from orchestrator.roles import worker
+            from orchestrator.roles.worker import worker
 
             worker.run(settings, endpoints, reporter)
         elif role == "consumer":
-            from orchestrator.roles import consumer
+            from orchestrator.roles.consumer import consumer
 
             consumer.run(settings, endpoints, int(extra["channel_fd"]))
         elif role == "handler":
-            from orchestrator.roles.engine import handlerproc
+            from orchestrator.roles.consumer.engine import handlerproc
 
             handlerproc.run(settings, extra)
         else:

@@ -22,15 +22,15 @@ from typing import Any
 import structlog
 
 from orchestrator import policy
-from orchestrator.roles import processes
-from orchestrator.roles.channel import ChannelClosed
-from orchestrator.roles.engine import handlerproc
-from orchestrator.roles.engine.executors import Fatal
-from orchestrator.roles.engine.flow import Flow, Work
-from orchestrator.roles.engine.handlerproc import Done, ImportFailed, Ready, Run
-from orchestrator.roles.engine.invoke import Result
-from orchestrator.roles.processes import Child
-from orchestrator.roles.protocol import Reason
+from orchestrator.roles.consumer.engine import handlerproc
+from orchestrator.roles.consumer.engine.executors import Fatal
+from orchestrator.roles.consumer.engine.flow import Flow, Work
+from orchestrator.roles.consumer.engine.handlerproc import Done, ImportFailed, Ready, Run
+from orchestrator.roles.consumer.engine.invoke import Result
+from orchestrator.roles.process import processes
+from orchestrator.roles.process.channel import ChannelClosed
+from orchestrator.roles.process.processes import Child
+from orchestrator.roles.process.protocol import Reason
 
 log = structlog.get_logger()
 

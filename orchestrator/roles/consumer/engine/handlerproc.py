@@ -30,8 +30,8 @@ from orchestrator.errors import HandlerImportError
 from orchestrator.handlers import import_handler
 from orchestrator.message import Message
 from orchestrator.models import SqsMessage
-from orchestrator.roles.channel import Channel, ChannelClosed
-from orchestrator.roles.engine import invoke
+from orchestrator.roles.consumer.engine import invoke
+from orchestrator.roles.process.channel import Channel, ChannelClosed
 
 log = structlog.get_logger()
 

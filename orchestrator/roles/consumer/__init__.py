@@ -1,0 +1,1 @@
+"""The consumer role: one assignment's process, and its engine."""

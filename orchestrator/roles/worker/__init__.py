@@ -1,0 +1,1 @@
+"""The worker role: heartbeats, fencing, and a consumer process per assignment."""
