@@ -20,7 +20,9 @@ from orchestrator.backends.sqs import OPS_LOG_ENV
 from tests.conftest import REPO
 from tests.process.conftest import kill_session, wait_for
 
-pytestmark = pytest.mark.timeout(600)
+# One xdist worker builds the wheel for all: two builds of one checkout at once trip over
+# each other's setuptools scratch folders.
+pytestmark = [pytest.mark.timeout(600), pytest.mark.xdist_group("wheel")]
 
 
 @pytest.fixture(scope="module")
