@@ -17,7 +17,6 @@ import os
 import select
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -28,6 +27,7 @@ from orchestrator.metrics import Meter
 from orchestrator.roles.consumer.engine.calls import Calls
 from orchestrator.roles.consumer.engine.executors import Executor, Fatal
 from orchestrator.roles.consumer.engine.flow import Flow
+from orchestrator.roles.consumer.engine.spec import JobSpec, Outcome
 from orchestrator.roles.process import protocol
 from orchestrator.roles.process.protocol import Reason
 
@@ -37,52 +37,6 @@ EXTEND_CHECK_SECONDS = 0.25
 MAX_RECEIVES = 8  # receives under way at once while a queue has a backlog
 
 log = structlog.get_logger()
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """What a consumer is asked to run: the `assign` message from its worker."""
-
-    job_id: str
-    queue_name: str
-    queue_url: str
-    handler: str
-    concurrency: int
-    paused: bool = False
-    visibility_timeout: int = 30
-    processes: int = 1
-    batch_size: int = 1
-    batch_window: float = 0.0
-    rate_limit: float | None = None
-    adaptive: bool = False
-    failure_bodies: bool = False
-
-    @property
-    def fifo(self) -> bool:
-        return self.queue_name.endswith(".fifo")
-
-    @classmethod
-    def of(cls, assign: protocol.Assign) -> JobSpec:
-        live = assign.live
-        return cls(
-            job_id=assign.job_id, queue_name=assign.queue_name, queue_url=assign.queue_url,
-            handler=assign.handler, concurrency=live.concurrency, paused=live.paused,
-            visibility_timeout=assign.visibility_timeout, processes=live.processes,
-            batch_size=live.batch_size, batch_window=live.batch_window,
-            rate_limit=live.rate_limit, adaptive=live.adaptive,
-            failure_bodies=assign.failure_bodies,
-        )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Outcome:
-    handled: int
-    failed: int
-    reason: Reason
-    abandoned: int = 0  # handlers still running when the run gave up waiting for them
-    error: str | None = None
-    processes: list[dict[str, Any]] = field(default_factory=list)  # handler processes' counts
-    duplicates: int = 0  # copies received while the message was still here: not run twice
 
 
 # Builds the executor for `processes` handler processes (1: in this process).
