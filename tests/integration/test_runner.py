@@ -23,7 +23,8 @@ from orchestrator.roles.consumer.engine.executors import (
     ThreadExecutor,
 )
 from orchestrator.roles.consumer.engine.flow import Flow
-from orchestrator.roles.consumer.engine.runner import Control, JobSpec, Outcome, Runner
+from orchestrator.roles.consumer.engine.runner import Control, Runner
+from orchestrator.roles.consumer.engine.spec import JobSpec, Outcome
 from orchestrator.roles.process import protocol
 from orchestrator.roles.process.protocol import Reason
 

@@ -14,12 +14,13 @@
     orchestrator/*.py (what everything shares)
 
 Nothing imports `orchestrator.cli` (the CLI, on top of all); pymongo is imported by the
-store alone and boto3 by sqs.py alone.
+store alone and boto3 by sqs.py alone; and no module imports, however indirectly, itself.
 """
 
 from __future__ import annotations
 
 import ast
+import graphlib
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,16 @@ def test_one_module_owns_each_client_library(library: str, owner: str) -> None:
     users = {module_name(p) for p in MODULES
              if any(i == library or i.startswith(library + ".") for i in imports(p))}
     assert users <= {owner} | {m for m in users if m.startswith(owner + ".")}, users
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    """No import circle among our modules, with the imports of `if TYPE_CHECKING:` blocks
+    and inside functions counted: a circle means two modules that are one, or a type
+    that lives in the wrong one (a spec imported from the engine that runs it)."""
+    graph = {module_name(p): {t for t in imports(p) if t.split(".")[0] == "orchestrator"
+                              and _is_package_module(t)} - {module_name(p)}
+             for p in MODULES}  # fmt: skip
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as exc:
+        pytest.fail(f"import circle: {' → '.join(exc.args[1])}")

@@ -31,7 +31,8 @@ from orchestrator.roles.consumer.engine.executors import (
 )
 from orchestrator.roles.consumer.engine.flow import Flow
 from orchestrator.roles.consumer.engine.handlerpool import HandlerPool
-from orchestrator.roles.consumer.engine.runner import Control, ExecutorFactory, JobSpec, Runner
+from orchestrator.roles.consumer.engine.runner import Control, ExecutorFactory, Runner
+from orchestrator.roles.consumer.engine.spec import JobSpec
 from orchestrator.roles.process import processes as processes_
 from orchestrator.roles.process import protocol
 from orchestrator.roles.process.channel import Channel, ChannelClosed

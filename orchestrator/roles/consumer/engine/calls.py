@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_all
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
@@ -24,11 +24,9 @@ from orchestrator.errors import OrchestratorError, RoleUnavailable
 from orchestrator.roles.consumer.engine.executors import Fatal
 from orchestrator.roles.consumer.engine.flow import Ask, Flow, Io
 from orchestrator.roles.consumer.engine.held import Received
+from orchestrator.roles.consumer.engine.spec import JobSpec
 from orchestrator.roles.process.loop import Outage
 from orchestrator.roles.process.protocol import Reason
-
-if TYPE_CHECKING:
-    from orchestrator.roles.consumer.engine.runner import JobSpec
 
 RECEIVE_WAIT_SECONDS = 1  # short enough to notice pause/stop and drain quickly
 IO_THREADS = 16  # receives, deletes and visibility changes under way at once

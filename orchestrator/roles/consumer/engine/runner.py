@@ -1,23 +1,21 @@
 """Runner: one assignment inside a consumer — receive → handle → delete.
 
-The runner's thread owns the assignment's life: it applies control messages
-(new settings, pause, stop), reports progress and decides when the assignment
-ends. The Flow decides what may start; handlers run on an executor (threads, an
-event loop, or handler processes) that pulls its work from it; the SQS calls it
-asks for (receives, batched deletes, retries, hand-backs, visibility extensions)
-go through Calls (calls.py). A message is deleted only after its
-handler returned: at-least-once delivery.
+The runner's thread owns the assignment's life: one `tick(now)` at a time, with
+the time given, it applies control messages (new settings, pause, stop), reports
+progress and decides when the assignment ends. The Flow decides what may start;
+handlers run on an executor (threads, an event loop, or handler processes) that
+pulls its work from it; the SQS calls it asks for (receives, batched deletes,
+retries, hand-backs, visibility extensions) go through Calls (calls.py). A message
+is deleted only after its handler returned: at-least-once delivery.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import select
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -28,6 +26,7 @@ from orchestrator.metrics import Meter
 from orchestrator.roles.consumer.engine.calls import Calls
 from orchestrator.roles.consumer.engine.executors import Executor, Fatal
 from orchestrator.roles.consumer.engine.flow import Flow
+from orchestrator.roles.consumer.engine.spec import JobSpec, Outcome
 from orchestrator.roles.process import protocol
 from orchestrator.roles.process.protocol import Reason
 
@@ -37,52 +36,6 @@ EXTEND_CHECK_SECONDS = 0.25
 MAX_RECEIVES = 8  # receives under way at once while a queue has a backlog
 
 log = structlog.get_logger()
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """What a consumer is asked to run: the `assign` message from its worker."""
-
-    job_id: str
-    queue_name: str
-    queue_url: str
-    handler: str
-    concurrency: int
-    paused: bool = False
-    visibility_timeout: int = 30
-    processes: int = 1
-    batch_size: int = 1
-    batch_window: float = 0.0
-    rate_limit: float | None = None
-    adaptive: bool = False
-    failure_bodies: bool = False
-
-    @property
-    def fifo(self) -> bool:
-        return self.queue_name.endswith(".fifo")
-
-    @classmethod
-    def of(cls, assign: protocol.Assign) -> JobSpec:
-        live = assign.live
-        return cls(
-            job_id=assign.job_id, queue_name=assign.queue_name, queue_url=assign.queue_url,
-            handler=assign.handler, concurrency=live.concurrency, paused=live.paused,
-            visibility_timeout=assign.visibility_timeout, processes=live.processes,
-            batch_size=live.batch_size, batch_window=live.batch_window,
-            rate_limit=live.rate_limit, adaptive=live.adaptive,
-            failure_bodies=assign.failure_bodies,
-        )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Outcome:
-    handled: int
-    failed: int
-    reason: Reason
-    abandoned: int = 0  # handlers still running when the run gave up waiting for them
-    error: str | None = None
-    processes: list[dict[str, Any]] = field(default_factory=list)  # handler processes' counts
-    duplicates: int = 0  # copies received while the message was still here: not run twice
 
 
 # Builds the executor for `processes` handler processes (1: in this process).
@@ -127,7 +80,11 @@ class Waker:
 
 
 class Runner:
-    """Runs one assignment until the queue drains, time is up, or it is told to stop."""
+    """Runs one assignment until the queue drains, time is up, or it is told to stop.
+
+    `run()` starts the executor, then calls `tick(now)` until it returns the Outcome,
+    sleeping between looks until woken; every time it acts on comes from `clock` (tests
+    drive `start()` and `tick(now)` themselves, with times of their choosing)."""
 
     def __init__(
         self,
@@ -142,6 +99,7 @@ class Runner:
         progress: Callable[[int, int], None],
         meter: Meter,
         watch: Callable[[], list[int]] = list,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.sqs = sqs
         self.spec = spec
@@ -149,7 +107,8 @@ class Runner:
         self.visibility = spec.visibility_timeout
         self.executors = executors
         self.processes = spec.processes
-        self.deadline = time.monotonic() + max_seconds
+        self.clock = clock
+        self.deadline = clock() + max_seconds
         self.grace = grace
         self.control = control
         self.progress = progress
@@ -158,6 +117,7 @@ class Runner:
             limit=spec.concurrency, fifo=spec.fifo, visibility=self.visibility,
             batch_size=spec.batch_size, batch_window=spec.batch_window,
             drain_empty_polls=drain_empty_polls, queue_name=spec.queue_name, meter=meter,
+            clock=clock,
         )  # fmt: skip
         self.flow.keep_bodies = spec.failure_bodies
         self.flow.set_rate(spec.rate_limit)
@@ -169,10 +129,24 @@ class Runner:
         self.stopped_at: float | None = None
         self.calls = Calls(sqs, spec, self.flow, self.waker.wake)
         self.retired: list[Executor] = []
+        self.control_ready = True  # control messages may be waiting: read them next tick
+        self.next_extend = self.next_progress = float("-inf")  # both due at the first tick
 
     # --- the runner's thread ---------------------------------------------------------
 
     def run(self) -> Outcome:
+        """The whole run: start, then tick until it is over, sleeping until woken (a
+        control message, an SQS call or a handler that finished) or LOOP_SECONDS."""
+        outcome = self.start()
+        while outcome is None:
+            if (outcome := self.tick(self.clock())) is None:
+                self.control_ready = self.waker.wait(LOOP_SECONDS)
+        self.close()
+        return outcome
+
+    def start(self) -> Outcome | None:
+        """Start the executor; the Outcome when the run ends before it began (a paused
+        queue, a handler that does not import), else None."""
         if self.spec.paused:
             return Outcome(0, 0, Reason.PAUSED)
         try:
@@ -183,89 +157,94 @@ class Runner:
             fatal = Fatal(Reason.HANDLER_IMPORT, str(exc))
         if fatal:
             self._close_executors(kill=True)
-            return self._end(Outcome(0, 0, fatal.reason, error=fatal.error))
-        return self._end(self._loop())
+            return Outcome(0, 0, fatal.reason, error=fatal.error)
+        return None
 
-    def _loop(self) -> Outcome:
-        next_progress = next_extend = time.monotonic()
-        control_ready = True
-        while True:
-            if control_ready and self._apply_control(self.control()):
-                return self._give_up(Reason.ABORTED)
-            now = time.monotonic()
-            if now >= self.deadline:
-                self._finish(Reason.MAX_TIME)  # yield to queues waiting for capacity
-            fatal = self.executor.maintain() or self.calls.fatal
-            if fatal and self.reason is None:
-                self.error = fatal.error
-                self._finish(fatal.reason)
-            self._pump()
-            if now >= next_extend:
-                self.calls.extend(self.flow.due_extensions(now))
-                next_extend = now + EXTEND_CHECK_SECONDS
-            self.flow.adapt(now)
-            if now >= next_progress:
-                self.progress(*self.flow.counts())
-                next_progress = now + PROGRESS_SECONDS
-            if self.reason is None and self.flow.drained():
-                self._finish(Reason.DRAINED)
-            if self.reason is not None:
-                if self.flow.idle():
-                    break
-                assert self.stopped_at is not None
-                if now - self.stopped_at > self.grace:
-                    return self._give_up(self.reason)
-            control_ready = self.waker.wait(LOOP_SECONDS)
-        self.calls.send(self.flow.take_io(time.monotonic(), everything=True))
-        self.calls.wait()
-        self._close_executors(kill=False)
-        handled, failed = self.flow.counts()
-        return Outcome(handled, failed, self.reason or Reason.DRAINED, error=self.error,
-                       processes=self._report())  # fmt: skip
+    def tick(self, now: float) -> Outcome | None:
+        """One look at the run at `now` (the clock's seconds): apply control messages, end
+        it at the deadline or on a fatal error, make the SQS calls due, extend
+        visibilities, report progress; the Outcome once it is over, else None."""
+        if self.control_ready and self._apply_control(self.control(), now):
+            return self._give_up(Reason.ABORTED, now)
+        if now >= self.deadline:
+            self._finish(Reason.MAX_TIME, now)  # yield to queues waiting for capacity
+        fatal = self.executor.maintain() or self.calls.fatal
+        if fatal and self.reason is None:
+            self.error = fatal.error
+            self._finish(fatal.reason, now)
+        self._pump(now)
+        if now >= self.next_extend:
+            self.calls.extend(self.flow.due_extensions(now))
+            self.next_extend = now + EXTEND_CHECK_SECONDS
+        self.flow.adapt(now)
+        if now >= self.next_progress:
+            self.progress(*self.flow.counts())
+            self.next_progress = now + PROGRESS_SECONDS
+        if self.reason is None and self.flow.drained():
+            self._finish(Reason.DRAINED, now)
+        if self.reason is None:
+            return None
+        if self.flow.idle():
+            return self._wind_up(self.reason, now)
+        assert self.stopped_at is not None
+        if now - self.stopped_at > self.grace:
+            return self._give_up(self.reason, now)
+        return None
 
-    def _end(self, outcome: Outcome) -> Outcome:
+    def close(self) -> None:
+        """Release the I/O threads and the wake-up pipe (after the Outcome)."""
         self.calls.close()
         self.waker.close()
-        return dataclasses.replace(outcome, duplicates=self.flow.duplicates)
 
-    def _give_up(self, reason: Reason) -> Outcome:
+    def _wind_up(self, reason: Reason, now: float) -> Outcome:
+        """Every handler finished: make the last SQS calls and end."""
+        self.calls.send(self.flow.take_io(now, everything=True))
+        self.calls.wait()
+        self._close_executors(kill=False)
+        return self._outcome(reason)
+
+    def _give_up(self, reason: Reason, now: float) -> Outcome:
         """Stop waiting for running handlers: hand their messages back to SQS at once.
 
         Handler threads cannot be stopped, so the consumer process must exit after this;
         a handler that still finishes is not deleted (it may run twice, never zero times).
         """
-        self._finish(reason)
+        self._finish(reason, now)
         stuck = self.flow.abandon()
-        io = self.flow.take_io(time.monotonic(), everything=True)
+        io = self.flow.take_io(now, everything=True)
         io.returns.extend(stuck)
         self.calls.send(io)
         self.calls.wait()
         self._close_executors(kill=True)
         log.warning("runner.gave_up", reason=reason, abandoned=len(stuck))
-        handled, failed = self.flow.counts()
-        return Outcome(handled, failed, reason, abandoned=len(stuck), error=self.error,
-                       processes=self._report())  # fmt: skip
+        return self._outcome(reason, abandoned=len(stuck))
 
-    def _finish(self, reason: Reason) -> None:
+    def _outcome(self, reason: Reason, abandoned: int = 0) -> Outcome:
+        """Called once the SQS calls returned (duplicates are counted as receives land)."""
+        handled, failed = self.flow.counts()
+        return Outcome(handled, failed, reason, abandoned=abandoned, error=self.error,
+                       processes=self._report(), duplicates=self.flow.duplicates)  # fmt: skip
+
+    def _finish(self, reason: Reason, now: float) -> None:
         """Stop receiving and hand held messages back; running handlers finish, and the
         first reason given sticks."""
         if self.reason is None:
             self.reason = reason
-            self.stopped_at = time.monotonic()
+            self.stopped_at = now
         self.flow.close()
 
-    def _apply_control(self, ops: list[Control]) -> bool:
+    def _apply_control(self, ops: list[Control], now: float) -> bool:
         """Apply control messages; True when told to abort at once."""
         for op in ops:
             if isinstance(op, protocol.Settings):
-                self._apply_settings(op.live)
+                self._apply_settings(op.live, now)
             elif isinstance(op, protocol.Stop):
-                self._finish(op.reason)
+                self._finish(op.reason, now)
             else:
                 return True
         return False
 
-    def _apply_settings(self, live: protocol.Live) -> None:
+    def _apply_settings(self, live: protocol.Live, now: float) -> None:
         limit, processes = live.concurrency, live.processes
         self.flow.set_limit(limit)
         self.flow.set_batching(live.batch_size, live.batch_window)
@@ -276,7 +255,7 @@ class Runner:
         self.processes = processes
         self.executor.resize(limit, processes)
         if live.paused:
-            self._finish(Reason.PAUSED)
+            self._finish(Reason.PAUSED, now)
 
     def _switch_executor(self, processes: int) -> None:
         """Between handlers in this process and handler processes: the new executor takes
@@ -306,11 +285,10 @@ class Runner:
         """The flow has SQS calls to make: made from the thread that found them due (a
         handler or I/O thread), sparing a hop through the runner's thread; that is woken
         when the run may be ending."""
-        self._pump()
+        self._pump(self.clock())
         if self.reason is not None or self.flow.idle():
             self.waker.wake()
 
-    def _pump(self) -> None:
-        now = time.monotonic()
+    def _pump(self, now: float) -> None:
         self.calls.send(self.flow.take_io(now))
         self.calls.receive(now)
