@@ -1,10 +1,11 @@
 """The Flow's parts, each alone, with chosen times and no threads: Limits, Held (FIFO
-group order), Batching, Receives, Outgoing and Running (docs/design.md §5)."""
+group order), Batching, Receives, Outgoing, Running and Tally (docs/design.md §5)."""
 
 from __future__ import annotations
 
 import pytest
 
+from orchestrator.metrics import Meter, QueueCounts
 from orchestrator.models import SqsMessage
 from orchestrator.roles.consumer.engine.batching import WAIT_CAP, Batching
 from orchestrator.roles.consumer.engine.flow import Flow
@@ -15,6 +16,7 @@ from orchestrator.roles.consumer.engine.outgoing import DELETE_MAX_WAIT, Outgoin
 from orchestrator.roles.consumer.engine.params import FlowParams
 from orchestrator.roles.consumer.engine.receives import MAX_RECEIVES, Receives
 from orchestrator.roles.consumer.engine.running import Running
+from orchestrator.roles.consumer.engine.tally import Tally
 
 
 def raw(mid: str, group: str | None = None, receipt: str | None = None) -> SqsMessage:
@@ -261,3 +263,17 @@ def test_running_counts_messages_and_never_ends_abandoned_work() -> None:
     assert running.count == 2 and running
     assert mids(running.abandon()) == ["a", "b"] and not running
     assert not running.end(work)  # abandoned: its messages went back, never delete them
+
+
+# --- Tally -----------------------------------------------------------------------------
+
+
+def test_the_job_counts_and_the_meter_agree() -> None:
+    meter = Meter()
+    tally = Tally(meter, "q")
+    tally.settled(handled=2, failed=1, seconds=0.5)
+    tally.received(got=3, fresh=2, in_flight=4)
+    tally.received(got=1, fresh=1, in_flight=2)
+    assert (tally.handled, tally.failed, tally.duplicates, tally.peak) == (2, 1, 1, 4)
+    counts = QueueCounts.from_json(meter.take()["queues"]["q"])
+    assert (counts.handled, counts.failed, counts.seconds) == (2, 1, 1.5)

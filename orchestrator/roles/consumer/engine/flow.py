@@ -29,6 +29,7 @@ from orchestrator.roles.consumer.engine.outgoing import Io, Outgoing
 from orchestrator.roles.consumer.engine.params import FlowParams
 from orchestrator.roles.consumer.engine.receives import Ask, Receives
 from orchestrator.roles.consumer.engine.running import Running, Work
+from orchestrator.roles.consumer.engine.tally import Tally
 
 MAX_FAILURES_KEPT = 100  # failures kept between two progress reports
 
@@ -42,7 +43,6 @@ class Flow:
         self.params = params
         self.lock = threading.Lock()
         self.handoff = Handoff(self.lock)  # handler threads wait here, listeners are told
-        self.meter = meter
         self.wake = wake  # tells the runner an SQS call is due
         self.clock = clock
         self.limits = Limits(params.limit, rate=params.rate, adaptive=params.adaptive,
@@ -53,10 +53,8 @@ class Flow:
         self.outgoing = Outgoing(params.visibility)
         self.held = Held(params.fifo)  # received, not started
         self.running = Running()
-        self.peak = 0  # the most messages received and not finished at once
+        self.tally = Tally(meter, params.queue_name)
         self.closed = False  # no more receiving or starting: held messages go back
-        self.handled = self.failed = 0
-        self.duplicates = 0  # copies of messages already here, received again and dropped
         self.failures: list[dict[str, Any]] = []  # since the last report (take_failures)
         self.keep_bodies = params.keep_bodies
 
@@ -82,11 +80,10 @@ class Flow:
             else:
                 here = itertools.chain(self.held, self.running.messages(), self.outgoing.deletes)
                 fresh = take_newer(raws, here)
-                self.duplicates += len(raws) - len(fresh)
                 for raw in fresh:
                     self.held.add(self.held.wrap(raw, now, extend_at))
                 self.handoff.notify(len(fresh))
-                self.peak = max(self.peak, self.demand())
+                self.tally.received(len(raws), len(fresh), self.demand())
             due = self._runner_due()
         if due:
             self.wake()
@@ -148,12 +145,9 @@ class Flow:
 
     def _settle(self, work: Work, result: Result, now: float) -> None:
         deleted, failed, failed_groups = self.outgoing.settle(work.messages, result, now)
-        self.handled += deleted
-        self.failed += len(failed)
+        self.tally.settled(deleted, len(failed), result.seconds)
         for received in failed:
             self._note_failure(received, result)
-        self._count(result.seconds, ok=True, n=deleted)
-        self._count(result.seconds, ok=False, n=len(failed))
         back, emptied = self.held.finished(work.messages, failed_groups)
         self.outgoing.hand_back(back)
         if emptied:
@@ -176,12 +170,6 @@ class Flow:
         with self.lock:
             out, self.failures = self.failures, []
             return out
-
-    def _count(self, seconds: float, *, ok: bool, n: int) -> None:
-        # Counted where the job's counts are, so that the two always agree.
-        if self.meter is not None:
-            for _ in range(n):
-                self.meter.message(self.params.queue_name, seconds, ok=ok)
 
     def _runner_due(self) -> bool:
         """Whether the runner has an SQS call to make now (called holding the lock)."""
@@ -282,7 +270,12 @@ class Flow:
 
     def counts(self) -> tuple[int, int]:
         with self.lock:
-            return self.handled, self.failed
+            return self.tally.handled, self.tally.failed
+
+    @property
+    def duplicates(self) -> int:
+        """Copies received while their message was still here: dropped, not run twice."""
+        return self.tally.duplicates
 
     def load(self) -> tuple[int, int]:
         """(the concurrency it runs at now, messages running): a progress report's."""
