@@ -311,3 +311,17 @@ def test_a_standard_message_received_again_while_held_or_running_runs_once() -> 
     f.finished(m1, ok(m1))
     deletes = f.take_io(f.clock(), everything=True).deletes
     assert [d.receipt for d in deletes] == ["r-m1-again"]  # the newest receipt
+
+
+def test_a_rate_limited_fifo_flow_spends_no_token_while_every_group_is_busy() -> None:
+    """A handler looking for work while its group still runs starts nothing: it must not
+    spend a token either, or a FIFO queue would run below its rate."""
+    clock = Clock()
+    f = flow(clock, limit=5, fifo=True, rate=1.0)
+    receive(f, raw("a1", "A"), raw("a2", "A"))
+    a1 = f.take()
+    assert ids(a1) == ["a1"] and a1 is not None
+    clock.now += 1.0  # the next token
+    assert f.take() is None  # A runs a1: a2 waits for it, not for a token
+    f.finished(a1, ok(a1))
+    assert ids(f.take()) == ["a2"]  # the token is still there

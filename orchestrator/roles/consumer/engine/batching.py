@@ -56,7 +56,8 @@ class Batching:
         """How many held messages the next call takes (0: a partial batch waits).
         `most`: what the limits let one start take."""
         if not self.batches:
-            return 1
+            # Nothing startable (a FIFO queue whose groups all run) spends no token.
+            return 1 if held.any_startable() else 0
         oldest = held.oldest_startable()
         if oldest is None:
             return 0

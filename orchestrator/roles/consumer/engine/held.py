@@ -79,6 +79,10 @@ class Held:
             return len(self.line)
         return sum(len(self.groups[g]) for g in self.ready)
 
+    def any_startable(self) -> bool:
+        """Whether a message could start now, slots permitting (cheaper than `startable`)."""
+        return bool(self.ready) if self.fifo else bool(self.line)
+
     def oldest_startable(self) -> Received | None:
         if not self.fifo:
             return self.line[0] if self.line else None
