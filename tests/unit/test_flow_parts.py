@@ -1,7 +1,9 @@
 """The Flow's parts, each alone, with chosen times and no threads: Limits, Held (FIFO
-group order), Batching, Receives, Outgoing, Running and Tally (docs/design.md §5)."""
+group order), Batching, Receives, Outgoing, Running, Tally and Handoff (docs/design.md §5)."""
 
 from __future__ import annotations
+
+import threading
 
 import pytest
 
@@ -9,6 +11,7 @@ from orchestrator.metrics import Meter, QueueCounts
 from orchestrator.models import SqsMessage
 from orchestrator.roles.consumer.engine.batching import WAIT_CAP, Batching
 from orchestrator.roles.consumer.engine.flow import Flow
+from orchestrator.roles.consumer.engine.handoff import Handoff
 from orchestrator.roles.consumer.engine.held import Held, Received, take_newer
 from orchestrator.roles.consumer.engine.invoke import Result
 from orchestrator.roles.consumer.engine.limits import Limits
@@ -277,3 +280,18 @@ def test_the_job_counts_and_the_meter_agree() -> None:
     assert (tally.handled, tally.failed, tally.duplicates, tally.peak) == (2, 1, 1, 4)
     counts = QueueCounts.from_json(meter.take()["queues"]["q"])
     assert (counts.handled, counts.failed, counts.seconds) == (2, 1, 1.5)
+
+
+# --- Handoff ---------------------------------------------------------------------------
+
+
+def test_handoff_tells_its_listeners_and_notifies_only_waiting_threads() -> None:
+    lock = threading.Lock()
+    handoff, told = Handoff(lock), []
+    handoff.listen(lambda: told.append(1))
+    with lock:
+        handoff.notify(3)  # nobody waits: nothing to do (and no error)
+        handoff.wait(0.0)  # times out at once, releasing and taking the lock back
+        assert handoff.waiting == 0
+    handoff.tell()
+    assert told == [1]
