@@ -40,7 +40,6 @@ class Flow:
     def __init__(self, params: FlowParams, *, meter: Meter | None = None,
                  wake: Callable[[], None] = lambda: None,
                  clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
-        self.params = params
         self.lock = threading.Lock()
         self.handoff = Handoff(self.lock)  # handler threads wait here, listeners are told
         self.wake = wake  # tells the runner an SQS call is due
