@@ -415,4 +415,4 @@ def test_receives_never_hold_more_than_the_slots_and_one_prefetch(sqs: Sqs) -> N
     outcome = runner.run()
     assert outcome.handled == 60
     assert ledger.peak == 3
-    assert runner.flow.peak == 3 + 3  # concurrency + min(10, concurrency), and it got there
+    assert runner.flow.tally.peak == 3 + 3  # concurrency + min(10, concurrency), and it got there

@@ -7,8 +7,13 @@ from typing import Any
 import pytest
 
 from orchestrator.models import SqsMessage
-from orchestrator.roles.consumer.engine.flow import DELETE_MAX_WAIT, WAIT_CAP, Ask, Flow, Work
+from orchestrator.roles.consumer.engine.batching import WAIT_CAP
+from orchestrator.roles.consumer.engine.flow import Flow
 from orchestrator.roles.consumer.engine.invoke import Result
+from orchestrator.roles.consumer.engine.outgoing import DELETE_MAX_WAIT
+from orchestrator.roles.consumer.engine.params import FlowParams
+from orchestrator.roles.consumer.engine.receives import Ask
+from orchestrator.roles.consumer.engine.running import Work
 
 
 class Clock:
@@ -27,8 +32,9 @@ def raw(mid: str, group: str | None = None, count: int = 1) -> SqsMessage:
 
 
 def flow(clock: Clock | None = None, **options: Any) -> Flow:
+    """A Flow built whole, with the production defaults (max_receives included)."""
     settings: dict[str, Any] = {"limit": 2, "fifo": False, "visibility": 30, **options}
-    return Flow(clock=clock or Clock(), **settings)
+    return Flow(FlowParams(**settings), clock=clock or Clock())
 
 
 def receive(f: Flow, *raws: SqsMessage, asked: int | None = None) -> None:
@@ -245,8 +251,7 @@ def test_running_and_held_messages_get_their_visibility_extended() -> None:
 
 def test_an_adaptive_flow_halves_on_backoff_and_hands_back_what_it_no_longer_may_hold() -> None:
     clock = Clock()
-    f = flow(clock, limit=8)
-    f.set_adaptive(True)
+    f = flow(clock, limit=8, adaptive=True)
     receive(f, *(raw(f"m{i}") for i in range(12)), asked=16)
     works = [f.take() for _ in range(8)]
     assert all(works) and f.take() is None and f.load() == (8, 8)
@@ -271,8 +276,7 @@ def test_an_adaptive_flow_halves_on_backoff_and_hands_back_what_it_no_longer_may
 
 def test_a_rate_limited_flow_starts_one_message_per_token() -> None:
     clock = Clock()
-    f = flow(clock, limit=5)
-    f.set_rate(2.0)
+    f = flow(clock, limit=5, rate=2.0)
     receive(f, *(raw(f"m{i}") for i in range(5)))
     assert f.take() is not None and f.take() is None  # one token to begin with
     assert f.window_wait() == pytest.approx(0.5)  # the next token, at 2 a second
@@ -284,8 +288,7 @@ def test_a_slow_rates_wait_is_capped_so_waiting_threads_look_again() -> None:
     """1e-10/s meant a wait of 1e10 s: Condition.wait overflowed and killed every handler
     thread. Every computed wait is capped (a slow token is looked at again meanwhile)."""
     clock = Clock()
-    f = flow(clock, limit=5)
-    f.set_rate(0.001)
+    f = flow(clock, limit=5, rate=0.001)
     receive(f, raw("m0"), raw("m1"))
     assert f.take() is not None and f.take() is None
     assert f.window_wait() == WAIT_CAP
@@ -308,3 +311,17 @@ def test_a_standard_message_received_again_while_held_or_running_runs_once() -> 
     f.finished(m1, ok(m1))
     deletes = f.take_io(f.clock(), everything=True).deletes
     assert [d.receipt for d in deletes] == ["r-m1-again"]  # the newest receipt
+
+
+def test_a_rate_limited_fifo_flow_spends_no_token_while_every_group_is_busy() -> None:
+    """A handler looking for work while its group still runs starts nothing: it must not
+    spend a token either, or a FIFO queue would run below its rate."""
+    clock = Clock()
+    f = flow(clock, limit=5, fifo=True, rate=1.0)
+    receive(f, raw("a1", "A"), raw("a2", "A"))
+    a1 = f.take()
+    assert ids(a1) == ["a1"] and a1 is not None
+    clock.now += 1.0  # the next token
+    assert f.take() is None  # A runs a1: a2 waits for it, not for a token
+    f.finished(a1, ok(a1))
+    assert ids(f.take()) == ["a2"]  # the token is still there

@@ -14,8 +14,9 @@ from orchestrator.message import Message
 from orchestrator.metrics import Meter
 from orchestrator.models import SqsMessage
 from orchestrator.roles.consumer.engine.executors import Executor, MessageMaker, ThreadExecutor
-from orchestrator.roles.consumer.engine.flow import Flow, Work
+from orchestrator.roles.consumer.engine.flow import Flow
 from orchestrator.roles.consumer.engine.runner import Control, Runner
+from orchestrator.roles.consumer.engine.running import Work
 from orchestrator.roles.consumer.engine.spec import JobSpec, Outcome
 from orchestrator.roles.process import protocol
 from orchestrator.roles.process.protocol import Reason

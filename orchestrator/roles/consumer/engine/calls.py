@@ -22,8 +22,10 @@ from orchestrator.backends.protocols import ConsumerSqs
 from orchestrator.backends.sqs import BATCH
 from orchestrator.errors import OrchestratorError, RoleUnavailable
 from orchestrator.roles.consumer.engine.executors import Fatal
-from orchestrator.roles.consumer.engine.flow import Ask, Flow, Io
+from orchestrator.roles.consumer.engine.flow import Flow
 from orchestrator.roles.consumer.engine.held import Received
+from orchestrator.roles.consumer.engine.outgoing import Io
+from orchestrator.roles.consumer.engine.receives import Ask
 from orchestrator.roles.consumer.engine.spec import JobSpec
 from orchestrator.roles.process.loop import Outage
 from orchestrator.roles.process.protocol import Reason

@@ -26,7 +26,8 @@ from orchestrator.message import Message
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 from orchestrator.roles.consumer.engine import invoke
-from orchestrator.roles.consumer.engine.flow import Flow, Work
+from orchestrator.roles.consumer.engine.flow import Flow
+from orchestrator.roles.consumer.engine.running import Work
 from orchestrator.roles.process.protocol import Reason
 
 log = structlog.get_logger()
@@ -82,11 +83,11 @@ class ThreadExecutor:
     def __init__(self, flow: Flow, func: Callable[..., Any], messages: MessageMaker) -> None:
         self.flow, self.func, self.messages = flow, func, messages
         self.context = contextvars.copy_context()  # handlers log with the job's bindings
-        self.wanted = flow.limit
+        self.wanted = flow.limits.concurrency
         self.alive = 0
         self.started = 0
         self.fatal: Fatal | None = None  # a handler thread died outside the handler
-        flow.listeners.append(self._grow)
+        flow.handoff.listen(self._grow)
 
     def start(self) -> None:
         self._grow()
@@ -102,7 +103,7 @@ class ThreadExecutor:
     def retire(self) -> None:
         with self.flow.lock:
             self.wanted = 0
-            self.flow.work_ready.notify_all()
+            self.flow.handoff.notify_all()
 
     def close(self, kill: bool) -> None:
         self.retire()  # threads cannot be killed: a stuck one ends with the process
@@ -171,7 +172,7 @@ class AsyncExecutor:
         self.thread = threading.Thread(
             target=self.context.run, args=(self._thread_main,), name="handler-loop", daemon=True
         )
-        flow.listeners.append(self._wake_threadsafe)
+        flow.handoff.listen(self._wake_threadsafe)
 
     def start(self) -> None:
         self.thread.start()

@@ -24,9 +24,10 @@ import structlog
 from orchestrator import policy
 from orchestrator.roles.consumer.engine import handlerproc
 from orchestrator.roles.consumer.engine.executors import Fatal
-from orchestrator.roles.consumer.engine.flow import Flow, Work
+from orchestrator.roles.consumer.engine.flow import Flow
 from orchestrator.roles.consumer.engine.handlerproc import Done, ImportFailed, Ready, Run
 from orchestrator.roles.consumer.engine.invoke import Result
+from orchestrator.roles.consumer.engine.running import Work
 from orchestrator.roles.process import processes
 from orchestrator.roles.process.channel import ChannelClosed
 from orchestrator.roles.process.processes import Child
@@ -120,7 +121,7 @@ class HandlerPool:
                     self._exit(proc)
             self.cond.notify_all()
         with self.flow.lock:
-            self.flow.work_ready.notify_all()  # the feeder may be waiting for work
+            self.flow.handoff.notify_all()  # the feeder may be waiting for work
 
     def close(self, kill: bool) -> None:
         """End every process: wait for them after `retire`, or kill them (`kill`)."""

@@ -3,7 +3,8 @@
 A standard queue's wait in one line. A FIFO queue's wait in one line per
 MessageGroupId, and a group whose work is running is busy: nothing more of it
 starts until that work finished, so that a group runs one piece at a time, in
-the order SQS gave.
+the order SQS gave. A message received again while still here keeps its place
+(take_newer).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Held:
         self.ready_set: set[str] = set()
         self.busy: set[str] = set()  # groups whose work runs
         self.count = 0
+        self.seq = 0  # messages received so far
 
     def __len__(self) -> int:
         return self.count
@@ -57,6 +59,11 @@ class Held:
         yield from self.line
         for queue in self.groups.values():
             yield from queue
+
+    def wrap(self, raw: SqsMessage, now: float, extend_at: float) -> Received:
+        """A message just received, numbered in arrival order (not yet held: `add`)."""
+        self.seq += 1
+        return Received(raw, self.seq, raw.group if self.fifo else None, now, extend_at)
 
     def add(self, message: Received) -> None:
         self.count += 1
@@ -71,6 +78,10 @@ class Held:
         if not self.fifo:
             return len(self.line)
         return sum(len(self.groups[g]) for g in self.ready)
+
+    def any_startable(self) -> bool:
+        """Whether a message could start now, slots permitting (cheaper than `startable`)."""
+        return bool(self.ready) if self.fifo else bool(self.line)
 
     def oldest_startable(self) -> Received | None:
         if not self.fifo:
@@ -101,13 +112,14 @@ class Held:
         self.count -= len(picked)
         return picked
 
-    def finished(self, groups: Iterable[str], failed: set[str]) -> tuple[list[Received], bool]:
-        """Work of these groups finished: they may start again, except the `failed` ones,
-        whose held messages are returned to hand back (the retry must come first).
-        Also whether a group has nothing held any more (its deletes should go now)."""
+    def finished(self, messages: Iterable[Received],
+                 failed: set[str]) -> tuple[list[Received], bool]:  # fmt: skip
+        """Work of these messages finished: their groups may start again, except the
+        `failed` ones, whose held messages are returned to hand back (the retry must come
+        first). Also whether a group has nothing held any more (its deletes should go now)."""
         back: list[Received] = []
         emptied = False
-        for group in groups:
+        for group in {m.group for m in messages if m.group is not None}:
             self.busy.discard(group)
             if group in failed:
                 rest = self.groups.pop(group, deque())
@@ -139,3 +151,19 @@ class Held:
         if group not in self.busy and group not in self.ready_set:
             self.ready.append(group)
             self.ready_set.add(group)
+
+
+def take_newer(raws: list[SqsMessage], here: Iterable[Received]) -> list[SqsMessage]:
+    """The messages of `raws` not already `here` (held, running or waiting for their
+    delete). Such a message can come again (its visibility ran out; or two receives
+    under way got it both, which SQS allows and moto does): a second copy must not start
+    beside the first (nor, on a FIFO queue, after the group's later messages), so the
+    copy here keeps its place and takes the newer receipt, the one its delete needs."""
+    known = {r.message_id: r for r in here}
+    fresh = []
+    for raw in raws:
+        if (copy := known.get(raw.message_id)) is not None:
+            copy.message = raw
+        else:
+            fresh.append(raw)
+    return fresh

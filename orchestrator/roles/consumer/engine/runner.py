@@ -26,6 +26,7 @@ from orchestrator.metrics import Meter
 from orchestrator.roles.consumer.engine.calls import Calls
 from orchestrator.roles.consumer.engine.executors import Executor, Fatal
 from orchestrator.roles.consumer.engine.flow import Flow
+from orchestrator.roles.consumer.engine.params import FlowParams
 from orchestrator.roles.consumer.engine.spec import JobSpec, Outcome
 from orchestrator.roles.process import protocol
 from orchestrator.roles.process.protocol import Reason
@@ -33,7 +34,6 @@ from orchestrator.roles.process.protocol import Reason
 PROGRESS_SECONDS = 1.0
 LOOP_SECONDS = 0.1  # the longest the runner sleeps between looks
 EXTEND_CHECK_SECONDS = 0.25
-MAX_RECEIVES = 8  # receives under way at once while a queue has a backlog
 
 log = structlog.get_logger()
 
@@ -113,17 +113,14 @@ class Runner:
         self.control = control
         self.progress = progress
         self.waker = Waker(watch)
-        self.flow = Flow(
+        params = FlowParams(
             limit=spec.concurrency, fifo=spec.fifo, visibility=self.visibility,
-            batch_size=spec.batch_size, batch_window=spec.batch_window,
-            drain_empty_polls=drain_empty_polls, queue_name=spec.queue_name, meter=meter,
-            clock=clock,
+            batch_size=spec.batch_size, batch_window=spec.batch_window, rate=spec.rate_limit,
+            adaptive=spec.adaptive, keep_bodies=spec.failure_bodies,
+            drain_empty_polls=drain_empty_polls, queue_name=spec.queue_name,
         )  # fmt: skip
-        self.flow.keep_bodies = spec.failure_bodies
-        self.flow.set_rate(spec.rate_limit)
-        self.flow.set_adaptive(spec.adaptive)
-        self.flow.wake = self._due
-        self.flow.max_receives = MAX_RECEIVES
+        # _due uses self.calls (below): a new flow has no SQS call due before its first receive.
+        self.flow = Flow(params, meter=meter, wake=self._due, clock=clock)
         self.reason: Reason | None = None
         self.error: str | None = None
         self.stopped_at: float | None = None
