@@ -34,7 +34,7 @@ def setup(queues: int = 1) -> tuple[Worker, MemoryStore, Spawner, list[str]]:
     return worker, store, spawner, jobs
 
 
-def sent(spawner: Spawner, n: int = 0) -> list[protocol.Message]:
+def sent(spawner: Spawner, n: int = 0) -> list[protocol.ConsumerNote]:
     return spawner.made[n].channel.messages()
 
 
@@ -68,7 +68,7 @@ def test_settings_changes_are_relayed_to_the_running_consumer() -> None:
     worker.tick(START)
     store.update_queue("q0", {"concurrency": 9})
     worker.tick(START + 1.5)
-    assert sent(spawner)[-1] == protocol.Settings(job_id, protocol.Live(concurrency=9))
+    assert sent(spawner)[-1] == protocol.Retune(job_id, protocol.Live(concurrency=9))
 
 
 def test_a_worker_that_cannot_heartbeat_fences_itself_before_a_master_would_give_up() -> None:
@@ -142,4 +142,4 @@ def test_a_shard_runs_its_share_and_waits_until_it_is_granted() -> None:
     assert (assign.live.concurrency, assign.live.rate_limit) == (0, 2.0)  # not yet
     store.set_share(job_id, Share(3, 2.0, granted=True))
     worker.tick(START + 1.5)
-    assert sent(spawner)[-1] == protocol.Settings(job_id, protocol.Live(3, rate_limit=2.0))
+    assert sent(spawner)[-1] == protocol.Retune(job_id, protocol.Live(3, rate_limit=2.0))

@@ -35,7 +35,8 @@ from orchestrator.roles.consumer.engine.runner import Control, ExecutorFactory, 
 from orchestrator.roles.process import processes as processes_
 from orchestrator.roles.process import protocol
 from orchestrator.roles.process.channel import Channel, ChannelClosed
-from orchestrator.roles.process.protocol import ProtocolError, Reason
+from orchestrator.roles.process.codec import ProtocolError
+from orchestrator.roles.process.protocol import Reason
 from orchestrator.roles.process.signals import SignalQueue
 
 # An SQS call that hangs must fail well inside the worker's 30 s stall watchdog, as an

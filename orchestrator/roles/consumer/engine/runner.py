@@ -88,7 +88,7 @@ class Outcome:
 # Builds the executor for `processes` handler processes (1: in this process).
 ExecutorFactory = Callable[[Flow, int], Executor]
 # Control messages for the running job (new settings, stop, abort).
-Control = protocol.Settings | protocol.Stop | protocol.Abort
+Control = protocol.Retune | protocol.Stop | protocol.Abort
 
 
 class Waker:
@@ -257,7 +257,7 @@ class Runner:
     def _apply_control(self, ops: list[Control]) -> bool:
         """Apply control messages; True when told to abort at once."""
         for op in ops:
-            if isinstance(op, protocol.Settings):
+            if isinstance(op, protocol.Retune):
                 self._apply_settings(op.live)
             elif isinstance(op, protocol.Stop):
                 self._finish(op.reason)
