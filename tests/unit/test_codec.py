@@ -1,21 +1,25 @@
 """The codec of every process boundary: each registered message survives a round trip as
-a JSON line; whatever is not a message of the channel is a ProtocolError."""
+a JSON line; whatever is not a message of the channel is a ProtocolError; a handler's
+failure travels as the FailureNote it was noted as."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import pytest
 
-from orchestrator.models import SqsMessage
+from orchestrator.models import FailureNote, SqsMessage
 from orchestrator.roles.consumer.engine import handlerproc
+from orchestrator.roles.consumer.engine.failurelog import FailureLog
 from orchestrator.roles.process import protocol
 from orchestrator.roles.process.codec import Codec, ProtocolError
 from orchestrator.roles.process.protocol import Live, Reason
 
-NOTE = {"messageId": "m-1", "receiveCount": 2, "errorType": "ValueError", "error": "bad"}
+AT = datetime(2026, 12, 7, 20, 0, 0, 123000, tzinfo=UTC)
+NOTE = FailureNote("orders", "m-1", 2, "ValueError", "bad total", "Traceback …", AT, None)
 LIVE = Live(4, paused=True, processes=2, batch_size=5, batch_window=0.5, rate_limit=2.5,
             adaptive=True)  # fmt: skip
 WIRED = handlerproc.wire(SqsMessage("m-1", "r-1", "{}", {"ApproximateReceiveCount": "2"},
@@ -94,6 +98,38 @@ def test_no_wire_name_means_two_things() -> None:
 def test_what_is_not_a_message_of_the_channel_is_refused(doc: Any, problem: str) -> None:
     with pytest.raises(ProtocolError, match=problem):
         protocol.decode(doc)
+
+
+def progress_with(**changes: Any) -> dict[str, Any]:
+    doc = protocol.encode(protocol.Progress("j", 1, 1, failures=(NOTE,)))
+    doc["failures"][0].update(changes)
+    return doc
+
+
+@pytest.mark.parametrize(("changes", "problem"), [
+    ({"receive_count": "2"}, "receive_count: '2' is not int"),
+    ({"at": "2026-12-07T20:00:00"}, "at: '2026-12-07T20:00:00' is not datetime"),  # no offset
+    ({"at": "yesterday"}, "at: 'yesterday'"),
+    ({"body": 5}, "body: 5"),
+    ({"messageId": "m-1"}, "unknown field.* messageId"),  # the old dict's keys
+])  # fmt: skip
+def test_a_failure_note_that_does_not_fit_is_refused(changes: dict[str, Any],
+                                                      problem: str) -> None:  # fmt: skip
+    with pytest.raises(ProtocolError, match=problem):
+        protocol.decode(progress_with(**changes))
+
+
+def test_a_failure_arrives_as_the_note_it_was_noted_as() -> None:
+    """From the FailureLog where the consumer notes it to the worker that stores it: the
+    same frozen FailureNote, nothing re-parsed on the way."""
+    log = FailureLog("orders", keep_bodies=True, now=lambda: AT)
+    log.note("m-1", 2, '{"total": -1}', "ValueError: bad total", "Traceback …")
+    sent = protocol.Done("j", 0, 1, Reason.DRAINED, failures=log.take())
+    received = protocol.decode(line(protocol.CODEC, sent))
+    assert isinstance(received, protocol.Done)
+    assert received.failures == (FailureNote("orders", "m-1", 2, "ValueError", "bad total",
+                                             "Traceback …", AT, '{"total": -1}'),)  # fmt: skip
+    assert received.failures[0].to_doc()["at"] == AT  # what the store writes
 
 
 def test_unwire_refuses_what_wire_did_not_write() -> None:

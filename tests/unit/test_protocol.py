@@ -5,14 +5,18 @@ test_codec.py)."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 
+from orchestrator.models import FailureNote
 from orchestrator.roles.process import protocol
 from orchestrator.roles.process.codec import ProtocolError
 from orchestrator.roles.process.protocol import Live, Reason
 
 LIVE = Live(concurrency=3, paused=False, processes=2, batch_size=5, batch_window=0.5)
+NOTE = FailureNote("q", "m-1", 3, "ValueError", "bad total", "Traceback …",
+                   datetime(2026, 12, 7, 20, 0, 0, 123000, tzinfo=UTC), '{"total": -1}')
 MESSAGES: list[protocol.ConsumerNote] = [
     protocol.Assign("j1", "q", "http://sqs/q", "app.jobs:handle", 30, LIVE),
     protocol.Retune("j1", LIVE),
@@ -22,8 +26,9 @@ MESSAGES: list[protocol.ConsumerNote] = [
     protocol.Exit(),
     protocol.Started("j1", 123, {"sqs": {"ReceiveMessage": 2}}),
     protocol.Progress("j1", 10, 1),
+    protocol.Progress("j1", 10, 1, None, 4, 2, (NOTE, NOTE)),
     protocol.Done("j1", 10, 1, Reason.DRAINED, 0, None, ({"pid": 5, "handled": 10},), None),
-    protocol.Done("j1", 10, 1, Reason.DRAINED, duplicates=2),
+    protocol.Done("j1", 10, 1, Reason.DRAINED, failures=(NOTE,), duplicates=2),
 ]
 
 
@@ -39,6 +44,8 @@ def test_a_message_survives_a_round_trip_as_json(message: protocol.ConsumerNote)
     ({"type": "progress", "job_id": "j"}, "malformed 'progress'"),
     ({"type": "retune", "job_id": "j", "live": {"speed": 1}}, "malformed 'retune'"),
     ({"type": "progress", "job_id": "j", "handled": "10", "failed": 0}, "handled: '10'"),
+    ({"type": "progress", "job_id": "j", "handled": 1, "failed": 0,
+      "failures": [{"messageId": "m", "error": "x"}]}, "malformed 'progress'"),
     ({"type": "run_work", "id": 1, "batch": False, "messages": []}, "unknown message type"),
 ])  # fmt: skip
 def test_a_message_that_is_not_ours_is_refused(doc: dict[str, object], problem: str) -> None:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from orchestrator import config
 from orchestrator.backends.memory import MemoryStore
 from orchestrator.errors import ServiceUnavailable
-from orchestrator.models import QueueRecord, Share
+from orchestrator.models import FailureNote, QueueRecord, Share
 from orchestrator.roles.process import protocol
 from orchestrator.roles.process.protocol import Reason
 from orchestrator.roles.worker.pool import SlotState
@@ -53,6 +53,19 @@ def test_an_assignment_runs_on_a_consumer_and_its_outcome_closes_the_job() -> No
     assert job and (job.status, job.message_count, job.end_reason) == ("completed", 12, "drained")
     assert store.assignments() == []  # the queue may be assigned again
     assert worker.pool.slots[consumer.pid].state is SlotState.IDLE  # kept for reuse
+
+
+def test_the_failures_a_consumer_reports_are_stored_as_the_notes_it_made() -> None:
+    worker, store, spawner, [job_id] = setup()
+    worker.tick(START)
+    consumer = spawner.made[0]
+    first = FailureNote("q0", "m-1", 2, "ValueError", "bad", "Traceback …", T0, "{}")
+    second = FailureNote("q0", "m-2", 1, "KeyError", "'x'", "", T0)
+    consumer.report(protocol.Started(job_id, consumer.pid))
+    consumer.report(protocol.Progress(job_id, 0, 1, failures=(first,)))
+    consumer.report(protocol.Done(job_id, 0, 2, Reason.DRAINED, failures=(second,)))
+    worker.on_readable(worker.pool.slots[consumer.pid], START + 0.1)
+    assert store.failure_docs == [first, second]
 
 
 def test_an_assignment_taken_away_stops_its_consumer() -> None:

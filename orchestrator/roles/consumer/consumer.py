@@ -139,7 +139,7 @@ class Consumer:
             control=self._runner_control,
             progress=lambda handled, failed: self._report(
                 protocol.Progress(self.current, handled, failed, self.meter.take(),
-                                  *runner.flow.load(), tuple(runner.flow.take_failures()))
+                                  *runner.flow.load(), runner.flow.failures.take())
             ),
             meter=self.meter,
             watch=self._watch,
@@ -152,7 +152,7 @@ class Consumer:
         self._report(protocol.Done(self.current, outcome.handled, outcome.failed, outcome.reason,
                                    outcome.abandoned, outcome.error, tuple(outcome.processes),
                                    self.meter.take(),
-                                   tuple(runner.flow.take_failures()),
+                                   runner.flow.failures.take(),
                                    outcome.duplicates))  # fmt: skip
         structlog.contextvars.unbind_contextvars("queue", "job_id")
         self.current = None

@@ -3,7 +3,8 @@
 Worker → consumer: `Assign` a job, `Retune` it to its queue's live settings, `Stop`
 it (for a reason), `Exit` the process. A consumer turns its own signals into `Stop`
 and `Abort`. Consumer → worker: `Started`, `Progress` (about every second) and `Done`
-with the job's outcome; each carries the consumer's metric counts since the last.
+with the job's outcome; each carries the consumer's metric counts since the last, and
+`Progress` and `Done` the handlers' failures as FailureNotes.
 
 `Reason` is why a job ended; its `status` is the job's status. The codec (codec.py)
 writes and reads them; a message of an unknown type, or with fields that do not fit,
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from orchestrator.metrics import Deltas
-from orchestrator.models import QueueRecord, Share
+from orchestrator.models import FailureNote, QueueRecord, Share
 from orchestrator.roles.process.codec import Codec
 from orchestrator.roles.process.codec import ProtocolError as ProtocolError  # where it was
 
@@ -149,7 +150,7 @@ class Progress:
     metrics: Deltas | None = None
     effective: int | None = None  # the concurrency it runs at now (adaptive, shares)
     running: int | None = None  # handlers running now
-    failures: tuple[dict[str, Any], ...] = ()  # handlers' failures since the last report
+    failures: tuple[FailureNote, ...] = ()  # handlers' failures since the last report
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ class Done:
     error: str | None = None
     processes: tuple[dict[str, Any], ...] = ()  # its handler processes' counts
     metrics: Deltas | None = None
-    failures: tuple[dict[str, Any], ...] = ()  # handlers' failures since the last report
+    failures: tuple[FailureNote, ...] = ()  # handlers' failures since the last report
     duplicates: int = 0  # copies of messages it still had, received again and not run
 
 

@@ -24,18 +24,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from orchestrator import policy
 from orchestrator.metrics import Meter
-from orchestrator.models import MAX_FAILURE_BODY_BYTES, SqsMessage, clip
+from orchestrator.models import SqsMessage
 from orchestrator.policy import RECEIVE_BATCH as BATCH
+from orchestrator.roles.consumer.engine.failurelog import FailureLog
 from orchestrator.roles.consumer.engine.held import Held, Received
 from orchestrator.roles.consumer.engine.invoke import Result
 from orchestrator.roles.consumer.engine.rate import Aimd, Bucket
 
 EXTEND_FRACTION = 0.5  # extend a message's visibility once half of it has passed
-MAX_FAILURES_KEPT = 100  # failures kept between two progress reports
 DELETE_MAX_WAIT = 1.0  # a partial delete batch waits at most this long (s) for more
 WAIT_CAP = 1.0  # s: a handler thread waiting for a token or a batch window looks again
 EWMA = 0.2  # weight of the newest sample in the handler-time and round-trip averages
@@ -86,6 +85,7 @@ class Flow:
         batch_window: float = 0.0,
         drain_empty_polls: int = 2,
         queue_name: str = "",
+        keep_bodies: bool = False,  # the queue's failureBodies: failure notes keep the body
         meter: Meter | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -119,8 +119,7 @@ class Flow:
         self.handler_s = 0.0  # average handler-call time
         self.rtt_s = 0.02  # average round trip of a receive that returned messages
         self.max_receives = 1  # receives under way at once, when the queue has a backlog
-        self.failures: list[dict[str, Any]] = []  # since the last report (take_failures)
-        self.keep_bodies = False  # the queue's failureBodies: failures keep the message body
+        self.failures = FailureLog(queue_name, keep_bodies)  # since the last report
         self.bucket: Bucket | None = None  # the rate limit (set_rate)
         self.aimd: Aimd | None = None  # the adaptive concurrency (set_adaptive)
         self.wake: Callable[[], None] = lambda: None  # tells the runner an SQS call is due
@@ -317,7 +316,8 @@ class Flow:
             if received.message_id in result.failed:
                 self.failed += 1
                 self.io.retries.append((received, result.error or "failed", result.retry_after))
-                self._note_failure(received, result)
+                self.failures.note(received.message_id, received.receive_count,
+                                   received.message.body, result.error, result.trace)
                 if received.group is not None:
                     failed_groups.add(received.group)
                 self._count(result.seconds, ok=False)
@@ -338,22 +338,6 @@ class Flow:
             # SQS keeps a group locked until its received messages are deleted: a delete
             # waiting for a fuller batch would hold the group back.
             self.flush_deletes = self.flush_deletes or emptied
-
-    def _note_failure(self, received: Received, result: Result) -> None:
-        """Keep what the dead-letter browser shows of a failure (until the next report)."""
-        if len(self.failures) >= MAX_FAILURES_KEPT:
-            return  # a storm of failures: the first ones of each report tell the story
-        error_type, _, error = (result.error or "failed").partition(": ")
-        self.failures.append({"messageId": received.message_id,
-                              "receiveCount": received.receive_count, "errorType": error_type,
-                              "error": error or error_type, "traceback": result.trace or "",
-                              "body": clip(received.message.body, MAX_FAILURE_BODY_BYTES)
-                              if self.keep_bodies else None})
-
-    def take_failures(self) -> list[dict[str, Any]]:
-        with self.lock:
-            out, self.failures = self.failures, []
-            return out
 
     def _count(self, seconds: float, ok: bool) -> None:
         # Counted where the job's counts are, so that the two always agree.

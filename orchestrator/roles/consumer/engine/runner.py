@@ -158,8 +158,8 @@ class Runner:
             limit=spec.concurrency, fifo=spec.fifo, visibility=self.visibility,
             batch_size=spec.batch_size, batch_window=spec.batch_window,
             drain_empty_polls=drain_empty_polls, queue_name=spec.queue_name, meter=meter,
+            keep_bodies=spec.failure_bodies,
         )  # fmt: skip
-        self.flow.keep_bodies = spec.failure_bodies
         self.flow.set_rate(spec.rate_limit)
         self.flow.set_adaptive(spec.adaptive)
         self.flow.wake = self._due
