@@ -342,9 +342,10 @@ def clip(text: str, limit: int) -> str:
 
 
 @dataclass(frozen=True)
-class Failure:
-    """A handler's failure on one message, kept JOB_TTL_DAYS for the dead-letter browser.
-    The body only when its queue opts in (`failureBodies`)."""
+class FailureNote:
+    """A handler's failure on one message: noted by its consumer (engine/failurelog.py),
+    carried as it is to the worker, which hands it to the store, and kept JOB_TTL_DAYS for
+    the dead-letter browser. The body only when its queue opts in (`failureBodies`)."""
 
     queue_name: str
     message_id: str
@@ -352,7 +353,7 @@ class Failure:
     error_type: str
     error: str
     traceback: str  # its last lines
-    at: datetime
+    at: datetime  # when the consumer noted it
     body: str | None = None
 
     def to_doc(self) -> dict[str, Any]:
@@ -362,7 +363,7 @@ class Failure:
                 "body": self.body}  # fmt: skip
 
     @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> Failure:
+    def from_doc(cls, doc: dict[str, Any]) -> FailureNote:
         return cls(doc["queueName"], doc["messageId"], int(doc.get("receiveCount") or 1),
                    doc.get("errorType") or "", doc.get("error") or "", doc.get("traceback") or "",
                    doc["at"], doc.get("body"))  # fmt: skip

@@ -10,7 +10,7 @@ from typing import Any
 
 from orchestrator.backends.store import Store
 from orchestrator.errors import ServiceUnavailable
-from orchestrator.models import Failure, SqsMessage, utcnow
+from orchestrator.models import FailureNote, SqsMessage, utcnow
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,7 @@ class DeadLetter:
     """A message in a dead-letter queue, with the last failure kept for it."""
 
     message: SqsMessage
-    failure: Failure | None
+    failure: FailureNote | None
 
     def to_json(self, preview: int = 2048) -> dict[str, Any]:
         body = self.message.body

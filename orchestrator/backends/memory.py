@@ -15,7 +15,7 @@ import itertools
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -27,7 +27,7 @@ from orchestrator.models import (
     OPEN_JOB_STATES,
     Assignment,
     ConsumerStats,
-    Failure,
+    FailureNote,
     FleetNeed,
     JobRecord,
     Lease,
@@ -68,7 +68,7 @@ class MemoryStore(_Failing):
         self.counted = Meter()  # what flush_meter wrote
         self.depth_docs: dict[str, tuple[QueueDepth, datetime]] = {}
         self.need: tuple[FleetNeed, datetime] | None = None
-        self.failure_docs: list[Failure] = []
+        self.failure_docs: list[FailureNote] = []
         self.series_points: list[tuple[datetime, dict[str, tuple[int, int]], dict[str, int],
                                        dict[str, int]]] = []
 
@@ -237,7 +237,7 @@ class MemoryStore(_Failing):
         self._update_open(job_id, message_count=handled, failed_count=failed, last_modified=now,
                           effective_concurrency=effective, running=running)  # fmt: skip
 
-    def record_failures(self, failures: list[Failure]) -> None:
+    def record_failures(self, failures: Sequence[FailureNote]) -> None:
         self._check()
         self.failure_docs.extend(failures)
 

@@ -6,7 +6,7 @@ orchestrator/backends/memory.py (dramatiq's stub broker, for this project).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Protocol, Self
@@ -15,7 +15,7 @@ from orchestrator.metrics import Meter
 from orchestrator.models import (
     Assignment,
     ConsumerStats,
-    Failure,
+    FailureNote,
     FleetNeed,
     JobRecord,
     Lease,
@@ -67,7 +67,7 @@ class WorkerStore(OutboxStore, Protocol):
     def job_progress(self, job_id: str, handled: int, failed: int, now: datetime, *,
                      effective: int | None = None, running: int | None = None) -> None: ...
 
-    def record_failures(self, failures: list[Failure]) -> None: ...
+    def record_failures(self, failures: Sequence[FailureNote]) -> None: ...
 
 
 class SyncStore(Protocol):

@@ -16,7 +16,7 @@ from orchestrator.backends.queues import QueueAdmin
 from orchestrator.backends.sqs import Sqs
 from orchestrator.backends.store import Store
 from orchestrator.config import Endpoints, Settings
-from orchestrator.models import Failure, utcnow
+from orchestrator.models import FailureNote, utcnow
 
 Run = Callable[..., Result]
 
@@ -45,8 +45,8 @@ def test_the_cli_lists_redrives_and_deletes_chosen_dead_letters(
     run_cli: Run, admin: QueueAdmin, store: Store, sqs: Sqs
 ) -> None:
     ids = dead_letters(admin, sqs, "orders", 4)
-    store.record_failures([Failure("orders", ids[0], 1, "ValueError", "bad total",
-                                   "Traceback …\nValueError: bad total", utcnow())])
+    store.record_failures([FailureNote("orders", ids[0], 1, "ValueError", "bad total",
+                                       "Traceback …\nValueError: bad total", utcnow())])
     listed = run_cli("queue", "dlq", "orders", "--json")
     assert listed.exit_code == 0, listed.output
     found = {d["messageId"]: d for d in json.loads(listed.stdout)}

@@ -49,7 +49,7 @@ def spec_of(job: dict[str, Any]) -> JobSpec:
 
 
 def settings(concurrency: int, paused: bool = False) -> Control:
-    return protocol.Settings("j", protocol.Live(concurrency=concurrency, paused=paused))
+    return protocol.Retune("j", protocol.Live(concurrency=concurrency, paused=paused))
 
 
 def in_process(spec: JobSpec, handler: Callable[..., object]) -> Callable[[Flow, int], Executor]:

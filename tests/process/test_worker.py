@@ -21,7 +21,7 @@ from orchestrator.roles.worker.worker import Worker
 from tests.process.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(120)
-T = TypeVar("T", bound=protocol.Message)
+T = TypeVar("T", bound=protocol.ConsumerNote)
 
 
 def spawner(settings: Settings, endpoints: Endpoints) -> Callable[[], Child]:
@@ -38,7 +38,7 @@ def consumer(settings: Settings, endpoints: Endpoints) -> Iterator[Child]:
 
 def next_event(child: Child, kind: type[T], timeout: float = 30) -> T:
     assert child.channel
-    seen: list[protocol.Message] = []
+    seen: list[protocol.ConsumerNote] = []
 
     def find() -> T | None:
         assert child.channel

@@ -35,7 +35,7 @@ class StubChannel:
     def close(self) -> None:
         self.closed = True
 
-    def messages(self) -> list[protocol.Message]:
+    def messages(self) -> list[protocol.ConsumerNote]:
         return [protocol.decode(doc) for doc in self.sent]
 
 

@@ -1,5 +1,5 @@
 """The Flow's parts, each alone, with chosen times and no threads: Limits, Held (FIFO
-group order), Batching, Receives, Outgoing, Running, Tally and Handoff (docs/design.md §5)."""
+group order), Batching, Receives, Outgoing, RunningWork, Tally and Handoff (docs/design.md §5)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from orchestrator.roles.consumer.engine.limits import Limits
 from orchestrator.roles.consumer.engine.outgoing import DELETE_MAX_WAIT, Outgoing
 from orchestrator.roles.consumer.engine.params import FlowParams
 from orchestrator.roles.consumer.engine.receives import MAX_RECEIVES, Receives
-from orchestrator.roles.consumer.engine.running import Running
+from orchestrator.roles.consumer.engine.running import RunningWork
 from orchestrator.roles.consumer.engine.tally import Tally
 
 
@@ -257,11 +257,11 @@ def test_visibility_is_extended_once_half_of_it_passed() -> None:
     assert message.extend_at == 10.0 and out.due_extensions([message], 9.0) == []
 
 
-# --- Running ---------------------------------------------------------------------------
+# --- RunningWork ---------------------------------------------------------------------------
 
 
 def test_running_counts_messages_and_never_ends_abandoned_work() -> None:
-    running = Running()
+    running = RunningWork()
     work = running.start(received(raw("a"), raw("b")), batch=True, now=0.0)
     assert running.count == 2 and running
     assert mids(running.abandon()) == ["a", "b"] and not running

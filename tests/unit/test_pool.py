@@ -117,7 +117,7 @@ def test_stop_is_sent_once_and_settings_only_when_they_change() -> None:
     pool.stop(slot, Reason.FENCED)
     pool.stop(slot, Reason.RELEASED)
     sent = spawner.made[0].channel.messages()
-    assert [type(m).__name__ for m in sent] == ["Assign", "Settings", "Stop"]
+    assert [type(m).__name__ for m in sent] == ["Assign", "Retune", "Stop"]
     assert sent[-1] == protocol.Stop(f"{1:024x}", Reason.FENCED)
     assert not pool.relay(slot, protocol.Live(concurrency=7))  # stopping: no more settings
 

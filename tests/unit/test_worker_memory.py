@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from orchestrator import config
 from orchestrator.backends.memory import MemoryStore
 from orchestrator.errors import ServiceUnavailable
-from orchestrator.models import QueueRecord, Share
+from orchestrator.models import FailureNote, QueueRecord, Share
 from orchestrator.roles.process import protocol
 from orchestrator.roles.process.protocol import Reason
 from orchestrator.roles.worker.pool import SlotState
@@ -34,7 +34,7 @@ def setup(queues: int = 1) -> tuple[Worker, MemoryStore, Spawner, list[str]]:
     return worker, store, spawner, jobs
 
 
-def sent(spawner: Spawner, n: int = 0) -> list[protocol.Message]:
+def sent(spawner: Spawner, n: int = 0) -> list[protocol.ConsumerNote]:
     return spawner.made[n].channel.messages()
 
 
@@ -55,6 +55,19 @@ def test_an_assignment_runs_on_a_consumer_and_its_outcome_closes_the_job() -> No
     assert worker.pool.slots[consumer.pid].state is SlotState.IDLE  # kept for reuse
 
 
+def test_the_failures_a_consumer_reports_are_stored_as_the_notes_it_made() -> None:
+    worker, store, spawner, [job_id] = setup()
+    worker.tick(START)
+    consumer = spawner.made[0]
+    first = FailureNote("q0", "m-1", 2, "ValueError", "bad", "Traceback …", T0, "{}")
+    second = FailureNote("q0", "m-2", 1, "KeyError", "'x'", "", T0)
+    consumer.report(protocol.Started(job_id, consumer.pid))
+    consumer.report(protocol.Progress(job_id, 0, 1, failures=(first,)))
+    consumer.report(protocol.Done(job_id, 0, 2, Reason.DRAINED, failures=(second,)))
+    worker.on_readable(worker.pool.slots[consumer.pid], START + 0.1)
+    assert store.failure_docs == [first, second]
+
+
 def test_an_assignment_taken_away_stops_its_consumer() -> None:
     worker, store, spawner, [job_id] = setup()
     worker.tick(START)
@@ -68,7 +81,7 @@ def test_settings_changes_are_relayed_to_the_running_consumer() -> None:
     worker.tick(START)
     store.update_queue("q0", {"concurrency": 9})
     worker.tick(START + 1.5)
-    assert sent(spawner)[-1] == protocol.Settings(job_id, protocol.Live(concurrency=9))
+    assert sent(spawner)[-1] == protocol.Retune(job_id, protocol.Live(concurrency=9))
 
 
 def test_a_worker_that_cannot_heartbeat_fences_itself_before_a_master_would_give_up() -> None:
@@ -142,4 +155,4 @@ def test_a_shard_runs_its_share_and_waits_until_it_is_granted() -> None:
     assert (assign.live.concurrency, assign.live.rate_limit) == (0, 2.0)  # not yet
     store.set_share(job_id, Share(3, 2.0, granted=True))
     worker.tick(START + 1.5)
-    assert sent(spawner)[-1] == protocol.Settings(job_id, protocol.Live(3, rate_limit=2.0))
+    assert sent(spawner)[-1] == protocol.Retune(job_id, protocol.Live(3, rate_limit=2.0))

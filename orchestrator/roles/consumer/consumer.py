@@ -36,7 +36,8 @@ from orchestrator.roles.consumer.engine.spec import JobSpec
 from orchestrator.roles.process import processes as processes_
 from orchestrator.roles.process import protocol
 from orchestrator.roles.process.channel import Channel, ChannelClosed
-from orchestrator.roles.process.protocol import ProtocolError, Reason
+from orchestrator.roles.process.codec import ProtocolError
+from orchestrator.roles.process.protocol import Reason
 from orchestrator.roles.process.signals import SignalQueue
 
 # An SQS call that hangs must fail well inside the worker's 30 s stall watchdog, as an
@@ -139,7 +140,7 @@ class Consumer:
             control=self._runner_control,
             progress=lambda handled, failed: self._report(
                 protocol.Progress(self.current, handled, failed, self.meter.take(),
-                                  *runner.flow.load(), tuple(runner.flow.take_failures()))
+                                  *runner.flow.load(), runner.flow.failures.take())
             ),
             meter=self.meter,
             watch=self._watch,
@@ -152,7 +153,7 @@ class Consumer:
         self._report(protocol.Done(self.current, outcome.handled, outcome.failed, outcome.reason,
                                    outcome.abandoned, outcome.error, tuple(outcome.processes),
                                    self.meter.take(),
-                                   tuple(runner.flow.take_failures()),
+                                   runner.flow.failures.take(),
                                    outcome.duplicates))  # fmt: skip
         structlog.contextvars.unbind_contextvars("queue", "job_id")
         self.current = None

@@ -1,4 +1,6 @@
-"""Channel: JSON lines over a socket between a worker and one of its consumers."""
+"""Channel: JSON lines over a socket between two processes (a worker and one of its
+consumers, a consumer and one of its handler processes). It moves JSON objects; what
+they mean is the codec's (codec.py), which also refuses a line that is not JSON."""
 
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ class Channel:
         except OSError as exc:
             raise ChannelClosed(str(exc)) from exc
 
-    def receive(self) -> list[dict[str, Any]]:
+    def receive(self) -> list[dict[str, Any] | bytes]:
         """Every complete message available now (possibly none); ChannelClosed at the end
         of the stream once every message before it was returned (the last report of a
         process that exited right after sending it is not lost)."""
@@ -47,13 +49,13 @@ class Channel:
         finally:
             self.sock.setblocking(True)
         *lines, self._buffer = self._buffer.split(b"\n")
-        messages = [json.loads(line) for line in lines if line.strip()]
+        messages = _parsed(lines)
         if ended and not messages:
             raise ChannelClosed("end of stream")
         self._ended = ended
         return messages
 
-    def read_blocking(self) -> list[dict[str, Any]]:
+    def read_blocking(self) -> list[dict[str, Any] | bytes]:
         """Wait for data, then every complete message it finishes; ChannelClosed on EOF.
 
         For a reader thread that shares the (blocking) socket with a writing thread:
@@ -68,7 +70,20 @@ class Channel:
             raise ChannelClosed("end of stream")
         self._buffer += chunk
         *lines, self._buffer = self._buffer.split(b"\n")
-        return [json.loads(line) for line in lines if line.strip()]
+        return _parsed(lines)
 
     def close(self) -> None:
         self.sock.close()
+
+
+def _parsed(lines: list[bytes]) -> list[dict[str, Any] | bytes]:
+    """Each line's JSON, or the line itself when it is not JSON: the codec refuses it
+    (a ProtocolError the reader logs), and the lines after it still count."""
+    out: list[dict[str, Any] | bytes] = []
+    for line in lines:
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                out.append(line)
+    return out

@@ -1,28 +1,26 @@
 """The worker ↔ consumer protocol: frozen messages, one JSON line each on their channel.
 
-Worker → consumer: `Assign` a job, relay its live `Settings`, `Stop` it (for a
-reason), `Exit` the process. A consumer turns its own signals into `Stop` and
-`Abort`. Consumer → worker: `Started`, `Progress` (about every second) and `Done`
-with the job's outcome; each carries the consumer's metric counts since the last.
+Worker → consumer: `Assign` a job, `Retune` it to its queue's live settings, `Stop`
+it (for a reason), `Exit` the process. A consumer turns its own signals into `Stop`
+and `Abort`. Consumer → worker: `Started`, `Progress` (about every second) and `Done`
+with the job's outcome; each carries the consumer's metric counts since the last, and
+`Progress` and `Done` the handlers' failures as FailureNotes.
 
-`Reason` is why a job ended; its `status` is the job's status. A message of an
-unknown type, or with fields that do not fit, is a ProtocolError.
+`Reason` is why a job ended; its `status` is the job's status. The codec (codec.py)
+writes and reads them; a message of an unknown type, or with fields that do not fit,
+is a ProtocolError.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from orchestrator.errors import OrchestratorError
 from orchestrator.metrics import Deltas
-from orchestrator.models import QueueRecord, Share
-
-
-class ProtocolError(OrchestratorError):
-    """A channel message this side does not understand."""
+from orchestrator.models import FailureNote, QueueRecord, Share
+from orchestrator.roles.process.codec import Codec
+from orchestrator.roles.process.codec import ProtocolError as ProtocolError  # where it was
 
 
 class Reason(enum.StrEnum):
@@ -102,8 +100,10 @@ class Assign:
 
 
 @dataclass(frozen=True)
-class Settings:
-    type: ClassVar[str] = "settings"
+class Retune:
+    """Follow the queue's settings as they are now (they changed while it runs)."""
+
+    type: ClassVar[str] = "retune"
     job_id: str
     live: Live
 
@@ -150,7 +150,7 @@ class Progress:
     metrics: Deltas | None = None
     effective: int | None = None  # the concurrency it runs at now (adaptive, shares)
     running: int | None = None  # handlers running now
-    failures: tuple[dict[str, Any], ...] = ()  # handlers' failures since the last report
+    failures: tuple[FailureNote, ...] = ()  # handlers' failures since the last report
 
 
 @dataclass(frozen=True)
@@ -164,36 +164,13 @@ class Done:
     error: str | None = None
     processes: tuple[dict[str, Any], ...] = ()  # its handler processes' counts
     metrics: Deltas | None = None
-    failures: tuple[dict[str, Any], ...] = ()  # handlers' failures since the last report
+    failures: tuple[FailureNote, ...] = ()  # handlers' failures since the last report
     duplicates: int = 0  # copies of messages it still had, received again and not run
 
 
-Message = Assign | Settings | Stop | Abort | Exit | Started | Progress | Done
-ToConsumer = Assign | Settings | Stop | Abort | Exit
+ToConsumer = Assign | Retune | Stop | Abort | Exit
 ToWorker = Started | Progress | Done
-TYPES: dict[str, type[Message]] = {
-    cls.type: cls for cls in (Assign, Settings, Stop, Abort, Exit, Started, Progress, Done)
-}
-
-
-def encode(message: Message) -> dict[str, Any]:
-    return {"type": message.type, **dataclasses.asdict(message)}
-
-
-def decode(doc: dict[str, Any]) -> Message:
-    """The message a JSON document carries; ProtocolError if it is none of ours."""
-    fields = dict(doc)
-    cls = TYPES.get(str(fields.pop("type", None)))
-    if cls is None:
-        raise ProtocolError(f"unknown message type {doc.get('type')!r}")
-    try:
-        if "reason" in fields:
-            fields["reason"] = Reason(fields["reason"])
-        if "live" in fields:
-            fields["live"] = Live(**fields["live"])
-        for key in ("processes", "failures"):
-            if key in fields:
-                fields[key] = tuple(fields[key])
-        return cls(**fields)
-    except (TypeError, ValueError) as exc:
-        raise ProtocolError(f"malformed {cls.type!r} message: {exc}") from exc
+ConsumerNote = ToConsumer | ToWorker  # what either end of the channel may say
+CODEC: Codec[ConsumerNote] = Codec(Assign, Retune, Stop, Abort, Exit, Started, Progress, Done)
+encode = CODEC.encode
+decode = CODEC.decode

@@ -13,9 +13,9 @@ import contextlib
 import enum
 import random
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -25,8 +25,9 @@ from orchestrator.metrics import Meter
 from orchestrator.models import Assignment, ConsumerStats, QueueRecord
 from orchestrator.roles.process import protocol
 from orchestrator.roles.process.channel import ChannelClosed
+from orchestrator.roles.process.codec import ProtocolError
 from orchestrator.roles.process.processes import describe_exit
-from orchestrator.roles.process.protocol import Live, ProtocolError, Reason
+from orchestrator.roles.process.protocol import Live, Reason
 
 log = structlog.get_logger()
 
@@ -81,10 +82,12 @@ def transition(state: SlotState, event: SlotEvent) -> SlotState:
         raise InvalidTransition(f"a {state.value} consumer cannot {event.value}") from None
 
 
-class Channel(Protocol):
-    def send(self, message: dict[str, object]) -> None: ...
+class ConsumerChannel(Protocol):
+    """What the pool needs of its end of a consumer's channel (process/channel.Channel)."""
 
-    def receive(self) -> list[dict[str, object]]: ...
+    def send(self, message: dict[str, Any]) -> None: ...
+
+    def receive(self) -> Sequence[Mapping[str, Any] | bytes]: ...
 
     def fileno(self) -> int: ...
 
@@ -98,7 +101,7 @@ class Process(Protocol):
     def pid(self) -> int: ...
 
     @property
-    def channel(self) -> Channel | None: ...
+    def channel(self) -> ConsumerChannel | None: ...
 
     def poll(self) -> int | None: ...
 
@@ -203,7 +206,7 @@ class ConsumerPool:
         if slot.job is None or slot.state is not SlotState.BUSY or live == slot.live:
             return False
         slot.live = live
-        self.send(slot, protocol.Settings(slot.job.job_id, live))
+        self.send(slot, protocol.Retune(slot.job.job_id, live))
         return True
 
     def stop(self, slot: Slot, reason: Reason) -> None:

@@ -27,7 +27,7 @@ from orchestrator.backends.store import DAEMON_TIMEOUT_MS, Store
 from orchestrator.config import Endpoints, Settings
 from orchestrator.errors import OrchestratorError, ServiceUnavailable
 from orchestrator.metrics import Meter
-from orchestrator.models import Assignment, Failure, WorkerRecord, utcnow
+from orchestrator.models import Assignment, FailureNote, WorkerRecord, utcnow
 from orchestrator.roles.process import processes, protocol
 from orchestrator.roles.process.loop import Outage, retry
 from orchestrator.roles.process.protocol import Live, Reason
@@ -251,17 +251,13 @@ class Worker:
         except Exception:  # a bug: keep the traceback; the next report repeats it
             log.exception("worker.progress_write_failed", job_id=job.job_id)
 
-    def _record_failures(self, job: Assignment, failures: tuple[dict[str, Any], ...]) -> None:
+    def _record_failures(self, job: Assignment, failures: tuple[FailureNote, ...]) -> None:
         """Keep the handlers' failures for the dead-letter browser; only a display: they
         are dropped while MongoDB fails, never retried."""
         if not self.store_ok:
             return
-        now = utcnow()
-        records = [Failure(job.queue_name, str(f["messageId"]), int(f["receiveCount"]),
-                           str(f["errorType"]), str(f["error"]), str(f["traceback"]), now,
-                           f.get("body")) for f in failures]  # fmt: skip
         try:
-            self.store.record_failures(records)
+            self.store.record_failures(failures)
         except ServiceUnavailable:
             self.store_ok = False
         except Exception:  # a bug: keep the traceback, lose only the display

@@ -16,11 +16,11 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from orchestrator.metrics import Meter
-from orchestrator.models import MAX_FAILURE_BODY_BYTES, SqsMessage, clip
+from orchestrator.models import SqsMessage
 from orchestrator.roles.consumer.engine.batching import Batching
+from orchestrator.roles.consumer.engine.failurelog import FailureLog
 from orchestrator.roles.consumer.engine.handoff import Handoff
 from orchestrator.roles.consumer.engine.held import Held, Received, take_newer
 from orchestrator.roles.consumer.engine.invoke import Result
@@ -28,10 +28,8 @@ from orchestrator.roles.consumer.engine.limits import Limits
 from orchestrator.roles.consumer.engine.outgoing import Io, Outgoing
 from orchestrator.roles.consumer.engine.params import FlowParams
 from orchestrator.roles.consumer.engine.receives import Ask, Receives
-from orchestrator.roles.consumer.engine.running import Running, Work
+from orchestrator.roles.consumer.engine.running import RunningWork, Work
 from orchestrator.roles.consumer.engine.tally import Tally
-
-MAX_FAILURES_KEPT = 100  # failures kept between two progress reports
 
 
 class Flow:
@@ -51,11 +49,10 @@ class Flow:
                                  drain_empty_polls=params.drain_empty_polls)  # fmt: skip
         self.outgoing = Outgoing(params.visibility)
         self.held = Held(params.fifo)  # received, not started
-        self.running = Running()
+        self.running = RunningWork()
         self.tally = Tally(meter, params.queue_name)
         self.closed = False  # no more receiving or starting: held messages go back
-        self.failures: list[dict[str, Any]] = []  # since the last report (take_failures)
-        self.keep_bodies = params.keep_bodies
+        self.failures = FailureLog(params.queue_name, params.keep_bodies)  # until reported
 
     # --- receiving -------------------------------------------------------------------
 
@@ -146,29 +143,14 @@ class Flow:
         deleted, failed, failed_groups = self.outgoing.settle(work.messages, result, now)
         self.tally.settled(deleted, len(failed), result.seconds)
         for received in failed:
-            self._note_failure(received, result)
+            self.failures.note(received.message_id, received.receive_count,
+                               received.message.body, result.error, result.trace)
         back, emptied = self.held.finished(work.messages, failed_groups)
         self.outgoing.hand_back(back)
         if emptied:
             # SQS keeps a FIFO group locked until its received messages are deleted: a
             # delete waiting for a fuller batch would hold the group back.
             self.outgoing.flush_deletes()
-
-    def _note_failure(self, received: Received, result: Result) -> None:
-        """Keep what the dead-letter browser shows of a failure (until the next report)."""
-        if len(self.failures) >= MAX_FAILURES_KEPT:
-            return  # a storm of failures: the first ones of each report tell the story
-        error_type, _, error = (result.error or "failed").partition(": ")
-        self.failures.append({"messageId": received.message_id,
-                              "receiveCount": received.receive_count, "errorType": error_type,
-                              "error": error or error_type, "traceback": result.trace or "",
-                              "body": clip(received.message.body, MAX_FAILURE_BODY_BYTES)
-                              if self.keep_bodies else None})
-
-    def take_failures(self) -> list[dict[str, Any]]:
-        with self.lock:
-            out, self.failures = self.failures, []
-            return out
 
     def _runner_due(self) -> bool:
         """Whether the runner has an SQS call to make now (called holding the lock)."""

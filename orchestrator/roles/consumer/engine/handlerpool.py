@@ -25,11 +25,18 @@ from orchestrator import policy
 from orchestrator.roles.consumer.engine import handlerproc
 from orchestrator.roles.consumer.engine.executors import Fatal
 from orchestrator.roles.consumer.engine.flow import Flow
-from orchestrator.roles.consumer.engine.handlerproc import Done, ImportFailed, Ready, Run
+from orchestrator.roles.consumer.engine.handlerproc import (
+    HandlerExit,
+    HandlerImportFailed,
+    HandlerReady,
+    RunWork,
+    WorkDone,
+)
 from orchestrator.roles.consumer.engine.invoke import Result
 from orchestrator.roles.consumer.engine.running import Work
 from orchestrator.roles.process import processes
 from orchestrator.roles.process.channel import ChannelClosed
+from orchestrator.roles.process.codec import ProtocolError
 from orchestrator.roles.process.processes import Child
 from orchestrator.roles.process.protocol import Reason
 
@@ -44,7 +51,7 @@ class _Proc:
     child: Child
     ready: bool = False
     retiring: bool = False
-    running: dict[int, Work] = field(default_factory=dict)  # by the Run's id
+    running: dict[int, Work] = field(default_factory=dict)  # by the RunWork's id
     handled: int = 0
     failed: int = 0
     ended: str | None = None  # how it ended, once it has
@@ -146,7 +153,7 @@ class HandlerPool:
         log.info("handler_process.started", handler_pid=proc.child.pid)
 
     def _exit(self, proc: _Proc) -> None:
-        self._send(proc, handlerproc.Exit())
+        self._send(proc, HandlerExit())
 
     def _feed(self) -> None:
         """Send each work that may start to the live process with the least running."""
@@ -173,15 +180,15 @@ class HandlerPool:
                 gone = None
                 self.next_id += 1
                 proc.running[self.next_id] = work
-                run = Run(self.next_id, work.batch,
-                          [handlerproc.wire(h.message) for h in work.messages])  # fmt: skip
+                run = RunWork(self.next_id, work.batch,
+                              tuple(handlerproc.wire(h.message) for h in work.messages))
         if gone is not None:
             self.flow.finished(work, Result(frozenset(h.message_id for h in work.messages),
                                             gone, 0.0))  # fmt: skip
             return
         self._send(proc, run)
 
-    def _send(self, proc: _Proc, message: handlerproc.Wire) -> None:
+    def _send(self, proc: _Proc, message: handlerproc.ToHandler) -> None:
         """One message to a process; the feeder and its reader both send."""
         assert proc.child.channel is not None
         with proc.send_lock, contextlib.suppress(ChannelClosed):  # died: its reader cleans up
@@ -196,21 +203,27 @@ class HandlerPool:
         try:
             while True:
                 for doc in proc.child.channel.read_blocking():
-                    self._on_message(proc, handlerproc.decode(doc))
+                    message = handlerproc.decode(doc)
+                    if isinstance(message, RunWork | HandlerExit):
+                        raise ProtocolError(f"a handler process sent {message.type!r}")
+                    self._on_message(proc, message)
         except ChannelClosed:
             pass
+        except ProtocolError as exc:  # a bug on one side: this process is of no use
+            log.error("handler_process.bad_message", handler_pid=proc.child.pid, error=str(exc))
+            proc.child.signal(signal.SIGKILL)  # what it ran fails and is retried (_ended)
         self._ended(proc)
 
-    def _on_message(self, proc: _Proc, message: handlerproc.Wire) -> None:
-        if isinstance(message, Ready):
+    def _on_message(self, proc: _Proc, message: handlerproc.FromHandler) -> None:
+        if isinstance(message, HandlerReady):
             with self.cond:
                 proc.ready = True
                 self.cond.notify_all()
-        elif isinstance(message, ImportFailed):
+        elif isinstance(message, HandlerImportFailed):
             with self.cond:
                 self.fatal = Fatal(Reason.HANDLER_IMPORT, message.error)
                 self.cond.notify_all()
-        elif isinstance(message, Done):
+        elif isinstance(message, WorkDone):
             with self.cond:
                 work = proc.running.pop(message.id, None)
                 if work is None:

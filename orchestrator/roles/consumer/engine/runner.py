@@ -41,7 +41,7 @@ log = structlog.get_logger()
 # Builds the executor for `processes` handler processes (1: in this process).
 ExecutorFactory = Callable[[Flow, int], Executor]
 # Control messages for the running job (new settings, stop, abort).
-Control = protocol.Settings | protocol.Stop | protocol.Abort
+Control = protocol.Retune | protocol.Stop | protocol.Abort
 
 
 class Waker:
@@ -233,7 +233,7 @@ class Runner:
     def _apply_control(self, ops: list[Control], now: float) -> bool:
         """Apply control messages; True when told to abort at once."""
         for op in ops:
-            if isinstance(op, protocol.Settings):
+            if isinstance(op, protocol.Retune):
                 self._apply_settings(op.live, now)
             elif isinstance(op, protocol.Stop):
                 self._finish(op.reason, now)

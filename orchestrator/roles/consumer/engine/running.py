@@ -1,4 +1,4 @@
-"""Running: the work of one assignment whose handlers run, from start to finish or
+"""RunningWork: the work of one assignment whose handlers run, from start to finish or
 abandonment. Not thread-safe: the Flow's lock guards it.
 """
 
@@ -18,7 +18,7 @@ class Work:
     started: float
 
 
-class Running:
+class RunningWork:
     """Work under way, by identity; `count` is messages, not works (a batch counts its length)."""
 
     def __init__(self) -> None:
