@@ -4,8 +4,9 @@
     .venv/bin/python scripts/bench.py [--only NAME ...] [--repeat N]
 
 NAME: throughput, concurrency, slow, cpu, async, latency, failover, cost, scale, memory,
-api, rate, priority, adaptive, shards (the execution-model ones are in benchexec.py, the
-flow-control ones in benchflow.py). SQS is
+api, rate, priority, adaptive, shards, efficiency, idle (the execution-model ones are in
+benchexec.py, the flow-control ones in benchflow.py, the process tree's cost in
+benchtree.py). SQS is
 LocalStack when installed (`orchestrator services install-localstack`), else
 moto with smaller loads (moto slows down badly past a few hundred messages).
 Exits non-zero only when a benchmark cannot run.
@@ -28,6 +29,7 @@ from typing import Any
 
 import benchexec
 import benchflow
+import benchtree
 import psutil
 from benchlib import (
     ORCHESTRATOR,
@@ -535,6 +537,8 @@ BENCHMARKS: dict[str, Callable[[str, int, Path], dict[str, Any]]] = {
     "priority": benchflow.priority,
     "adaptive": benchflow.adaptive,
     "shards": benchflow.shards,
+    "efficiency": benchtree.efficiency,
+    "idle": benchtree.idle,
 }
 
 

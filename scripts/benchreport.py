@@ -106,6 +106,27 @@ ROWS: list[tuple[str, str, Callable[[dict[str, Any]], Any], str, Callable[[Any],
     ("shards", "the SQS server's own process, % of one core, maxShards 1 / 4",
      lambda r: f'{r["max_shards_1"].get("sqs_server_cpu_pct")} / '
                f'{r["max_shards_4"].get("sqs_server_cpu_pct")}', "", lambda v: True),
+    ("efficiency", "CPU ms per message while draining, tree / boto3 loop (ratio): noop, "
+     "concurrency 10", lambda r: _cpu(r["noop"]), "ratio <= 1.2", lambda v: _ratio(v) <= 1.2),
+    ("efficiency", "same: 50 ms handlers, concurrency 5", lambda r: _cpu(r["sleep_50ms"]),
+     "ratio <= 1.5", lambda v: _ratio(v) <= 1.5),
+    ("efficiency", "same: 100-500 ms handlers, concurrency 5",
+     lambda r: _cpu(r["sleep_100_500ms"]), "ratio <= 1.5", lambda v: _ratio(v) <= 1.5),
+    ("efficiency", "CPU ms per message over the whole run (idle machinery included), tree "
+     "(ratio): noop / 50 ms / 100-500 ms", lambda r: " / ".join(
+         f'{r[w]["tree_cpu_ms_per_message_whole_run"]} ({r[w]["ratio_whole_run"]})'
+         for w in ("noop", "sleep_50ms", "sleep_100_500ms")), "", lambda v: True),
+    ("efficiency", "4 busy queues (50 ms) on 2 workers: tree PSS / RSS, MB",
+     lambda r: f'{r["sleep_50ms"]["memory_mid_drain"]["tree"]["pss_mb"]} / '
+               f'{r["sleep_50ms"]["memory_mid_drain"]["tree"]["rss_mb"]}', "PSS <= 150",
+     lambda v: float(v.split(" / ")[0]) <= 150),
+    ("efficiency", "a consumer's own memory (USS), MB", lambda r: _per_consumer(
+        r["sleep_50ms"]["memory_mid_drain"]["consumer"]), "<= 20", lambda v: v <= 20),
+    ("efficiency", "consumer start, spawn to its first job, ms (median / max)",
+     lambda r: f'{r["consumer_start_ms"]["median"]} / {r["consumer_start_ms"]["max"]}',
+     "median <= 50", lambda v: float(v.split(" / ")[0]) <= 50),
+    ("idle", "MW, 2 workers, 100 empty queues: % of one core",
+     lambda r: r["percent_of_one_core"], "<= 5", lambda v: v <= 5),
     ("cli", "orchestrator --help, s", lambda r: r["help_s"], "<= 0.2", lambda v: v <= 0.2),
     ("cli", "orchestrator queue list (3 queues, embedded servers running), s",
      lambda r: r["queue_list_s"], "<= 0.6", lambda v: v <= 0.6),
@@ -130,6 +151,19 @@ ROWS: list[tuple[str, str, Callable[[dict[str, Any]], Any], str, Callable[[Any],
     ("chaos", "longest a non-empty queue went unserved, s", lambda r: r["longest_unserved_s"],
      "", lambda v: True),
 ]  # fmt: skip
+
+
+def _cpu(w: dict[str, Any]) -> str:
+    return (f'{w["tree_cpu_ms_per_message"]} / {w["loop_cpu_ms_per_message"]} '
+            f'({w["ratio"]})')  # fmt: skip
+
+
+def _ratio(value: str) -> float:
+    return float(value.split("(")[1].rstrip(")"))
+
+
+def _per_consumer(row: dict[str, float]) -> float:
+    return round(row["uss_mb"] / row["count"], 1)
 
 
 def render() -> None:
