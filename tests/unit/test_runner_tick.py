@@ -109,6 +109,7 @@ class Rig:
         self.clock.now = now
         outcome = self.runner.tick(now)
         self.runner.calls.wait()
+        self.runner.calls.collect(now)
         return outcome
 
     def finish(self) -> None:
@@ -249,3 +250,21 @@ def test_a_paused_queue_does_not_start() -> None:
     runner = Runner(sqs, spec, executor, drain_empty_polls=2, max_seconds=60, grace=5,
                     control=list, progress=lambda h, f: None, meter=Meter())  # fmt: skip
     assert runner.run() == Outcome(0, 0, Reason.PAUSED) and made == []
+
+
+def test_what_the_sqs_calls_bring_back_is_applied_by_the_runner_alone(
+    rig: Callable[..., Rig],
+) -> None:
+    """The I/O threads only make a request and post its outcome: the flow and the calls'
+    state change on the runner's thread, at its next tick (calls.py)."""
+    r = rig()
+    r.runner.tick(START)  # plans and launches the receives
+    r.runner.calls.wait()  # they returned on the I/O threads...
+    assert r.runner.calls.outcomes and r.runner.flow.receives.under_way
+    assert not r.runner.flow.held  # ...and nothing they brought is in the flow yet
+    r.runner.tick(START)
+    assert r.hand.take() == 2 and len(r.runner.flow.held) == 2  # applied: 2 run, 2 held
+    r.hand.finish()  # handlers only report: the deletes wait for the runner
+    assert r.runner.calls.deleting == 0 and "DeleteMessageBatch" not in r.sqs.requests
+    r.tick(START + 1)  # a partial batch waits DELETE_MAX_WAIT for more
+    assert r.sqs.requests["DeleteMessageBatch"] == 1

@@ -1,12 +1,13 @@
 """Runner: one assignment inside a consumer — receive → handle → delete.
 
-The runner's thread owns the assignment's life: one `tick(now)` at a time, with
-the time given, it applies control messages (new settings, pause, stop), reports
-progress and decides when the assignment ends. The Flow decides what may start;
-handlers run on an executor (threads, an event loop, or handler processes) that
-pulls its work from it; the SQS calls it asks for (receives, batched deletes,
-retries, hand-backs, visibility extensions) go through Calls (calls.py). A message
-is deleted only after its handler returned: at-least-once delivery.
+The runner's thread owns the assignment's life: one `tick(now)` at a time, with the
+time given, it applies control messages (new settings, pause, stop), reports progress
+and decides when the assignment ends. The Flow decides what may start; handlers run on
+an executor (threads, an event loop, or handler processes) that pulls its work from it
+and reports what ended. This thread alone makes the SQS calls (receives, batched
+deletes, retries, hand-backs, visibility extensions) and applies their outcomes, through
+Calls (calls.py): handlers and I/O threads only wake it. A message is deleted only
+after its handler returned: at-least-once delivery.
 """
 
 from __future__ import annotations
@@ -119,8 +120,9 @@ class Runner:
             adaptive=spec.adaptive, keep_bodies=spec.failure_bodies,
             drain_empty_polls=drain_empty_polls, queue_name=spec.queue_name,
         )  # fmt: skip
-        # _due uses self.calls (below): a new flow has no SQS call due before its first receive.
-        self.flow = Flow(params, meter=meter, wake=self._due, clock=clock)
+        # Handlers that finished and receives that returned only wake this thread, which
+        # alone makes the SQS calls (calls.py).
+        self.flow = Flow(params, meter=meter, wake=self.waker.wake, clock=clock)
         self.reason: Reason | None = None
         self.error: str | None = None
         self.stopped_at: float | None = None
@@ -128,6 +130,7 @@ class Runner:
         self.retired: list[Executor] = []
         self.control_ready = True  # control messages may be waiting: read them next tick
         self.next_extend = self.next_progress = float("-inf")  # both due at the first tick
+        self.next_look = float("-inf")  # the periodic part of a tick (_look)
 
     # --- the runner's thread ---------------------------------------------------------
 
@@ -158,25 +161,22 @@ class Runner:
         return None
 
     def tick(self, now: float) -> Outcome | None:
-        """One look at the run at `now` (the clock's seconds): apply control messages, end
-        it at the deadline or on a fatal error, make the SQS calls due, extend
-        visibilities, report progress; the Outcome once it is over, else None."""
+        """One look at the run at `now` (the clock's seconds): apply control messages and
+        what the SQS calls brought back, make the calls due, and every LOOP_SECONDS the
+        periodic part (_look); the Outcome once it is over, else None."""
         if self.control_ready and self._apply_control(self.control(), now):
             return self._give_up(Reason.ABORTED, now)
-        if now >= self.deadline:
-            self._finish(Reason.MAX_TIME, now)  # yield to queues waiting for capacity
+        self.calls.collect(now)
+        # Before "drained": a handler thread that died fails the job, whatever is left.
         fatal = self.executor.maintain() or self.calls.fatal
         if fatal and self.reason is None:
             self.error = fatal.error
             self._finish(fatal.reason, now)
+        if now >= self.next_look:  # a wake-up for I/O alone skips it
+            self._look(now)
+            self.next_look = min(now + LOOP_SECONDS, self.next_extend, self.next_progress,
+                                 max(self.deadline, now))  # fmt: skip
         self._pump(now)
-        if now >= self.next_extend:
-            self.calls.extend(self.flow.due_extensions(now))
-            self.next_extend = now + EXTEND_CHECK_SECONDS
-        self.flow.adapt(now)
-        if now >= self.next_progress:
-            self.progress(*self.flow.counts())
-            self.next_progress = now + PROGRESS_SECONDS
         if self.reason is None and self.flow.drained():
             self._finish(Reason.DRAINED, now)
         if self.reason is None:
@@ -188,6 +188,19 @@ class Runner:
             return self._give_up(self.reason, now)
         return None
 
+    def _look(self, now: float) -> None:
+        """End the run at the deadline; extend visibilities, let an adaptive concurrency
+        grow, report progress."""
+        if now >= self.deadline:
+            self._finish(Reason.MAX_TIME, now)  # yield to queues waiting for capacity
+        if now >= self.next_extend:
+            self.calls.extend(self.flow.due_extensions(now))
+            self.next_extend = now + EXTEND_CHECK_SECONDS
+        self.flow.adapt(now)
+        if now >= self.next_progress:
+            self.progress(*self.flow.counts())
+            self.next_progress = now + PROGRESS_SECONDS
+
     def close(self) -> None:
         """Release the I/O threads and the wake-up pipe (after the Outcome)."""
         self.calls.close()
@@ -196,7 +209,7 @@ class Runner:
     def _wind_up(self, reason: Reason, now: float) -> Outcome:
         """Every handler finished: make the last SQS calls and end."""
         self.calls.send(self.flow.take_io(now, everything=True))
-        self.calls.wait()
+        self.calls.settle(now)
         self._close_executors(kill=False)
         return self._outcome(reason)
 
@@ -211,7 +224,7 @@ class Runner:
         io = self.flow.take_io(now, everything=True)
         io.returns.extend(stuck)
         self.calls.send(io)
-        self.calls.wait()
+        self.calls.settle(now)
         self._close_executors(kill=True)
         log.warning("runner.gave_up", reason=reason, abandoned=len(stuck))
         return self._outcome(reason, abandoned=len(stuck))
@@ -277,14 +290,6 @@ class Runner:
         return [p for e in [*self.retired, self.executor] for p in e.report()]
 
     # --- SQS calls -----------------------------------------------------------------
-
-    def _due(self) -> None:
-        """The flow has SQS calls to make: made from the thread that found them due (a
-        handler or I/O thread), sparing a hop through the runner's thread; that is woken
-        when the run may be ending."""
-        self._pump(self.clock())
-        if self.reason is not None or self.flow.idle():
-            self.waker.wake()
 
     def _pump(self, now: float) -> None:
         self.calls.send(self.flow.take_io(now))
