@@ -48,12 +48,17 @@ def _tree(pid: int) -> list[psutil.Process]:
 
 def tree_cpu(pid: int) -> float:
     """CPU seconds the tree under `pid` has spent, its reaped children's included."""
-    total = 0.0
+    return sum(cpu_by_kind(pid).values())
+
+
+def cpu_by_kind(pid: int) -> dict[str, float]:
+    """The same by kind of process (a reaped child's CPU counts for its parent's kind)."""
+    out: dict[str, float] = {}
     for p in _tree(pid):
-        with contextlib.suppress(psutil.Error):
-            t = p.cpu_times()
-            total += t.user + t.system + t.children_user + t.children_system
-    return total
+        with contextlib.suppress(psutil.Error, IndexError):
+            t, k = p.cpu_times(), kind(p)
+            out[k] = out.get(k, 0.0) + t.user + t.system + t.children_user + t.children_system
+    return out
 
 
 def kind(p: psutil.Process) -> str:
@@ -83,14 +88,29 @@ class Sampler:
     """The tree's CPU seconds every 0.2 s, on a thread, to be read at chosen moments."""
 
     def __init__(self, pid: int) -> None:
-        self.pid, self.points, self.done = pid, [(time.time(), tree_cpu(pid))], False
+        self.pid, self.done = pid, False
+        self.kinds: list[tuple[float, dict[str, float]]] = []
+        self.points: list[tuple[float, float]] = []
+        self._sample()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
+
+    def _sample(self) -> None:
+        kinds = cpu_by_kind(self.pid)
+        now = time.time()
+        self.kinds.append((now, kinds))
+        self.points.append((now, sum(kinds.values())))
 
     def _run(self) -> None:
         while not self.done:
             time.sleep(0.2)
-            self.points.append((time.time(), tree_cpu(self.pid)))
+            self._sample()
+
+    def by_kind(self, start: float, end: float) -> dict[str, float]:
+        """CPU seconds each kind spent between the samples nearest `start` and `end`."""
+        first = min(self.kinds, key=lambda p: abs(p[0] - start))[1]
+        last = min(self.kinds, key=lambda p: abs(p[0] - end))[1]
+        return {k: round(last.get(k, 0.0) - first.get(k, 0.0), 3) for k in last}
 
     def stop(self) -> None:
         self.done = True
@@ -132,6 +152,7 @@ def efficiency(kind_: str, repeat: int, root: Path) -> dict[str, Any]:
                     "loop_cpu_ms_per_message", "ratio", "ratio_whole_run"):  # fmt: skip
             summary[key] = round(median([run[key] for run in runs]), 3)
         summary["memory_mid_drain"] = runs[-1]["memory"]
+        summary["by_kind_ms_per_message"] = runs[-1]["by_kind_ms_per_message"]
         summary["runs"] = runs
         out[name] = summary
     out["consumer_start_ms"] = consumer_start(Bench(root / "consumer-start", kind_, {
@@ -166,7 +187,8 @@ def _efficiency_run(bench: Bench, name: str, handler: str, conc: int,
         last = max(r.get("end", r["start"]) for r in records)
         drain_ms = (sampler.at(last) - sampler.at(first)) * 1000 / total
         whole_ms = (sampler.points[-1][1] - sampler.points[0][1]) * 1000 / total
-        return {"tree_cpu_ms_per_message": drain_ms,
+        by_kind = {k: round(v * 1000 / total, 3) for k, v in sampler.by_kind(first, last).items()}
+        return {"tree_cpu_ms_per_message": drain_ms, "by_kind_ms_per_message": by_kind,
                 "tree_cpu_ms_per_message_whole_run": whole_ms,
                 "loop_cpu_ms_per_message": loop_ms, "ratio": drain_ms / loop_ms,
                 "ratio_whole_run": whole_ms / loop_ms, "memory": dict(memory)}  # fmt: skip
