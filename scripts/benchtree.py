@@ -5,8 +5,9 @@
   consumers, handler processes) while it drains and over its whole run, of the loop
   (this process's CPU while its threads run), and their ratio; PSS, USS and RSS by kind
   of process at mid-drain; and consumer start: from `consumer.spawned` (the worker) to
-  the consumer's `consumer.job_started` (just before its first receive), in a short
-  separate run at LOG_LEVEL INFO (the measured runs log at WARNING).
+  the consumer's `consumer.job_started` (just before its first receive), for consumers
+  started one at a time in a separate run at LOG_LEVEL INFO (the measured runs log at
+  WARNING).
 - idle: MW with 2 workers and 100 empty queues: % of one core over a quiet stretch.
 
 CPU is read from /proc (psutil): every process's user + system time plus that of the
@@ -156,7 +157,7 @@ def efficiency(kind_: str, repeat: int, root: Path) -> dict[str, Any]:
         summary["runs"] = runs
         out[name] = summary
     out["consumer_start_ms"] = consumer_start(Bench(root / "consumer-start", kind_, {
-        "LOG_LEVEL": "INFO"}))  # fmt: skip
+        "LOG_LEVEL": "INFO", "CONSUMER_USAGE_LIMIT": "1"}))  # fmt: skip
     return out
 
 
@@ -215,15 +216,15 @@ def _settled(bench: Bench, total: int) -> bool:
             and all(j.status not in ("queued", "running") for j in jobs))  # fmt: skip
 
 
-def consumer_start(bench: Bench, queues: int = 8) -> dict[str, Any]:
-    """Spawn → first job started, for each consumer a short run started (median, max)."""
+def consumer_start(bench: Bench, queues: int = 6) -> dict[str, Any]:
+    """Spawn → first job started, for consumers started one at a time (each queue's job
+    gets a fresh one: CONSUMER_USAGE_LIMIT 1), so that they do not share the CPU."""
     try:
-        urls = [bench.admin.create(f"start{i}", handler=NOOP, concurrency=2).queue_url
-                for i in range(queues)]  # fmt: skip
-        for url in urls:
-            bench.fill(url, 20, lambda i: json.dumps({"ms": 0, "i": i}))
-        with bench.daemon("--mode", "MW", "--workers", "2"):
-            wait_for(lambda: _settled(bench, queues * 20), 300, "the start run", 0.2)
+        with bench.daemon("--mode", "MW", "--workers", "1"):
+            for i in range(queues):
+                url = bench.admin.create(f"start{i}", handler=NOOP, concurrency=2).queue_url
+                bench.fill(url, 5, lambda n: json.dumps({"ms": 0, "i": n}))
+                wait_for(lambda i=i: _settled(bench, 5 * (i + 1)), 120, "a queue drained", 0.2)
         spawned: dict[int, float] = {}
         started: dict[int, float] = {}
         for log in bench.root.glob("daemon-*.log"):
