@@ -6,9 +6,10 @@ drain, and the samples are summed by kind of process, by package and by function
     .venv/bin/python scripts/profile.py [--workload noop|sleep_50ms|sleep_100_500ms]
                                         [--seconds 15] [--per-queue N]
 
-py-spy leaves idle threads out, so a sample is CPU spent. Samples are taken 100 times a
-second from every process (`--subprocesses`), for `--seconds` from the first handled
-message. SQS is LocalStack when installed, else moto (see bench.py).
+Only threads holding the GIL are sampled (`--gil`: py-spy's idle detection does not
+see threads blocked in C), so a sample is Python CPU time; time in C with the GIL
+released (socket sends, hashing) is not counted. Samples are taken 100 times a second
+from every process (`--subprocesses`), for `--seconds` from the first handled message. SQS is LocalStack when installed, else moto (see bench.py).
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def main() -> int:
                 wait_for(lambda: bench.records(), 120, "the first handled message", 0.05)
                 subprocess.run([spy, "record", "--pid", str(proc.pid), "--subprocesses",
                                 "--duration", str(int(args.seconds)), "--rate", "100",
-                                "--format", "raw", "--output", str(out), "--nonblocking"],
+                                "--format", "raw", "--output", str(out), "--nonblocking",
+                                "--full-filenames", "--gil"],
                                check=True, capture_output=True)  # fmt: skip
                 handled = len(bench.records())
             report(out.read_text(), args.workload, handled)
@@ -72,10 +74,11 @@ def report(raw: str, workload: str, handled: int) -> None:
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
         frames = stack.split(";")
-        match = PROCESS.match(frames[0]) if frames else None
-        if not match or len(frames) < 2:
+        # --subprocesses nests each process's frame under its parent's: the last is its own
+        owners = [m for f in frames if (m := PROCESS.match(f))]
+        if not owners or PROCESS.match(frames[-1]):
             continue
-        kind = _kind(match.group(2))
+        kind = _kind(owners[-1].group(2))
         n = int(count)
         kinds[kind] += n
         leaf = frames[-1]

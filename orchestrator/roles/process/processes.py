@@ -86,7 +86,7 @@ class Child:
         consumer's handler processes is bounded alone); 0 once it is gone."""
         try:
             me = psutil.Process(self.pid)
-            procs = [me, *me.children(recursive=True)]
+            procs = [me, *descendants(me)]
         except psutil.Error:
             return 0.0
         largest = 0.0
@@ -105,7 +105,7 @@ class Child:
 
     def _children(self, parent: psutil.Process) -> list[psutil.Process]:
         """Its children, the same psutil objects from call to call (CPU is a delta)."""
-        current = {p.pid: p for p in parent.children(recursive=True)}
+        current = {p.pid: p for p in descendants(parent)}
         for pid in set(self._kids) - set(current):
             del self._kids[pid]
         for pid, proc in current.items():
@@ -114,6 +114,47 @@ class Child:
                     proc.cpu_percent(None)
                 self._kids[pid] = proc
         return list(self._kids.values())
+
+
+def descendants(parent: psutil.Process) -> list[psutil.Process]:
+    """The children of `parent`, theirs, and so on. From each thread's
+    /proc/PID/task/TID/children where Linux has them: psutil's children() reads the
+    stat file of every process on the machine, which was a third of a worker's CPU
+    (docs/benchmarks.md, issue 23)."""
+    found: list[psutil.Process] = []
+    todo = [parent.pid]
+    while todo:
+        pid = todo.pop()
+        kids = _child_pids(pid)
+        if kids is None:  # no children files here: psutil's scan
+            return parent.children(recursive=True)
+        for kid in kids:
+            with contextlib.suppress(psutil.Error):  # ended meanwhile
+                found.append(psutil.Process(kid))
+                todo.append(kid)
+    return found
+
+
+def _child_pids(pid: int) -> list[int] | None:
+    """Direct children of `pid` (of any of its threads); None without children files."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return []  # it ended
+    except OSError:
+        return None
+    pids: list[int] = []
+    for tid in threads:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                pids.extend(int(p) for p in f.read().split())
+        except FileNotFoundError:
+            if not os.path.exists(f"/proc/{pid}/task/{tid}"):
+                continue  # the thread ended meanwhile
+            return None  # a kernel without CONFIG_PROC_CHILDREN
+        except OSError:
+            continue
+    return pids
 
 
 def boot_document(settings: Settings, endpoints: Endpoints, **extra: Any) -> dict[str, Any]:
