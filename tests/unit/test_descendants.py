@@ -29,17 +29,22 @@ def test_the_whole_family_is_found_whichever_thread_started_it() -> None:
         subprocess.Popen([sys.executable, "-c", FAMILY])))  # fmt: skip
     other.start()
     other.join()
-    me = psutil.Process()
+    me = psutil.Process()  # (under xdist it may have other children: servers)
+
+    def family() -> set[int]:
+        return {p.pid for c in started for p in [psutil.Process(c.pid),
+                                                  *psutil.Process(c.pid).children()]}  # fmt: skip
+
     try:
         deadline = time.monotonic() + 10
-        while len(me.children(recursive=True)) < 4 and time.monotonic() < deadline:
+        while len(family()) < 4 and time.monotonic() < deadline:
             time.sleep(0.05)
-        expected = {p.pid for p in me.children(recursive=True)}
-        assert len(expected) == 4
-        assert {p.pid for p in processes.descendants(me)} == expected
+        assert len(family()) == 4
+        found = {p.pid for p in processes.descendants(me)}
+        assert family() <= found and found == {p.pid for p in me.children(recursive=True)}
     finally:
-        for proc in me.children(recursive=True):
-            proc.kill()
+        for pid in family():
+            psutil.Process(pid).kill()
         for child in started:
             child.wait()
 
@@ -48,7 +53,9 @@ def test_without_children_files_it_falls_back_to_psutil(monkeypatch: pytest.Monk
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         monkeypatch.setattr(processes, "_child_pids", lambda pid: None)
-        assert [p.pid for p in processes.descendants(psutil.Process())] == [child.pid]
+        found = {p.pid for p in processes.descendants(psutil.Process())}
+        assert child.pid in found
+        assert found == {p.pid for p in psutil.Process().children(recursive=True)}
     finally:
         child.kill()
         child.wait()
