@@ -93,9 +93,7 @@ def orchestrator(bench: Bench, expected: int, timeout: float = 600
 
         def finished() -> bool:
             rss[0] = max(rss[0], _consumer_rss(proc.pid))
-            jobs = bench.store.jobs(limit=100)
-            return (len(bench.records()) >= expected and bool(jobs)
-                    and all(j.status not in ("queued", "running") for j in jobs))  # fmt: skip
+            return bench.settled(expected)
 
         wait_for(finished, timeout, f"{expected} handled and the jobs closed", 0.5)
         spent = bench.requests() - before
@@ -143,11 +141,11 @@ def concurrency(kind: str, repeat: int, root: Path) -> dict[str, Any]:
     for r in range(repeat):
         bench = Bench(root / f"concurrency{r}", kind)
         try:
-            urls = _queues(bench, "c", queues, SLEEP, conc)
-            _fill(bench, urls, per_queue, lambda i: {"ms": ms, "i": i})
+            urls = make_queues(bench, "c", queues, SLEEP, conc)
+            fill_queues(bench, urls, per_queue, lambda i: {"ms": ms, "i": i})
             base, _ = baseline(bench, urls, conc, lambda b: time.sleep(b["ms"] / 1000),
                                queues * per_queue)  # fmt: skip
-            _fill(bench, urls, per_queue, lambda i: {"ms": ms, "i": i})
+            fill_queues(bench, urls, per_queue, lambda i: {"ms": ms, "i": i})
             ours, requests, _ = orchestrator(bench, queues * per_queue)
             per_queue_ideal = ideal / queues
             runs.append({
@@ -182,13 +180,13 @@ def slow(kind: str, repeat: int, root: Path) -> dict[str, Any]:
     for r in range(repeat):
         bench = Bench(root / f"slow{r}", kind)
         try:
-            urls = _queues(bench, "s", queues, SLEEP, conc)
+            urls = make_queues(bench, "s", queues, SLEEP, conc)
             durations = random.Random(r).choices(range(100, 501), k=per_queue)
             body = _bodies(durations)
-            _fill(bench, urls, per_queue, body)
+            fill_queues(bench, urls, per_queue, body)
             base, base_requests = baseline(bench, urls, conc, lambda b: time.sleep(b["ms"] / 1000),
                                            queues * per_queue)  # fmt: skip
-            _fill(bench, urls, per_queue, body)
+            fill_queues(bench, urls, per_queue, body)
             ours, requests, _ = orchestrator(bench, queues * per_queue)
             ideal = sum(durations) / 1000 / conc  # per queue; the queues run side by side
             total = queues * per_queue
@@ -225,12 +223,12 @@ def cpu(kind: str, repeat: int, root: Path) -> dict[str, Any]:
         for processes in (1, 2):
             bench = Bench(root / f"cpu{r}-{processes}", kind)
             try:
-                [url] = _queues(bench, "cpu", 1, CPU, conc, processes=processes)
+                [url] = make_queues(bench, "cpu", 1, CPU, conc, processes=processes)
                 if processes == 1:
-                    _fill(bench, [url], count, lambda i: {"ms": ms, "i": i})
+                    fill_queues(bench, [url], count, lambda i: {"ms": ms, "i": i})
                     base, _ = baseline(bench, [url], conc, lambda b: _burn(b["ms"]), count)
                     run["baseline"] = len(base) / _wall(base)
-                _fill(bench, [url], count, lambda i: {"ms": ms, "i": i})
+                fill_queues(bench, [url], count, lambda i: {"ms": ms, "i": i})
                 ours, _, _ = orchestrator(bench, count)
                 run[f"processes_{processes}"] = len(ours) / _wall(ours)
             finally:
@@ -264,15 +262,15 @@ def async_(kind: str, repeat: int, root: Path) -> dict[str, Any]:
     for r in range(repeat):
         bench = Bench(root / f"async{r}", kind, overrides={"MAX_CONCURRENCY": str(conc)})
         try:
-            [url] = _queues(bench, "io", 1, ASYNC, conc)
-            _fill(bench, [url], count, lambda i: {"ms": 1000, "i": i})
+            [url] = make_queues(bench, "io", 1, ASYNC, conc)
+            fill_queues(bench, [url], count, lambda i: {"ms": 1000, "i": i})
             handle, base_rss = _sleeper_watching_rss()
             base, _ = baseline(bench, [url], conc, handle, count)
             # What this SQS server gives a bare receive/delete loop with no handler at all:
             # the ceiling any consumer of one queue meets here.
-            _fill(bench, [url], count, lambda i: {"ms": 0, "i": i})
+            fill_queues(bench, [url], count, lambda i: {"ms": 0, "i": i})
             bare, _ = baseline(bench, [url], CEILING_THREADS, lambda b: None, count)
-            _fill(bench, [url], count, lambda i: {"ms": 1000, "i": i})
+            fill_queues(bench, [url], count, lambda i: {"ms": 1000, "i": i})
             ours, _, rss = orchestrator(bench, count)
             runs.append({"msgs_per_s": len(ours) / _wall(ours), "consumer_rss_mb": rss,
                          "baseline_msgs_per_s": len(base) / _wall(base),
@@ -306,13 +304,13 @@ def _bodies(durations: list[int]) -> Callable[[int], Record]:
 # --- shared ---------------------------------------------------------------------------------------
 
 
-def _queues(bench: Bench, prefix: str, n: int, handler: str, conc: int, **extra: Any
+def make_queues(bench: Bench, prefix: str, n: int, handler: str, conc: int, **extra: Any
             ) -> list[str]:  # fmt: skip
     return [bench.admin.create(f"{prefix}{i}", handler=handler, concurrency=conc,
                                **extra).queue_url for i in range(n)]  # fmt: skip
 
 
-def _fill(bench: Bench, urls: list[str], count: int, body: Callable[[int], Record]) -> None:
+def fill_queues(bench: Bench, urls: list[str], count: int, body: Callable[[int], Record]) -> None:
     for url in urls:
         bench.fill(url, count, lambda i: json.dumps(body(i)))
 

@@ -148,6 +148,16 @@ class Bench:
             out.extend(json.loads(line) for line in complete.decode().splitlines() if line)
         return out
 
+    def handled(self) -> int:
+        """Records written so far, counting complete lines only (a handler may be writing)."""
+        return sum(p.read_bytes().count(b"\n") for p in (self.root / "records").glob("*.jsonl"))
+
+    def settled(self, total: int) -> bool:
+        """`total` records written, and every job closed."""
+        jobs = self.store.jobs(limit=100)
+        return (self.handled() >= total and bool(jobs)
+                and all(j.status not in ("queued", "running") for j in jobs))  # fmt: skip
+
     def records(self) -> list[dict[str, Any]]:
         out = []
         for path in (self.root / "records").glob("*.jsonl"):

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from benchexec import baseline
+from benchexec import baseline, fill_queues, make_queues
 from benchlib import Bench, median, wait_for
 
 NOOP = "benchhandlers:stamp"
@@ -63,8 +63,11 @@ def cpu_by_kind(pid: int) -> dict[str, float]:
 
 
 def kind(p: psutil.Process) -> str:
+    return kind_of(p.cmdline())
+
+
+def kind_of(cmd: list[str]) -> str:
     """supervisor, master, worker, consumer or handler (the role a child was started as)."""
-    cmd = p.cmdline()
     return cmd[-1] if CHILD in cmd else "supervisor"
 
 
@@ -165,13 +168,11 @@ def _efficiency_run(bench: Bench, name: str, handler: str, conc: int,
                     ms: Callable[[random.Random], int], queues: int, per_queue: int,
                     seed: int) -> dict[str, Any]:  # fmt: skip
     try:
-        urls = [bench.admin.create(f"{name}{i}", handler=handler, concurrency=conc).queue_url
-                for i in range(queues)]  # fmt: skip
+        urls = make_queues(bench, name, queues, handler, conc)
         durations = [ms(random.Random(seed * 7919 + i)) for i in range(per_queue)]
 
         def fill() -> None:
-            for url in urls:
-                bench.fill(url, per_queue, lambda i: json.dumps({"ms": durations[i], "i": i}))
+            fill_queues(bench, urls, per_queue, lambda i: {"ms": durations[i], "i": i})
 
         fill()
         total = queues * per_queue
@@ -180,9 +181,9 @@ def _efficiency_run(bench: Bench, name: str, handler: str, conc: int,
         loop_ms = (time.process_time() - cpu0) * 1000 / total
         fill()
         with _measured_daemon(bench) as (proc, sampler, memory):
-            wait_for(lambda: handled(bench) >= total // 2, 600, "half handled", 0.2)
+            wait_for(lambda: bench.handled() >= total // 2, 600, "half handled", 0.2)
             memory.update(tree_memory(proc.pid))
-            wait_for(lambda: _settled(bench, total), 600, f"{total} handled and jobs closed", 0.2)
+            wait_for(lambda: bench.settled(total), 600, f"{total} handled and jobs closed", 0.2)
         records = bench.records()
         first = min(r["start"] for r in records)
         last = max(r.get("end", r["start"]) for r in records)
@@ -210,26 +211,15 @@ def _measured_daemon(bench: Bench) -> Iterator[tuple[Any, Sampler, dict[str, Any
             sampler.stop()
 
 
-def handled(bench: Bench) -> int:
-    """Records written so far, counting complete lines only (a handler may be writing)."""
-    return sum(path.read_bytes().count(b"\n") for path in (bench.root / "records").glob("*.jsonl"))
-
-
-def _settled(bench: Bench, total: int) -> bool:
-    jobs = bench.store.jobs(limit=100)
-    return (handled(bench) >= total and bool(jobs)
-            and all(j.status not in ("queued", "running") for j in jobs))  # fmt: skip
-
-
 def consumer_start(bench: Bench, queues: int = 6) -> dict[str, Any]:
     """Spawn → first job started, for consumers started one at a time (each queue's job
     gets a fresh one: CONSUMER_USAGE_LIMIT 1), so that they do not share the CPU."""
     try:
         with bench.daemon("--mode", "MW", "--workers", "1"):
             for i in range(queues):
-                url = bench.admin.create(f"start{i}", handler=NOOP, concurrency=2).queue_url
-                bench.fill(url, 5, lambda n: json.dumps({"ms": 0, "i": n}))
-                wait_for(lambda i=i: _settled(bench, 5 * (i + 1)), 120, "a queue drained", 0.2)
+                fill_queues(bench, make_queues(bench, f"start{i}-", 1, NOOP, 2), 5,
+                            lambda n: {"ms": 0, "i": n})  # fmt: skip
+                wait_for(lambda i=i: bench.settled(5 * (i + 1)), 120, "a queue drained", 0.2)
         spawned: dict[int, float] = {}
         started: dict[int, float] = {}
         for log in bench.root.glob("daemon-*.log"):

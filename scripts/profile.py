@@ -9,13 +9,13 @@ drain, and the samples are summed by kind of process, by package and by function
 Only threads holding the GIL are sampled (`--gil`: py-spy's idle detection does not
 see threads blocked in C), so a sample is Python CPU time; time in C with the GIL
 released (socket sends, hashing) is not counted. Samples are taken 100 times a second
-from every process (`--subprocesses`), for `--seconds` from the first handled message. SQS is LocalStack when installed, else moto (see bench.py).
+from every process (`--subprocesses`), for `--seconds` from the first handled message.
+SQS is LocalStack when installed, else moto (see bench.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 import shutil
@@ -26,8 +26,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from benchexec import fill_queues, make_queues
 from benchlib import Bench, sqs_kind, wait_for
-from benchtree import WORKLOADS
+from benchtree import WORKLOADS, kind_of
 
 PROCESS = re.compile(r'^process (\d+):"(.*)"$')
 
@@ -46,11 +47,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="orchestrator-profile-") as tmp:
         bench = Bench(Path(tmp), sqs_kind())
         try:
-            urls = [bench.admin.create(f"p{i}", handler=handler, concurrency=conc).queue_url
-                    for i in range(4)]  # fmt: skip
-            for url in urls:
-                bench.fill(url, args.per_queue,
-                           lambda i: json.dumps({"ms": ms(random.Random(i)), "i": i}))
+            urls = make_queues(bench, "p", 4, handler, conc)
+            fill_queues(bench, urls, args.per_queue, lambda i: {"ms": ms(random.Random(i)), "i": i})
             out = Path(tmp) / "samples.txt"
             with bench.daemon("--mode", "MW", "--workers", "2") as proc:
                 wait_for(lambda: bench.records(), 120, "the first handled message", 0.05)
@@ -78,7 +76,7 @@ def report(raw: str, workload: str, handled: int) -> None:
         owners = [m for f in frames if (m := PROCESS.match(f))]
         if not owners or PROCESS.match(frames[-1]):
             continue
-        kind = _kind(owners[-1].group(2))
+        kind = kind_of(owners[-1].group(2).split())
         n = int(count)
         kinds[kind] += n
         leaf = frames[-1]
@@ -93,11 +91,6 @@ def report(raw: str, workload: str, handled: int) -> None:
                                          for p, c in packages[kind].most_common(8)))  # fmt: skip
         for function, c in functions[kind].most_common(10):
             print(f"  {100 * c / n:5.1f} %  {function}")
-
-
-def _kind(cmdline: str) -> str:
-    parts = cmdline.split()
-    return parts[-1] if "orchestrator.roles.process.child" in cmdline else "supervisor"
 
 
 def _package(frame: str) -> str:
