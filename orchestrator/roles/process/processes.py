@@ -98,7 +98,7 @@ class Child:
     def kill_tree(self) -> None:
         """SIGKILL the process and its children (a consumer's handler processes)."""
         with contextlib.suppress(psutil.Error):
-            for proc in psutil.Process(self.pid).children(recursive=True):
+            for proc in descendants(psutil.Process(self.pid)):
                 with contextlib.suppress(psutil.Error):
                     proc.kill()
         self.signal(signal.SIGKILL)
