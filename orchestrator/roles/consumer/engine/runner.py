@@ -162,22 +162,19 @@ class Runner:
 
     def tick(self, now: float) -> Outcome | None:
         """One look at the run at `now` (the clock's seconds): apply control messages and
-        what the SQS calls brought back, make the calls due, and every LOOP_SECONDS the
-        periodic part (_look); the Outcome once it is over, else None."""
+        what the SQS calls brought back, make the calls due, and the periodic part
+        (_look) when something in it is due, LOOP_SECONDS apart at most; the Outcome once
+        it is over, else None."""
         if self.control_ready and self._apply_control(self.control(), now):
             return self._give_up(Reason.ABORTED, now)
         self.calls.collect(now)
-        # Before "drained": a handler thread that died fails the job, whatever is left.
-        fatal = self.executor.maintain() or self.calls.fatal
-        if fatal and self.reason is None:
-            self.error = fatal.error
-            self._finish(fatal.reason, now)
         if now >= self.next_look:  # a wake-up for I/O alone skips it
             self._look(now)
             self.next_look = min(now + LOOP_SECONDS, self.next_extend, self.next_progress,
                                  max(self.deadline, now))  # fmt: skip
         self._pump(now)
         if self.reason is None and self.flow.drained():
+            self._fail_if_fatal(now)  # a handler thread that died fails the job, not drains it
             self._finish(Reason.DRAINED, now)
         if self.reason is None:
             return None
@@ -189,10 +186,11 @@ class Runner:
         return None
 
     def _look(self, now: float) -> None:
-        """End the run at the deadline; extend visibilities, let an adaptive concurrency
-        grow, report progress."""
+        """End the run at the deadline or on a fatal error; extend visibilities, let an
+        adaptive concurrency grow, report progress."""
         if now >= self.deadline:
             self._finish(Reason.MAX_TIME, now)  # yield to queues waiting for capacity
+        self._fail_if_fatal(now)
         if now >= self.next_extend:
             self.calls.extend(self.flow.due_extensions(now))
             self.next_extend = now + EXTEND_CHECK_SECONDS
@@ -200,6 +198,13 @@ class Runner:
         if now >= self.next_progress:
             self.progress(*self.flow.counts())
             self.next_progress = now + PROGRESS_SECONDS
+
+    def _fail_if_fatal(self, now: float) -> None:
+        """End the run on a dead handler thread or process pool, or a role refused."""
+        fatal = self.executor.maintain() or self.calls.fatal
+        if fatal and self.reason is None:
+            self.error = fatal.error
+            self._finish(fatal.reason, now)
 
     def close(self) -> None:
         """Release the I/O threads and the wake-up pipe (after the Outcome)."""
