@@ -103,9 +103,28 @@ RECEIVE_BATCH = 10  # SQS's most per ReceiveMessage
 IDLE_LOSS = 0.02  # waiting for a slot to idle may cost this share of the slots' time
 
 
-def prefetch(limit: int) -> int:
-    """Messages a consumer may hold received but not started, beyond its free slots."""
-    return min(RECEIVE_BATCH, limit)
+HOLD_BATCHES = 10  # the most a consumer holds: this many times its concurrency
+HOLD_VISIBILITY_SHARE = 0.5  # held messages start within this share of the visibility
+
+
+def prefetch(limit: int, handler_s: float = 0.0, rtt_s: float = 0.0,
+             visibility_s: float = float("inf")) -> int:  # fmt: skip
+    """Messages a consumer may hold received but not started, beyond its free slots.
+
+    At least min(10, limit). Fast handlers get more: as many as they handle in one
+    receive round trip (Little's law: rate × latency, the rate being `limit` slots each
+    freed every `handler_s`), so a slot never waits for SQS; capped at 10 × limit and at
+    what they handle in half the visibility timeout, so held messages start before
+    their first extension is due. Slow handlers keep the small hold and its few
+    requests per message.
+    """
+    base = min(RECEIVE_BATCH, limit)
+    if handler_s <= 0:
+        return base  # no handler has finished yet: nothing to go on
+    rate = limit / handler_s
+    cover = math.ceil(rate * rtt_s)
+    bound = int(min(HOLD_BATCHES * limit, rate * visibility_s * HOLD_VISIBILITY_SHARE))
+    return max(base, min(cover, bound))
 
 
 class FlowState(NamedTuple):
@@ -120,6 +139,7 @@ class FlowState(NamedTuple):
     backlog: bool  # the last receive came back full: the queue has more
     handler_s: float  # average time a message holds its slot
     rtt_s: float  # average round trip of a receive that returned messages
+    visibility_s: float = float("inf")  # the queue's visibility timeout
 
 
 def receive_size(s: FlowState, max_receives: int) -> int:
@@ -142,7 +162,7 @@ def receive_size(s: FlowState, max_receives: int) -> int:
         return RECEIVE_BATCH
     if s.running + s.held + s.receiving < s.limit:
         return room  # a slot is idle
-    if room < prefetch(s.limit):
+    if room < _prefetch(s):
         return 0  # messages held or coming still cover the next free slots
     if s.handler_s > 0 and s.rtt_s / ((room + 1) * s.handler_s) <= IDLE_LOSS:
         return 0
@@ -151,7 +171,11 @@ def receive_size(s: FlowState, max_receives: int) -> int:
 
 def capacity(s: FlowState) -> int:
     """How many more messages may be asked for: running + held + asked ≤ limit + prefetch."""
-    return s.limit - s.running + prefetch(s.limit) - s.held - s.receiving
+    return s.limit - s.running + _prefetch(s) - s.held - s.receiving
+
+
+def _prefetch(s: FlowState) -> int:
+    return prefetch(s.limit, s.handler_s, s.rtt_s, s.visibility_s)
 
 
 # --- the master's view of each queue (pure transitions) -------------------------------

@@ -257,21 +257,39 @@ def test_an_adaptive_flow_halves_on_backoff_and_hands_back_what_it_no_longer_may
     assert all(works) and f.take() is None and f.load() == (8, 8)
     first = works[0]
     assert first is not None
-    f.finished(first, Result(frozenset(ids(first)), "Backoff: slow down", 0.01, backoff=True))
+    f.finished(first, Result(frozenset(ids(first)), "Backoff: slow down", 0.5, backoff=True))
     assert f.load() == (4, 7)  # halved; the 7 still running finish
     assert f.take() is None  # 7 running > 4: nothing starts
     io = f.take_io(clock(), everything=True)
     assert [(h.message_id, hide) for h, _, hide in io.retries] == [("m0", None)]
     assert io.returns == []  # 4 held: no free slot, but within the new prefetch of 4
-    f.finished(works[1], ok(works[1]))  # type: ignore[arg-type]
-    f.finished(works[2], Result(frozenset(ids(works[2])), "Backoff", 0.01, backoff=True))
+    f.finished(works[1], Result(frozenset(), None, 0.5))  # slow handlers: a small hold
+    f.finished(works[2], Result(frozenset(ids(works[2])), "Backoff", 0.5, backoff=True))
     clock.now += 1.1  # a second later: halved again, to 2; what it holds is over 2 + 2
-    f.finished(works[3], Result(frozenset(ids(works[3])), "Backoff", 0.01, backoff=True))
+    f.finished(works[3], Result(frozenset(ids(works[3])), "Backoff", 0.5, backoff=True))
     assert f.load() == (2, 4)
     assert len(f.take_io(clock(), everything=True).returns) == 2
     clock.now += 1.5
     f.adapt(clock())
     assert f.load()[0] == 3  # a clean second: one more
+
+
+def test_fast_handlers_hold_more_and_a_lowered_limit_hands_back_beyond_it() -> None:
+    """docs/design.md §5: as many held as cover a receive round trip at the handling
+    rate, capped at 10 × concurrency; slow handlers keep min(10, concurrency)."""
+    clock = Clock()
+    f = flow(clock, limit=2)
+    receive(f, *(raw(f"m{i}") for i in range(4)))
+    assert f.plan_receive() is None  # 2 slots + 2 held: the small hold before any result
+    work = f.take()
+    assert work is not None
+    f.finished(work, Result(frozenset(), None, 0.0001))  # 20,000/s × 20 ms: hold 10 × 2
+    ask = f.plan_receive()
+    assert ask is not None and ask.count == 10
+    f.add(ask, [raw(f"n{i}") for i in range(10)])
+    assert len(f.held) == 13  # beyond the 2 free slots and the old hold of 2
+    f.set_limit(1)  # 1 free slot + a hold of 10 × 1: the 2 newest go back
+    assert [h.message_id for h in f.take_io(clock(), everything=True).returns] == ["n9", "n8"]
 
 
 def test_a_rate_limited_flow_starts_one_message_per_token() -> None:

@@ -57,17 +57,17 @@ def test_params_default_to_what_production_runs() -> None:
 
 def test_limits_hold_the_free_slots_plus_the_prefetch() -> None:
     limits = Limits(5, rate=None, adaptive=False, now=0.0)
-    assert (limits.free(2), limits.may_hold(2)) == (3, 3 + 5)
-    assert (limits.free(5), limits.may_hold(5)) == (0, 5)
-    limits.set_concurrency(2)  # lowered below what runs: nothing free, prefetch of 2
-    assert (limits.free(5), limits.may_hold(5)) == (-3, 2)
+    assert (limits.free(2), limits.may_hold(2, prefetch=5)) == (3, 3 + 5)
+    assert (limits.free(5), limits.may_hold(5, prefetch=5)) == (0, 5)
+    limits.set_concurrency(2)  # lowered below what runs: nothing free, the prefetch only
+    assert (limits.free(5), limits.may_hold(5, prefetch=2)) == (-3, 2)
 
 
 def test_limits_adaptive_halves_on_backoff_and_grows_back_by_one_a_second() -> None:
     limits = Limits(8, rate=None, adaptive=True, now=0.0)
     assert limits.current == 8
     assert limits.outcome(0.5, ok=0, failed=1, backoff=True)
-    assert limits.current == 4 and limits.may_hold(4) == 4
+    assert limits.current == 4 and limits.may_hold(4, prefetch=4) == 4
     assert not limits.adapt(1.0)  # not yet a clean second
     assert limits.adapt(1.5) and limits.current == 5
     limits.set_concurrency(3)  # the ceiling: the effective one never above it
@@ -168,7 +168,7 @@ def test_a_batch_is_never_above_a_burst_of_the_rate() -> None:
 
 
 def test_while_the_queue_has_a_backlog_up_to_max_receives_are_under_way() -> None:
-    receives = Receives(max_receives=MAX_RECEIVES, drain_empty_polls=2)
+    receives = Receives(max_receives=MAX_RECEIVES, drain_empty_polls=2, visibility=30)
     first = receives.plan(100, running=0, held=0, now=0.0, idle=True)
     assert first is not None and first.count == 10
     assert receives.plan(100, 0, 0, now=0.0, idle=True) is None  # no backlog known yet
@@ -179,7 +179,7 @@ def test_while_the_queue_has_a_backlog_up_to_max_receives_are_under_way() -> Non
 
 
 def test_a_receive_asks_only_for_what_fits_beside_what_runs_and_is_held() -> None:
-    receives = Receives(max_receives=MAX_RECEIVES, drain_empty_polls=2)
+    receives = Receives(max_receives=MAX_RECEIVES, drain_empty_polls=2, visibility=30)
     assert receives.size(2, running=0, held=0) == 4  # 2 slots + a prefetch of 2
     assert receives.size(2, running=2, held=2) == 0  # the prefetch is there
     ask = receives.plan(2, 0, 0, now=0.0, idle=True)
@@ -189,7 +189,7 @@ def test_a_receive_asks_only_for_what_fits_beside_what_runs_and_is_held() -> Non
 
 
 def test_drained_after_empty_polls_in_a_row_counting_concurrent_ones_once() -> None:
-    receives = Receives(max_receives=MAX_RECEIVES, drain_empty_polls=2)
+    receives = Receives(max_receives=MAX_RECEIVES, drain_empty_polls=2, visibility=30)
     first = receives.plan(50, 0, 0, now=0.0, idle=True)
     second = receives.plan(50, 0, 0, now=0.0, idle=True, another=True)
     assert first is not None and second is not None

@@ -139,6 +139,35 @@ def test_receive_size(fields: dict[str, Any], max_receives: int, expected: int) 
     assert policy.receive_size(state(**fields), max_receives) == expected
 
 
+@pytest.mark.parametrize(
+    ("limit", "handler_s", "rtt_s", "visibility_s", "expected"),
+    [
+        (10, 0.0, 0.02, 30, 10),  # no handler finished yet: min(10, limit)
+        (3, 0.0, 0.02, 30, 3),
+        (10, 0.05, 0.02, 30, 10),  # 50 ms handlers: 4 per round trip, the small hold
+        (5, 0.3, 0.02, 30, 5),  # slow handlers: unchanged
+        (10, 0.005, 0.02, 30, 40),  # 5 ms: 2,000/s × 20 ms round trip
+        (10, 0.0001, 0.02, 30, 100),  # instant: capped at 10 × limit
+        (2, 0.0001, 0.02, 30, 20),
+        (10, 0.005, 0.02, 0.01, 10),  # 2,000/s over half of 10 ms: never below the base
+        (100, 0.01, 0.5, 1, 1000),  # 10,000/s × 0.5 s round trip = 5,000: 10 × limit
+        (100, 0.01, 0.5, 0.1, 500),  # but half the visibility covers only 500
+    ],
+)
+def test_fast_handlers_hold_what_covers_a_round_trip(
+        limit: int, handler_s: float, rtt_s: float, visibility_s: float, expected: int) -> None:
+    assert policy.prefetch(limit, handler_s, rtt_s, visibility_s) == expected
+
+
+def test_fast_handlers_keep_full_batches_coming_while_every_slot_is_busy() -> None:
+    fast = {"limit": 10, "running": 10, "handler_s": 0.0001, "rtt_s": 0.02, "backlog": True}
+    # 10 slots busy, 40 held, 30 coming: 100 may be held, so a fifth receive of 10 starts
+    assert policy.receive_size(state(**fast, held=40, receiving=30, receives=3), 8) == 10
+    assert policy.receive_size(state(**fast, held=60, receiving=40, receives=4), 8) == 0
+    # the same queue with 50 ms handlers holds one batch and asks for nothing more
+    assert policy.receive_size(state(**{**fast, "handler_s": 0.05}, held=10), 8) == 0
+
+
 @pytest.mark.parametrize(("failures", "base", "cap", "wait"), [
     (1, 1, 30, 1), (2, 1, 30, 2), (5, 1, 30, 16), (6, 1, 30, 30), (0, 1, 30, 1),
     (1, 0.5, 30, 0.5), (4, 0.5, 30, 4), (1, 2, 60, 2), (10_000, 2, 60, 60),

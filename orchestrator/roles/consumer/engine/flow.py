@@ -46,7 +46,8 @@ class Flow:
                              now=clock())  # fmt: skip
         self.batching = Batching(params.batch_size, params.batch_window)
         self.receives = Receives(max_receives=params.max_receives,
-                                 drain_empty_polls=params.drain_empty_polls)  # fmt: skip
+                                 drain_empty_polls=params.drain_empty_polls,
+                                 visibility=params.visibility)  # fmt: skip
         self.outgoing = Outgoing(params.visibility)
         self.held = Held(params.fifo)  # received, not started
         self.running = RunningWork()
@@ -185,7 +186,8 @@ class Flow:
 
     def _trim_held(self) -> None:
         """Hand back what is held beyond the bounds of the current limit (holding the lock)."""
-        if (excess := len(self.held) - self.limits.may_hold(self.running.count)) > 0:
+        prefetch = self.receives.prefetch(self.limits.current)
+        if (excess := len(self.held) - self.limits.may_hold(self.running.count, prefetch)) > 0:
             self.outgoing.hand_back(self.held.take_newest(excess))
 
     def set_rate(self, rate: float | None) -> None:

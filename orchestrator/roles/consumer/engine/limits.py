@@ -8,7 +8,6 @@ thread-safe: the Flow's lock guards it.
 
 from __future__ import annotations
 
-from orchestrator import policy
 from orchestrator.roles.consumer.engine.rate import Aimd, Bucket
 
 
@@ -30,10 +29,9 @@ class Limits:
         """Slots free now (negative after a cut: more run than may)."""
         return self.current - running
 
-    def may_hold(self, running: int) -> int:
+    def may_hold(self, running: int, prefetch: int) -> int:
         """Received-but-not-started messages allowed: the free slots plus the prefetch."""
-        current = self.current
-        return max(0, current - running) + policy.prefetch(current)
+        return max(0, self.current - running) + prefetch
 
     def largest_start(self) -> int:
         """The most messages one start may take: a batch is never above a burst."""

@@ -30,8 +30,10 @@ class Ask:
 class Receives:
     """The receives of one assignment."""
 
-    def __init__(self, *, max_receives: int, drain_empty_polls: int) -> None:
+    def __init__(self, *, max_receives: int, drain_empty_polls: int,
+                 visibility: float) -> None:  # fmt: skip
         self.max_receives = max_receives
+        self.visibility = visibility  # the queue's timeout: bounds what may be held
         self.drain_empty_polls = drain_empty_polls
         self.receiving = 0  # messages asked for by receives under way
         self.under_way = 0  # receives under way
@@ -78,6 +80,11 @@ class Receives:
             self.empty_polls += 1
             self.last_empty = now
 
+    def prefetch(self, limit: int) -> int:
+        """Messages that may be held beyond the free slots, at the handling rate and
+        round trip seen so far (policy.prefetch)."""
+        return policy.prefetch(limit, self.handler_s, self.rtt_s, self.visibility)
+
     def failed(self, ask: Ask) -> None:
         self._end(ask)
 
@@ -95,5 +102,5 @@ class Receives:
         return policy.FlowState(
             limit=limit, running=running, held=held, receiving=self.receiving,
             receives=self.under_way, backlog=self.backlog, handler_s=self.handler_s,
-            rtt_s=self.rtt_s,
+            rtt_s=self.rtt_s, visibility_s=self.visibility,
         )  # fmt: skip
