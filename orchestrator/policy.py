@@ -112,8 +112,8 @@ def prefetch(limit: int, handler_s: float = 0.0, rtt_s: float = 0.0,
     """Messages a consumer may hold received but not started, beyond its free slots.
 
     At least min(10, limit). Fast handlers get more: as many as they handle in one
-    receive round trip (Little's law: rate × latency, the rate being `limit` slots each
-    freed every `handler_s`), so a slot never waits for SQS; capped at 10 × limit and at
+    receive round trip (Little's law: rate times latency, the rate being `limit` slots each
+    freed every `handler_s`), so a slot never waits for SQS; capped at 10 times limit and at
     what they handle in half the visibility timeout, so held messages start before
     their first extension is due. Slow handlers keep the small hold and its few
     requests per message.

@@ -276,19 +276,19 @@ def test_an_adaptive_flow_halves_on_backoff_and_hands_back_what_it_no_longer_may
 
 def test_fast_handlers_hold_more_and_a_lowered_limit_hands_back_beyond_it() -> None:
     """docs/design.md §5: as many held as cover a receive round trip at the handling
-    rate, capped at 10 × concurrency; slow handlers keep min(10, concurrency)."""
+    rate, capped at 10 x concurrency; slow handlers keep min(10, concurrency)."""
     clock = Clock()
     f = flow(clock, limit=2)
     receive(f, *(raw(f"m{i}") for i in range(4)))
     assert f.plan_receive() is None  # 2 slots + 2 held: the small hold before any result
     work = f.take()
     assert work is not None
-    f.finished(work, Result(frozenset(), None, 0.0001))  # 20,000/s × 20 ms: hold 10 × 2
+    f.finished(work, Result(frozenset(), None, 0.0001))  # 20,000/s x 20 ms: hold 10 x 2
     ask = f.plan_receive()
     assert ask is not None and ask.count == 10
     f.add(ask, [raw(f"n{i}") for i in range(10)])
     assert len(f.held) == 13  # beyond the 2 free slots and the old hold of 2
-    f.set_limit(1)  # 1 free slot + a hold of 10 × 1: the 2 newest go back
+    f.set_limit(1)  # 1 free slot + a hold of 10 x 1: the 2 newest go back
     assert [h.message_id for h in f.take_io(clock(), everything=True).returns] == ["n9", "n8"]
 
 

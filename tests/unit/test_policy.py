@@ -146,11 +146,11 @@ def test_receive_size(fields: dict[str, Any], max_receives: int, expected: int) 
         (3, 0.0, 0.02, 30, 3),
         (10, 0.05, 0.02, 30, 10),  # 50 ms handlers: 4 per round trip, the small hold
         (5, 0.3, 0.02, 30, 5),  # slow handlers: unchanged
-        (10, 0.005, 0.02, 30, 40),  # 5 ms: 2,000/s × 20 ms round trip
-        (10, 0.0001, 0.02, 30, 100),  # instant: capped at 10 × limit
+        (10, 0.005, 0.02, 30, 40),  # 5 ms: 2,000/s x 20 ms round trip
+        (10, 0.0001, 0.02, 30, 100),  # instant: capped at 10 x limit
         (2, 0.0001, 0.02, 30, 20),
         (10, 0.005, 0.02, 0.01, 10),  # 2,000/s over half of 10 ms: never below the base
-        (100, 0.01, 0.5, 1, 1000),  # 10,000/s × 0.5 s round trip = 5,000: 10 × limit
+        (100, 0.01, 0.5, 1, 1000),  # 10,000/s x 0.5 s round trip = 5,000: 10 x limit
         (100, 0.01, 0.5, 0.1, 500),  # but half the visibility covers only 500
     ],
 )
