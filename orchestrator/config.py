@@ -109,6 +109,9 @@ class Settings:
     max_load: int = _key(5, lo=1, hi=10_000)
     consumer_usage_limit: int = _key(5, lo=1, hi=1_000_000)
     consumer_max_rss_mb: int = _key(512, lo=16, hi=1_048_576)
+    # fork: consumers forked from a warm fork server (roles/process/forkserver.py);
+    # spawn: each a fresh interpreter.
+    consumer_start: str = _key("fork", choices=("fork", "spawn"))
     worker_instances: int = _key(1, lo=1, hi=64)
     default_concurrency: int = _key(5, lo=1, hi=10_000)
     max_concurrency: int = _key(100, lo=1, hi=10_000)

@@ -37,6 +37,7 @@ from benchlib import (
     kill_session,
     median,
     percentile,
+    process_kind,
     save,
     sqs_kind,
     wait_for,
@@ -140,8 +141,7 @@ def _rss(supervisor_pid: int) -> dict[str, float]:
     out["supervisor"].append(sup.memory_info().rss / 2**20)
     for child in sup.children(recursive=True):
         try:
-            cmd = " ".join(child.cmdline())
-            role = cmd.rsplit(" ", 1)[-1] if "orchestrator.roles.process.child" in cmd else None
+            role = process_kind(child)
             if role in out:
                 out[role].append(child.memory_info().rss / 2**20)
         except psutil.Error:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from benchlib import Bench, median, wait_for
+from benchlib import Bench, median, process_kind, wait_for
 from botocore.exceptions import BotoCoreError, ClientError
 
 SLEEP = "benchhandlers:sleep_stamp"
@@ -105,7 +105,7 @@ def _consumer_rss(supervisor: int) -> float:
     best = 0.0
     try:
         for child in psutil.Process(supervisor).children(recursive=True):
-            if child.cmdline()[-1:] == ["consumer"]:
+            if process_kind(child) == "consumer":
                 family = [child, *child.children(recursive=True)]
                 best = max(best, sum(p.memory_info().rss for p in family) / 2**20)
     except (psutil.Error, IndexError):

@@ -182,6 +182,23 @@ class Bench:
             log.close()
 
 
+CHILD = "orchestrator.roles.process.child"  # `python -m CHILD ROLE`: a spawned role
+
+
+def process_kind(p: psutil.Process) -> str:
+    """supervisor, master, worker, forkserver, consumer or handler: the role a process was
+    started as. A forked consumer keeps its fork server's command line; both are named
+    (`orc-consumer`, `orc-forkserver`; multiprocessing's resource tracker counts as the
+    fork server's)."""
+    name = p.name()
+    if name.startswith("orc-"):
+        return name.removeprefix("orc-")
+    cmd = p.cmdline()
+    if CHILD in cmd:
+        return cmd[-1]
+    return "forkserver" if any("multiprocessing" in part for part in cmd) else "supervisor"
+
+
 def stop_tree(proc: subprocess.Popen[bytes], grace: float = 40) -> None:
     """SIGTERM the daemon, wait for it, then SIGKILL anything left in its session."""
     if proc.poll() is None:

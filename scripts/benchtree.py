@@ -29,10 +29,10 @@ from typing import Any
 import psutil
 from benchexec import baseline, fill_queues, make_queues
 from benchlib import Bench, median, wait_for
+from benchlib import process_kind as kind
 
 NOOP = "benchhandlers:stamp"
 SLEEP = "benchhandlers:sleep_stamp"
-CHILD = "orchestrator.roles.process.child"
 Record = dict[str, Any]
 
 
@@ -62,13 +62,13 @@ def cpu_by_kind(pid: int) -> dict[str, float]:
     return out
 
 
-def kind(p: psutil.Process) -> str:
-    return kind_of(p.cmdline())
-
-
-def kind_of(cmd: list[str]) -> str:
-    """supervisor, master, worker, consumer or handler (the role a child was started as)."""
-    return cmd[-1] if CHILD in cmd else "supervisor"
+def kinds(pid: int) -> dict[int, str]:
+    """The kind of every process in the tree under `pid`, by pid."""
+    out: dict[int, str] = {}
+    for p in _tree(pid):
+        with contextlib.suppress(psutil.Error):
+            out[p.pid] = kind(p)
+    return out
 
 
 def tree_memory(pid: int) -> dict[str, dict[str, float]]:

@@ -37,14 +37,22 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from benchlib import ORCHESTRATOR, REPO, Bench, save, sqs_kind, stop_tree, wait_for
-
-from orchestrator.embedded import localstack
+from benchlib import (
+    ORCHESTRATOR,
+    REPO,
+    Bench,
+    process_kind,
+    save,
+    sqs_kind,
+    stop_tree,
+    wait_for,
+)
 
 from orchestrator import config
 from orchestrator.backends.queues import QueueAdmin
 from orchestrator.backends.sqs import Sqs
 from orchestrator.backends.store import Store
+from orchestrator.embedded import localstack
 
 STAMP = "benchhandlers:stamp"
 FREEZE_SECONDS = 8.0  # a server stopped (SIGSTOP) this long
@@ -113,15 +121,13 @@ def local_server_pids(bench: Bench) -> dict[str, int]:
 
 
 def roles(daemon_pid: int) -> dict[str, list[int]]:
-    """pids under a daemon by role (from `python -m orchestrator.roles.process.child ROLE`)."""
+    """pids under a daemon by role (benchlib.process_kind)."""
     out: dict[str, list[int]] = defaultdict(list)
     for child in psutil.Process(daemon_pid).children(recursive=True):
         try:
-            cmd = child.cmdline()
+            out[process_kind(child)].append(child.pid)
         except psutil.Error:
             continue
-        if "orchestrator.roles.process.child" in cmd:
-            out[cmd[-1]].append(child.pid)
     return out
 
 

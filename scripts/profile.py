@@ -28,7 +28,7 @@ from pathlib import Path
 
 from benchexec import fill_queues, make_queues
 from benchlib import Bench, sqs_kind, wait_for
-from benchtree import WORKLOADS, kind_of
+from benchtree import WORKLOADS, kinds
 
 PROCESS = re.compile(r'^process (\d+):"(.*)"$')
 
@@ -52,19 +52,20 @@ def main() -> int:
             out = Path(tmp) / "samples.txt"
             with bench.daemon("--mode", "MW", "--workers", "2") as proc:
                 wait_for(lambda: bench.records(), 120, "the first handled message", 0.05)
+                kind_by_pid = kinds(proc.pid)  # forked consumers share a command line
                 subprocess.run([spy, "record", "--pid", str(proc.pid), "--subprocesses",
                                 "--duration", str(int(args.seconds)), "--rate", "100",
                                 "--format", "raw", "--output", str(out), "--nonblocking",
                                 "--full-filenames", "--gil"],
                                check=True, capture_output=True)  # fmt: skip
                 handled = len(bench.records())
-            report(out.read_text(), args.workload, handled)
+            report(out.read_text(), args.workload, handled, kind_by_pid)
         finally:
             bench.close()
     return 0
 
 
-def report(raw: str, workload: str, handled: int) -> None:
+def report(raw: str, workload: str, handled: int, kind_by_pid: dict[int, str]) -> None:
     """Samples by kind of process, then each kind's top packages and functions (own time)."""
     kinds: Counter[str] = Counter()
     packages: dict[str, Counter[str]] = {}
@@ -76,7 +77,7 @@ def report(raw: str, workload: str, handled: int) -> None:
         owners = [m for f in frames if (m := PROCESS.match(f))]
         if not owners or PROCESS.match(frames[-1]):
             continue
-        kind = kind_of(owners[-1].group(2).split())
+        kind = kind_by_pid.get(int(owners[-1].group(1)), "other")
         n = int(count)
         kinds[kind] += n
         leaf = frames[-1]

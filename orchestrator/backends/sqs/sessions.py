@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import boto3
+import botocore.loaders
 import botocore.session
 import structlog
 from botocore.credentials import DeferredRefreshableCredentials
@@ -119,16 +120,41 @@ class Family(Generic[C]):
         return self.roles[arn]
 
 
+# One reader of botocore's service models per process: a session of its own would parse
+# them again for every client (~30 ms each). A consumer forked from the fork server finds
+# them parsed (warm_models, roles/process/forkserver.py).
+_LOADER = botocore.loaders.create_loader(os.environ.get("AWS_DATA_PATH"))
+
+
 def make_session(role: AssumedRole | None, region: str, access_key_id: str,
                  secret_access_key: str) -> boto3.session.Session:  # fmt: skip
     """A boto3 session in `region` acting as `role`, or with the given keys (empty: boto3's
     own chain: instance role, profile, ...)."""
+    core = _core_with_loader()
     if role is None:
-        return boto3.session.Session(aws_access_key_id=access_key_id or None,
-                                     aws_secret_access_key=secret_access_key or None,
-                                     region_name=region)  # fmt: skip
-    core = botocore.session.Session()
+        return _boto3_session(core, region, access_key_id or None, secret_access_key or None)
     # botocore has no public setter for refreshable credentials; this is how its own
     # assume-role provider hands them to a session.
     core._credentials = role.credentials()  # type: ignore[attr-defined]
-    return boto3.session.Session(botocore_session=core, region_name=region)
+    return _boto3_session(core, region)
+
+
+def warm_models() -> None:
+    """Parse the models an SQS client needs now, without a call or credentials: a
+    process that forks consumers does it once for all of them."""
+    _boto3_session(_core_with_loader(), "us-east-1", "warm", "warm").client("sqs")
+
+
+def _core_with_loader() -> botocore.session.Session:
+    core = botocore.session.Session()
+    core.register_component("data_loader", _LOADER)
+    return core
+
+
+def _boto3_session(core: botocore.session.Session, region: str, key_id: str | None = None,
+                   secret: str | None = None) -> boto3.session.Session:  # fmt: skip
+    session = boto3.session.Session(aws_access_key_id=key_id, aws_secret_access_key=secret,
+                                    region_name=region, botocore_session=core)  # fmt: skip
+    # Every boto3 session adds its data folder to the loader's search path: once is enough.
+    _LOADER.search_paths[:] = list(dict.fromkeys(_LOADER.search_paths))
+    return session

@@ -1,16 +1,19 @@
-"""Entry point of every child process: `python -m orchestrator.roles.process.child ROLE`.
-
-The boot document (settings, endpoints, role arguments) arrives on stdin.
+"""Entry point of every child process: `python -m orchestrator.roles.process.child ROLE`,
+whose boot document (settings, endpoints, role arguments) arrives on stdin, or `forked`
+for a consumer forked from the fork server (forkserver.py).
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import sys
+from typing import Any
 
 import structlog
 
 from orchestrator import handlers, log
+from orchestrator.config import Endpoints, Settings
 from orchestrator.errors import SchemaTooNew
 from orchestrator.roles.process import processes, signals
 from orchestrator.roles.process.status import Reporter
@@ -25,6 +28,19 @@ def main() -> None:
     role = sys.argv[1]
     signals.reset_in_child()
     settings, endpoints, extra = processes.read_boot_document()
+    _run(role, settings, endpoints, extra)
+
+
+def forked(role: str, boot: dict[str, Any], channel: socket.socket) -> None:
+    """A process forked from the fork server: the same as `main`, its channel passed in."""
+    signals.reset_in_child()
+    processes.name_process(f"orc-{role}")
+    settings, endpoints, extra = processes.parse_boot_document(boot)
+    extra["channel_fd"] = channel.detach()
+    _run(role, settings, endpoints, extra)
+
+
+def _run(role: str, settings: Settings, endpoints: Endpoints, extra: dict[str, Any]) -> None:
     log.configure(settings, role=role, pid=os.getpid())
     # Consumers and handler processes import handlers, the master's API checks them.
     handlers.use_handler_path(settings)

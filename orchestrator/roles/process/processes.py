@@ -10,6 +10,7 @@ secrets.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import json
 import os
@@ -27,13 +28,28 @@ import psutil
 from orchestrator.config import Endpoints, Settings
 from orchestrator.roles.process.channel import Channel
 
+PR_SET_NAME = 15  # prctl(2)
+
+
+class Handle(Protocol):
+    """A started process as Child drives it: a Popen, or forkserver.Forked."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
 
 @dataclass
 class Child:
     """A running child process, with its channel when it has one."""
 
     role: str
-    proc: subprocess.Popen[bytes]
+    proc: Handle
     channel: Channel | None = None
     status_fd: int | None = None  # our end of its status pipe (roles/process/status.py), if any
     started: float = field(default_factory=time.monotonic)
@@ -166,7 +182,11 @@ def boot_document(settings: Settings, endpoints: Endpoints, **extra: Any) -> dic
 
 
 def read_boot_document() -> tuple[Settings, Endpoints, dict[str, Any]]:
-    boot = json.load(sys.stdin)
+    return parse_boot_document(json.load(sys.stdin))
+
+
+def parse_boot_document(boot: dict[str, Any]) -> tuple[Settings, Endpoints, dict[str, Any]]:
+    boot = dict(boot)
     return Settings(**boot.pop("settings")), Endpoints(**boot.pop("endpoints")), boot
 
 
@@ -244,6 +264,16 @@ def stop_all(children: Sequence[Stoppable], grace: float) -> None:
             child.signal(signal.SIGKILL)
     for child in children:
         child.wait(timeout=5)
+
+
+def name_process(name: str) -> None:
+    """Set what `ps -o comm`, top and psutil's name() show for this process (Linux; at most
+    15 bytes): a forked process keeps its fork server's command line."""
+    if sys.platform != "linux":
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 
 
 def parent_alive(original_ppid: int) -> bool:

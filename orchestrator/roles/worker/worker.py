@@ -28,7 +28,7 @@ from orchestrator.config import Endpoints, Settings
 from orchestrator.errors import OrchestratorError, ServiceUnavailable
 from orchestrator.metrics import Meter
 from orchestrator.models import Assignment, FailureNote, WorkerRecord, utcnow
-from orchestrator.roles.process import processes, protocol
+from orchestrator.roles.process import forkserver, processes, protocol
 from orchestrator.roles.process.loop import Outage, retry
 from orchestrator.roles.process.protocol import Live, Reason
 from orchestrator.roles.process.signals import HANDLED, STOP, SignalQueue
@@ -362,7 +362,7 @@ def run(settings: Settings, endpoints: Endpoints, reporter: Reporter | None = No
     original_parent = os.getppid()
     store = Store.connect(settings, endpoints.mongodb_uri, timeout_ms=DAEMON_TIMEOUT_MS)
     boot = processes.boot_document(settings, endpoints)
-    worker = Worker(settings, store, lambda: processes.spawn("consumer", boot, channel=True))
+    worker = Worker(settings, store, _consumer_spawner(settings, boot))
     worker.tracer = tracing.tracer("worker")
     worker.reporter = reporter or Reporter(None)
     if not retry(store.ensure_indexes, signals, "MongoDB"):  # SchemaTooNew: raised
@@ -382,6 +382,15 @@ def run(settings: Settings, endpoints: Endpoints, reporter: Reporter | None = No
     log.info("worker.stopping", grace=settings.shutdown_grace)
     worker.shutdown(settings.shutdown_grace, selector, signals)
     tracing.shutdown(settings.shutdown_grace)
+
+
+def _consumer_spawner(settings: Settings, boot: dict[str, Any]) -> Callable[[], Process]:
+    """How this worker starts a consumer: forked from its fork server, or (CONSUMER_START
+    spawn, or no fork server on this platform) as a fresh interpreter."""
+    if settings.consumer_start == "fork" and forkserver.available():
+        server = forkserver.ForkServer()
+        return lambda: server.spawn("consumer", boot)
+    return lambda: processes.spawn("consumer", boot, channel=True)
 
 
 def _watch_channels(selector: selectors.BaseSelector, worker: Worker) -> None:
