@@ -5,6 +5,7 @@ them ready. Nothing here starts a thread or opens a connection: it happens befor
 
 from __future__ import annotations
 
+import gc
 import warnings
 
 from orchestrator.backends.sqs import sessions
@@ -19,3 +20,7 @@ sessions.warm_models()
 # only defines functions.
 warnings.filterwarnings("ignore", category=RuntimeWarning, module="runpy",
                         message=".*found in sys.modules after import of package")
+# Out of the collector's sight: a consumer's collections would otherwise walk (and so
+# write to, and copy) every page of these objects it shares with the fork server.
+gc.collect()
+gc.freeze()
