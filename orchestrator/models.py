@@ -402,6 +402,7 @@ class JobRecord:
     processes: tuple[dict[str, Any], ...] = ()  # handler processes: pid, handled, failed, exit
     effective_concurrency: int | None = None  # what its consumer runs at (adaptive, shares)
     running: int | None = None  # handlers running at its last report
+    oldest_age_seconds: float | None = None  # how late its last report's oldest arrival was
     shard: int = 0
     duplicates: int = 0  # copies received again while its consumer had them: not run twice
 
@@ -428,6 +429,7 @@ class JobRecord:
             processes=tuple(doc.get("processes") or ()),
             effective_concurrency=doc.get("effectiveConcurrency"),
             running=doc.get("running"),
+            oldest_age_seconds=doc.get("oldestAgeSeconds"),
             shard=int(doc.get("shard") or 0),
             duplicates=int(doc.get("duplicates") or 0),
         )
@@ -456,6 +458,7 @@ class JobRecord:
             "error": self.error,
             "processes": list(self.processes),
             "effectiveConcurrency": self.effective_concurrency,
+            "oldestAgeSeconds": self.oldest_age_seconds,
             "shard": self.shard,
             "duplicates": self.duplicates,
         }

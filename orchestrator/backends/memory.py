@@ -67,6 +67,7 @@ class MemoryStore(_Failing):
         self.lease_doc: Lease | None = None
         self.counted = Meter()  # what flush_meter wrote
         self.depth_docs: dict[str, tuple[QueueDepth, datetime]] = {}
+        self.waits: dict[str, datetime | None] = {}  # waitingSince beside a depth, by URL
         self.need: tuple[FleetNeed, datetime] | None = None
         self.failure_docs: list[FailureNote] = []
         self.series_points: list[tuple[datetime, dict[str, tuple[int, int]], dict[str, int],
@@ -134,6 +135,10 @@ class MemoryStore(_Failing):
     def save_depths(self, found: dict[str, tuple[QueueDepth, datetime]]) -> None:
         self._check()
         self.depth_docs.update(found)
+
+    def save_waiting(self, since: dict[str, datetime | None]) -> None:
+        self._check()
+        self.waits.update({url: at for url, at in since.items() if url in self.depth_docs})
 
     def save_fleet_need(self, need: FleetNeed, now: datetime) -> None:
         self._check()
@@ -232,10 +237,12 @@ class MemoryStore(_Failing):
                           consumer_pid=consumer_pid, last_modified=now)  # fmt: skip
 
     def job_progress(self, job_id: str, handled: int, failed: int, now: datetime, *,
-                     effective: int | None = None, running: int | None = None) -> None:
+                     effective: int | None = None, running: int | None = None,
+                     oldest_age: float | None = None) -> None:  # fmt: skip
         self._check()
         self._update_open(job_id, message_count=handled, failed_count=failed, last_modified=now,
-                          effective_concurrency=effective, running=running)  # fmt: skip
+                          effective_concurrency=effective, running=running,
+                          oldest_age_seconds=round(oldest_age or 0.0, 3))  # fmt: skip
 
     def record_failures(self, failures: Sequence[FailureNote]) -> None:
         self._check()

@@ -135,6 +135,24 @@ class FleetCollector(Collector):
         for name, value in sorted(self.fleet.effective().items()):
             effective.add_metric([name], value)
         yield from (visible, in_flight, missing, dlq, effective)
+        yield from self._backlog_ages()
+
+    def _backlog_ages(self) -> Iterator[Metric]:
+        """How late a queue's work is (§10): counts say how much, age says how late."""
+        wait = GaugeMetricFamily(
+            "orchestrator_queue_wait_seconds",
+            "How long the queue's visible messages have waited for a consumer (0 while one "
+            "runs it)", labels=["queue"])  # fmt: skip
+        oldest = GaugeMetricFamily(
+            "orchestrator_queue_oldest_age_seconds",
+            "Age, when it arrived, of the oldest message its consumers received in their "
+            "last report interval (from SentTimestamp; running queues only)",
+            labels=["queue"])  # fmt: skip
+        for name, wait_s, oldest_s in self.fleet.backlog_ages():
+            wait.add_metric([name], wait_s)
+            if oldest_s is not None:
+                oldest.add_metric([name], oldest_s)
+        yield from (wait, oldest)
 
 
 class MasterMetrics:

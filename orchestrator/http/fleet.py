@@ -17,7 +17,7 @@ from orchestrator.config import Settings
 from orchestrator.errors import QueueNotFound
 from orchestrator.handlers import import_warning
 from orchestrator.metrics import QueueCounts, Totals
-from orchestrator.models import Assignment, FleetNeed, QueueDepth, QueueRecord, utcnow
+from orchestrator.models import Assignment, FleetNeed, JobRecord, QueueDepth, QueueRecord, utcnow
 
 DEPTH_TTL_SECONDS = 2.0  # DLQ depths are reused this long: viewers and scrapers share them
 SERIES_MINUTES = 60  # the charts' hour
@@ -133,8 +133,9 @@ class Fleet:
         for held in self.store.assignments():
             shards.setdefault(held.queue_url, []).append(held)
         assigned = {url: min(held, key=lambda a: a.shard) for url, held in shards.items()}
-        effective = self.store.effective_concurrency([a.job_id for held in shards.values()
-                                                      for a in held])  # fmt: skip
+        jobs = self.store.jobs_by_id(a.job_id for held in shards.values() for a in held)
+        waits = self.store.waiting_since(q.queue_url for q in queues)
+        now = utcnow()
         totals = self.store.metric_totals(q.name for q in queues).queues
         checked = self.store.depths(q.queue_url for q in queues)  # the master's checks
         dlqs = self._dlq_depths(queues)
@@ -165,7 +166,8 @@ class Fleet:
                 "failureBodies": q.failure_bodies,
                 "shards": len(shards.get(q.queue_url, ())),
                 "effectiveConcurrency": _sum_or_none(
-                    effective.get(a.job_id) for a in shards.get(q.queue_url, ())),
+                    j.effective_concurrency for j in _jobs_of(q, shards, jobs)),
+                **_backlog_age(q, waits, _jobs_of(q, shards, jobs), now),
                 "depthChangedAt": depth_at.isoformat() if depth_at else None,
                 "missing": depth.missing if depth else None,
             })  # fmt: skip
@@ -243,6 +245,20 @@ class Fleet:
         return [(q, _depth(checked.get(q.queue_url)), dlqs.get(q.dlq_url) if q.dlq_url else None)
                 for q in queues]  # fmt: skip
 
+    def backlog_ages(self) -> list[tuple[str, float, float | None]]:
+        """(queue, wait seconds, oldest age seconds) of every queue, for /metrics (§10)."""
+        queues = self.store.list_queues()
+        shards: dict[str, list[Assignment]] = {}
+        for held in self.store.assignments():
+            shards.setdefault(held.queue_url, []).append(held)
+        jobs = self.store.jobs_by_id(a.job_id for held in shards.values() for a in held)
+        waits, now = self.store.waiting_since(), utcnow()
+        out = []
+        for q in queues:
+            age = _backlog_age(q, waits, _jobs_of(q, shards, jobs), now)
+            out.append((q.name, age["waitSeconds"], age["oldestAgeSeconds"]))
+        return out
+
     def effective(self) -> dict[str, int]:
         """Queue name → the concurrency its running consumers run at (their sum)."""
         held = self.store.assignments()
@@ -252,3 +268,21 @@ class Fleet:
             if a.job_id in found:
                 out[a.queue_name] = out.get(a.queue_name, 0) + found[a.job_id]
         return out
+
+
+def _jobs_of(queue: QueueRecord, shards: dict[str, list[Assignment]],
+             jobs: dict[str, JobRecord]) -> list[JobRecord]:  # fmt: skip
+    """The running jobs of a queue (one per shard)."""
+    return [jobs[a.job_id] for a in shards.get(queue.queue_url, ()) if a.job_id in jobs]
+
+
+def _backlog_age(queue: QueueRecord, waits: dict[str, datetime], running: list[JobRecord],
+                 now: datetime) -> dict[str, Any]:  # fmt: skip
+    """How long its visible messages have waited for a consumer (0 while one runs it),
+    and how late its consumers' oldest arrival of their last report was (None: none
+    runs it): docs/design.md §10, backlog age."""
+    since = waits.get(queue.queue_url)
+    wait = 0.0 if running or since is None else max(0.0, (now - since).total_seconds())
+    ages = [j.oldest_age_seconds for j in running if j.oldest_age_seconds is not None]
+    return {"waitSeconds": round(wait, 3),
+            "oldestAgeSeconds": max(ages) if ages else (0.0 if running else None)}

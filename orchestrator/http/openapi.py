@@ -20,6 +20,7 @@ _INT = {"type": "integer"}
 _STR = {"type": "string"}
 _BOOL = {"type": "boolean"}
 _NULL_INT = {"type": ["integer", "null"]}
+_NULL_NUM = {"type": ["number", "null"]}
 _IDS = {"type": "array", "items": {"type": "string"}}
 _NULL_STR = {"type": ["string", "null"]}
 _TIME = {"type": "string", "format": "date-time"}
@@ -62,6 +63,10 @@ QUEUE: dict[str, Any] = {
         "rateLimit": {"type": ["number", "null"]}, "priority": _INT, "adaptive": _BOOL,
         "maxShards": _INT, "shards": _INT, "effectiveConcurrency": _NULL_INT,
         "failureBodies": _BOOL,
+        # Backlog age (§10): how long its visible messages have waited for a consumer (0
+        # while served), and how late its consumers' oldest recent arrival was (null:
+        # not running).
+        "waitSeconds": {"type": "number"}, "oldestAgeSeconds": _NULL_NUM,
         "depthChangedAt": {"type": ["string", "null"], "format": "date-time"},
         # Where it lives (region null: AWS_REGION; documents from before regions), and
         # whether the product owns it in SQS (false: adopted) or found it missing there.
@@ -129,6 +134,7 @@ SCHEMAS: dict[str, Any] = {
         "processes": {"type": "array", "items": _object({
             "pid": _INT, "handled": _INT, "failed": _INT, "exit": _NULL_STR})},
         "effectiveConcurrency": _NULL_INT, "shard": _INT, "duplicates": _INT,
+        "oldestAgeSeconds": _NULL_NUM,
     }),
     "Health": _object({"status": {"enum": ["ok", "stalled"]}, "leader": _BOOL,
                        "masterId": _STR, "mongodb": _BOOL,

@@ -282,6 +282,26 @@ def test_the_job_counts_and_the_meter_agree() -> None:
     assert (counts.handled, counts.failed, counts.seconds) == (2, 1, 1.5)
 
 
+def test_the_tally_keeps_how_late_the_oldest_arrival_since_the_last_report_was() -> None:
+    tally = Tally(None, "q")
+    assert tally.take_oldest_age() is None  # nothing arrived
+    tally.arrived(["100000", "104000", None], wall_now=110.0)  # sent at 100 s and 104 s
+    tally.arrived(["108000"], wall_now=111.0)
+    tally.arrived(["112500"], wall_now=112.0)  # a clock behind SQS's: never negative
+    assert tally.take_oldest_age() == 10.0
+    assert tally.take_oldest_age() is None  # taken: the next interval starts afresh
+
+
+def test_a_flow_reads_how_late_a_receive_arrived_from_its_wall_clock() -> None:
+    flow = Flow(FlowParams(limit=2, fifo=False, visibility=30), clock=lambda: 0.0,
+                wall=lambda: 50.0)  # fmt: skip
+    ask = flow.plan_receive()
+    assert ask is not None
+    flow.add(ask, [SqsMessage("m1", "r1", "{}", {"SentTimestamp": "20000"}),
+                   SqsMessage("m2", "r2", "{}", {"SentTimestamp": "45000"})])  # fmt: skip
+    assert flow.take_oldest_age() == 30.0
+
+
 # --- Handoff ---------------------------------------------------------------------------
 
 

@@ -377,6 +377,27 @@ def test_the_leader_writes_what_the_fleet_needs_for_autoscalers() -> None:
     assert when == at(1)
 
 
+def test_the_leader_writes_since_when_queues_wait_for_room_and_clears_it_once_served() -> None:
+    fleet = Fleet()
+    for name in ("a", "b"):
+        fleet.queue(name, 3)
+    master = Master(config.load("development", {"MAX_LOAD": "1"}), fleet.store, fleet.sqs)
+    fleet.beat("w", at(0), max_load=1)
+    master.tick(at(0))
+    fleet.beat("w", at(1), max_load=1)
+    master.tick(at(1))  # one runs on w; the other waits, since the first check found no room
+    [(running, _)] = fleet.placed().items()
+    urls = {q.name: q.queue_url for q in fleet.store.list_queues()}
+    other = next(name for name in urls if name != running)
+    assert fleet.store.waits == {urls[running]: None, urls[other]: at(0)}
+    [held] = fleet.store.assignments()
+    fleet.store.release(held.job_id)  # w's queue ended: room again
+    fleet.beat("w", at(2), max_load=1)
+    master.tick(at(2))
+    assert fleet.placed() == {other: "w"}
+    assert fleet.store.waits[urls[other]] is None  # served: it waits no more
+
+
 @pytest.mark.parametrize(("wanted", "max_load", "desired"),
                          [(0, 5, 1), (1, 5, 1), (5, 5, 1), (6, 5, 2), (3, 1, 3), (11, 5, 3)])
 def test_desired_workers(wanted: int, max_load: int, desired: int) -> None:

@@ -13,7 +13,8 @@ from orchestrator.models import FleetNeed, QueueDepth
 
 
 class DepthDocs(Connection):
-    """`{_id: queueUrl, visible, inFlight, delayed, checkedAt}` (checkedAt: the master's)."""
+    """`{_id: queueUrl, visible, inFlight, delayed, checkedAt, waitingSince}` (checkedAt:
+    the master's)."""
 
     @translated
     def save_depths(self, found: dict[str, tuple[QueueDepth, datetime]]) -> None:
@@ -36,6 +37,24 @@ class DepthDocs(Connection):
         return {d["_id"]: (QueueDepth(int(d["visible"]), int(d["inFlight"]), int(d["delayed"]),
                                       bool(d.get("missing", False))),
                            d["checkedAt"]) for d in cursor}  # fmt: skip
+
+    @translated
+    def save_waiting(self, since: dict[str, datetime | None]) -> None:
+        """Since when each queue's visible messages have waited for a consumer (None: they
+        do not), beside its depth check: the backlog's wait (§10). One round trip."""
+        if since:
+            writes = [UpdateOne({"_id": url}, {"$set": {"waitingSince": at}})
+                      for url, at in since.items()]  # fmt: skip
+            self._fast[DEPTHS].bulk_write(writes, ordered=False)
+
+    @translated
+    def waiting_since(self, urls: Iterable[str] | None = None) -> dict[str, datetime]:
+        """The queues whose messages wait for a consumer, and since when."""
+        query: dict[str, object] = {"waitingSince": {"$ne": None}}
+        if urls is not None:
+            query["_id"] = {"$in": list(urls)}
+        cursor = self._db[DEPTHS].find(query, {"waitingSince": 1}).batch_size(5000)
+        return {d["_id"]: d["waitingSince"] for d in cursor if d.get("waitingSince")}
 
     @translated
     def save_fleet_need(self, need: FleetNeed, now: datetime) -> None:

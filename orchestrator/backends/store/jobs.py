@@ -47,13 +47,17 @@ class JobDocs(Connection):
 
     @translated
     def job_progress(self, job_id: str, handled: int, failed: int, now: datetime, *,
-                     effective: int | None = None, running: int | None = None) -> None:  # fmt: skip
+                     effective: int | None = None, running: int | None = None,
+                     oldest_age: float | None = None) -> None:  # fmt: skip
         """Counts so far; `effective`: the concurrency its consumer runs at, `running`:
-        its handlers running now (what a master needs to grant a new shard its share)."""
+        its handlers running now (what a master needs to grant a new shard its share);
+        `oldest_age`: how late the oldest message since the last report arrived (None:
+        none arrived: 0, it is not late)."""
         self._fast[JOBS].update_one(
             {"_id": ObjectId(job_id), "status": {"$in": list(OPEN_JOB_STATES)}},
             {"$set": {"messageCount": handled, "failedCount": failed, "lastModified": now,
-                      "effectiveConcurrency": effective, "running": running}},
+                      "effectiveConcurrency": effective, "running": running,
+                      "oldestAgeSeconds": round(oldest_age or 0.0, 3)}},
         )  # fmt: skip
 
     @translated

@@ -358,6 +358,11 @@
       q.roleArn ? `reached as ${q.roleArn}` : "", q.missing ? "not found in SQS at the last check" : ""].filter(Boolean).join("\n"));
     c.where.classList.toggle("bad", !!q.missing);
     setText(c.visible, num(q.visible));
+    // Backlog age: how long its messages wait for a consumer, how late they arrive.
+    setTitle(c.visible, [q.waitSeconds > 0 ? `waiting for a consumer for ${q.waitSeconds.toFixed(0)} s` : "",
+      q.oldestAgeSeconds !== null && q.oldestAgeSeconds !== undefined ? `oldest recent message arrived ${q.oldestAgeSeconds.toFixed(1)} s after it was sent` : ""]
+      .filter(Boolean).join("\n"));
+    c.visible.classList.toggle("bad", q.waitSeconds > 0);
     setText(c.inFlight, num(q.inFlight));
     setText(c.delayed, num(q.delayed));
     setText(c.worker, q.worker ? q.worker + (q.shards > 1 ? ` +${q.shards - 1}` : "") : DASH);

@@ -140,7 +140,8 @@ class Consumer:
             control=self._runner_control,
             progress=lambda handled, failed: self._report(
                 protocol.Progress(self.current, handled, failed, self.meter.take(),
-                                  *runner.flow.load(), runner.flow.failures.take())
+                                  *runner.flow.load(), runner.flow.failures.take(),
+                                  runner.flow.take_oldest_age())
             ),
             meter=self.meter,
             watch=self._watch,

@@ -89,6 +89,7 @@ class Placement:
         self.sqs_outage = Outage()  # depth checks: one log line per problem
         self.cache = QueueCache(store)
         self.saved: dict[str, QueueDepth] = {}  # depths written to MongoDB, by URL
+        self.saved_waits: dict[str, datetime | None] = {}  # waitingSince written, by URL
         self.known: dict[str, QueueRecord] = {}  # the last cycle's queues, by URL
         self.lost: dict[str, datetime] = {}  # URL → since when SQS has lacked the queue
         self.charted: tuple[datetime, dict[str, int]] | None = None  # the last load point
@@ -132,6 +133,7 @@ class Placement:
         self._reshare(now, cycle)
         self._chart_loads(now, cycle)
         self._save_need(now, cycle)
+        self._save_waits(cycle)
 
     # --- what there is ----------------------------------------------------------------
 
@@ -157,6 +159,18 @@ class Placement:
             log.warning("depths.not_saved", error=str(exc))
             return
         self.saved.update({url: depth for url, (depth, _) in changed.items()})
+
+    def _save_waits(self, cycle: _Cycle) -> None:
+        """Write since when each queue's messages wait for a consumer where that changed
+        (§10: orchestrator_queue_wait_seconds; only a display: retried next cycle)."""
+        waits = {url: self.schedule(url).waiting_since for url in cycle.queues}
+        changed = {url: at for url, at in waits.items() if self.saved_waits.get(url) != at}
+        try:
+            self.store.save_waiting(changed)
+        except ServiceUnavailable as exc:
+            log.warning("waits.not_saved", error=str(exc))
+            return
+        self.saved_waits.update(changed)
 
     def _save_need(self, now: datetime, cycle: _Cycle) -> None:
         """What the fleet needs, for autoscalers: the assignments that run, plus the queues

@@ -151,6 +151,7 @@ class Progress:
     effective: int | None = None  # the concurrency it runs at now (adaptive, shares)
     running: int | None = None  # handlers running now
     failures: tuple[FailureNote, ...] = ()  # handlers' failures since the last report
+    oldest_age: float | None = None  # the oldest message received since the last report, s
 
 
 @dataclass(frozen=True)

@@ -245,7 +245,8 @@ class Worker:
             else:
                 assert isinstance(event, protocol.Progress)
                 self.store.job_progress(job.job_id, slot.handled, slot.failed, utcnow(),
-                                        effective=event.effective, running=event.running)
+                                        effective=event.effective, running=event.running,
+                                        oldest_age=event.oldest_age)  # fmt: skip
         except ServiceUnavailable:  # the next report repeats it; the steps say more
             self.store_ok = False
         except Exception:  # a bug: keep the traceback; the next report repeats it

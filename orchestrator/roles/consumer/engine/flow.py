@@ -37,11 +37,13 @@ class Flow:
 
     def __init__(self, params: FlowParams, *, meter: Meter | None = None,
                  wake: Callable[[], None] = lambda: None,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:  # fmt: skip
         self.lock = threading.Lock()
         self.handoff = Handoff(self.lock)  # handler threads wait here, listeners are told
         self.wake = wake  # tells the runner an SQS call is due
         self.clock = clock
+        self.wall = wall  # epoch seconds, to compare with SQS's SentTimestamp
         self.limits = Limits(params.limit, rate=params.rate, adaptive=params.adaptive,
                              now=clock())  # fmt: skip
         self.batching = Batching(params.batch_size, params.batch_window)
@@ -81,6 +83,7 @@ class Flow:
                     self.held.add(self.held.wrap(raw, now, extend_at))
                 self.handoff.notify(len(fresh))
                 self.tally.received(len(raws), len(fresh), self.demand())
+                self.tally.arrived([r.attributes.get("SentTimestamp") for r in raws], self.wall())
             due = self._runner_due()
         if due:
             self.wake()
@@ -259,6 +262,12 @@ class Flow:
     def duplicates(self) -> int:
         """Copies received while their message was still here: dropped, not run twice."""
         return self.tally.duplicates
+
+    def take_oldest_age(self) -> float | None:
+        """How late the oldest message received since the last call arrived, s (None: no
+        message arrived): a progress report's."""
+        with self.lock:
+            return self.tally.take_oldest_age()
 
     def load(self) -> tuple[int, int]:
         """(the concurrency it runs at now, messages running): a progress report's."""
