@@ -73,6 +73,11 @@ class MadeElsewhere(OrchestratorError):
     exit_code = 2
 
 
+class QueueTypeMismatch(InvalidValue):
+    """An option the queue's type does not take: a deduplication id on a standard queue,
+    a per-message delay on a FIFO one (SQS would refuse it); nothing was sent. Exit 2."""
+
+
 class NotOurs(OrchestratorError):
     """A purge of an adopted queue's (or its DLQ's) messages, not confirmed: they are the
     owning team's. Nothing was deleted."""

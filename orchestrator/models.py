@@ -47,6 +47,7 @@ class QueueRecord:
     created_at: datetime | None = None
     updated_at: datetime | None = None
     synced_at: datetime | None = None
+    doorbell_at: datetime | None = None  # the last send that rang it (docs/design.md §3)
 
     @property
     def fifo(self) -> bool:
@@ -116,6 +117,7 @@ class QueueRecord:
             created_at=doc.get("createdAt"),
             updated_at=doc.get("updatedAt"),
             synced_at=doc.get("syncedAt"),
+            doorbell_at=doc.get("doorbellAt"),
         )
 
 

@@ -224,6 +224,12 @@ def assigned(s: QueueSchedule, now: datetime, job_id: str) -> QueueSchedule:
     return replace(s, assigned_at=now, job_id=job_id, waiting_since=None)
 
 
+def rung(s: QueueSchedule) -> QueueSchedule:
+    """A send rang its doorbell: look at its depth in the next cycle, whatever its idle
+    schedule (an assigned queue is unchanged: its consumer has the message)."""
+    return s if s.job_id is not None else replace(s, check_at=None)
+
+
 def waiting(s: QueueSchedule, now: datetime) -> QueueSchedule:
     """It has messages and no worker could take it: it waits for capacity (since when)."""
     return s if s.waiting_since is not None else replace(s, waiting_since=now)

@@ -225,6 +225,11 @@ def _carrier(message: Message) -> dict[str, str]:
     return {TRACEPARENT: value} if value else {}
 
 
+def traceparent_attribute() -> dict[str, dict[str, str]]:
+    """A message attribute carrying new_traceparent(), as SQS takes it."""
+    return {TRACEPARENT: {"DataType": "String", "StringValue": new_traceparent()}}
+
+
 def new_traceparent() -> str:
     """A W3C traceparent for a message sent by `queue send --trace`: the current span's
     when a tracer is set up, else a new trace of its own."""

@@ -106,6 +106,11 @@ class MemoryStore(_Failing):
         self.queues[queue.id] = replace(queue, **changes, updated_at=utcnow())
         return self.queues[queue.id]
 
+    def ring_doorbell(self, queue_id: str, now: datetime) -> None:
+        self._check()
+        if queue_id in self.queues:
+            self.queues[queue_id] = replace(self.queues[queue_id], doorbell_at=now, updated_at=now)
+
     def list_queues(self) -> list[QueueRecord]:
         self._check()
         return sorted(self.queues.values(), key=lambda q: q.name)

@@ -351,17 +351,23 @@ class QueueAdmin:
         """
         validate.send_count(count)
         if body is not None:  # attributes count toward SQS's limit too (all of one size)
-            validate.message_body(body, validate.attributes_size(_traceparent()) if trace else 0)
+            extra = validate.attributes_size(tracing.traceparent_attribute()) if trace else 0
+            validate.message_body(body, extra)
         group_of = self._groups(name, group_id, groups)
         queue = self.store.get_queue(name)
         url, sqs = queue.queue_url, self.sqs.of(queue)
-        messages = ((i, _seq_body(i) if body is None else body, _traceparent() if trace else None)
+        messages = ((i, _seq_body(i) if body is None else body,
+                     tracing.traceparent_attribute() if trace else None)
                     for i in range(count))  # fmt: skip
         for batch in sized_batches(messages, lambda m: message_size(m[1], m[2])):
             attributes = [m[2] for m in batch] if trace else None
             sqs.send_batch(url, [m[1] for m in batch], attributes,
-                                [group_of(m[0]) for m in batch])  # fmt: skip
+                           [group_of(m[0]) for m in batch] if queue.fifo else None)
             progress(len(batch))
+        if count and queue.id is not None:
+            # Ring its doorbell: the leading master looks at it in its next cycle, not
+            # after its idle schedule (minutes at 100,000 queues; docs/design.md §3).
+            self.store.ring_doorbell(queue.id, utcnow())
         return count
 
     @staticmethod
@@ -431,10 +437,6 @@ def _dead_letters(sqs: Sqs, attributes: dict[str, str],
     dlq = queueref.parse(redrive["deadLetterTargetArn"], region)
     url = sqs.find_queue_url(dlq.name, dlq.account)
     return url, int(redrive["maxReceiveCount"])
-
-
-def _traceparent() -> dict[str, dict[str, str]]:
-    return {tracing.TRACEPARENT: {"DataType": "String", "StringValue": tracing.new_traceparent()}}
 
 
 def _seq_body(i: int) -> str:

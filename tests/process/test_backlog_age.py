@@ -1,18 +1,20 @@
 """Backlog age (docs/design.md §10): how long a queue's messages wait for a consumer, and
-how late its consumer receives them, on /metrics and /api/queues of a running daemon."""
+how late its consumer receives them, on /metrics and /api/queues of a running daemon;
+and the doorbell a send rings, so that an idle queue is looked at at once (§3)."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from orchestrator.backends.queues import QueueAdmin
 from orchestrator.backends.sqs import Sqs
 from tests.http import get
-from tests.process.conftest import Daemon, api_url, wait_for
+from tests.process.conftest import Daemon, api_url, holds_for, records, wait_for
 from tests.process.test_api import metric_samples
 
 WAIT = "orchestrator_queue_wait_seconds"
@@ -53,3 +55,18 @@ def test_a_queue_that_waits_for_room_shows_its_wait_then_how_late_its_messages_a
     assert gauge(base, WAIT, "late") == 0
     waited = time.time() - sent_at
     assert 2 < oldest <= waited + 1
+
+
+@pytest.mark.timeout(120)
+def test_queue_send_rings_the_doorbell_of_a_queue_idle_for_longer_than_idle_check_max(
+    admin: QueueAdmin, record_dir: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    """An idle queue is looked at after 2 s doubling to IDLE_CHECK_MAX (60 s here): after
+    16 s idle its next look is ~14 s away. A send through the product rings its doorbell,
+    and the leading master looks at it in its next cycle (MASTER_INTERVAL 0.2 s)."""
+    admin.create("idle", handler="tests.handlers:record")
+    daemon = start_daemon("--mode", "MW", env={"IDLE_CHECK_MAX": "60"})
+    api_url(daemon)  # the master runs
+    holds_for(lambda: not records(record_dir), 16, "idle, nothing handled")
+    admin.send("idle", 3)
+    wait_for(lambda: len(records(record_dir)) >= 3, 4, "the messages handled within 4 s")

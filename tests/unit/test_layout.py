@@ -32,8 +32,9 @@ MAY_IMPORT = {
     "backends": {"core"},
     "embedded": {"core"},
     "http": {"core", "backends"},
+    "client": {"core", "backends", "embedded"},
     "roles": {"core", "backends", "embedded", "http"},
-    "cli": {"core", "backends", "embedded", "http", "roles"},
+    "cli": {"core", "backends", "embedded", "http", "roles", "client"},
 }
 CLI = "orchestrator.cli"  # the console script's package: the top, imported by nothing
 ENTRY = "orchestrator.roles.process.child"  # the process entry: the one role module that uses http

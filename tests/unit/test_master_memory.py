@@ -398,6 +398,26 @@ def test_the_leader_writes_since_when_queues_wait_for_room_and_clears_it_once_se
     assert fleet.store.waits[urls[other]] is None  # served: it waits no more
 
 
+def test_a_rung_doorbell_has_an_idle_queue_looked_at_in_the_next_cycle() -> None:
+    fleet = Fleet()
+    quiet = fleet.queue("quiet")
+    assert quiet.id is not None
+    master = fleet.master()
+    for now in range(0, 40):  # empty: looked at after 2, 4, 8, 16 s, then 32 s later
+        fleet.beat("w", at(now))
+        master.tick(at(now))
+    next_look = master.placement.schedule(quiet.queue_url).check_at
+    assert next_look is not None and next_look > at(50)
+    fleet.sqs.send_batch(quiet.queue_url, ["x"])  # sent around the product: no ring
+    fleet.beat("w", at(40))
+    master.tick(at(40))
+    assert fleet.placed() == {}  # it waits for its idle schedule
+    fleet.store.ring_doorbell(quiet.id, at(40.5))  # what `queue send` does after sending
+    fleet.beat("w", at(41))
+    master.tick(at(41))
+    assert fleet.placed() == {"quiet": "w"}
+
+
 @pytest.mark.parametrize(("wanted", "max_load", "desired"),
                          [(0, 5, 1), (1, 5, 1), (5, 5, 1), (6, 5, 2), (3, 1, 3), (11, 5, 3)])
 def test_desired_workers(wanted: int, max_load: int, desired: int) -> None:

@@ -308,9 +308,14 @@ class Sqs:
         bodies: list[str],
         attributes: list[Any] | None = None,
         group_ids: list[str] | None = None,
-    ) -> None:
-        """Send up to 10 messages, retrying entries SQS failed; raise if some never go.
-        On a FIFO queue each goes to its `group_ids` entry (default: group "default")."""
+        dedup_ids: list[str | None] | None = None,
+        delay: int = 0,
+    ) -> list[str]:
+        """Send up to 10 messages, retrying entries SQS failed; raise if some never go; their
+        message ids, in order. On a FIFO queue each goes to its `group_ids` entry (default:
+        group "default") with its `dedup_ids` entry (default: a new one); on a standard
+        queue a `group_ids` entry is its tenant (SQS fair queues); `delay`: seconds before
+        they become visible (a FIFO queue takes only its own delay)."""
         fifo = url.endswith(".fifo")
         entries: dict[str, Any] = {}
         for i, body in enumerate(bodies):
@@ -319,13 +324,20 @@ class Sqs:
                 entry["MessageAttributes"] = attributes[i]
             if fifo:
                 entry["MessageGroupId"] = group_ids[i] if group_ids else "default"
-                entry["MessageDeduplicationId"] = uuid.uuid4().hex
+                entry["MessageDeduplicationId"] = (dedup_ids[i] if dedup_ids else None) or \
+                    uuid.uuid4().hex
+            elif group_ids:
+                entry["MessageGroupId"] = group_ids[i]
+            if delay:
+                entry["DelaySeconds"] = delay
             entries[entry["Id"]] = entry
+        ids: dict[str, str] = {}
         for _ in range(SEND_ATTEMPTS):
             result = self.client.send_message_batch(QueueUrl=url, Entries=list(entries.values()))
+            ids.update((s["Id"], s["MessageId"]) for s in result.get("Successful", []))
             entries = {f["Id"]: entries[f["Id"]] for f in result.get("Failed", [])}
             if not entries:
-                return
+                return [ids[str(i)] for i in range(len(bodies))]
         raise ServiceUnavailable(f"SQS at {self.address} did not accept {len(entries)} message(s)")
 
     @translated

@@ -116,6 +116,14 @@ class QueueDocs(Connection):
         return QueueRecord.from_doc(doc)
 
     @translated
+    def ring_doorbell(self, queue_id: str, now: datetime) -> None:
+        """A producer sent to the queue: stamp it, so that the leading master looks at its
+        depth in its next cycle, whatever its idle schedule (docs/design.md §3). A
+        display-grade write: a lost ring only waits for the idle schedule."""
+        self._fast[QUEUES].update_one({"_id": ObjectId(queue_id)},
+                                      {"$set": {"doorbellAt": now, "updatedAt": now}})
+
+    @translated
     def mark_synced(self, queue_id: str, queue_url: str, dlq_url: str | None) -> None:
         now = utcnow()
         self._db[QUEUES].update_one(

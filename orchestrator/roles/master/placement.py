@@ -212,6 +212,9 @@ class Placement:
         queues = {q.queue_url: q for q in
                   self.cache.refresh(now, SCAN_BUDGET * self.settings.master_interval)}
         self.known = queues
+        for rung in self.cache.take_rung():
+            # A producer sent to it: look now, whatever its idle schedule (§3, doorbell).
+            self.schedules[rung.queue_url] = policy.rung(self.schedule(rung.queue_url))
         shards: dict[str, list[Assignment]] = {}
         for held in self.store.assignments():
             shards.setdefault(held.queue_url, []).append(held)

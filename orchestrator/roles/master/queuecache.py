@@ -58,6 +58,7 @@ class QueueCache:
         self.scan_after: str | None = None  # a running scan's position (the last _id taken)
         self.scan_seen: set[str] | None = None  # the ids a running scan has met (None: none runs)
         self.reader: _Reader | None = None  # the running scan's reads
+        self.rung: list[QueueRecord] = []  # doorbells rung since take_rung
 
     def refresh(self, now: datetime, wait: float) -> list[QueueRecord]:
         """The queues now: what changed since the last look, and the pages a running scan
@@ -67,6 +68,11 @@ class QueueCache:
         self.polled_at = now
         self._scan(now, 0.0 if self.whole else wait)
         return list(self.by_id.values())
+
+    def take_rung(self) -> list[QueueRecord]:
+        """The queues whose doorbell a send rang since the last call (§3)."""
+        rung, self.rung = self.rung, []
+        return rung
 
     def forget(self, queue_id: str) -> None:
         """A queue found deleted before the next scan would drop it."""
@@ -79,7 +85,9 @@ class QueueCache:
         changed = [i for i, stamp in seen.items()
                    if i not in self.by_id or self.by_id[i].updated_at != stamp]  # fmt: skip
         if changed:
-            self.by_id.update(self.store.queues_by_id(changed))
+            fresh = self.store.queues_by_id(changed)
+            self.rung.extend(q for i, q in fresh.items() if _rang(q, self.by_id.get(i)))
+            self.by_id.update(fresh)
         if self.scan_seen is not None:
             self.scan_seen.update(seen)  # created behind the scan's position: not deleted
 
@@ -119,3 +127,10 @@ class QueueCache:
 def _newer(found: QueueRecord, held: QueueRecord | None) -> bool:
     return held is None or held.updated_at is None or (
         found.updated_at is not None and found.updated_at >= held.updated_at)
+
+
+def _rang(found: QueueRecord, held: QueueRecord | None) -> bool:
+    """A send rang its doorbell since the version held (a queue first seen: not a ring;
+    it is looked at soon anyway)."""
+    return held is not None and found.doorbell_at is not None and (
+        held.doorbell_at is None or found.doorbell_at > held.doorbell_at)
