@@ -106,9 +106,19 @@ class Fleet:
         """What the fleet needs, as the leading master last wrote it (GET /api/fleet)."""
         found = self.store.fleet_need()
         if found is None:  # no leader has finished a cycle yet: one worker to start with
-            return {**FleetNeed(0, 0, 0, 1).to_json(), "updatedAt": None}
+            return {**FleetNeed(0, 0, 0, 1).to_json(), "updatedAt": None,
+                    "largestWaitSeconds": 0.0}  # fmt: skip
         need, at = found
-        return {**need.to_json(), "updatedAt": at.isoformat()}
+        return {**need.to_json(), "updatedAt": at.isoformat(),
+                "largestWaitSeconds": self.largest_wait()}  # fmt: skip
+
+    def largest_wait(self) -> float:
+        """The longest any queue's visible messages have waited for a consumer, s (§10)."""
+        served = {a.queue_url for a in self.store.assignments()}
+        now = utcnow()
+        waits = [(now - since).total_seconds()
+                 for url, since in self.store.waiting_since().items() if url not in served]
+        return round(max(waits, default=0.0), 3)
 
     def update_queue(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
         self.admin.update(name, **changes)

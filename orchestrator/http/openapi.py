@@ -98,7 +98,8 @@ SCHEMAS: dict[str, Any] = {
     "QueueChanged": _object({**QUEUE, "warnings": {"type": "array", "items": _STR}}),
     "FleetNeed": _object({"liveWorkers": _INT, "capacity": _INT, "wanted": _INT,
                           "desiredWorkers": {"type": "integer", "minimum": 1},
-                          "updatedAt": {"type": ["string", "null"], "format": "date-time"}}),
+                          "updatedAt": {"type": ["string", "null"], "format": "date-time"},
+                          "largestWaitSeconds": {"type": "number", "minimum": 0}}),
     "Redrive": _object({"name": _STR, "moved": _INT, "notFound": _IDS}),
     "DlqPurge": _object({"name": _STR, "deleted": _NULL_INT, "notFound": _IDS}),
     "Ids": {**_object({"ids": {"type": "array", "minItems": 1, "items": {

@@ -63,6 +63,11 @@ def test_the_fleet_figures_with_one_worker_of_load_one_and_three_busy_queues(
     except AssertionError as exc:
         raise AssertionError(f"{exc}; the last answers: {seen[-3:]}") from None
     assert seen[-1]["updatedAt"]
+    # two queues wait for room: the longest wait grows (docs/design.md §10, backlog age)
+    first = float(wait_for(lambda: call("GET", f"{url}/api/fleet")[1]["largestWaitSeconds"],
+                           10, "a wait to show"))  # fmt: skip
+    wait_for(lambda: call("GET", f"{url}/api/fleet")[1]["largestWaitSeconds"] > first + 0.5,
+             10, "the wait to grow")  # fmt: skip
     _, metrics = call("GET", f"{url}/metrics")
     assert "orchestrator_fleet_desired_workers 3.0" in metrics
     assert "orchestrator_fleet_capacity 1.0" in metrics
