@@ -72,9 +72,11 @@ def run(
     max_seconds: float = 60,
     grace: float = 30,
     meter: Meter | None = None,
+    drain_empty_polls: int = 2,
 ) -> Outcome:
     job_spec = spec_of(spec)
-    runner = Runner(sqs, job_spec, in_process(job_spec, handler), drain_empty_polls=2,
+    runner = Runner(sqs, job_spec, in_process(job_spec, handler),
+                    drain_empty_polls=drain_empty_polls,
                     max_seconds=max_seconds, grace=grace, control=control,
                     progress=lambda h, f: None, meter=meter or Meter())  # fmt: skip
     return runner.run()
@@ -119,7 +121,11 @@ def test_a_failed_message_is_hidden_for_its_backoff_then_retried(sqs: Sqs) -> No
             attempts.append((m.receive_count, time.monotonic()))
             raise ValueError("poison")
 
-    outcome = run(sqs, spec, handler, max_seconds=4)
+    # Four empty polls (4 s) to call it drained: on a loaded machine two 1 s polls can both
+    # start before the failed message's 1 s hide has ended (the embedded server's long
+    # poll wakes for a send, not for a message whose hide ends), and the run would end
+    # before its retry. It ends at its 4 s deadline instead.
+    outcome = run(sqs, spec, handler, max_seconds=4, drain_empty_polls=4)
     assert outcome.handled == 4 and outcome.failed >= 2
     # Retried after the 1 s backoff of its first receive, not after the 30 s timeout;
     # the receive count grows, so SQS's redrive policy can dead-letter it.

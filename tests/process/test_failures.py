@@ -113,7 +113,12 @@ def test_a_poison_message_goes_to_the_dlq_and_the_rest_is_handled(
     wait_for(lambda: seqs(record_dir, "pq") == set(range(20)), 30, "every good message handled")
     [dead] = sqs.receive(queue.dlq_url, 10, 1)
     assert "poison" in dead.body
-    assert sum(j.failed_count for j in store.jobs(queue="pq")) >= 2  # tried twice first
+    # Received twice before SQS moved it (maxReceiveCount 2), and its handler failed on
+    # it. Not necessarily twice: with several receives under way the embedded server can
+    # hand one message to two of them (docs/design.md §13), and the copy is dropped
+    # unrun (counted in the job's `duplicates`), a receive all the same.
+    assert dead.receive_count >= 2
+    assert sum(j.failed_count for j in store.jobs(queue="pq")) >= 1
 
 
 def test_a_huge_error_is_kept_and_logged_cut_to_a_few_kib(
