@@ -116,8 +116,8 @@ class Fleet:
         """The longest any queue's visible messages have waited for a consumer, s (§10)."""
         served = {a.queue_url for a in self.store.assignments()}
         now = utcnow()
-        waits = [(now - since).total_seconds()
-                 for url, since in self.store.waiting_since().items() if url not in served]
+        waits = [_wait_seconds(since, url in served, now)
+                 for url, since in self.store.waiting_since().items()]
         return round(max(waits, default=0.0), 3)
 
     def update_queue(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
@@ -139,11 +139,8 @@ class Fleet:
         return self.admin.dlq(name, limit)
 
     def _queue_views(self, queues: list[QueueRecord]) -> list[dict[str, Any]]:
-        shards: dict[str, list[Assignment]] = {}
-        for held in self.store.assignments():
-            shards.setdefault(held.queue_url, []).append(held)
+        shards, jobs = self._running()
         assigned = {url: min(held, key=lambda a: a.shard) for url, held in shards.items()}
-        jobs = self.store.jobs_by_id(a.job_id for held in shards.values() for a in held)
         waits = self.store.waiting_since(q.queue_url for q in queues)
         now = utcnow()
         totals = self.store.metric_totals(q.name for q in queues).queues
@@ -155,6 +152,7 @@ class Fleet:
             depth, depth_at = checked.get(q.queue_url) or (None, None)
             dlq = dlqs.get(q.dlq_url) if q.dlq_url else None
             counts = totals.get(q.name, QueueCounts())
+            running = _jobs_of(q, shards, jobs)
             views.append({
                 **QueueView(q, depth, a.worker if a else None).to_json(),
                 "delayed": depth.delayed if depth else None,
@@ -175,9 +173,8 @@ class Fleet:
                 "maxShards": q.max_shards,
                 "failureBodies": q.failure_bodies,
                 "shards": len(shards.get(q.queue_url, ())),
-                "effectiveConcurrency": _sum_or_none(
-                    j.effective_concurrency for j in _jobs_of(q, shards, jobs)),
-                **_backlog_age(q, waits, _jobs_of(q, shards, jobs), now),
+                "effectiveConcurrency": _sum_or_none(j.effective_concurrency for j in running),
+                **_backlog_age(q, waits, running, now),
                 "depthChangedAt": depth_at.isoformat() if depth_at else None,
                 "missing": depth.missing if depth else None,
             })  # fmt: skip
@@ -258,16 +255,20 @@ class Fleet:
     def backlog_ages(self) -> list[tuple[str, float, float | None]]:
         """(queue, wait seconds, oldest age seconds) of every queue, for /metrics (§10)."""
         queues = self.store.list_queues()
-        shards: dict[str, list[Assignment]] = {}
-        for held in self.store.assignments():
-            shards.setdefault(held.queue_url, []).append(held)
-        jobs = self.store.jobs_by_id(a.job_id for held in shards.values() for a in held)
+        shards, jobs = self._running()
         waits, now = self.store.waiting_since(), utcnow()
         out = []
         for q in queues:
             age = _backlog_age(q, waits, _jobs_of(q, shards, jobs), now)
             out.append((q.name, age["waitSeconds"], age["oldestAgeSeconds"]))
         return out
+
+    def _running(self) -> tuple[dict[str, list[Assignment]], dict[str, JobRecord]]:
+        """The assignments by queue URL (a sharded queue has several), and their jobs."""
+        shards: dict[str, list[Assignment]] = {}
+        for held in self.store.assignments():
+            shards.setdefault(held.queue_url, []).append(held)
+        return shards, self.store.jobs_by_id(a.job_id for held in shards.values() for a in held)
 
     def effective(self) -> dict[str, int]:
         """Queue name → the concurrency its running consumers run at (their sum)."""
@@ -291,8 +292,15 @@ def _backlog_age(queue: QueueRecord, waits: dict[str, datetime], running: list[J
     """How long its visible messages have waited for a consumer (0 while one runs it),
     and how late its consumers' oldest arrival of their last report was (None: none
     runs it): docs/design.md §10, backlog age."""
-    since = waits.get(queue.queue_url)
-    wait = 0.0 if running or since is None else max(0.0, (now - since).total_seconds())
+    wait = _wait_seconds(waits.get(queue.queue_url), bool(running), now)
     ages = [j.oldest_age_seconds for j in running if j.oldest_age_seconds is not None]
     return {"waitSeconds": round(wait, 3),
             "oldestAgeSeconds": max(ages) if ages else (0.0 if running else None)}
+
+
+def _wait_seconds(since: datetime | None, served: bool, now: datetime) -> float:
+    """How long a queue's messages have waited for a consumer: 0 once one serves it, and
+    never below 0 (the master's clock may run ahead of this one)."""
+    if served or since is None:
+        return 0.0
+    return max(0.0, (now - since).total_seconds())
